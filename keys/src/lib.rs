@@ -1,0 +1,293 @@
+//! Key material for the overlay, and the only crate that touches private key bytes.
+//!
+//! - [`PrivateKey`]: an X25519 static secret. Zeroized on drop; its `Debug` prints
+//!   `PrivateKey(..)`, never the bytes. Base64 is the same as `wg genkey`'s.
+//! - [`PublicKey`]: an X25519 public key, base64 as `wg pubkey` prints it; serde as a string.
+//! - Key files: written 0600; a private key file that group or others may read is
+//!   refused ([`KeyError::InsecurePermissions`]), as `wg` warns and innernet refuses.
+//!
+//! This crate does no I/O besides the key files it is asked to read or write.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+/// Length of an X25519 key in bytes.
+pub const KEY_LEN: usize = 32;
+
+/// Errors from parsing keys and reading or writing key files.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The text is not base64 of exactly 32 bytes (what `wg genkey` prints).
+    #[error("not a WireGuard key: expected 44 characters of base64 encoding 32 bytes")]
+    Malformed,
+    /// The private key file may be read by group or others.
+    #[error(
+        "private key file {path} has mode {mode:04o}, readable by group or others; run `chmod 600 {path}`"
+    )]
+    InsecurePermissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The key file could not be read or written.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The key file's content is not a key.
+    #[error("key file {path}: {source}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why the content is not a key.
+        source: Box<KeyError>,
+    },
+}
+
+/// An X25519 static private key. Zeroized on drop; never printed.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct PrivateKey([u8; KEY_LEN]);
+
+impl PrivateKey {
+    /// A new random key from the OS, clamped as `wg genkey` clamps it.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; KEY_LEN];
+        // The OS RNG failing is not something the caller can recover from.
+        getrandom::getrandom(&mut bytes).expect("the OS random number generator failed");
+        bytes[0] &= 248;
+        bytes[31] &= 127;
+        bytes[31] |= 64;
+        PrivateKey(bytes)
+    }
+
+    /// Parses `wg genkey`-style base64 (surrounding whitespace is ignored).
+    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
+        decode_key(text).map(PrivateKey)
+    }
+
+    /// The key as base64, in a buffer zeroized when dropped.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(BASE64.encode(self.0))
+    }
+
+    /// The matching public key (what `wg pubkey` prints).
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(x25519_dalek::PublicKey::from(&self.to_static_secret()).to_bytes())
+    }
+
+    /// The key as the x25519-dalek type boringtun's `Tunn` takes.
+    pub fn to_static_secret(&self) -> x25519_dalek::StaticSecret {
+        x25519_dalek::StaticSecret::from(self.0)
+    }
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PrivateKey(..)")
+    }
+}
+
+/// An X25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey([u8; KEY_LEN]);
+
+impl PublicKey {
+    /// Wraps raw bytes.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        PublicKey(bytes)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    /// The key as the x25519-dalek type boringtun takes.
+    pub fn to_dalek(&self) -> x25519_dalek::PublicKey {
+        x25519_dalek::PublicKey::from(self.0)
+    }
+
+    /// A short form for logs: the first 8 base64 characters.
+    pub fn short(&self) -> String {
+        let mut s = self.to_string();
+        s.truncate(8);
+        s
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&BASE64.encode(self.0))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        decode_key(s).map(PublicKey)
+    }
+}
+
+impl serde::Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = Zeroizing::new(String::deserialize(d)?);
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn decode_key(text: &str) -> Result<[u8; KEY_LEN], KeyError> {
+    let text = text.trim();
+    if text.len() != 44 {
+        return Err(KeyError::Malformed);
+    }
+    let decoded = Zeroizing::new(BASE64.decode(text).map_err(|_| KeyError::Malformed)?);
+    <[u8; KEY_LEN]>::try_from(decoded.as_slice()).map_err(|_| KeyError::Malformed)
+}
+
+/// Writes a private key file (base64 and a newline, like `wg genkey > file`) with mode 0600.
+/// An existing file is replaced and its mode set to 0600.
+pub fn write_private_key_file(path: &Path, key: &PrivateKey) -> Result<(), KeyError> {
+    let io_err = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err)?;
+    // The file may have existed with a wider mode: narrow it before writing the secret.
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(io_err)?;
+    let mut text = key.to_base64();
+    text.push('\n');
+    file.write_all(text.as_bytes()).map_err(io_err)?;
+    file.sync_all().map_err(io_err)
+}
+
+/// Reads a private key file, refusing one that group or others may read.
+pub fn read_private_key_file(path: &Path) -> Result<PrivateKey, KeyError> {
+    let io_err = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = fs::metadata(path).map_err(io_err)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::InsecurePermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let text = Zeroizing::new(fs::read_to_string(path).map_err(io_err)?);
+    PrivateKey::from_base64(&text).map_err(|e| KeyError::BadFile {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Vector produced by `wg genkey` / `wg pubkey` (wireguard-tools).
+    const WG_PRIVATE: &str = "yOgCvBF713v0034DiwYOUqXK0Tu5KK/XGRksDKItpVk=";
+    const WG_PUBLIC: &str = "vMfgar6aOfNKDdjQyFIdbek8Vy0bWLu9+KJOG1q8UyQ=";
+
+    #[test]
+    fn public_key_matches_wg_pubkey() {
+        let key = PrivateKey::from_base64(WG_PRIVATE).unwrap();
+        assert_eq!(key.public_key().to_string(), WG_PUBLIC);
+        assert_eq!(key.to_base64().as_str(), WG_PRIVATE);
+    }
+
+    #[test]
+    fn generated_keys_are_clamped_and_distinct() {
+        let a = PrivateKey::generate();
+        let b = PrivateKey::generate();
+        assert_ne!(a.to_base64(), b.to_base64());
+        assert_eq!(a.0[0] & 7, 0);
+        assert_eq!(a.0[31] & 0xc0, 0x40);
+    }
+
+    #[test]
+    fn private_key_never_in_debug_output() {
+        let key = PrivateKey::from_base64(WG_PRIVATE).unwrap();
+        let shown = format!("{key:?} {:?} {key:#?}", Some(&key));
+        assert!(!shown.contains(WG_PRIVATE), "{shown}");
+        assert!(!shown.contains(&WG_PRIVATE[..12]), "{shown}");
+        assert!(shown.contains("PrivateKey(..)"));
+    }
+
+    #[test]
+    fn malformed_keys_are_refused() {
+        for bad in [
+            "",
+            "abc",
+            "!!!!",
+            &WG_PRIVATE[..43],
+            &format!("{WG_PRIVATE}A"),
+        ] {
+            assert!(matches!(
+                PrivateKey::from_base64(bad),
+                Err(KeyError::Malformed)
+            ));
+            assert!(bad.parse::<PublicKey>().is_err());
+        }
+        // 44 characters that are not base64 of 32 bytes
+        assert!("@".repeat(44).parse::<PublicKey>().is_err());
+    }
+
+    #[test]
+    fn key_file_is_0600_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private.key");
+        let key = PrivateKey::generate();
+        write_private_key_file(&path, &key).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let back = read_private_key_file(&path).unwrap();
+        assert_eq!(back.public_key(), key.public_key());
+    }
+
+    #[test]
+    fn group_readable_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private.key");
+        write_private_key_file(&path, &PrivateKey::generate()).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let err = read_private_key_file(&path).unwrap_err();
+        assert!(matches!(
+            err,
+            KeyError::InsecurePermissions { mode: 0o640, .. }
+        ));
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+}
