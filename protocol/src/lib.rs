@@ -1,1 +1,13 @@
-//! placeholder
+//! The pure core of the overlay: no sockets, no clock, no threads.
+//!
+//! - [`routing`]: the cryptokey routing table (longest-prefix match from an address to
+//!   the peer that owns it), used both ways: outbound to pick the peer for a destination,
+//!   inbound to check that a decrypted packet's source belongs to the peer that sent it.
+//! - [`api`]: the request and response types of `overlayd`'s local API, shared with
+//!   `overlayctl`.
+//! - [`drops`]: why a packet was dropped, the vocabulary of every drop counter.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod drops;
+pub mod routing;
