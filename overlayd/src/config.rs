@@ -1,0 +1,453 @@
+//! `overlayd`'s TOML configuration: parsed into typed values, validated as a whole before
+//! the daemon touches the system, and printable with secrets redacted.
+//!
+//! Validation refuses, with one sentence naming the problem: unknown keys, malformed keys,
+//! a private key file readable by group or others, subnets claimed by two peers or by a
+//! peer and this host, a peer with this host's own key, and out-of-range values.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use keys::{PrivateKey, PublicKey};
+use serde::Deserialize;
+
+/// Default UDP port, WireGuard's.
+pub const DEFAULT_LISTEN_PORT: u16 = 51820;
+/// Default TUN MTU: 1500 minus the outer IPv6 (40), UDP (8) and WireGuard (32) headers.
+pub const DEFAULT_MTU: u16 = 1420;
+/// Default TUN name.
+pub const DEFAULT_TUN_NAME: &str = "ovl0";
+
+/// Errors in a configuration file. Each is one sentence naming the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, a wrong type, or a malformed value.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, flattened to one line.
+        message: String,
+    },
+    /// The private key file is missing, unreadable, too open or not a key.
+    #[error("config {path}: {source}")]
+    Key {
+        /// The config file.
+        path: PathBuf,
+        /// The key file problem.
+        source: keys::KeyError,
+    },
+    /// A value that parses but cannot work.
+    #[error("config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// The file as written (before validation).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    private_key_file: PathBuf,
+    #[serde(default = "default_listen_port")]
+    listen_port: u16,
+    #[serde(default = "default_tun_name")]
+    tun_name: String,
+    #[serde(default = "default_mtu")]
+    mtu: u16,
+    #[serde(default)]
+    address: Option<IpAddr>,
+    #[serde(default)]
+    subnets: Vec<IpNet>,
+    #[serde(default = "default_api_socket")]
+    api_socket: PathBuf,
+    #[serde(default = "default_true")]
+    offload: bool,
+    #[serde(default, rename = "peer")]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    public_key: PublicKey,
+    #[serde(default)]
+    endpoint: Option<SocketAddr>,
+    subnets: Vec<IpNet>,
+    #[serde(default)]
+    persistent_keepalive: Option<u16>,
+}
+
+fn default_listen_port() -> u16 {
+    DEFAULT_LISTEN_PORT
+}
+fn default_tun_name() -> String {
+    DEFAULT_TUN_NAME.to_owned()
+}
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
+}
+fn default_api_socket() -> PathBuf {
+    PathBuf::from(protocol::api::DEFAULT_SOCKET)
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Where the private key was read from.
+    pub private_key_file: PathBuf,
+    /// This host's private key.
+    pub private_key: PrivateKey,
+    /// UDP port of the tunnels.
+    pub listen_port: u16,
+    /// TUN device name.
+    pub tun_name: String,
+    /// TUN MTU.
+    pub mtu: u16,
+    /// This host's overlay address (on the TUN; preferred source of the routes).
+    pub address: Option<IpAddr>,
+    /// This host's container subnets.
+    pub subnets: Vec<IpNet>,
+    /// Local API socket.
+    pub api_socket: PathBuf,
+    /// Use TUN and UDP offloads when the kernel has them.
+    pub offload: bool,
+    /// Static peers.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// A validated static peer.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Its WireGuard public key.
+    pub public_key: PublicKey,
+    /// Where to reach it first; learnt from its packets when absent.
+    pub endpoint: Option<SocketAddr>,
+    /// Its subnets: routed to it, and accepted as inner source from it.
+    pub subnets: Vec<IpNet>,
+    /// Keepalive interval in seconds.
+    pub persistent_keepalive: Option<u16>,
+}
+
+impl Config {
+    /// Reads and validates `path`, including the private key file it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: one_line(&e.to_string()),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let key_file = if raw.private_key_file.is_relative() {
+            path.parent()
+                .unwrap_or(Path::new("."))
+                .join(&raw.private_key_file)
+        } else {
+            raw.private_key_file.clone()
+        };
+        let private_key =
+            keys::read_private_key_file(&key_file).map_err(|source| ConfigError::Key {
+                path: path.to_owned(),
+                source,
+            })?;
+        if !(576..=9000).contains(&raw.mtu) {
+            return Err(invalid(format!(
+                "mtu {} is out of range: use 576..=9000 (default {DEFAULT_MTU})",
+                raw.mtu
+            )));
+        }
+        if raw.tun_name.is_empty() || raw.tun_name.len() > 15 {
+            return Err(invalid(format!(
+                "tun_name {:?} must be 1 to 15 characters (a Linux interface name)",
+                raw.tun_name
+            )));
+        }
+        if raw.listen_port == 0 {
+            return Err(invalid(
+                "listen_port 0 is not allowed: peers need a fixed port".into(),
+            ));
+        }
+        let own_public = private_key.public_key();
+        // (subnet, owner): owner 0 is this host, i + 1 is peer i.
+        let mut claims: Vec<(IpNet, usize)> = raw.subnets.iter().map(|n| (n.trunc(), 0)).collect();
+        for (i, peer) in raw.peers.iter().enumerate() {
+            if peer.public_key == own_public {
+                return Err(invalid(format!(
+                    "peer {} has this host's own public key; remove it",
+                    peer.public_key
+                )));
+            }
+            if let Some(dup) = raw.peers[..i]
+                .iter()
+                .find(|p| p.public_key == peer.public_key)
+            {
+                return Err(invalid(format!(
+                    "peer {} is listed twice; merge the two [[peer]] sections",
+                    dup.public_key
+                )));
+            }
+            if peer.subnets.is_empty() {
+                return Err(invalid(format!(
+                    "peer {} has no subnets; give it at least one (e.g. its container subnet)",
+                    peer.public_key
+                )));
+            }
+            if peer.persistent_keepalive == Some(0) {
+                return Err(invalid(format!(
+                    "peer {}: persistent_keepalive 0 is not allowed; omit it to turn keepalives off",
+                    peer.public_key
+                )));
+            }
+            claims.extend(peer.subnets.iter().map(|n| (n.trunc(), i + 1)));
+        }
+        if let Some((a, b)) = protocol::routing::first_overlap(&claims) {
+            let owner = |net: IpNet| match claims.iter().find(|(n, _)| *n == net) {
+                Some((_, 0)) | None => "this host".to_owned(),
+                Some((_, i)) => format!("peer {}", raw.peers[i - 1].public_key),
+            };
+            return Err(invalid(format!(
+                "subnets overlap: {a} ({}) and {b} ({}); give every host its own subnet",
+                owner(a),
+                owner(b)
+            )));
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            private_key_file: key_file,
+            private_key,
+            listen_port: raw.listen_port,
+            tun_name: raw.tun_name,
+            mtu: raw.mtu,
+            address: raw.address,
+            subnets: raw.subnets,
+            api_socket: raw.api_socket,
+            offload: raw.offload,
+            peers: raw
+                .peers
+                .into_iter()
+                .map(|p| PeerConfig {
+                    public_key: p.public_key,
+                    endpoint: p.endpoint,
+                    subnets: p.subnets,
+                    persistent_keepalive: p.persistent_keepalive,
+                })
+                .collect(),
+        })
+    }
+
+    /// The configuration as TOML, with the private key shown as `(redacted)` and the
+    /// derived public key added as a comment.
+    pub fn redacted(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# {}", self.path.display());
+        let _ = writeln!(out, "# public_key = {}", self.private_key.public_key());
+        let _ = writeln!(
+            out,
+            "private_key_file = {:?}",
+            self.private_key_file.display().to_string()
+        );
+        let _ = writeln!(out, "# private_key = (redacted)");
+        let _ = writeln!(out, "listen_port = {}", self.listen_port);
+        let _ = writeln!(out, "tun_name = {:?}", self.tun_name);
+        let _ = writeln!(out, "mtu = {}", self.mtu);
+        if let Some(a) = self.address {
+            let _ = writeln!(out, "address = \"{a}\"");
+        }
+        let _ = writeln!(out, "subnets = {}", list(&self.subnets));
+        let _ = writeln!(
+            out,
+            "api_socket = {:?}",
+            self.api_socket.display().to_string()
+        );
+        let _ = writeln!(out, "offload = {}", self.offload);
+        for p in &self.peers {
+            let _ = writeln!(out, "\n[[peer]]\npublic_key = \"{}\"", p.public_key);
+            if let Some(e) = p.endpoint {
+                let _ = writeln!(out, "endpoint = \"{e}\"");
+            }
+            let _ = writeln!(out, "subnets = {}", list(&p.subnets));
+            if let Some(k) = p.persistent_keepalive {
+                let _ = writeln!(out, "persistent_keepalive = {k}");
+            }
+        }
+        out
+    }
+}
+
+fn list(nets: &[IpNet]) -> String {
+    let items: Vec<String> = nets.iter().map(|n| format!("\"{n}\"")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// toml's messages span several lines (with a caret under the column); keep them on one.
+fn one_line(message: &str) -> String {
+    let mut parts: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
+        .collect();
+    parts.dedup();
+    parts.join(": ").replace(": |", ":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        key: PrivateKey,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKey::generate();
+        keys::write_private_key_file(&dir.path().join("private.key"), &key).unwrap();
+        Fixture { dir, key }
+    }
+
+    fn parse(f: &Fixture, body: &str) -> Result<Config, ConfigError> {
+        let path = f.dir.path().join("overlayd.toml");
+        let text = format!("private_key_file = \"private.key\"\n{body}");
+        Config::parse(&path, &text)
+    }
+
+    fn peer(subnets: &str) -> String {
+        format!(
+            "[[peer]]\npublic_key = \"{}\"\nsubnets = {subnets}\n",
+            PrivateKey::generate().public_key()
+        )
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let f = fixture();
+        let c = parse(&f, "subnets = [\"10.42.1.0/24\"]\n").unwrap();
+        assert_eq!(c.listen_port, 51820);
+        assert_eq!(c.mtu, 1420);
+        assert_eq!(c.tun_name, "ovl0");
+        assert!(c.offload);
+        assert!(c.peers.is_empty());
+    }
+
+    #[test]
+    fn full_config_round_trips_through_redacted() {
+        let f = fixture();
+        let body = format!(
+            "listen_port = 5000\nmtu = 1400\naddress = \"10.42.1.1\"\nsubnets = [\"10.42.1.0/24\"]\n{}endpoint = \"198.18.0.12:51820\"\npersistent_keepalive = 25\n",
+            peer("[\"10.42.2.0/24\"]")
+        );
+        let c = parse(&f, &body).unwrap();
+        assert_eq!(
+            c.peers[0].endpoint,
+            Some("198.18.0.12:51820".parse().unwrap())
+        );
+        let shown = c.redacted();
+        assert!(!shown.contains(f.key.to_base64().as_str()));
+        assert!(shown.contains("(redacted)"));
+        // the redacted form is itself a valid config
+        let again = Config::parse(&c.path, &shown).unwrap();
+        assert_eq!(again.peers.len(), 1);
+        assert_eq!(again.mtu, 1400);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let f = fixture();
+        let err = parse(&f, "listen_prot = 5\n").unwrap_err().to_string();
+        assert!(err.contains("listen_prot"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn malformed_peer_key_is_named() {
+        let f = fixture();
+        let err = parse(
+            &f,
+            "[[peer]]\npublic_key = \"nope\"\nsubnets = [\"10.42.2.0/24\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not a WireGuard key"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn overlapping_subnets_are_refused() {
+        let f = fixture();
+        let body = format!(
+            "{}{}",
+            peer("[\"10.42.0.0/16\"]"),
+            peer("[\"10.42.2.0/24\"]")
+        );
+        let err = parse(&f, &body).unwrap_err().to_string();
+        assert!(err.contains("overlap"), "{err}");
+        let body = format!(
+            "subnets = [\"10.42.2.0/24\"]\n{}",
+            peer("[\"10.42.2.0/25\"]")
+        );
+        let err = parse(&f, &body).unwrap_err().to_string();
+        assert!(err.contains("this host"), "{err}");
+    }
+
+    #[test]
+    fn open_key_file_is_refused() {
+        let f = fixture();
+        let key = f.dir.path().join("private.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = parse(&f, "").unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn own_key_as_peer_and_bad_values_are_refused() {
+        let f = fixture();
+        let own = format!(
+            "[[peer]]\npublic_key = \"{}\"\nsubnets = [\"10.9.0.0/24\"]\n",
+            f.key.public_key()
+        );
+        assert!(
+            parse(&f, &own)
+                .unwrap_err()
+                .to_string()
+                .contains("own public key")
+        );
+        assert!(
+            parse(&f, "mtu = 100\n")
+                .unwrap_err()
+                .to_string()
+                .contains("mtu")
+        );
+        assert!(parse(&f, "tun_name = \"waytoolonganame0\"\n").is_err());
+    }
+}

@@ -1,0 +1,278 @@
+//! Two routers wired back to back in memory, with real boringtun handshakes:
+//!
+//! ```text
+//!   A (10.42.1.0/24) @198.18.0.11:51820  <== datagrams ==>  B (10.42.2.0/24) @198.18.0.12:51820
+//! ```
+
+use super::*;
+use std::net::Ipv4Addr;
+
+const A_ADDR: &str = "198.18.0.11:51820";
+const B_ADDR: &str = "198.18.0.12:51820";
+
+struct Pair {
+    a: Router,
+    b: Router,
+}
+
+fn peer(key: &PrivateKey, subnet: &str, endpoint: Option<&str>) -> PeerConfig {
+    PeerConfig {
+        public_key: key.public_key(),
+        endpoint: endpoint.map(|e| e.parse().unwrap()),
+        subnets: vec![subnet.parse().unwrap()],
+        persistent_keepalive: None,
+    }
+}
+
+fn pair() -> Pair {
+    let ka = PrivateKey::generate();
+    let kb = PrivateKey::generate();
+    Pair {
+        a: Router::new(&ka, &[peer(&kb, "10.42.2.0/24", Some(B_ADDR))]),
+        b: Router::new(&kb, &[peer(&ka, "10.42.1.0/24", Some(A_ADDR))]),
+    }
+}
+
+/// An IPv4 header (no payload checks are made by the tunnel) plus `payload`.
+fn ipv4(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 20];
+    p[0] = 0x45;
+    let total = (20 + payload.len()) as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.parse::<Ipv4Addr>().unwrap().octets());
+    p[16..20].copy_from_slice(&dst.parse::<Ipv4Addr>().unwrap().octets());
+    p.extend_from_slice(payload);
+    p
+}
+
+type Wire = Vec<(SocketAddr, SocketAddr, Vec<u8>)>; // (from, to, bytes)
+
+/// Delivers datagrams until none are left; returns plaintext written to each TUN.
+fn pump(pair: &Pair, mut wire: Wire) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
+    let a_addr: SocketAddr = A_ADDR.parse().unwrap();
+    let mut rounds = 0;
+    while let Some((from, to, bytes)) = wire.pop() {
+        rounds += 1;
+        assert!(rounds < 100, "datagrams keep bouncing");
+        let (router, tun) = if to == a_addr {
+            (&pair.a, &mut to_a)
+        } else {
+            (&pair.b, &mut to_b)
+        };
+        let mut out = vec![0u8; 2048];
+        let mut replies = Vec::new();
+        let r = router.decapsulate(from, &bytes, &mut out, &mut |dst, b| {
+            replies.push((to, dst, b.to_vec()))
+        });
+        if let Inbound::ToTun { len } = r {
+            tun.push(out[..len].to_vec());
+        }
+        wire.extend(replies);
+    }
+    (to_a, to_b)
+}
+
+fn send(router: &Router, from: &str, packet: &[u8]) -> Wire {
+    let mut out = vec![0u8; 2048];
+    match router.encapsulate(packet, &mut out) {
+        Outbound::Send { endpoint, len, .. } => {
+            vec![(from.parse().unwrap(), endpoint, out[..len].to_vec())]
+        }
+        Outbound::Queued => Vec::new(),
+        Outbound::Dropped(r) => panic!("dropped: {r:?}"),
+    }
+}
+
+fn handshake(pair: &Pair) {
+    let mut wire = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    pair.a.initiate_all(&mut buf, &mut |dst, b| {
+        wire.push((A_ADDR.parse().unwrap(), dst, b.to_vec()))
+    });
+    assert_eq!(wire.len(), 1);
+    pump(pair, wire);
+}
+
+#[test]
+fn packet_crosses_after_handshake_both_ways() {
+    let pair = pair();
+    handshake(&pair);
+    let p = ipv4("10.42.1.2", "10.42.2.2", b"hello");
+    let (_, to_b) = pump(&pair, send(&pair.a, A_ADDR, &p));
+    assert_eq!(to_b, vec![p]);
+    let q = ipv4("10.42.2.2", "10.42.1.2", b"back");
+    let (to_a, _) = pump(&pair, send(&pair.b, B_ADDR, &q));
+    assert_eq!(to_a, vec![q]);
+    assert_eq!(pair.b.peers()[0].rx_bytes.load(Ordering::Relaxed), 25);
+    assert!(pair.a.peers()[0].handshake_age_and_endpoint().0.is_some());
+}
+
+#[test]
+fn packet_sent_before_handshake_is_queued_then_delivered() {
+    let pair = pair();
+    let p = ipv4("10.42.1.2", "10.42.2.9", b"early");
+    let wire = send(&pair.a, A_ADDR, &p); // a handshake initiation; the packet waits
+    assert_eq!(wire.len(), 1);
+    let (_, to_b) = pump(&pair, wire);
+    assert_eq!(to_b, vec![p]);
+}
+
+#[test]
+fn ciphertext_does_not_contain_plaintext() {
+    let pair = pair();
+    handshake(&pair);
+    let marker = b"MARKER-0123456789-MARKER";
+    let wire = send(&pair.a, A_ADDR, &ipv4("10.42.1.2", "10.42.2.2", marker));
+    assert!(!wire[0].2.windows(marker.len()).any(|w| w == marker));
+}
+
+#[test]
+fn forged_inner_source_is_dropped_and_counted() {
+    let pair = pair();
+    handshake(&pair);
+    // A claims a source in B's own subnet, and one in a third subnet.
+    for forged in ["10.42.2.7", "10.42.3.7"] {
+        let wire = send(&pair.a, A_ADDR, &ipv4(forged, "10.42.2.2", b"x"));
+        let (_, to_b) = pump(&pair, wire);
+        assert!(to_b.is_empty());
+    }
+    assert_eq!(pair.b.peers()[0].drops.get(DropReason::SourceNotAllowed), 2);
+}
+
+#[test]
+fn no_route_is_dropped_and_counted() {
+    let pair = pair();
+    let mut out = vec![0u8; 2048];
+    let r = pair
+        .a
+        .encapsulate(&ipv4("10.42.1.2", "10.99.0.1", b"x"), &mut out);
+    assert_eq!(r, Outbound::Dropped(DropReason::NoRoute));
+    assert_eq!(pair.a.drops.get(DropReason::NoRoute), 1);
+    let r = pair.a.encapsulate(&[0x10, 0, 0], &mut out);
+    assert_eq!(r, Outbound::Dropped(DropReason::NotIp));
+}
+
+#[test]
+fn stranger_cannot_handshake() {
+    let pair = pair();
+    let stranger_key = PrivateKey::generate();
+    let b_key_public = pair.a.peers()[0].public_key;
+    // The stranger knows B's public key, but B does not know the stranger.
+    let stranger = Router::new(
+        &stranger_key,
+        &[PeerConfig {
+            public_key: b_key_public,
+            endpoint: Some(B_ADDR.parse().unwrap()),
+            subnets: vec!["10.42.2.0/24".parse().unwrap()],
+            persistent_keepalive: None,
+        }],
+    );
+    let mut buf = vec![0u8; 2048];
+    let mut wire = Vec::new();
+    stranger.initiate_all(&mut buf, &mut |dst, b| wire.push((dst, b.to_vec())));
+    let mut out = vec![0u8; 2048];
+    let mut replies = 0;
+    let r = pair.b.decapsulate(
+        "198.18.0.66:51820".parse().unwrap(),
+        &wire[0].1,
+        &mut out,
+        &mut |_, _| replies += 1,
+    );
+    assert_eq!(r, Inbound::Dropped(DropReason::UnknownPeer));
+    assert_eq!(replies, 0);
+}
+
+#[test]
+fn garbage_and_truncated_messages_are_counted_not_fatal() {
+    let pair = pair();
+    handshake(&pair);
+    let good = send(&pair.a, A_ADDR, &ipv4("10.42.1.2", "10.42.2.2", b"payload"))[0]
+        .2
+        .clone();
+    let from: SocketAddr = "198.18.0.99:4000".parse().unwrap();
+    let mut out = vec![0u8; 2048];
+    let mut seed = 7u32;
+    for len in 0..200usize {
+        let mut junk: Vec<u8> = (0..len)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (seed >> 16) as u8
+            })
+            .collect();
+        if len > 0 {
+            junk[0] = (len % 5) as u8; // hit every message type, 0..=4
+        }
+        let r = pair.b.decapsulate(from, &junk, &mut out, &mut |_, _| {});
+        assert!(matches!(r, Inbound::Dropped(_)), "len {len}: {r:?}");
+    }
+    for cut in 0..good.len() {
+        let r = pair
+            .b
+            .decapsulate(from, &good[..cut], &mut out, &mut |_, _| {});
+        assert!(matches!(r, Inbound::Dropped(_)), "cut {cut}: {r:?}");
+    }
+    assert!(pair.b.total_drops().values().sum::<u64>() >= 200);
+    // the real packet still passes, and the peer's endpoint did not move to the attacker
+    let (_, to_b) = pump(
+        &pair,
+        vec![(A_ADDR.parse().unwrap(), B_ADDR.parse().unwrap(), good)],
+    );
+    assert_eq!(to_b.len(), 1);
+    assert_eq!(
+        pair.b.peers()[0].handshake_age_and_endpoint().1,
+        Some(A_ADDR.parse().unwrap())
+    );
+}
+
+#[test]
+fn endpoint_roams_to_source_of_authenticated_packet() {
+    let pair = pair();
+    handshake(&pair);
+    let moved: SocketAddr = "198.18.1.11:51820".parse().unwrap();
+    let wire = send(&pair.a, A_ADDR, &ipv4("10.42.1.2", "10.42.2.2", b"x"));
+    let mut out = vec![0u8; 2048];
+    let r = pair
+        .b
+        .decapsulate(moved, &wire[0].2, &mut out, &mut |_, _| {});
+    assert!(matches!(r, Inbound::ToTun { .. }));
+    assert_eq!(
+        pair.b.peers()[0].handshake_age_and_endpoint().1,
+        Some(moved)
+    );
+}
+
+#[test]
+fn handshake_flood_gets_cookie_replies() {
+    let pair = pair();
+    let mut buf = vec![0u8; 2048];
+    let mut cookies = 0;
+    let mut under_load = 0;
+    // Fresh initiations from A (force resend gives a new message each time).
+    for _ in 0..(HANDSHAKE_RATE_LIMIT * 3) {
+        let init = {
+            let mut st = pair.a.peers()[0].lock();
+            match st.tunn.format_handshake_initiation(&mut buf, true) {
+                TunnResult::WriteToNetwork(b) => b.to_vec(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let mut out = vec![0u8; 2048];
+        let r = pair
+            .b
+            .decapsulate(A_ADDR.parse().unwrap(), &init, &mut out, &mut |_, b| {
+                if b.len() == 64 {
+                    cookies += 1;
+                }
+            });
+        if r == Inbound::Dropped(DropReason::UnderLoad) {
+            under_load += 1;
+        }
+    }
+    assert!(
+        under_load > 0 && cookies == under_load,
+        "under_load {under_load} cookies {cookies}"
+    );
+}
