@@ -3,7 +3,111 @@
 //!
 //! Seams: [`router`] is the I/O-free tunnel logic; [`datapath`] the threads that move
 //! batches between the TUN and the UDP socket; [`udp`] the batched socket calls;
-//! [`netlink`] routes; [`api`] the local API; [`config`] the file.
+//! [`netlink`] routes; [`api`] the local API; [`config`] the file. [`run`] wires them.
 
+pub mod api;
 pub mod config;
+pub mod datapath;
+pub mod netlink;
 pub mod router;
+pub mod udp;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+
+/// An error the operator caused (config, permissions): exit code 2 rather than 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs the daemon with a validated config until SIGTERM or SIGINT, then removes the
+/// routes it added and returns. Whatever it made before a failure is removed too.
+pub async fn run(config: config::Config) -> anyhow::Result<()> {
+    let api_socket = api::ApiSocket::bind(&config.api_socket)?;
+    let udp = udp::Udp::bind(config.listen_port, config.offload).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "UDP port {} is in use (another overlayd or WireGuard?); stop it or set listen_port",
+                config.listen_port
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("cannot open UDP port {}", config.listen_port))
+        }
+    })?;
+    let udp = Arc::new(udp);
+    let tun = datapath::open_tun(&config.tun_name, config.mtu, config.address, config.offload)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => anyhow::Error::new(UsageError(format!(
+                "cannot create TUN device {}: permission denied; run overlayd as root (it needs CAP_NET_ADMIN)",
+                config.tun_name
+            ))),
+            Some(libc::EBUSY) => anyhow::anyhow!(
+                "TUN device {} is in use by another process; stop it or set tun_name",
+                config.tun_name
+            ),
+            _ => anyhow::Error::new(e).context(format!("cannot create TUN device {}", config.tun_name)),
+        })?;
+    let tun_offload = tun.tcp_gso();
+    let if_index = tun
+        .if_index()
+        .with_context(|| format!("cannot read the index of TUN device {}", config.tun_name))?;
+    let mut routes = netlink::Routes::connect()?;
+    for peer in &config.peers {
+        for net in &peer.subnets {
+            if let Err(e) = routes.add(*net, if_index, config.address).await {
+                routes.remove_all().await;
+                return Err(e);
+            }
+        }
+    }
+    let router = Arc::new(router::Router::new(&config.private_key, &config.peers));
+    let tun = Arc::new(tun);
+    if let Err(e) = datapath::spawn(tun, udp.clone(), router.clone(), config.mtu) {
+        routes.remove_all().await;
+        return Err(anyhow::Error::new(e).context("cannot start the data plane threads"));
+    }
+    tracing::info!(
+        public_key = %config.private_key.public_key(),
+        listen_port = config.listen_port,
+        tun = %config.tun_name,
+        mtu = config.mtu,
+        peers = config.peers.len(),
+        tun_offload,
+        udp_gso = udp.gso(),
+        udp_gro = udp.gro(),
+        "overlayd is up"
+    );
+    let state = Arc::new(api::ApiState {
+        router,
+        udp,
+        public_key: config.private_key.public_key(),
+        listen_port: config.listen_port,
+        tun_name: config.tun_name.clone(),
+        mtu: config.mtu,
+        address: config.address,
+        subnets: config.subnets.clone(),
+        tun_offload,
+        started: Instant::now(),
+    });
+    let served = api_socket.serve(state, shutdown_signal()).await;
+    tracing::info!("shutting down: removing routes");
+    routes.remove_all().await;
+    served
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop overlayd with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -368,11 +368,8 @@ impl Router {
                 st.endpoint = Some(src);
                 reply(src, b);
                 // Packets queued while the handshake was under way.
-                loop {
-                    match st.tunn.decapsulate(None, &[], out) {
-                        TunnResult::WriteToNetwork(b) => reply(src, b),
-                        _ => break,
-                    }
+                while let TunnResult::WriteToNetwork(b) = st.tunn.decapsulate(None, &[], out) {
+                    reply(src, b);
                 }
                 Inbound::Consumed
             }

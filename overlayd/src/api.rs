@@ -1,0 +1,149 @@
+//! The local API: HTTP/1.1 + JSON (axum) on a unix socket that only root can open
+//! (socket 0600 in a 0700 folder). Read-only for now: status and peers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use axum::Json;
+use axum::extract::State;
+use axum::routing::get;
+use ipnet::IpNet;
+use keys::PublicKey;
+use protocol::api::{PEERS_PATH, PeerStatus, STATUS_PATH, Status};
+use std::sync::atomic::Ordering;
+
+use crate::router::Router;
+use crate::udp::Udp;
+
+/// What the API reads.
+pub struct ApiState {
+    /// The tunnels.
+    pub router: Arc<Router>,
+    /// The socket, for the GSO flag.
+    pub udp: Arc<Udp>,
+    /// This host's public key.
+    pub public_key: PublicKey,
+    /// Port.
+    pub listen_port: u16,
+    /// TUN name.
+    pub tun_name: String,
+    /// TUN MTU.
+    pub mtu: u16,
+    /// Overlay address.
+    pub address: Option<std::net::IpAddr>,
+    /// Own subnets.
+    pub subnets: Vec<IpNet>,
+    /// TUN offload in use.
+    pub tun_offload: bool,
+    /// Start time.
+    pub started: Instant,
+}
+
+async fn status(State(s): State<Arc<ApiState>>) -> Json<Status> {
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        public_key: s.public_key,
+        listen_port: s.listen_port,
+        tun_name: s.tun_name.clone(),
+        mtu: s.mtu,
+        address: s.address,
+        subnets: s.subnets.clone(),
+        tun_offload: s.tun_offload,
+        udp_gso: s.udp.gso(),
+        peer_count: s.router.peers().len(),
+        uptime_s: s.started.elapsed().as_secs(),
+        drops: s.router.total_drops(),
+    })
+}
+
+async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
+    let list = s
+        .router
+        .peers()
+        .iter()
+        .map(|p| {
+            let (age, endpoint) = p.handshake_age_and_endpoint();
+            PeerStatus {
+                public_key: p.public_key,
+                endpoint,
+                subnets: p.subnets.clone(),
+                last_handshake_s: age.map(|d| d.as_secs_f64()),
+                rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
+                tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
+                persistent_keepalive: p.persistent_keepalive,
+                drops: p.drops.snapshot(),
+            }
+        })
+        .collect();
+    Json(list)
+}
+
+/// A bound API socket; removes its file when dropped.
+pub struct ApiSocket {
+    listener: Option<tokio::net::UnixListener>,
+    path: PathBuf,
+}
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl ApiSocket {
+    /// Binds `path` (0600; its folder is created 0700 if missing). Refuses when another
+    /// daemon answers on it; removes a stale socket file left by a crash.
+    pub fn bind(path: &Path) -> anyhow::Result<ApiSocket> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Some(dir) = path.parent()
+            && !dir.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| {
+                    format!("cannot create the API socket folder {}", dir.display())
+                })?;
+        }
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "another overlayd is already serving {}; stop it first or set api_socket to another path",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path).with_context(|| {
+                format!("cannot remove the stale API socket {}", path.display())
+            })?;
+        }
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("cannot bind the API socket {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(
+            || format!("cannot restrict the API socket {} to root", path.display()),
+        )?;
+        Ok(ApiSocket {
+            listener: Some(listener),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Serves the API until `shutdown` completes.
+    pub async fn serve(
+        mut self,
+        state: Arc<ApiState>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let app = axum::Router::new()
+            .route(STATUS_PATH, get(status))
+            .route(PEERS_PATH, get(peers))
+            .with_state(state);
+        let listener = self.listener.take().context("API socket already served")?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("local API server failed")
+    }
+}

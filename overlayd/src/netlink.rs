@@ -1,0 +1,102 @@
+//! Routes through netlink (rtnetlink), never by running `ip`. The daemon adds one route
+//! per peer subnet through its TUN, remembers what it added, and removes exactly that on
+//! shutdown.
+
+use std::net::IpAddr;
+
+use anyhow::Context;
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::route::RouteMessage;
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+/// Routes this daemon installed, for removal on shutdown.
+pub struct Routes {
+    handle: Handle,
+    installed: Vec<RouteMessage>,
+}
+
+fn message(net: IpNet, if_index: u32, source: Option<IpAddr>) -> RouteMessage {
+    match net {
+        IpNet::V4(n) => {
+            let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .destination_prefix(n.network(), n.prefix_len())
+                .output_interface(if_index);
+            if let Some(IpAddr::V4(src)) = source {
+                b = b.pref_source(src);
+            }
+            b.build()
+        }
+        IpNet::V6(n) => {
+            let mut b = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(n.network(), n.prefix_len())
+                .output_interface(if_index);
+            if let Some(IpAddr::V6(src)) = source {
+                b = b.pref_source(src);
+            }
+            b.build()
+        }
+    }
+}
+
+impl Routes {
+    /// Opens a netlink connection (its task runs on the current tokio runtime).
+    pub fn connect() -> anyhow::Result<Routes> {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().context("cannot open a netlink socket")?;
+        tokio::spawn(conn);
+        Ok(Routes {
+            handle,
+            installed: Vec::new(),
+        })
+    }
+
+    /// Routes `net` through interface `if_index`, preferring `source` as the source
+    /// address of locally made packets. A route left by an earlier run is replaced.
+    pub async fn add(
+        &mut self,
+        net: IpNet,
+        if_index: u32,
+        source: Option<IpAddr>,
+    ) -> anyhow::Result<()> {
+        let msg = message(net.trunc(), if_index, source);
+        self.handle
+            .route()
+            .add(msg.clone())
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("cannot add route {net} via the TUN (netlink)"))?;
+        self.installed.push(msg);
+        Ok(())
+    }
+
+    /// Removes every route this daemon added; errors are logged, not returned, so that
+    /// shutdown always finishes.
+    pub async fn remove_all(&mut self) {
+        for msg in self.installed.drain(..) {
+            if let Err(e) = self.handle.route().del(msg).execute().await {
+                tracing::warn!(error = %e, "could not remove a route on shutdown");
+            }
+        }
+    }
+
+    /// Number of IPv4 routes through `if_index` (for tests and status).
+    pub async fn count_through(&self, if_index: u32) -> anyhow::Result<usize> {
+        let mut stream = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<std::net::Ipv4Addr>::new().build())
+            .execute();
+        let mut n = 0;
+        while let Some(route) = stream.try_next().await? {
+            let out = route.attributes.iter().any(|a| {
+                matches!(a, rtnetlink::packet_route::route::RouteAttribute::Oif(i) if *i == if_index)
+            });
+            if out {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
