@@ -1,1 +1,88 @@
-//! placeholder
+//! Many overlay hosts on one machine, built from network namespaces, each running the real
+//! `overlayd`; plus the faults the end-to-end tests need (partitions, random loss, crashes,
+//! roaming). The end-to-end tests (`testnet/tests/`) and the demo script (through the
+//! `testnet` CLI) build hosts the same way, with this library.
+//!
+//! This crate owns namespaces, veths, bridges, nft rules and the processes it starts, and
+//! nothing else: it shells out to `ip`, `nft` and `sysctl`, touches only namespaces named
+//! with its own per-run prefix, and ends only processes it started, by PID. Test traffic stays
+//! inside its namespaces: underlay 198.18.0.0/15, overlay 10.42.0.0/16.
+//!
+//! # Topology
+//!
+//! Every namespace name starts with the run's prefix `P` (the CLI's default is `tn`; the
+//! library makes a unique one, `t` and 5 random hex digits, so parallel test runs never
+//! collide). No interface of a run ever lives in the root namespace.
+//!
+//! ```text
+//!                          namespace P-ul: the underlay switch
+//!            +----------------------------------------------------+
+//!            |                 br0 (bridge, no address)           |
+//!            +------h1----------------h2----------------hN--------+
+//!                   |                 |                 |           veth pairs
+//!   namespace P-h1  |    P-h2         |    P-hN         |
+//!  +----------------+-----+  +--------+-------+  +-----+---------+
+//!  | ul0 198.18.0.11/15   |  | ul0 198.18.0.12 |  | ul0 198.18.0.(10+N)
+//!  | overlayd: ovl0 (TUN),|  |  ...            |  |  ...
+//!  |   UDP 51820          |  +-----------------+  +---------------+
+//!  | ip_forward = 1       |
+//!  | br0 10.42.1.1/24     |    containers on each host's br0, MTU 1420
+//!  +---c1----------c2-----+
+//!      |           |           veth pairs (eth0 in the container, cJ on the host)
+//!  P-h1-c1      P-h1-c2
+//!  eth0          eth0
+//!  10.42.1.2/24  10.42.1.3/24  default via 10.42.1.1
+//! ```
+//!
+//! Host `I` (1-based): namespace `P-hI`, underlay `198.18.0.(10+I)/15` on `ul0`, container
+//! bridge `br0` with `10.42.I.1/24`. Container `J` of host `I`: namespace `P-hI-cJ`,
+//! `10.42.I.(1+J)/24` on `eth0`. Hosts may have no containers.
+//!
+//! # State on disk
+//!
+//! `/run/testnet/P/` holds `state.json` (prefix, sizes, addresses, the PIDs of the daemons
+//! and of the process that owns the run) and per host `hI/private.key` (0600),
+//! `hI/overlayd.toml`, `hI/overlayd.sock` (API) and `hI/overlayd.log`. The CLI records its
+//! current run's prefix in `/run/testnet/current`.
+//!
+//! # Cleanup
+//!
+//! [`Testnet`] tears everything down on drop (also when [`Testnet::up`] fails halfway) unless
+//! [`Testnet::persist`] was called, as the CLI does. [`Testnet::cleanup_leftovers`] removes
+//! the namespaces and state of runs whose owner and daemons are gone (a crashed test).
+//!
+//! # Example
+//!
+//! ```no_run
+//! let net = testnet::Testnet::up(testnet::Options::new(2, 2))?;
+//! let out = net.exec("h1-c1", &["ping", "-c1", "-W1", "10.42.2.2"])?;
+//! assert!(out.status.success());
+//! net.down()?;
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+mod cleanup;
+pub mod cli;
+mod cmd;
+mod config;
+mod daemon;
+mod faults;
+mod names;
+mod proc;
+mod state;
+mod testnet;
+mod topology;
+
+pub use config::{HostConfig, PeerConfig};
+pub use faults::NFT_TABLE;
+pub use names::{RUN_ROOT, validate_prefix};
+pub use testnet::{ConfigHook, Options, Testnet};
+
+/// Largest number of hosts: host `I`'s underlay address is `198.18.0.(10+I)`.
+pub const MAX_HOSTS: usize = 245;
+/// Largest number of containers per host: container `J`'s address is `10.42.I.(1+J)`.
+pub const MAX_CONTAINERS: usize = 253;
+/// MTU of the container bridges and veths (and the default TUN MTU).
+pub const MTU: u32 = 1420;
+/// UDP port every `overlayd` listens on.
+pub const LISTEN_PORT: u16 = 51820;

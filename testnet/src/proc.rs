@@ -1,0 +1,110 @@
+//! Processes identified by PID *and* start time, so that a recorded PID the kernel has since
+//! given to an unrelated process is never signalled; and polling with a deadline.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// How often [`poll_until`] checks.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A process as recorded in `state.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ProcId {
+    /// Its PID.
+    pub pid: u32,
+    /// Its start time in clock ticks after boot (field 22 of `/proc/PID/stat`).
+    pub start_time: u64,
+}
+
+impl ProcId {
+    /// The running process `pid`, if there is one.
+    pub fn of(pid: u32) -> Option<ProcId> {
+        let (_, start_time) = read_stat(pid)?;
+        Some(ProcId { pid, start_time })
+    }
+
+    /// This process.
+    pub fn current() -> Option<ProcId> {
+        ProcId::of(std::process::id())
+    }
+
+    /// Whether the process still runs: same PID and start time, and not a zombie.
+    pub fn alive(&self) -> bool {
+        matches!(read_stat(self.pid), Some((state, start)) if start == self.start_time && state != 'Z' && state != 'X')
+    }
+
+    /// Sends `signal` if the process is still this one. Returns whether it was sent.
+    pub fn signal(&self, signal: libc::c_int) -> bool {
+        if !self.alive() {
+            return false;
+        }
+        send_signal(self.pid, signal)
+    }
+}
+
+/// Sends `signal` to `pid`. Returns whether it was delivered.
+pub(crate) fn send_signal(pid: u32, signal: libc::c_int) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        // 0 and negatives would signal process groups.
+        return false;
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions; pid is a single positive PID.
+    unsafe { libc::kill(pid, signal) == 0 }
+}
+
+/// State letter and start time from `/proc/PID/stat`.
+fn read_stat(pid: u32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces and ')'.
+    let after = &text[text.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // After the name come fields 3 (state) .. ; start time is field 22.
+    let start_time = fields.nth(22 - 4)?.parse().ok()?;
+    Some((state, start_time))
+}
+
+/// Calls `done` until it returns true or `timeout` passes; returns its last answer.
+pub(crate) fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_process_is_alive_and_a_changed_start_time_is_not() {
+        let me = ProcId::current().unwrap();
+        assert!(me.alive());
+        let other = ProcId {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!other.alive());
+        assert!(!other.signal(0));
+    }
+
+    #[test]
+    fn reaped_child_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let id = ProcId::of(child.id());
+        child.wait().unwrap();
+        if let Some(id) = id {
+            assert!(!id.alive());
+        }
+    }
+}

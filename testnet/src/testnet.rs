@@ -1,0 +1,579 @@
+//! [`Testnet`]: one run's namespaces, keys, configs and daemons, torn down on drop.
+
+use std::env;
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd;
+use crate::config::HostConfig;
+use crate::daemon::{Daemon, KILL_TIMEOUT, Launch, READY_TIMEOUT};
+use crate::names::{self, NsKind};
+use crate::state::{HostState, State};
+use crate::{MAX_CONTAINERS, MAX_HOSTS, cleanup, topology};
+
+/// How many fresh prefixes [`Testnet::up`] tries before giving up.
+const PREFIX_ATTEMPTS: usize = 16;
+
+/// A hook that changes a host's config before it is written: `(host, &mut config)`.
+pub type ConfigHook = Box<dyn Fn(usize, &mut HostConfig)>;
+
+/// What [`Testnet::up`] builds.
+pub struct Options {
+    /// Number of hosts, 1 to [`MAX_HOSTS`].
+    pub hosts: usize,
+    /// Containers per host, 0 to [`MAX_CONTAINERS`].
+    pub containers: usize,
+    /// Namespace prefix; `None` makes a unique one (`t` and 5 hex digits).
+    pub prefix: Option<String>,
+    /// Start `overlayd` on every host and wait until each is ready.
+    pub start_daemons: bool,
+    /// `persistent_keepalive` for every peer.
+    pub persistent_keepalive: Option<u16>,
+    /// `offload` for every host (`Some(false)` turns offloads off).
+    pub offload: Option<bool>,
+    /// Start daemons in their own sessions so they outlive this process (the CLI's runs).
+    pub detach_daemons: bool,
+    /// The `overlayd` binary; `None` looks it up (env `OVERLAYD_BIN`, next to this
+    /// executable, `PATH`).
+    pub overlayd: Option<PathBuf>,
+    /// The `overlayctl` binary; `None` looks it up (env `OVERLAYCTL_BIN`, ...).
+    pub overlayctl: Option<PathBuf>,
+    /// Changes each host's config before it is written (after the fields above).
+    pub configure: Option<ConfigHook>,
+}
+
+impl Options {
+    /// `hosts` hosts with `containers` containers each, daemons started, everything else
+    /// default.
+    pub fn new(hosts: usize, containers: usize) -> Options {
+        Options {
+            hosts,
+            containers,
+            prefix: None,
+            start_daemons: true,
+            persistent_keepalive: None,
+            offload: None,
+            detach_daemons: false,
+            overlayd: None,
+            overlayctl: None,
+            configure: None,
+        }
+    }
+}
+
+impl Default for Options {
+    /// Two hosts with two containers each.
+    fn default() -> Options {
+        Options::new(2, 2)
+    }
+}
+
+/// A run: hosts and containers in namespaces, with their daemons.
+///
+/// Dropping it tears everything down (daemons, processes left in its namespaces, the
+/// namespaces, the run directory) unless [`Testnet::persist`] was called or it came from
+/// [`Testnet::attach`]. Hosts are numbered from 1; containers of each host from 1.
+pub struct Testnet {
+    pub(crate) state: State,
+    /// Index 0 is host 1.
+    daemons: Vec<Option<Daemon>>,
+    overlayd: Option<PathBuf>,
+    overlayctl: Option<PathBuf>,
+    /// Whether drop tears the run down.
+    owns_run: bool,
+}
+
+impl Testnet {
+    /// Builds the topology, writes keys and configs, and starts the daemons if asked. On
+    /// error everything built so far is removed again.
+    pub fn up(opts: Options) -> Result<Testnet> {
+        if !(1..=MAX_HOSTS).contains(&opts.hosts) {
+            bail!("hosts must be 1 to {MAX_HOSTS}, not {}", opts.hosts);
+        }
+        if opts.containers > MAX_CONTAINERS {
+            bail!(
+                "containers must be 0 to {MAX_CONTAINERS}, not {}",
+                opts.containers
+            );
+        }
+        let state = claim_prefix(&opts)?;
+        let mut net = Testnet {
+            daemons: (0..opts.hosts).map(|_| None).collect(),
+            state,
+            overlayd: opts.overlayd.clone(),
+            overlayctl: opts.overlayctl.clone(),
+            owns_run: true,
+        };
+        // From here on, an early return drops `net`, which removes what was built.
+        let prefix = net.state.prefix.clone();
+        topology::build_underlay(&prefix)?;
+        for i in 1..=opts.hosts {
+            topology::build_host(&prefix, i, names::underlay_addr(i))?;
+            for j in 1..=opts.containers {
+                topology::build_container(&prefix, i, j)?;
+            }
+        }
+        net.write_keys()?;
+        for i in 1..=opts.hosts {
+            let mut config = net.default_config(i)?;
+            config.offload = opts.offload;
+            for peer in &mut config.peers {
+                peer.persistent_keepalive = opts.persistent_keepalive;
+            }
+            if let Some(hook) = &opts.configure {
+                hook(i, &mut config);
+            }
+            net.write_config(i, &config)?;
+        }
+        net.state.save()?;
+        if opts.start_daemons {
+            net.start_all()?;
+        }
+        Ok(net)
+    }
+
+    /// The run `prefix` as recorded in its `state.json` (for the CLI). Dropping the result
+    /// leaves the run as it is; [`Testnet::down`] removes it.
+    pub fn attach(prefix: &str) -> Result<Testnet> {
+        names::validate_prefix(prefix)?;
+        let Some(state) = State::load(prefix)? else {
+            if cleanup::run_namespaces(prefix).is_ok_and(|n| !n.is_empty()) {
+                bail!(
+                    "run {prefix} has namespaces but no state (a crash?); remove it with `testnet down --prefix {prefix}`"
+                );
+            }
+            bail!("no testnet run with prefix {prefix} is up; start one with `testnet up`");
+        };
+        let daemons = state
+            .host
+            .iter()
+            .map(|h| h.daemon.map(Daemon::recorded))
+            .collect();
+        Ok(Testnet {
+            state,
+            daemons,
+            overlayd: None,
+            overlayctl: None,
+            owns_run: false,
+        })
+    }
+
+    /// Tears the run down: daemons (SIGTERM, then SIGKILL after 5 s), every process left in
+    /// its namespaces, the namespaces, the run directory.
+    pub fn down(mut self) -> Result<()> {
+        self.owns_run = false;
+        self.teardown()
+    }
+
+    /// Removes run `prefix`, alive or not, also when its state is missing or unreadable
+    /// (after a crash). Returns the namespaces deleted (empty if nothing was up).
+    pub fn down_prefix(prefix: &str) -> Result<Vec<String>> {
+        names::validate_prefix(prefix)?;
+        let state = State::load(prefix).ok().flatten();
+        cleanup::remove_run(prefix, state.as_ref())
+    }
+
+    /// Removes dead runs: for each run directory in `/run/testnet` (or only `prefix_filter`)
+    /// whose run is not alive, kills what still runs in its namespaces, deletes them and
+    /// the directory. A run is alive while the process that owns it runs, or, once
+    /// persisted, while one of its daemons runs (or it never started any). Namespaces of
+    /// other prefixes are never touched. Returns the namespaces deleted.
+    pub fn cleanup_leftovers(prefix_filter: Option<&str>) -> Result<Vec<String>> {
+        cleanup::cleanup_leftovers(prefix_filter)
+    }
+
+    /// Lets the run outlive this value (and this process): drop no longer tears it down.
+    pub fn persist(&mut self) -> Result<()> {
+        self.owns_run = false;
+        self.state.persisted = true;
+        self.state.owner = None;
+        self.state.save()
+    }
+
+    /// Whether another process may still be using run `prefix` (see
+    /// [`Testnet::cleanup_leftovers`] for the rule).
+    pub fn is_alive(prefix: &str) -> Result<bool> {
+        names::validate_prefix(prefix)?;
+        Ok(State::load(prefix)?.is_some_and(|s| s.alive()))
+    }
+
+    /// The namespaces of this run that exist now, containers first, the switch last.
+    pub fn namespaces(&self) -> Result<Vec<String>> {
+        cleanup::run_namespaces(&self.state.prefix)
+    }
+
+    /// The namespace prefix of this run.
+    pub fn prefix(&self) -> &str {
+        &self.state.prefix
+    }
+
+    /// Number of hosts.
+    pub fn hosts(&self) -> usize {
+        self.state.hosts
+    }
+
+    /// Containers per host.
+    pub fn containers(&self) -> usize {
+        self.state.containers
+    }
+
+    /// `/run/testnet/P`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.state.run_dir.clone()
+    }
+
+    /// Namespace of the underlay switch, `P-ul`.
+    pub fn underlay_ns(&self) -> String {
+        names::underlay_ns(&self.state.prefix)
+    }
+
+    /// Namespace of host `i`, `P-hI`.
+    pub fn host_ns(&self, i: usize) -> String {
+        names::host_ns(&self.state.prefix, i)
+    }
+
+    /// Namespace of container `j` of host `i`, `P-hI-cJ`.
+    pub fn container_ns(&self, i: usize, j: usize) -> String {
+        names::container_ns(&self.state.prefix, i, j)
+    }
+
+    /// The namespace for `name`: `h1`, `h1-c2`, `ul`, or a full namespace name of this run.
+    pub fn resolve(&self, name: &str) -> Result<String> {
+        self.kind(name)?;
+        let local = name
+            .strip_prefix(&format!("{}-", self.state.prefix))
+            .unwrap_or(name);
+        Ok(format!("{}-{local}", self.state.prefix))
+    }
+
+    /// The address of `name`: a container's overlay address, or a host's current underlay
+    /// address.
+    pub fn addr(&self, name: &str) -> Result<IpAddr> {
+        match self.kind(name)? {
+            NsKind::Host(i) => Ok(self.state.host[i - 1].underlay.into()),
+            NsKind::Container(i, j) => Ok(self.state.host[i - 1].containers[j - 1].address.into()),
+            NsKind::Underlay => bail!("the underlay switch `ul` has no address"),
+        }
+    }
+
+    /// A command that runs `args` in `name`'s namespace, as `testnet exec` does: for a host,
+    /// env `OVERLAYD_SOCKET` is its API socket; `PATH` starts with the directories of
+    /// `overlayd` and `overlayctl`.
+    pub fn command(&self, name: &str, args: &[&str]) -> Result<Command> {
+        let kind = self.kind(name)?;
+        if args.is_empty() {
+            bail!("no command given to run in {name}");
+        }
+        let mut cmd = cmd::in_netns(&self.resolve(name)?, args);
+        if let NsKind::Host(i) = kind {
+            cmd.env("OVERLAYD_SOCKET", self.socket_path(i));
+        }
+        if let Some(path) = self.search_path() {
+            cmd.env("PATH", path);
+        }
+        Ok(cmd)
+    }
+
+    /// Runs `args` in `name`'s namespace and waits; a non-zero exit is not an error (check
+    /// `status`).
+    pub fn exec(&self, name: &str, args: &[&str]) -> Result<Output> {
+        let mut cmd = self.command(name, args)?;
+        cmd.stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run `{}`", cmd::show(&cmd)))
+    }
+
+    /// Starts `args` in `name`'s namespace in the background, stdout and stderr piped. The
+    /// caller owns the child; teardown kills it if it still runs in the run's namespaces.
+    pub fn spawn(&self, name: &str, args: &[&str]) -> Result<Child> {
+        let mut cmd = self.command(name, args)?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", cmd::show(&cmd)))
+    }
+
+    /// `/run/testnet/P/hI`.
+    pub fn host_dir(&self, i: usize) -> PathBuf {
+        self.state.run_dir.join(format!("h{i}"))
+    }
+
+    /// The host's `overlayd.toml`.
+    pub fn config_path(&self, i: usize) -> PathBuf {
+        self.host_dir(i).join("overlayd.toml")
+    }
+
+    /// The host's `overlayd.log` (daemon stdout and stderr, appended across restarts).
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.host_dir(i).join("overlayd.log")
+    }
+
+    /// The host's API socket.
+    pub fn socket_path(&self, i: usize) -> PathBuf {
+        self.host_dir(i).join("overlayd.sock")
+    }
+
+    /// The host's private key file (0600).
+    pub fn key_path(&self, i: usize) -> PathBuf {
+        self.host_dir(i).join("private.key")
+    }
+
+    /// The host's public key.
+    pub fn public_key(&self, i: usize) -> Result<keys::PublicKey> {
+        let text = &self.host(i)?.public_key;
+        text.parse()
+            .with_context(|| format!("h{i} has no valid public key recorded"))
+    }
+
+    /// Starts host `i`'s daemon with its config and waits (up to 10 s) until its API socket
+    /// exists. Fails if it already runs, or with the tail of its log if it does not come up.
+    pub fn start_daemon(&mut self, i: usize) -> Result<()> {
+        self.spawn_daemon(i)?;
+        self.wait_daemon(i)
+    }
+
+    /// Stops host `i`'s daemon: SIGTERM, then SIGKILL after 5 s. Nothing to do if it does
+    /// not run.
+    pub fn stop_daemon(&mut self, i: usize) -> Result<()> {
+        self.host(i)?;
+        let result = match &mut self.daemons[i - 1] {
+            Some(daemon) => crate::daemon::stop_all(&mut [daemon]),
+            None => Ok(()),
+        };
+        self.forget_daemon(i)?;
+        result
+    }
+
+    /// Kills host `i`'s daemon with SIGKILL (a crash) and waits until it has gone. Fails if it
+    /// does not run.
+    pub fn kill_daemon(&mut self, i: usize) -> Result<()> {
+        self.host(i)?;
+        let Some(daemon) = &mut self.daemons[i - 1] else {
+            bail!("h{i} has no daemon to kill");
+        };
+        if !daemon.alive() {
+            bail!("h{i}'s daemon (pid {}) has already exited", daemon.id.pid);
+        }
+        let result = crate::daemon::kill_all(&mut [daemon]);
+        self.forget_daemon(i)?;
+        result
+    }
+
+    /// Stops host `i`'s daemon if it runs, then starts it again with the same config file.
+    pub fn restart_daemon(&mut self, i: usize) -> Result<()> {
+        self.stop_daemon(i)?;
+        self.start_daemon(i)
+    }
+
+    /// PID of host `i`'s daemon as started (it may have exited since; see
+    /// [`Testnet::daemon_alive`]).
+    pub fn daemon_pid(&self, i: usize) -> Option<u32> {
+        self.daemons
+            .get(i.checked_sub(1)?)?
+            .as_ref()
+            .map(|d| d.id.pid)
+    }
+
+    /// Whether host `i`'s daemon runs.
+    pub fn daemon_alive(&mut self, i: usize) -> bool {
+        i.checked_sub(1)
+            .and_then(|index| self.daemons.get_mut(index))
+            .and_then(Option::as_mut)
+            .is_some_and(Daemon::alive)
+    }
+
+    /// Runs `overlayctl --socket <host i's API socket> args` in host `i`'s namespace and
+    /// waits; a non-zero exit is not an error (check `status`).
+    pub fn overlayctl(&self, i: usize, args: &[&str]) -> Result<Output> {
+        self.host(i)?;
+        let binary = match &self.overlayctl {
+            Some(path) => path.clone(),
+            None => cmd::require_project_binary("overlayctl", "OVERLAYCTL_BIN")?,
+        };
+        let mut cmd = cmd::in_netns(&self.host_ns(i), &[binary.as_os_str()]);
+        cmd.arg("--socket").arg(self.socket_path(i)).args(args);
+        cmd.stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run `{}`", cmd::show(&cmd)))
+    }
+
+    /// Host `i` as recorded, or an error naming the hosts there are.
+    pub(crate) fn host(&self, i: usize) -> Result<&HostState> {
+        i.checked_sub(1)
+            .and_then(|index| self.state.host.get(index))
+            .with_context(|| format!("no host {i}: this run has hosts 1 to {}", self.state.hosts))
+    }
+
+    /// What `name` denotes, checked against this run's sizes.
+    fn kind(&self, name: &str) -> Result<NsKind> {
+        let local = name
+            .strip_prefix(&format!("{}-", self.state.prefix))
+            .unwrap_or(name);
+        let kind = names::parse_local(local).filter(|kind| match *kind {
+            NsKind::Underlay => true,
+            NsKind::Host(i) => i <= self.state.hosts,
+            NsKind::Container(i, j) => i <= self.state.hosts && j <= self.state.containers,
+        });
+        kind.with_context(|| {
+            let containers = match self.state.containers {
+                0 => String::new(),
+                m => format!(", h1-c1 .. h{}-c{m}", self.state.hosts),
+            };
+            format!(
+                "unknown name {name:?}: this run has h1 .. h{}{containers} and ul",
+                self.state.hosts
+            )
+        })
+    }
+
+    fn overlayd_binary(&self) -> Result<PathBuf> {
+        let path = match &self.overlayd {
+            Some(path) => path.clone(),
+            None => cmd::require_project_binary("overlayd", "OVERLAYD_BIN")?,
+        };
+        if !path.is_file() {
+            bail!(
+                "the overlayd binary {} does not exist: build it with `cargo build -p overlayd`",
+                path.display()
+            );
+        }
+        Ok(path)
+    }
+
+    /// Starts every daemon, then waits for all (they come up in parallel).
+    fn start_all(&mut self) -> Result<()> {
+        for i in 1..=self.state.hosts {
+            self.spawn_daemon(i)?;
+        }
+        for i in 1..=self.state.hosts {
+            self.wait_daemon(i)?;
+        }
+        Ok(())
+    }
+
+    fn spawn_daemon(&mut self, i: usize) -> Result<()> {
+        self.host(i)?;
+        if self.daemon_alive(i) {
+            bail!(
+                "h{i}'s daemon already runs (pid {}); stop it first",
+                self.daemon_pid(i).unwrap_or_default()
+            );
+        }
+        let binary = self.overlayd_binary()?;
+        let (netns, config, socket, log) = (
+            self.host_ns(i),
+            self.config_path(i),
+            self.socket_path(i),
+            self.log_path(i),
+        );
+        let daemon = Daemon::spawn(&Launch {
+            netns: &netns,
+            binary: &binary,
+            config: &config,
+            socket: &socket,
+            log: &log,
+            detach: self.state.detach_daemons,
+        })?;
+        self.state.host[i - 1].daemon = Some(daemon.id);
+        self.daemons[i - 1] = Some(daemon);
+        self.state.save()
+    }
+
+    fn wait_daemon(&mut self, i: usize) -> Result<()> {
+        let (socket, log) = (self.socket_path(i), self.log_path(i));
+        let Some(daemon) = &mut self.daemons[i - 1] else {
+            bail!("h{i} has no daemon to wait for");
+        };
+        let result = daemon.wait_ready(&socket, &log, READY_TIMEOUT);
+        if result.is_err() {
+            // It may still run (timeout): end it so the run does not keep a half-started
+            // daemon.
+            daemon.signal(libc::SIGKILL);
+            daemon.wait_gone(KILL_TIMEOUT);
+            self.forget_daemon(i)?;
+        }
+        result.with_context(|| format!("h{i}: overlayd did not start"))
+    }
+
+    fn forget_daemon(&mut self, i: usize) -> Result<()> {
+        self.daemons[i - 1] = None;
+        self.state.host[i - 1].daemon = None;
+        self.state.save()
+    }
+
+    /// `PATH` with the directories of `overlayd` and `overlayctl` first.
+    fn search_path(&self) -> Option<OsString> {
+        let binaries = [
+            self.overlayd
+                .clone()
+                .or_else(|| cmd::project_binary("overlayd", "OVERLAYD_BIN")),
+            self.overlayctl
+                .clone()
+                .or_else(|| cmd::project_binary("overlayctl", "OVERLAYCTL_BIN")),
+        ];
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for dir in binaries.iter().flatten().filter_map(|b| b.parent()) {
+            let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        if dirs.is_empty() {
+            return None;
+        }
+        dirs.extend(env::var_os("PATH").iter().flat_map(env::split_paths));
+        env::join_paths(dirs).ok()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        let prefix = self.state.prefix.clone();
+        let mut daemons: Vec<&mut Daemon> = self.daemons.iter_mut().flatten().collect();
+        let result = cleanup::teardown_run(&prefix, &mut daemons);
+        for slot in &mut self.daemons {
+            *slot = None;
+        }
+        result
+            .map(|_| ())
+            .with_context(|| format!("cannot tear down testnet run {prefix}"))
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        if self.owns_run
+            && let Err(e) = self.teardown()
+        {
+            eprintln!("testnet: {e:#}");
+        }
+    }
+}
+
+/// Picks the prefix and creates the run directory with the initial state.
+fn claim_prefix(opts: &Options) -> Result<State> {
+    if let Some(prefix) = &opts.prefix {
+        names::validate_prefix(prefix)?;
+        let state = State::plan(prefix, opts.hosts, opts.containers, opts.detach_daemons);
+        if !state.create_run_dir()? {
+            bail!(
+                "a testnet run with prefix {prefix} exists ({}); remove it with `testnet down --prefix {prefix}`",
+                state.run_dir.display()
+            );
+        }
+        return Ok(state);
+    }
+    for _ in 0..PREFIX_ATTEMPTS {
+        let prefix = names::random_prefix()?;
+        let state = State::plan(&prefix, opts.hosts, opts.containers, opts.detach_daemons);
+        if state.create_run_dir()? {
+            return Ok(state);
+        }
+    }
+    bail!(
+        "no free prefix found in {PREFIX_ATTEMPTS} attempts; clean /run/testnet with `testnet down`"
+    )
+}
