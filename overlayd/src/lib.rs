@@ -68,6 +68,20 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         routes.remove_all().await;
         return Err(anyhow::Error::new(e).context("cannot start the data plane threads"));
     }
+    {
+        let (router, udp) = (router.clone(), udp.clone());
+        let watched = netlink::watch_addresses(move || {
+            let mut buf = [0u8; router::MIN_BUFFER_LEN];
+            router.initiate_all(&mut buf, &mut |dst, bytes| {
+                if let Err(e) = udp.send_to(dst, bytes) {
+                    tracing::debug!(error = %e, endpoint = %dst, "handshake send failed");
+                }
+            });
+        });
+        if let Err(e) = watched {
+            tracing::warn!(error = %format!("{e:#}"), "roaming of this host will wait for keepalives");
+        }
+    }
     tracing::info!(
         public_key = %config.private_key.public_key(),
         listen_port = config.listen_port,

@@ -100,3 +100,34 @@ impl Routes {
         Ok(n)
     }
 }
+
+/// Calls `on_change` whenever an address is added on this host (e.g. the underlay
+/// address moved). The daemon then starts handshakes with every peer, so that they learn
+/// its new endpoint at once instead of at its next keepalive.
+pub fn watch_addresses(on_change: impl Fn() + Send + 'static) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    use rtnetlink::sys::{AsyncSocket, SocketAddr};
+
+    let (mut conn, _handle, mut messages) =
+        rtnetlink::new_connection().context("cannot open a netlink socket for address events")?;
+    let groups =
+        rtnetlink::constants::RTMGRP_IPV4_IFADDR | rtnetlink::constants::RTMGRP_IPV6_IFADDR;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, groups))
+        .context("cannot subscribe to address events (netlink)")?;
+    tokio::spawn(conn);
+    tokio::spawn(async move {
+        while let Some((msg, _)) = messages.next().await {
+            if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(_)) = msg.payload {
+                tracing::info!(
+                    "a local address was added; refreshing handshakes so peers learn our endpoint"
+                );
+                on_change();
+            }
+        }
+    });
+    Ok(())
+}
