@@ -69,16 +69,24 @@ fn containers(net: &Testnet) -> Vec<(usize, String)> {
 
 /// A TCP server (`nc -lk`) in a container; its output is what clients sent.
 fn tcp_server(net: &Testnet, name: &str) -> Child {
-    let child = net.spawn(name, &["nc", "-lk", TCP_PORT]).expect("start nc");
+    let mut child = net.spawn(name, &["nc", "-lk", TCP_PORT]).expect("start nc");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
+    let listening = loop {
         let out = net.exec(name, &["ss", "-Htln", "sport = :7000"]).unwrap();
         if !out.stdout.is_empty() {
-            return child;
+            break true;
+        }
+        if Instant::now() >= deadline {
+            break false;
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    if !listening {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("nc did not listen in {name}");
     }
-    panic!("nc did not listen in {name}");
+    child
 }
 
 fn tcp_send(net: &Testnet, from: &str, to: &str, message: &str) -> bool {
