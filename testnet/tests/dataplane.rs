@@ -636,3 +636,30 @@ fn stock_wireguard_go_peer_interoperates() {
     }
     net.down().unwrap();
 }
+
+#[test]
+fn peer_without_endpoint_is_reached_once_it_has_initiated() {
+    if !root() {
+        return;
+    }
+    let mut opts = Options::new(2, 1);
+    // h1 does not know where h2 is; h2 knows h1's endpoint and handshakes at start.
+    opts.configure = Some(Box::new(|i, cfg| {
+        if i == 1 {
+            for p in &mut cfg.peers {
+                p.endpoint = None;
+            }
+        }
+    }));
+    let net = Testnet::up(opts).expect("up");
+    assert!(pings(&net, "h1-c1", &addr(&net, "h2-c1")));
+    let endpoint = peer_entry(&net, 1, 2)["endpoint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        endpoint, "198.18.0.12:51820",
+        "h1 learnt h2's endpoint from its handshake"
+    );
+    net.down().unwrap();
+}
