@@ -191,9 +191,19 @@ pub struct Router {
 impl Router {
     /// Builds the router for `private_key` and static `peers` (already validated).
     pub fn new(private_key: &PrivateKey, peers: &[PeerConfig]) -> Router {
+        Self::with_handshake_limit(private_key, peers, HANDSHAKE_RATE_LIMIT)
+    }
+
+    /// Like [`Router::new`], with `limit` handshake messages a second before cookies
+    /// (benchmarks set it out of the way).
+    pub fn with_handshake_limit(
+        private_key: &PrivateKey,
+        peers: &[PeerConfig],
+        limit: u64,
+    ) -> Router {
         let secret = private_key.to_static_secret();
         let public = boringtun::x25519::PublicKey::from(&secret);
-        let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+        let rate_limiter = Arc::new(RateLimiter::new(&public, limit));
         let mut list = Vec::with_capacity(peers.len());
         let mut by_key = HashMap::new();
         let mut routes = RoutingTable::new();
