@@ -207,15 +207,44 @@ fn underlay_carries_only_tunnel_udp_and_never_the_marker() {
     let mut tcpdump = net
         .spawn(
             "ul",
-            &["tcpdump", "-i", "any", "-U", "-s", "0", "-w", &pcap_arg],
+            &[
+                "tcpdump",
+                "--immediate-mode",
+                "-i",
+                "any",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+                &pcap_arg,
+            ],
         )
         .expect("start tcpdump");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "tcpdump did not start");
-        std::thread::sleep(Duration::from_millis(20));
+    // tcpdump says "listening on" once its capture is attached.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = tcpdump.stderr.take().expect("tcpdump stderr");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("listening on") => break,
+            Ok(_) => continue,
+            Err(_) => {
+                let _ = tcpdump.kill();
+                let _ = tcpdump.wait();
+                panic!("tcpdump did not start listening");
+            }
+        }
     }
-    std::thread::sleep(Duration::from_millis(300)); // tcpdump attaches after writing the header
     let marker = "OVERLAY-PLAINTEXT-MARKER-7f3a9c";
     let server = tcp_server(&net, "h2-c1");
     assert!(tcp_send(
@@ -245,6 +274,8 @@ fn underlay_carries_only_tunnel_udp_and_never_the_marker() {
     // SAFETY: kill(2) on our own child's PID.
     unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
     tcpdump.wait().unwrap();
+    let said: Vec<String> = rx.try_iter().collect();
+    eprintln!("tcpdump: {said:?}");
     let bytes = std::fs::read(&pcap).unwrap();
     for needle in [marker.as_bytes(), b"OVLMARKER".as_slice()] {
         assert!(
@@ -257,14 +288,25 @@ fn underlay_carries_only_tunnel_udp_and_never_the_marker() {
             .args(["-nn", "-r", &pcap_arg, filter])
             .output()
             .expect("tcpdump -r");
+        assert!(
+            out.status.success(),
+            "tcpdump -r: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let tunnel = read("udp src port 51820 and udp dst port 51820");
     assert!(
         tunnel.lines().count() >= 4,
-        "no tunnel traffic captured:\n{tunnel}"
+        "no tunnel traffic captured ({} bytes of pcap); all of it:\n{}",
+        bytes.len(),
+        read("")
     );
-    let other = read("ip and not (udp src port 51820 and udp dst port 51820)");
+    // Every IPv4 packet is tunnel UDP between the hosts' overlay ports, except the IGMP
+    // reports the switch's own bridge sends to link-local multicast when it comes up.
+    let other = read(
+        "ip and not (udp src port 51820 and udp dst port 51820) and not (igmp and dst net 224.0.0.0/24)",
+    );
     assert!(
         other.trim().is_empty(),
         "IPv4 traffic other than the tunnel on the underlay:\n{other}"
