@@ -29,9 +29,18 @@ impl ProcId {
         ProcId::of(std::process::id())
     }
 
-    /// Whether the process still runs: same PID and start time, and not a zombie.
+    /// Whether the process still runs: same PID and start time, and not a zombie whose
+    /// threads are all gone. (A multi-threaded process's leader shows `Z` as soon as it has
+    /// exited, while its other threads may still be exiting and holding its sockets: a
+    /// restart then finds its UDP port still in use.)
     pub fn alive(&self) -> bool {
-        matches!(read_stat(self.pid), Some((state, start)) if start == self.start_time && state != 'Z' && state != 'X')
+        match read_stat(self.pid) {
+            Some((state, start)) if start == self.start_time => match state {
+                'Z' | 'X' => threads(self.pid) > 1,
+                _ => true,
+            },
+            _ => false,
+        }
     }
 
     /// Sends `signal` if the process is still this one. Returns whether it was sent.
@@ -54,6 +63,11 @@ pub(crate) fn send_signal(pid: u32, signal: libc::c_int) -> bool {
     }
     // SAFETY: kill(2) has no memory-safety preconditions; pid is a single positive PID.
     unsafe { libc::kill(pid, signal) == 0 }
+}
+
+/// Number of threads listed in `/proc/PID/task` (0 when gone).
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
 /// State letter and start time from `/proc/PID/stat`.
