@@ -29,24 +29,14 @@ const TUN_READ_LEN: usize = VIRTIO_NET_HDR_LEN + 65_535;
 /// Packets written to the TUN per `send_multiple` at most.
 const TUN_WRITE_BATCH: usize = 256;
 
-/// Creates the TUN device, with offload when asked and the kernel allows it.
-pub fn open_tun(
-    name: &str,
-    mtu: u16,
-    address: Option<std::net::IpAddr>,
-    offload: bool,
-) -> io::Result<SyncDevice> {
+/// Creates the TUN device, with offload when asked and the kernel allows it. Its MTU,
+/// address and state are set through netlink afterwards (`netlink::Routes::configure_link`).
+pub fn open_tun(name: &str, offload: bool) -> io::Result<SyncDevice> {
     let build = |offload: bool| {
-        let mut b = tun_rs::DeviceBuilder::new()
+        tun_rs::DeviceBuilder::new()
             .name(name)
-            .mtu(mtu)
-            .offload(offload);
-        match address {
-            Some(std::net::IpAddr::V4(a)) => b = b.ipv4(a, 32u8, None),
-            Some(std::net::IpAddr::V6(a)) => b = b.ipv6(a, 128u8),
-            None => {}
-        }
-        b.build_sync()
+            .offload(offload)
+            .build_sync()
     };
     if offload {
         match build(true) {

@@ -37,7 +37,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         }
     })?;
     let udp = Arc::new(udp);
-    let tun = datapath::open_tun(&config.tun_name, config.mtu, config.address, config.offload)
+    let tun = datapath::open_tun(&config.tun_name, config.offload)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => anyhow::Error::new(UsageError(format!(
                 "cannot create TUN device {}: permission denied; run overlayd as root (it needs CAP_NET_ADMIN)",
@@ -54,6 +54,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         .if_index()
         .with_context(|| format!("cannot read the index of TUN device {}", config.tun_name))?;
     let mut routes = netlink::Routes::connect()?;
+    routes.configure_link(if_index, config.mtu, config.address).await?;
     for peer in &config.peers {
         for net in &peer.subnets {
             if let Err(e) = routes.add(*net, if_index, config.address).await {

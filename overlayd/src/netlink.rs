@@ -51,6 +51,32 @@ impl Routes {
         })
     }
 
+    /// Sets the TUN's MTU, puts this host's overlay `address` on it (as a /32 or /128),
+    /// and brings it up.
+    pub async fn configure_link(&self, if_index: u32, mtu: u16, address: Option<IpAddr>) -> anyhow::Result<()> {
+        let link = rtnetlink::LinkUnspec::new_with_index(if_index)
+            .mtu(u32::from(mtu))
+            .up()
+            .build();
+        self.handle
+            .link()
+            .set(link)
+            .execute()
+            .await
+            .with_context(|| format!("cannot set MTU {mtu} and bring the TUN up (netlink)"))?;
+        if let Some(addr) = address {
+            let len = if addr.is_ipv4() { 32 } else { 128 };
+            self.handle
+                .address()
+                .add(if_index, addr, len)
+                .replace()
+                .execute()
+                .await
+                .with_context(|| format!("cannot put address {addr} on the TUN (netlink)"))?;
+        }
+        Ok(())
+    }
+
     /// Routes `net` through interface `if_index`, preferring `source` as the source
     /// address of locally made packets. A route left by an earlier run is replaced.
     pub async fn add(
