@@ -54,7 +54,9 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         .if_index()
         .with_context(|| format!("cannot read the index of TUN device {}", config.tun_name))?;
     let mut routes = netlink::Routes::connect()?;
-    routes.configure_link(if_index, config.mtu, config.address).await?;
+    routes
+        .configure_link(if_index, config.mtu, config.address)
+        .await?;
     for peer in &config.peers {
         for net in &peer.subnets {
             if let Err(e) = routes.add(*net, if_index, config.address).await {

@@ -53,7 +53,12 @@ impl Routes {
 
     /// Sets the TUN's MTU, puts this host's overlay `address` on it (as a /32 or /128),
     /// and brings it up.
-    pub async fn configure_link(&self, if_index: u32, mtu: u16, address: Option<IpAddr>) -> anyhow::Result<()> {
+    pub async fn configure_link(
+        &self,
+        if_index: u32,
+        mtu: u16,
+        address: Option<IpAddr>,
+    ) -> anyhow::Result<()> {
         let link = rtnetlink::LinkUnspec::new_with_index(if_index)
             .mtu(u32::from(mtu))
             .up()
