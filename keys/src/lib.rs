@@ -5,13 +5,45 @@
 //! - [`PublicKey`]: an X25519 public key, base64 as `wg pubkey` prints it; serde as a string.
 //! - Key files: written 0600; a private key file that group or others may read is
 //!   refused ([`KeyError::InsecurePermissions`]), as `wg` warns and innernet refuses.
+//!   The same rules hold for Ed25519 signing key files.
 //!
-//! This crate does no I/O besides the key files it is asked to read or write.
+//! The identity layer of the control plane (see `ARCHITECTURE.md`, "Control plane"):
+//!
+//! - [`SigningKey`] / [`VerifyingKey`] (module `ed25519`): each host's Ed25519 key, and
+//!   [`Fingerprint`], the short SHA-256 form of a public key operators compare.
+//! - [`CaKey`] (module `ca`): the network CA, which signs [`NodeCertificate`]s into
+//!   [`SignedCertificate`]s (module `cert`).
+//! - [`JoinToken`] (module `token`): single-use, expiring invitations; the admin keeps only
+//!   their [`SecretHash`].
+//! - [`Name`] (module `name`): the one validated form of network, node and group names.
+//!
+//! Everything here is pure: time comes in as `now_unix` arguments, randomness only from
+//! the OS RNG when a key or secret is generated, and there is no I/O besides the key files
+//! it is asked to read or write.
 #![forbid(unsafe_code)]
+
+mod ca;
+mod cert;
+mod ed25519;
+mod name;
+mod time;
+mod token;
+mod wire;
+
+pub use ca::CaKey;
+pub use cert::{
+    CertError, MAX_GROUPS, MAX_SIGNED_LEN, MAX_SUBNETS, NodeCertificate, SignedCertificate,
+};
+pub use ed25519::{
+    ED25519_KEY_LEN, FINGERPRINT_LEN, Fingerprint, SIGNATURE_LEN, Signature, SignatureError,
+    SigningKey, VerifyingKey, read_signing_key_file, write_signing_key_file,
+};
+pub use name::{InvalidName, Name};
+pub use token::{JoinToken, MAX_ENDPOINTS, SECRET_LEN, SecretHash, TokenError, TokenSecret};
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -29,6 +61,19 @@ pub enum KeyError {
     /// The text is not base64 of exactly 32 bytes (what `wg genkey` prints).
     #[error("not a WireGuard key: expected 44 characters of base64 encoding 32 bytes")]
     Malformed,
+    /// The text is not base64 of exactly 32 bytes (an Ed25519 private key's seed).
+    #[error("not an Ed25519 private key: expected 44 characters of base64 encoding 32 bytes")]
+    MalformedSigningKey,
+    /// The text is not base64 of an Ed25519 public key, or the key is not a usable point.
+    #[error(
+        "not an Ed25519 public key: expected 44 characters of base64 encoding a valid curve point; copy the key again"
+    )]
+    MalformedVerifyingKey,
+    /// The text is not a key fingerprint.
+    #[error(
+        "not a key fingerprint: expected `sha256:` and 32 hex digits, as `overlayctl` prints it"
+    )]
+    MalformedFingerprint,
     /// The private key file may be read by group or others.
     #[error(
         "private key file {path} has mode {mode:04o}, readable by group or others; run `chmod 600 {path}`"
@@ -172,6 +217,17 @@ fn decode_key(text: &str) -> Result<[u8; KEY_LEN], KeyError> {
 /// Writes a private key file (base64 and a newline, like `wg genkey > file`) with mode 0600.
 /// An existing file is replaced and its mode set to 0600.
 pub fn write_private_key_file(path: &Path, key: &PrivateKey) -> Result<(), KeyError> {
+    write_secret_file(path, &key.to_base64())
+}
+
+/// Reads a private key file, refusing one that group or others may read.
+pub fn read_private_key_file(path: &Path) -> Result<PrivateKey, KeyError> {
+    read_secret_file(path, PrivateKey::from_base64)
+}
+
+/// Writes `text` and a newline to a secret file with mode 0600, replacing any existing file
+/// and narrowing its mode first. Shared by every private key file this crate writes.
+pub(crate) fn write_secret_file(path: &Path, text: &str) -> Result<(), KeyError> {
     let io_err = |source| KeyError::Io {
         path: path.to_owned(),
         source,
@@ -186,19 +242,30 @@ pub fn write_private_key_file(path: &Path, key: &PrivateKey) -> Result<(), KeyEr
     // The file may have existed with a wider mode: narrow it before writing the secret.
     file.set_permissions(fs::Permissions::from_mode(0o600))
         .map_err(io_err)?;
-    let mut text = key.to_base64();
-    text.push('\n');
-    file.write_all(text.as_bytes()).map_err(io_err)?;
+    // One buffer, one write: the secret and its newline, zeroized when dropped.
+    let mut line = Zeroizing::new(String::with_capacity(text.len() + 1));
+    line.push_str(text);
+    line.push('\n');
+    file.write_all(line.as_bytes()).map_err(io_err)?;
     file.sync_all().map_err(io_err)
 }
 
-/// Reads a private key file, refusing one that group or others may read.
-pub fn read_private_key_file(path: &Path) -> Result<PrivateKey, KeyError> {
+/// The most of a secret file that is read: every key file is one short line.
+const MAX_SECRET_FILE_LEN: usize = 4096;
+
+/// Reads a secret file, refusing one that group or others may read, and parses its text
+/// with `parse`; a parse error becomes [`KeyError::BadFile`] naming the file.
+pub(crate) fn read_secret_file<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, KeyError>,
+) -> Result<T, KeyError> {
     let io_err = |source| KeyError::Io {
         path: path.to_owned(),
         source,
     };
-    let meta = fs::metadata(path).map_err(io_err)?;
+    // Check the mode of the file actually opened, so it cannot be swapped after the check.
+    let file = fs::File::open(path).map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(KeyError::InsecurePermissions {
@@ -206,8 +273,16 @@ pub fn read_private_key_file(path: &Path) -> Result<PrivateKey, KeyError> {
             mode,
         });
     }
-    let text = Zeroizing::new(fs::read_to_string(path).map_err(io_err)?);
-    PrivateKey::from_base64(&text).map_err(|e| KeyError::BadFile {
+    // Sized up front so the secret is not left behind in a reallocated buffer. A key file
+    // is a line; anything larger is not one of ours (and is refused by `parse`).
+    let capacity = usize::try_from(meta.len())
+        .unwrap_or(0)
+        .min(MAX_SECRET_FILE_LEN);
+    let mut text = Zeroizing::new(String::with_capacity(capacity));
+    file.take(MAX_SECRET_FILE_LEN as u64)
+        .read_to_string(&mut text)
+        .map_err(io_err)?;
+    parse(&text).map_err(|e| KeyError::BadFile {
         path: path.to_owned(),
         source: Box::new(e),
     })
