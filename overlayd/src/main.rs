@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use overlayd::config::{Config, ConfigError};
+use overlayd::config::Config;
 
 /// The overlay daemon: WireGuard tunnels to every peer host through a TUN device.
 #[derive(Parser, Debug)]
@@ -41,9 +41,8 @@ fn main() -> ExitCode {
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
+            // Every config problem (ConfigError) is the operator's to fix: exit code 2.
             eprintln!("overlayd: {e}");
-            // Every config problem is the operator's to fix: exit code 2.
-            let _: &ConfigError = &e;
             return ExitCode::from(2);
         }
     };
