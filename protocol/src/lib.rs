@@ -6,8 +6,13 @@
 //! - [`api`]: the request and response types of `overlayd`'s local API, shared with
 //!   `overlayctl`.
 //! - [`drops`]: why a packet was dropped, the vocabulary of every drop counter.
+//! - [`membership`]: SWIM membership (foca): member identities and timing defaults.
+//! - [`sim`]: an N-member simulation of that membership on a virtual clock with a seeded
+//!   RNG and packet loss (`scripts/sim`), to measure joins, failure detection and traffic.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod drops;
+pub mod membership;
 pub mod routing;
+pub mod sim;
