@@ -403,11 +403,13 @@ impl Router {
                     WireGuardError::NoCurrentSession => {
                         // Data for a session we do not have: we restarted, or the peer
                         // kept an old one. Start a fresh handshake rather than wait for
-                        // the peer's rekey timeout.
-                        if let TunnResult::WriteToNetwork(init) =
-                            st.tunn.format_handshake_initiation(out, false)
+                        // the peer's rekey timeout; only towards the endpoint we know, as
+                        // this packet is not authenticated and its source may be forged.
+                        if let Some(endpoint) = st.endpoint
+                            && let TunnResult::WriteToNetwork(init) =
+                                st.tunn.format_handshake_initiation(out, false)
                         {
-                            reply(st.endpoint.unwrap_or(src), init);
+                            reply(endpoint, init);
                         }
                         DropReason::NoSession
                     }
