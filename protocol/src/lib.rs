@@ -7,6 +7,9 @@
 //!   `overlayctl`.
 //! - [`drops`]: why a packet was dropped, the vocabulary of every drop counter.
 //! - [`membership`]: SWIM membership (foca): member identities and timing defaults.
+//! - [`records`]: the signed member records and CA revocations the control plane gossips,
+//!   and the [`records::Directory`] that verifies them (CA, owner, version, overlaps)
+//!   before they steer traffic.
 //! - [`sim`]: an N-member simulation of that membership on a virtual clock with a seeded
 //!   RNG and packet loss (`scripts/sim`), to measure joins, failure detection and traffic.
 #![forbid(unsafe_code)]
@@ -14,5 +17,6 @@
 pub mod api;
 pub mod drops;
 pub mod membership;
+pub mod records;
 pub mod routing;
 pub mod sim;
