@@ -76,8 +76,36 @@ struct RawConfig {
     api_socket: PathBuf,
     #[serde(default = "default_true")]
     offload: bool,
+    #[serde(default)]
+    tuning: Tuning,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
+}
+
+/// The data path's levers, one by one, for measuring what each is worth (`scripts/levers`).
+/// The defaults are the fastest; `offload = false` turns the three offloads off at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tuning {
+    /// TUN offload: virtio-net header, TSO/GRO super-packets, batched TUN reads and writes.
+    pub tun_offload: bool,
+    /// UDP GSO: one send carries many datagrams.
+    pub udp_gso: bool,
+    /// UDP GRO: one receive carries many datagrams.
+    pub udp_gro: bool,
+    /// UDP socket buffer size in bytes, each way; 0 keeps the kernel's default.
+    pub socket_buffer: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            tun_offload: true,
+            udp_gso: true,
+            udp_gro: true,
+            socket_buffer: crate::udp::SOCKET_BUFFER_LEN,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +158,8 @@ pub struct Config {
     pub api_socket: PathBuf,
     /// Use TUN and UDP offloads when the kernel has them.
     pub offload: bool,
+    /// The levers as asked for (before `offload = false` turns the offloads off).
+    pub tuning: Tuning,
     /// Static peers.
     pub peers: Vec<PeerConfig>,
 }
@@ -148,6 +178,16 @@ pub struct PeerConfig {
 }
 
 impl Config {
+    /// The levers in force: the offloads only where `offload` allows them.
+    pub fn effective_tuning(&self) -> Tuning {
+        Tuning {
+            tun_offload: self.offload && self.tuning.tun_offload,
+            udp_gso: self.offload && self.tuning.udp_gso,
+            udp_gro: self.offload && self.tuning.udp_gro,
+            socket_buffer: self.tuning.socket_buffer,
+        }
+    }
+
     /// Reads and validates `path`, including the private key file it names.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -251,6 +291,7 @@ impl Config {
             subnets: raw.subnets,
             api_socket: raw.api_socket,
             offload: raw.offload,
+            tuning: raw.tuning,
             peers: raw
                 .peers
                 .into_iter()
@@ -289,6 +330,14 @@ impl Config {
             self.api_socket.display().to_string()
         );
         let _ = writeln!(out, "offload = {}", self.offload);
+        if self.tuning != Tuning::default() {
+            let t = self.tuning;
+            let _ = writeln!(
+                out,
+                "\n[tuning]\ntun_offload = {}\nudp_gso = {}\nudp_gro = {}\nsocket_buffer = {}",
+                t.tun_offload, t.udp_gso, t.udp_gro, t.socket_buffer
+            );
+        }
         for p in &self.peers {
             let _ = writeln!(out, "\n[[peer]]\npublic_key = \"{}\"", p.public_key);
             if let Some(e) = p.endpoint {
@@ -379,6 +428,19 @@ mod tests {
         let again = Config::parse(&c.path, &shown).unwrap();
         assert_eq!(again.peers.len(), 1);
         assert_eq!(again.mtu, 1400);
+    }
+
+    #[test]
+    fn tuning_levers_and_the_offload_switch() {
+        let f = fixture();
+        let c = parse(&f, "[tuning]\nudp_gso = false\nsocket_buffer = 0\n").unwrap();
+        let t = c.effective_tuning();
+        assert!(t.tun_offload && !t.udp_gso && t.udp_gro && t.socket_buffer == 0);
+        assert!(Config::parse(&c.path, &c.redacted()).unwrap().tuning == c.tuning);
+        let c = parse(&f, "offload = false\n").unwrap();
+        let t = c.effective_tuning();
+        assert!(!t.tun_offload && !t.udp_gso && !t.udp_gro);
+        assert!(parse(&f, "[tuning]\nudp_gs0 = false\n").is_err());
     }
 
     #[test]

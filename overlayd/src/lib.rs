@@ -26,7 +26,14 @@ pub struct UsageError(pub String);
 /// routes it added and returns. Whatever it made before a failure is removed too.
 pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let api_socket = api::ApiSocket::bind(&config.api_socket)?;
-    let udp = udp::Udp::bind(config.listen_port, config.offload).map_err(|e| {
+    let tuning = config.effective_tuning();
+    let udp = udp::Udp::bind_with(
+        config.listen_port,
+        tuning.udp_gso,
+        tuning.udp_gro,
+        tuning.socket_buffer,
+    )
+    .map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow::anyhow!(
                 "UDP port {} is in use (another overlayd or WireGuard?); stop it or set listen_port",
@@ -37,7 +44,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         }
     })?;
     let udp = Arc::new(udp);
-    let tun = datapath::open_tun(&config.tun_name, config.offload)
+    let tun = datapath::open_tun(&config.tun_name, tuning.tun_offload)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => anyhow::Error::new(UsageError(format!(
                 "cannot create TUN device {}: permission denied; run overlayd as root (it needs CAP_NET_ADMIN)",

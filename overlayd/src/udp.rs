@@ -60,22 +60,30 @@ fn setsockopt_int(
 }
 
 impl Udp {
-    /// Binds `0.0.0.0:port`, sets 16 MiB buffers and, when `offload`, turns on GRO and
-    /// probes GSO.
+    /// Binds `0.0.0.0:port` with all the levers on: 16 MiB buffers, GRO, GSO if the
+    /// kernel has them.
     pub fn bind(port: u16, offload: bool) -> io::Result<Udp> {
+        Self::bind_with(port, offload, offload, SOCKET_BUFFER_LEN)
+    }
+
+    /// Binds `0.0.0.0:port`, sets `buffer`-byte socket buffers (0: the kernel's default)
+    /// and turns on GRO and GSO where asked and the kernel has them.
+    pub fn bind_with(port: u16, gso: bool, gro: bool, buffer: usize) -> io::Result<Udp> {
         let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
         let fd = sock.as_raw_fd();
-        let len = SOCKET_BUFFER_LEN as libc::c_int;
-        // FORCE needs CAP_NET_ADMIN; without it the plain call is capped by rmem_max.
-        if setsockopt_int(fd, libc::SOL_SOCKET, SO_RCVBUFFORCE, len).is_err() {
-            let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, len);
+        if buffer > 0 {
+            let len = libc::c_int::try_from(buffer).unwrap_or(libc::c_int::MAX);
+            // FORCE needs CAP_NET_ADMIN; without it the plain call is capped by rmem_max.
+            if setsockopt_int(fd, libc::SOL_SOCKET, SO_RCVBUFFORCE, len).is_err() {
+                let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, len);
+            }
+            if setsockopt_int(fd, libc::SOL_SOCKET, SO_SNDBUFFORCE, len).is_err() {
+                let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, len);
+            }
         }
-        if setsockopt_int(fd, libc::SOL_SOCKET, SO_SNDBUFFORCE, len).is_err() {
-            let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, len);
-        }
-        let gro = offload && setsockopt_int(fd, SOL_UDP, UDP_GRO, 1).is_ok();
+        let gro = gro && setsockopt_int(fd, SOL_UDP, UDP_GRO, 1).is_ok();
         // Setting a zero segment size is accepted exactly when the kernel knows UDP_SEGMENT.
-        let gso = offload && setsockopt_int(fd, SOL_UDP, UDP_SEGMENT, 0).is_ok();
+        let gso = gso && setsockopt_int(fd, SOL_UDP, UDP_SEGMENT, 0).is_ok();
         Ok(Udp {
             sock,
             gso: AtomicBool::new(gso),
