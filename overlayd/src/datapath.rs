@@ -157,28 +157,30 @@ fn outbound(tun: &SyncDevice, udp: &Udp, router: &Router, outside: &Mutex<Outsid
 /// Sends encrypted datagrams, one GSO send per run of equal-size datagrams to one
 /// endpoint (the last of a run may be shorter).
 fn send_runs(udp: &Udp, router: &Router, sends: &[(SocketAddr, usize, usize)], sealed: &[Vec<u8>]) {
-    let mut segments: Vec<&[u8]> = Vec::with_capacity(MAX_GSO_SEGMENTS);
+    // On the stack: no allocation per batch.
+    let mut segments: [&[u8]; MAX_GSO_SEGMENTS] = [&[]; MAX_GSO_SEGMENTS];
     let mut start = 0;
     while start < sends.len() {
         let (endpoint, first, size) = sends[start];
-        segments.clear();
-        segments.push(&sealed[first][..size]);
+        segments[0] = &sealed[first][..size];
+        let mut count = 1;
         let mut bytes = size;
         let mut end = start + 1;
-        while end < sends.len() && segments.len() < MAX_GSO_SEGMENTS {
+        while end < sends.len() && count < MAX_GSO_SEGMENTS {
             let (ep, idx, len) = sends[end];
             if ep != endpoint || len > size || bytes + len > MAX_GSO_BYTES {
                 break;
             }
-            segments.push(&sealed[idx][..len]);
+            segments[count] = &sealed[idx][..len];
+            count += 1;
             bytes += len;
             end += 1;
             if len < size {
                 break; // a shorter datagram closes the run
             }
         }
-        if let Err(e) = udp.send_segments(endpoint, &segments) {
-            for _ in 0..segments.len() {
+        if let Err(e) = udp.send_segments(endpoint, &segments[..count]) {
+            for _ in 0..count {
                 router.drops.add(DropReason::WriteFailed);
             }
             router
