@@ -8,8 +8,14 @@
 //!   one endpoint with one GSO `sendmsg`.
 //! - timers: every 250 ms the router's timers; every second the rate limiter's reset.
 //!
-//! Each direction runs on its own OS thread with blocking calls and buffers allocated
-//! once; the only locks taken are the per-peer tunnel mutexes.
+//! Each direction runs on its own OS thread with buffers allocated once. The inbound
+//! thread blocks in `recvmmsg`; the TUN is nonblocking and the outbound thread waits in
+//! poll(2), because right after writing to the TUN the inbound thread also reads it: the
+//! kernel answers packets (echo replies, TCP ACKs) inside that write, and sending the
+//! answer from the thread that is awake saves a wake-up per round trip. The outbound
+//! buffers sit behind a mutex taken by whichever thread reads the TUN (the inbound thread
+//! only `try_lock`s it), so packets of a flow leave in order; the other locks are the
+//! per-peer tunnel mutexes.
 
 use std::io;
 use std::net::SocketAddr;
