@@ -28,7 +28,7 @@ mod ed25519;
 mod name;
 mod time;
 mod token;
-mod wire;
+pub mod wire;
 
 pub use ca::CaKey;
 pub use cert::{

@@ -1,4 +1,5 @@
-//! The small explicit binary encoding shared by certificates and join tokens.
+//! The small explicit binary encoding shared by certificates and join tokens, and by the
+//! control plane's signed records in `protocol`.
 //!
 //! Integers are big-endian and fixed-width; a name is a one-byte length and its ASCII
 //! bytes; a list is a one-byte count and its items; an IP address is a family byte (4 or
@@ -21,7 +22,7 @@ use crate::name::Name;
 
 /// Why the bytes could not be read; each names the part being read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WireError {
+pub enum WireError {
     /// The input ended inside this part.
     Truncated(&'static str),
     /// This part holds a value the writer never produces.
@@ -32,33 +33,33 @@ const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
 
 /// Appends values to a buffer that is zeroized when dropped (a token holds its secret).
-pub(crate) struct Writer(Zeroizing<Vec<u8>>);
+pub struct Writer(Zeroizing<Vec<u8>>);
 
 impl Writer {
     /// A writer whose buffer never reallocates below `capacity` bytes, so no stray copy of
     /// a secret is left behind by growth when the caller sizes it for the largest document.
-    pub(crate) fn with_capacity(capacity: usize) -> Writer {
+    pub fn with_capacity(capacity: usize) -> Writer {
         Writer(Zeroizing::new(Vec::with_capacity(capacity)))
     }
 
-    pub(crate) fn u8(&mut self, value: u8) {
+    pub fn u8(&mut self, value: u8) {
         self.0.push(value);
     }
 
-    pub(crate) fn u16(&mut self, value: u16) {
+    pub fn u16(&mut self, value: u16) {
         self.0.extend_from_slice(&value.to_be_bytes());
     }
 
-    pub(crate) fn u64(&mut self, value: u64) {
+    pub fn u64(&mut self, value: u64) {
         self.0.extend_from_slice(&value.to_be_bytes());
     }
 
-    pub(crate) fn bytes(&mut self, bytes: &[u8]) {
+    pub fn bytes(&mut self, bytes: &[u8]) {
         self.0.extend_from_slice(bytes);
     }
 
     /// A list's count. Callers check their lists against limits far below 256 first.
-    pub(crate) fn count(&mut self, count: usize) {
+    pub fn count(&mut self, count: usize) {
         debug_assert!(
             count <= usize::from(u8::MAX),
             "list checked against its limit"
@@ -66,7 +67,7 @@ impl Writer {
         self.u8(u8::try_from(count).unwrap_or(u8::MAX));
     }
 
-    pub(crate) fn name(&mut self, name: &Name) {
+    pub fn name(&mut self, name: &Name) {
         let bytes = name.as_str().as_bytes();
         // A `Name` is at most 63 bytes.
         self.count(bytes.len());
@@ -86,31 +87,36 @@ impl Writer {
         }
     }
 
-    pub(crate) fn subnet(&mut self, net: &IpNet) {
+    pub fn subnet(&mut self, net: &IpNet) {
         self.ip(net.addr());
         self.u8(net.prefix_len());
     }
 
-    pub(crate) fn socket(&mut self, addr: &SocketAddr) {
+    pub fn socket(&mut self, addr: &SocketAddr) {
         self.ip(addr.ip());
         self.u16(addr.port());
     }
 
+    /// The bytes written, as a plain buffer: for documents that hold no secret.
+    pub fn finish_plain(mut self) -> Vec<u8> {
+        std::mem::take(&mut *self.0)
+    }
+
     /// The bytes written, in a buffer zeroized when dropped.
-    pub(crate) fn finish(self) -> Zeroizing<Vec<u8>> {
+    pub fn finish(self) -> Zeroizing<Vec<u8>> {
         self.0
     }
 }
 
 /// Takes values off the front of a byte slice.
-pub(crate) struct Reader<'a>(&'a [u8]);
+pub struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Reader<'a> {
         Reader(bytes)
     }
 
-    pub(crate) fn bytes(&mut self, len: usize, what: &'static str) -> Result<&'a [u8], WireError> {
+    pub fn bytes(&mut self, len: usize, what: &'static str) -> Result<&'a [u8], WireError> {
         if self.0.len() < len {
             return Err(WireError::Truncated(what));
         }
@@ -119,29 +125,26 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    pub(crate) fn array<const N: usize>(
-        &mut self,
-        what: &'static str,
-    ) -> Result<[u8; N], WireError> {
+    pub fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], WireError> {
         let bytes = self.bytes(N, what)?;
         // `bytes` has exactly N bytes.
         <[u8; N]>::try_from(bytes).map_err(|_| WireError::Truncated(what))
     }
 
-    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
         Ok(self.array::<1>(what)?[0])
     }
 
-    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
+    pub fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
         self.array(what).map(u16::from_be_bytes)
     }
 
-    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
         self.array(what).map(u64::from_be_bytes)
     }
 
     /// A list's count, refused above `max` (so a reader never trusts a count to size memory).
-    pub(crate) fn count(&mut self, max: usize, what: &'static str) -> Result<usize, WireError> {
+    pub fn count(&mut self, max: usize, what: &'static str) -> Result<usize, WireError> {
         let count = usize::from(self.u8(what)?);
         if count > max {
             return Err(WireError::Invalid(what));
@@ -149,7 +152,7 @@ impl<'a> Reader<'a> {
         Ok(count)
     }
 
-    pub(crate) fn name(&mut self, what: &'static str) -> Result<Name, WireError> {
+    pub fn name(&mut self, what: &'static str) -> Result<Name, WireError> {
         let len = usize::from(self.u8(what)?);
         let bytes = self.bytes(len, what)?;
         Name::from_bytes(bytes).ok_or(WireError::Invalid(what))
@@ -164,7 +167,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A subnet; refused unless in canonical form (no host bits set).
-    pub(crate) fn subnet(&mut self, what: &'static str) -> Result<IpNet, WireError> {
+    pub fn subnet(&mut self, what: &'static str) -> Result<IpNet, WireError> {
         let addr = self.ip(what)?;
         let prefix_len = self.u8(what)?;
         let net = IpNet::new(addr, prefix_len).map_err(|_| WireError::Invalid(what))?;
@@ -174,14 +177,14 @@ impl<'a> Reader<'a> {
         Ok(net)
     }
 
-    pub(crate) fn socket(&mut self, what: &'static str) -> Result<SocketAddr, WireError> {
+    pub fn socket(&mut self, what: &'static str) -> Result<SocketAddr, WireError> {
         let ip = self.ip(what)?;
         let port = self.u16(what)?;
         Ok(SocketAddr::new(ip, port))
     }
 
     /// Succeeds only if every byte was read.
-    pub(crate) fn finish(self) -> Result<(), WireError> {
+    pub fn finish(self) -> Result<(), WireError> {
         if self.0.is_empty() {
             Ok(())
         } else {
@@ -193,10 +196,7 @@ impl<'a> Reader<'a> {
 /// Decodes unpadded base64url into a buffer zeroized when dropped. Text made only of
 /// base64url characters that still does not decode was cut short (its length or last
 /// character cannot end an encoding): that is reported as truncated, not as garbage.
-pub(crate) fn decode_base64url(
-    text: &str,
-    what: &'static str,
-) -> Result<Zeroizing<Vec<u8>>, WireError> {
+pub fn decode_base64url(text: &str, what: &'static str) -> Result<Zeroizing<Vec<u8>>, WireError> {
     let mut out = Zeroizing::new(Vec::with_capacity(text.len() / 4 * 3 + 3));
     match BASE64URL.decode_vec(text, &mut out) {
         Ok(()) => Ok(out),

@@ -39,7 +39,6 @@
 //! [`MAX_SIGNED_MEMBER_LEN`] (1,110) bytes, below the ~1,150 a gossip datagram may carry.
 
 mod directory;
-mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -52,7 +51,7 @@ use keys::{
 };
 
 pub use directory::{Applied, Directory, LiveMember};
-use wire::{Reader, WireError, Writer};
+use keys::wire::{Reader, WireError, Writer};
 
 /// The most underlay endpoints one member record carries.
 pub const MAX_ENDPOINTS: usize = 4;
@@ -273,7 +272,7 @@ impl MemberRecord {
         });
         w.count(self.endpoints.len());
         self.endpoints.iter().for_each(|e| w.socket(e));
-        w.finish()
+        w.finish_plain()
     }
 
     fn decode(body: &[u8]) -> Result<MemberRecord, RecordError> {
@@ -411,7 +410,7 @@ impl Revocation {
         w.u64(self.serial);
         w.bytes(self.wireguard_key.as_bytes());
         w.u64(self.revoked_at);
-        w.finish()
+        w.finish_plain()
     }
 
     /// The CA fingerprint the body names, and the revocation.
@@ -500,7 +499,7 @@ fn to_signed_bytes(body: &[u8], signature: &Signature) -> Vec<u8> {
     w.u16(u16::try_from(body.len()).unwrap_or(u16::MAX));
     w.bytes(body);
     w.bytes(signature.as_bytes());
-    w.finish()
+    w.finish_plain()
 }
 
 fn from_signed_bytes(bytes: &[u8], max_body: usize) -> Result<(Vec<u8>, Signature), RecordError> {
