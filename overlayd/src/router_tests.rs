@@ -276,3 +276,28 @@ fn handshake_flood_gets_cookie_replies() {
         "under_load {under_load} cookies {cookies}"
     );
 }
+
+proptest::proptest! {
+    /// Whatever bytes arrive at the port, from wherever, the router answers without
+    /// panicking, drops what is not an authenticated message for a known peer, and never
+    /// hands it to the TUN.
+    #[test]
+    fn arbitrary_datagrams_never_panic_or_reach_the_tun(
+        datagrams in proptest::collection::vec(
+            (0u8..6, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)),
+            1..40,
+        ),
+    ) {
+        let pair = pair();
+        handshake(&pair);
+        let from: SocketAddr = "198.18.0.99:4000".parse().unwrap();
+        let mut out = vec![0u8; 2048];
+        for (kind, mut bytes) in datagrams {
+            if !bytes.is_empty() && kind > 0 {
+                bytes[0] = kind; // often a valid message type, so parsing goes deep
+            }
+            let r = pair.b.decapsulate(from, &bytes, &mut out, &mut |_, _| {});
+            proptest::prop_assert!(matches!(r, Inbound::Dropped(_)), "{:?}", r);
+        }
+    }
+}
