@@ -280,7 +280,13 @@ impl Router {
             return Outbound::Dropped(DropReason::NotIp);
         };
         let Some(index) = self.routes.lookup(dst) else {
-            self.drop_global(DropReason::NoRoute, None);
+            if dst.is_multicast() {
+                // The kernel's own IPv6 router solicitations and MLD reports on a new
+                // TUN: counted, but not worth a log line.
+                self.drops.add(DropReason::NoRoute);
+            } else {
+                self.drop_global(DropReason::NoRoute, None);
+            }
             return Outbound::Dropped(DropReason::NoRoute);
         };
         let peer = &self.peers[index];
