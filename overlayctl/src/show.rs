@@ -147,6 +147,8 @@ mod tests {
     fn peers_table_has_every_column() {
         let key = keys::PrivateKey::generate().public_key();
         let p = PeerStatus {
+            name: None,
+            state: None,
             public_key: key,
             endpoint: Some("198.18.0.12:51820".parse().unwrap()),
             subnets: vec!["10.42.2.0/24".parse().unwrap()],

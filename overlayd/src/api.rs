@@ -55,6 +55,7 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<Status> {
         peer_count: s.router.peers().len(),
         uptime_s: s.started.elapsed().as_secs(),
         drops: s.router.total_drops(),
+        member: None,
     })
 }
 
@@ -66,6 +67,8 @@ async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
         .map(|p| {
             let (age, endpoint) = p.handshake_age_and_endpoint();
             PeerStatus {
+                name: None,
+                state: None,
                 public_key: p.public_key,
                 endpoint,
                 subnets: p.subnets.clone(),

@@ -1,8 +1,20 @@
 //! Types of `overlayd`'s local API (HTTP/1.1 with JSON bodies on a root-only unix
 //! socket), shared by the daemon and `overlayctl`.
 //!
-//! Routes: `GET /v1/status` → [`Status`], `GET /v1/peers` → `Vec<`[`PeerStatus`]`>`.
-//! Errors come back as a non-2xx status with an [`ApiError`] body.
+//! Routes: `GET /v1/status` → [`Status`], `GET /v1/peers` → `Vec<`[`PeerStatus`]`>`, and
+//! the control plane's actions, each a `POST` with a JSON body:
+//!
+//! | path | body | answer |
+//! |---|---|---|
+//! | [`INIT_PATH`] | [`InitRequest`] | [`Status`] |
+//! | [`TOKENS_PATH`] | [`TokenRequest`] | [`TokenResponse`] |
+//! | [`JOIN_PATH`] | [`JoinRequest`] | [`Status`] |
+//! | [`REVOKE_PATH`] | [`RevokeRequest`] | [`RevokeResponse`] |
+//! | [`LEAVE_PATH`] | `{}` | [`Status`] |
+//!
+//! Errors come back as a non-2xx status with an [`ApiError`] body: 400 for a request the
+//! operator must change, 409 for one that does not fit this host's state (e.g. `init` on a
+//! member), 502 when another host refused or did not answer.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +29,16 @@ use crate::drops::DropReason;
 pub const STATUS_PATH: &str = "/v1/status";
 /// Path of the peers route.
 pub const PEERS_PATH: &str = "/v1/peers";
+/// Path of `init`: create a network with this host as its first member and admin.
+pub const INIT_PATH: &str = "/v1/init";
+/// Path of `token create` (admins only).
+pub const TOKENS_PATH: &str = "/v1/tokens";
+/// Path of `join`.
+pub const JOIN_PATH: &str = "/v1/join";
+/// Path of `revoke` (admins only).
+pub const REVOKE_PATH: &str = "/v1/revoke";
+/// Path of `leave`.
+pub const LEAVE_PATH: &str = "/v1/leave";
 /// Default path of the API socket.
 pub const DEFAULT_SOCKET: &str = "/run/overlayd/overlayd.sock";
 
@@ -47,11 +69,150 @@ pub struct Status {
     pub uptime_s: u64,
     /// Packets dropped, by reason, over all peers and those with no peer.
     pub drops: BTreeMap<DropReason, u64>,
+    /// This host's place in a gossiped network; `None` in static mode (not initialised
+    /// nor joined).
+    #[serde(default)]
+    pub member: Option<Membership>,
 }
 
-/// One peer as this host sees it.
+/// This host as a member of a network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The network's name.
+    pub network: String,
+    /// The network's address range.
+    pub cidr: IpNet,
+    /// The network CA's fingerprint (`sha256:...`).
+    pub ca_fingerprint: String,
+    /// This host's node name.
+    pub name: String,
+    /// The container subnets its certificate gives it.
+    pub subnets: Vec<IpNet>,
+    /// Its groups.
+    pub groups: Vec<String>,
+    /// When its certificate expires (unix seconds).
+    pub certificate_expires_unix: u64,
+    /// Whether this host holds the CA key (can issue tokens and revoke).
+    pub admin: bool,
+    /// UDP port of the control plane (QUIC).
+    pub control_port: u16,
+    /// Members in the directory, this host included, that are alive (not left, revoked
+    /// or down).
+    pub member_count: usize,
+    /// `true` once this host has left the network (`overlayctl leave`).
+    pub left: bool,
+}
+
+/// A member's state as this host sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Answers probes: routed.
+    Alive,
+    /// Missed probes; routed until declared down.
+    Suspect,
+    /// Declared down by the failure detector: routes withdrawn until it is back.
+    Down,
+    /// Left on purpose: routes withdrawn.
+    Left,
+    /// Revoked by the CA: refused for good.
+    Revoked,
+}
+
+impl MemberState {
+    /// The lowercase word used in tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Down => "down",
+            MemberState::Left => "left",
+            MemberState::Revoked => "revoked",
+        }
+    }
+}
+
+/// `POST /v1/init`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    /// The network's name (lowercase letters, digits, `-`).
+    pub network: String,
+    /// The network's address range; every member's subnet is carved from it.
+    pub cidr: IpNet,
+    /// This host's node name.
+    pub name: String,
+    /// This host's subnet; default: the first free one of `subnet_prefix` bits.
+    #[serde(default)]
+    pub subnet: Option<IpNet>,
+    /// Prefix length of the subnets given to members; default 24 (IPv4) or 64 (IPv6).
+    #[serde(default)]
+    pub subnet_prefix: Option<u8>,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// How long the token may be used, in seconds.
+    pub ttl_s: u64,
+    /// Groups the joining host's certificate gets.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// The answer to `POST /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The token text (`ovljoin1.`...): a secret, pass it on privately.
+    pub token: String,
+    /// When it expires (unix seconds).
+    pub expires_unix: u64,
+}
+
+/// `POST /v1/join`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The token from `overlayctl token create`.
+    pub token: String,
+    /// This host's node name, unique in the network.
+    pub name: String,
+    /// The subnet this host asks for; default: the admin picks a free one.
+    #[serde(default)]
+    pub subnet: Option<IpNet>,
+}
+
+/// `POST /v1/revoke`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// The member to revoke.
+    pub name: String,
+}
+
+/// The answer to `POST /v1/revoke`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevokeResponse {
+    /// The revoked member.
+    pub name: String,
+    /// The serial of its revoked certificate.
+    pub serial: u64,
+    /// Its revoked WireGuard key.
+    pub public_key: PublicKey,
+}
+
+/// One peer as this host sees it: a static peer from the config, or a member of the
+/// network (then `name` and `state` are set; members that are down, left or revoked are
+/// listed too, with no tunnel).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerStatus {
+    /// The member's node name; `None` for a static peer.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The member's state; `None` for a static peer.
+    #[serde(default)]
+    pub state: Option<MemberState>,
     /// The peer's WireGuard public key.
     pub public_key: PublicKey,
     /// Where its packets go now: configured, or learnt from its latest authenticated packet.
