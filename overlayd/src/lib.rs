@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod netlink;
 pub mod router;

@@ -1,0 +1,3 @@
+//! The control plane: network CA, join, gossip membership (foca over QUIC), revocation.
+
+pub mod tls;

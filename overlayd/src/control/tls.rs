@@ -1,0 +1,1 @@
+//! QUIC with mutual authentication by the network CA's node certificates.
