@@ -26,7 +26,8 @@
 //! ```text
 //! member body     = format u8 = 1 | certificate (as SignedCertificate::to_bytes: length u16
 //!                   | body | CA signature [64]) | version u64 | state u8 (1 alive, 2 left)
-//!                   | endpoint count u8 (0..=4), each: family u8 (4|6), address [4|16], port u16
+//!                   | control port u16 | endpoint count u8 (0..=4), each: family u8 (4|6),
+//!                   address [4|16], port u16
 //! revocation body = format u8 = 1 | CA fingerprint [16] | network name | node name
 //!                   | serial u64 | WireGuard key [32] | revoked_at u64
 //! name            = length u8 (1..=63) | ASCII [a-z0-9-]
@@ -36,7 +37,7 @@
 //! A member body is signed by the member's key under [`MEMBER_RECORD_CONTEXT`], a
 //! revocation body by the CA's key under [`REVOCATION_CONTEXT`], so neither signature can
 //! pass for the other nor for a certificate's. The longest signed member record is
-//! [`MAX_SIGNED_MEMBER_LEN`] (1,110) bytes, below the ~1,150 a gossip datagram may carry.
+//! [`MAX_SIGNED_MEMBER_LEN`] (1,112) bytes, below the ~1,150 a gossip datagram may carry.
 
 mod directory;
 
@@ -67,9 +68,9 @@ const STATE_LEFT: u8 = 2;
 /// An IPv6 endpoint: family, address, port.
 const ENDPOINT_MAX_ENCODED_LEN: usize = 1 + 16 + 2;
 const MAX_MEMBER_BODY_LEN: usize =
-    1 + keys::MAX_SIGNED_LEN + 8 + 1 + 1 + MAX_ENDPOINTS * ENDPOINT_MAX_ENCODED_LEN;
+    1 + keys::MAX_SIGNED_LEN + 8 + 1 + 2 + 1 + MAX_ENDPOINTS * ENDPOINT_MAX_ENCODED_LEN;
 /// The longest signed member record in bytes (every certificate limit reached, four IPv6
-/// endpoints): 1,110.
+/// endpoints): 1,112.
 pub const MAX_SIGNED_MEMBER_LEN: usize = 2 + MAX_MEMBER_BODY_LEN + SIGNATURE_LEN;
 // A gossip datagram carries at most ~1,150 bytes.
 const _: () = assert!(MAX_SIGNED_MEMBER_LEN <= 1150);
@@ -236,6 +237,9 @@ pub struct MemberRecord {
     pub version: u64,
     /// Alive or left.
     pub state: MemberState,
+    /// UDP port of its control plane (QUIC), at the addresses of `endpoints`; 0 when it
+    /// has none (a member that only talks WireGuard).
+    pub control_port: u16,
     /// Where its WireGuard tunnel is reached (at most [`MAX_ENDPOINTS`], no duplicates, no
     /// port 0); IPv6 flow labels and scope ids are not carried.
     pub endpoints: Vec<SocketAddr>,
@@ -270,6 +274,7 @@ impl MemberRecord {
             MemberState::Alive => STATE_ALIVE,
             MemberState::Left => STATE_LEFT,
         });
+        w.u16(self.control_port);
         w.count(self.endpoints.len());
         self.endpoints.iter().for_each(|e| w.socket(e));
         w.finish_plain()
@@ -298,6 +303,7 @@ impl MemberRecord {
             STATE_LEFT => MemberState::Left,
             _ => return Err(RecordError::Malformed { part: "state" }),
         };
+        let control_port = r.u16("control port")?;
         let endpoints = (0..r.count(MAX_ENDPOINTS, "endpoint count")?)
             .map(|_| r.socket("endpoint"))
             .collect::<Result<_, _>>()?;
@@ -306,6 +312,7 @@ impl MemberRecord {
             certificate,
             version: record_version,
             state,
+            control_port,
             endpoints,
         };
         record

@@ -61,6 +61,7 @@ impl Host {
             certificate: self.certificate.clone(),
             version,
             state,
+            control_port: 51821,
             endpoints: endpoints.iter().map(|e| addr(e)).collect(),
         }
     }
@@ -102,7 +103,7 @@ fn encoding_matches_the_documented_layout() {
     let mut body = vec![1u8];
     body.extend_from_slice(&host.certificate.to_bytes());
     body.extend_from_slice(&7u64.to_be_bytes());
-    body.extend_from_slice(&[1, 2, 4, 198, 18, 0, 11, 0xca, 0x6c, 6]);
+    body.extend_from_slice(&[1, 0xca, 0x6d, 2, 4, 198, 18, 0, 11, 0xca, 0x6c, 6]);
     body.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
     body.extend_from_slice(&443u16.to_be_bytes());
     assert_eq!(signed.body(), body.as_slice());
@@ -156,6 +157,7 @@ fn a_full_record_fits_a_gossip_datagram() {
         certificate: ca.sign(cert).unwrap(),
         version: u64::MAX,
         state: MemberState::Alive,
+        control_port: u16::MAX,
         endpoints: endpoints.clone(),
     };
     let len = record(&cert).sign(&key).unwrap().to_bytes().len();
@@ -165,7 +167,7 @@ fn a_full_record_fits_a_gossip_datagram() {
     cert.subnets = (0..8).map(|i| net(&format!("fd00:42:{i}::/64"))).collect();
     let len = record(&cert).sign(&key).unwrap().to_bytes().len();
     assert_eq!(len, MAX_SIGNED_MEMBER_LEN);
-    assert_eq!(MAX_SIGNED_MEMBER_LEN, 1110);
+    assert_eq!(MAX_SIGNED_MEMBER_LEN, 1112);
 }
 
 #[test]
@@ -660,7 +662,7 @@ fn unknown_format_and_state_are_refused() {
         Err(RecordError::UnsupportedVersion { version: 2 })
     );
     let mut body = signed.body().to_vec();
-    let state_offset = body.len() - 7 - 1 - 1;
+    let state_offset = body.len() - 7 - 1 - 2 - 1;
     assert_eq!(body[state_offset], 1);
     body[state_offset] = 3;
     assert_eq!(
