@@ -19,6 +19,10 @@ pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 pub const DEFAULT_MTU: u16 = 1420;
 /// Default TUN name.
 pub const DEFAULT_TUN_NAME: &str = "ovl0";
+/// Default state directory (network membership, control key, CA key on admins).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/overlayd";
+/// Default UDP port of the control plane (QUIC).
+pub const DEFAULT_CONTROL_PORT: u16 = 51821;
 
 /// Errors in a configuration file. Each is one sentence naming the file and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +82,114 @@ struct RawConfig {
     offload: bool,
     #[serde(default)]
     tuning: Tuning,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default)]
+    control: Control,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
+}
+
+/// The control plane's settings (`[control]`): where it listens, the address it tells
+/// other members, and its timings. The timings default to memberlist's LAN profile, made
+/// for clusters of up to a few hundred hosts on one site; the comments say what each
+/// trades.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Control {
+    /// UDP port of the control plane (QUIC): gossip, full syncs, joins.
+    pub listen_port: u16,
+    /// The underlay address other members reach this host at; default: the source
+    /// address the kernel picks towards the bootstrap host (on `init`: the first global
+    /// address of this host).
+    pub advertise: Option<IpAddr>,
+    /// How often each member probes one other (SWIM). Shorter: a crash is suspected
+    /// sooner; every member sends a ping and gets an ack per period.
+    pub probe_period_ms: u64,
+    /// How long a direct probe waits for its ack before asking others to probe
+    /// indirectly. Must cover the underlay's round trip; below `probe_period_ms`.
+    pub probe_timeout_ms: u64,
+    /// How long a suspected member has to refute before it is declared down and its
+    /// routes withdrawn. Most of the detection time of a crash, and the guard against
+    /// false downs on a lossy underlay.
+    pub suspect_timeout_ms: u64,
+    /// How often updates in flight are gossiped (to 3 members). Shorter spreads joins,
+    /// leaves and records faster, costing bytes only while there are updates.
+    pub gossip_interval_ms: u64,
+    /// How often a member swaps its whole directory with one random member over a QUIC
+    /// stream (anti-entropy, memberlist's push/pull). Catches anything gossip missed.
+    pub sync_interval_ms: u64,
+    /// How often a member announces itself to a member it believes down, and to members
+    /// of its directory it has not heard from. This is what heals a partition and brings
+    /// a restarted member back; each round costs one small datagram.
+    pub rejoin_interval_ms: u64,
+    /// How many days the certificates this host issues as admin are valid.
+    pub certificate_days: u32,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            listen_port: DEFAULT_CONTROL_PORT,
+            advertise: None,
+            probe_period_ms: 1000,
+            probe_timeout_ms: 500,
+            suspect_timeout_ms: 4000,
+            gossip_interval_ms: 200,
+            sync_interval_ms: 30_000,
+            rejoin_interval_ms: 2000,
+            certificate_days: 365,
+        }
+    }
+}
+
+impl Control {
+    /// The SWIM timings as `protocol::membership` takes them.
+    pub fn membership(&self) -> protocol::membership::Config {
+        use std::time::Duration;
+        let mut m = protocol::membership::Config::lan(16);
+        m.probe_period = Duration::from_millis(self.probe_period_ms);
+        m.probe_rtt = Duration::from_millis(self.probe_timeout_ms);
+        m.suspect_to_down_after = Duration::from_millis(self.suspect_timeout_ms);
+        m.gossip_interval = Duration::from_millis(self.gossip_interval_ms);
+        m.announce_to_down_interval = Some(Duration::from_millis(self.rejoin_interval_ms));
+        // Members are told they were declared down, renew their identity and come back.
+        m.notify_down_members = true;
+        m
+    }
+
+    fn check(&self, wireguard_port: u16) -> Result<(), String> {
+        if self.listen_port == 0 {
+            return Err("[control] listen_port 0 is not allowed: members need a fixed port".into());
+        }
+        if self.listen_port == wireguard_port {
+            return Err(format!(
+                "[control] listen_port {} is also listen_port of the tunnels; use another (default {DEFAULT_CONTROL_PORT})",
+                self.listen_port
+            ));
+        }
+        if let Some(a) = self.advertise
+            && (a.is_unspecified() || a.is_multicast())
+        {
+            return Err(format!(
+                "[control] advertise {a} is not an address other hosts can reach; give this host's underlay address"
+            ));
+        }
+        if self.certificate_days == 0 {
+            return Err("[control] certificate_days must be at least 1".into());
+        }
+        let membership = self.membership();
+        membership.to_foca().map_err(|e| format!("[control] {e}"))?;
+        for (name, v) in [
+            ("sync_interval_ms", self.sync_interval_ms),
+            ("rejoin_interval_ms", self.rejoin_interval_ms),
+        ] {
+            if v == 0 {
+                return Err(format!("[control] {name} must be above 0"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The data path's levers, one by one, for measuring what each is worth (`scripts/levers`).
@@ -134,6 +244,9 @@ fn default_api_socket() -> PathBuf {
 fn default_true() -> bool {
     true
 }
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -160,6 +273,10 @@ pub struct Config {
     pub offload: bool,
     /// The levers as asked for (before `offload = false` turns the offloads off).
     pub tuning: Tuning,
+    /// Where the control plane keeps its state.
+    pub state_dir: PathBuf,
+    /// The control plane's settings.
+    pub control: Control,
     /// Static peers.
     pub peers: Vec<PeerConfig>,
 }
@@ -236,6 +353,13 @@ impl Config {
                 "listen_port 0 is not allowed: peers need a fixed port".into(),
             ));
         }
+        raw.control.check(raw.listen_port).map_err(&invalid)?;
+        if raw.state_dir.is_relative() {
+            return Err(invalid(format!(
+                "state_dir {} must be an absolute path",
+                raw.state_dir.display()
+            )));
+        }
         let own_public = private_key.public_key();
         // (subnet, owner): owner 0 is this host, i + 1 is peer i.
         let mut claims: Vec<(IpNet, usize)> = raw.subnets.iter().map(|n| (n.trunc(), 0)).collect();
@@ -292,6 +416,8 @@ impl Config {
             api_socket: raw.api_socket,
             offload: raw.offload,
             tuning: raw.tuning,
+            state_dir: raw.state_dir,
+            control: raw.control,
             peers: raw
                 .peers
                 .into_iter()
@@ -330,6 +456,11 @@ impl Config {
             self.api_socket.display().to_string()
         );
         let _ = writeln!(out, "offload = {}", self.offload);
+        let _ = writeln!(
+            out,
+            "state_dir = {:?}",
+            self.state_dir.display().to_string()
+        );
         if self.tuning != Tuning::default() {
             let t = self.tuning;
             let _ = writeln!(
@@ -338,6 +469,22 @@ impl Config {
                 t.tun_offload, t.udp_gso, t.udp_gro, t.socket_buffer
             );
         }
+        let c = &self.control;
+        let _ = writeln!(out, "\n[control]\nlisten_port = {}", c.listen_port);
+        if let Some(a) = c.advertise {
+            let _ = writeln!(out, "advertise = \"{a}\"");
+        }
+        let _ = writeln!(
+            out,
+            "probe_period_ms = {}\nprobe_timeout_ms = {}\nsuspect_timeout_ms = {}\ngossip_interval_ms = {}\nsync_interval_ms = {}\nrejoin_interval_ms = {}\ncertificate_days = {}",
+            c.probe_period_ms,
+            c.probe_timeout_ms,
+            c.suspect_timeout_ms,
+            c.gossip_interval_ms,
+            c.sync_interval_ms,
+            c.rejoin_interval_ms,
+            c.certificate_days
+        );
         for p in &self.peers {
             let _ = writeln!(out, "\n[[peer]]\npublic_key = \"{}\"", p.public_key);
             if let Some(e) = p.endpoint {
