@@ -39,6 +39,7 @@ pub use ed25519::{
     SigningKey, VerifyingKey, read_signing_key_file, write_signing_key_file,
 };
 pub use name::{InvalidName, Name};
+pub use time::Utc;
 pub use token::{JoinToken, MAX_ENDPOINTS, SECRET_LEN, SecretHash, TokenError, TokenSecret};
 
 use std::fmt;

@@ -7,7 +7,7 @@ use std::fmt;
 
 /// Unix seconds that print as `2026-11-26 14:21:47 UTC`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Utc(pub u64);
+pub struct Utc(pub u64);
 
 impl fmt::Display for Utc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,0 +1,311 @@
+//! The control plane's state directory (`state_dir`, default `/var/lib/overlayd`): what a
+//! member needs to come back after a restart without the bootstrap host.
+//!
+//! ```text
+//! state_dir/            0700
+//!   control.key         0600  this host's Ed25519 key (control-plane TLS, record signatures)
+//!   network.json        0600  network, CIDR, CA public key, this host's certificate, counters
+//!   directory.json      0600  the verified member records and revocations (re-verified on load)
+//!   ca.key              0600  admins only: the network CA's private key
+//!   admin.json          0600  admins only: issued subnets and serials, join tokens (hashes)
+//! ```
+//!
+//! Every file is written to a temporary name and renamed, so a crash never leaves half a
+//! file; the WireGuard key stays where the config's `private_key_file` says.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use ipnet::IpNet;
+use keys::{CaKey, Name, SecretHash, SignedCertificate, SigningKey, VerifyingKey};
+use protocol::records::Directory;
+use serde::{Deserialize, Serialize};
+
+/// This host's membership, as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkState {
+    /// The network's name.
+    pub network: Name,
+    /// The network's address range.
+    pub cidr: IpNet,
+    /// Prefix length of member subnets.
+    pub subnet_prefix: u8,
+    /// The CA's public key.
+    pub ca: VerifyingKey,
+    /// This host's certificate.
+    #[serde(with = "text")]
+    pub certificate: SignedCertificate,
+    /// SWIM generation: bumped on every start so a restarted member is new to the others.
+    pub generation: u16,
+    /// Version of this host's latest member record: bumped on every change.
+    pub record_version: u64,
+    /// Set by `leave`: the daemon does not rejoin on restart.
+    pub left: bool,
+    /// Control endpoints of the admin this host joined through (a last resort to find the
+    /// network when every member in the directory is unreachable).
+    pub bootstrap: Vec<SocketAddr>,
+}
+
+/// What an admin remembers about what it issued.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminState {
+    /// The next certificate serial (also the member's SWIM node number).
+    pub next_serial: u64,
+    /// Subnets issued, by member name; never given to another name.
+    pub allocations: BTreeMap<Name, IpNet>,
+    /// Join tokens issued.
+    pub tokens: Vec<TokenEntry>,
+}
+
+/// One join token, by the hash of its secret (the secret itself is not kept).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// SHA-256 of the secret.
+    #[serde(with = "text")]
+    pub secret_hash: SecretHash,
+    /// Unusable from this second on.
+    pub expires_unix: u64,
+    /// Groups the joining host gets.
+    pub groups: Vec<Name>,
+    /// The member that used it; a token is single-use.
+    pub used_by: Option<Name>,
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+const CONTROL_KEY: &str = "control.key";
+const NETWORK: &str = "network.json";
+const DIRECTORY: &str = "directory.json";
+const CA_KEY: &str = "ca.key";
+const ADMIN: &str = "admin.json";
+
+impl StateDir {
+    /// Opens `root`, creating it 0700 if missing and narrowing it to 0700 if wider.
+    pub fn open(root: &Path) -> anyhow::Result<StateDir> {
+        if !root.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .with_context(|| format!("cannot create state_dir {}", root.display()))?;
+        }
+        let meta = fs::metadata(root)
+            .with_context(|| format!("cannot read state_dir {}", root.display()))?;
+        if !meta.is_dir() {
+            bail!(
+                "state_dir {} is not a folder; point state_dir at a folder",
+                root.display()
+            );
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot restrict state_dir {} to root", root.display()))?;
+        }
+        Ok(StateDir {
+            root: root.to_owned(),
+        })
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// This host's control key, made on first use.
+    pub fn control_key(&self) -> anyhow::Result<SigningKey> {
+        let path = self.path(CONTROL_KEY);
+        if path.exists() {
+            return keys::read_signing_key_file(&path)
+                .with_context(|| format!("cannot use the control key {}", path.display()));
+        }
+        let key = SigningKey::generate();
+        keys::write_signing_key_file(&path, &key)
+            .with_context(|| format!("cannot write the control key {}", path.display()))?;
+        Ok(key)
+    }
+
+    /// The membership, if this host has initialised or joined a network.
+    pub fn network(&self) -> anyhow::Result<Option<NetworkState>> {
+        self.read_json(NETWORK)
+    }
+
+    /// Saves the membership.
+    pub fn save_network(&self, state: &NetworkState) -> anyhow::Result<()> {
+        self.write_json(NETWORK, state)
+    }
+
+    /// The directory saved last (every record re-verified), or an empty one.
+    pub fn directory(&self, ca: &VerifyingKey, network: &Name) -> anyhow::Result<Directory> {
+        match self.read_json::<Directory>(DIRECTORY) {
+            Ok(Some(dir)) if dir.ca() == ca && dir.network() == network => Ok(dir),
+            Ok(Some(_)) => {
+                tracing::warn!(
+                    "the saved directory is for another network or CA; starting from an empty one"
+                );
+                Ok(Directory::new(*ca, network.clone()))
+            }
+            Ok(None) => Ok(Directory::new(*ca, network.clone())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Saves the directory.
+    pub fn save_directory(&self, dir: &Directory) -> anyhow::Result<()> {
+        self.write_json(DIRECTORY, dir)
+    }
+
+    /// The CA key, on admins.
+    pub fn ca_key(&self) -> anyhow::Result<Option<CaKey>> {
+        let path = self.path(CA_KEY);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let key = keys::read_signing_key_file(&path)
+            .with_context(|| format!("cannot use the CA key {}", path.display()))?;
+        Ok(Some(CaKey::from_signing_key(key)))
+    }
+
+    /// Saves the CA key (0600).
+    pub fn save_ca_key(&self, ca: &CaKey) -> anyhow::Result<()> {
+        let path = self.path(CA_KEY);
+        keys::write_signing_key_file(&path, ca.signing_key())
+            .with_context(|| format!("cannot write the CA key {}", path.display()))
+    }
+
+    /// What this admin issued.
+    pub fn admin(&self) -> anyhow::Result<AdminState> {
+        Ok(self.read_json(ADMIN)?.unwrap_or_default())
+    }
+
+    /// Saves what this admin issued.
+    pub fn save_admin(&self, state: &AdminState) -> anyhow::Result<()> {
+        self.write_json(ADMIN, state)
+    }
+
+    /// Forgets the membership (after `leave`): removes everything but the control key.
+    pub fn forget_network(&self) -> anyhow::Result<()> {
+        for name in [DIRECTORY, CA_KEY, ADMIN] {
+            let path = self.path(name);
+            if path.exists() {
+                fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> anyhow::Result<Option<T>> {
+        let path = self.path(name);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        serde_json::from_str(&text).map(Some).with_context(|| {
+            format!(
+                "{} is damaged or was edited by hand; restore it from a backup or remove the state_dir and join again",
+                path.display()
+            )
+        })
+    }
+
+    fn write_json<T: Serialize>(&self, name: &str, value: &T) -> anyhow::Result<()> {
+        let path = self.path(name);
+        let tmp = self.path(&format!("{name}.tmp"));
+        let text = serde_json::to_string_pretty(value).context("cannot encode state")?;
+        let write = || -> std::io::Result<()> {
+            let _ = fs::remove_file(&tmp);
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(text.as_bytes())?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// Serde through `Display` and `FromStr`, for types whose text form is their canonical one.
+mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_private_and_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let dir = StateDir::open(&root).unwrap();
+        assert_eq!(
+            fs::metadata(&root).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let key = dir.control_key().unwrap();
+        assert_eq!(
+            dir.control_key().unwrap().verifying_key(),
+            key.verifying_key(),
+            "the control key is made once"
+        );
+        let mut admin = AdminState::default();
+        admin.next_serial = 7;
+        admin
+            .allocations
+            .insert(Name::new("h1").unwrap(), "10.42.1.0/24".parse().unwrap());
+        dir.save_admin(&admin).unwrap();
+        assert_eq!(dir.admin().unwrap().next_serial, 7);
+        for name in [CONTROL_KEY, ADMIN] {
+            let mode = fs::metadata(root.join(name)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        assert!(dir.network().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_damaged_file_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        fs::write(tmp.path().join(NETWORK), "{not json").unwrap();
+        let e = format!("{:#}", dir.network().unwrap_err());
+        assert!(e.contains("network.json is damaged"), "{e}");
+    }
+}
