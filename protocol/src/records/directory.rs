@@ -77,6 +77,10 @@ pub struct LiveMember<'a> {
     pub endpoints: &'a [SocketAddr],
     /// The version of its record.
     pub version: u64,
+    /// Its certificate's serial (also its SWIM node number).
+    pub serial: u64,
+    /// UDP port of its control plane.
+    pub control_port: u16,
 }
 
 /// A member record that passed the rules, and what its certificate says.
@@ -301,7 +305,8 @@ impl Directory {
         *serial = (*serial).max(revocation.serial);
     }
 
-    fn is_certificate_revoked(&self, certificate: &NodeCertificate) -> bool {
+    /// Whether this certificate (its serial or its WireGuard key) is revoked.
+    pub fn is_certificate_revoked(&self, certificate: &NodeCertificate) -> bool {
         is_revoked_by(&self.revoked_keys, &self.revoked_serials, certificate)
     }
 
@@ -316,6 +321,13 @@ impl Directory {
             .values()
             .filter(|h| h.is_alive())
             .map(Held::live)
+    }
+
+    /// Every member held, live or left, with its state.
+    pub fn all_members(&self) -> impl Iterator<Item = (LiveMember<'_>, MemberState)> {
+        self.members
+            .values()
+            .map(|h| (h.live(), h.signed.record().state))
     }
 
     /// The live member called `name`, if any.
@@ -373,6 +385,8 @@ impl Held {
             groups: &self.certificate.groups,
             endpoints: &self.signed.record().endpoints,
             version: self.signed.record().version,
+            serial: self.certificate.serial,
+            control_port: self.signed.record().control_port,
         }
     }
 }
