@@ -3,3 +3,4 @@
 pub mod admin;
 pub mod state;
 pub mod tls;
+pub mod msg;
