@@ -1,14 +1,18 @@
 //! `overlayctl`: the overlay's command line. Key commands work offline; the rest talk to
-//! the local `overlayd` over its API socket.
+//! the local `overlayd` over its API socket. Exit status: 0 done, 1 failed, 2 bad usage.
 
 mod client;
+mod control;
+mod parse;
 mod show;
+mod when;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use protocol::api::{PEERS_PATH, PeerStatus, STATUS_PATH, Status};
 
@@ -28,18 +32,29 @@ enum Command {
     /// WireGuard keys, interchangeable with `wg genkey` and `wg pubkey`.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Create a network with this host as its first member and admin (it holds the CA).
+    Init(control::InitArgs),
+    /// Join tokens, for admin hosts.
+    #[command(subcommand)]
+    Token(control::TokenCommand),
+    /// Join a network with a token from `overlayctl token create` on an admin host.
+    Join(control::JoinArgs),
     /// This host's daemon: identity, interface, totals.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Every peer: endpoint, subnets, last handshake, bytes each way, drops.
+    /// Every peer: name, state, endpoint, subnets, last handshake, bytes each way, drops.
     Peers {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Revoke a member for good (admin hosts): its tunnels close and it cannot rejoin.
+    Revoke(control::RevokeArgs),
+    /// Leave the network: the other members drop this host and close their tunnels to it.
+    Leave(control::LeaveArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -58,7 +73,21 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
+            // A bad value is one self-contained line, shown like every other error;
+            // other parse errors keep clap's usage text.
+            let one_line = matches!(
+                e.kind(),
+                ErrorKind::InvalidValue | ErrorKind::ValueValidation
+            );
+            let rendered = e.render().to_string();
+            match rendered.lines().next() {
+                Some(first) if one_line => {
+                    eprintln!("overlayctl: {}", first.trim_start_matches("error: "))
+                }
+                _ => {
+                    let _ = e.print();
+                }
+            }
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
@@ -66,7 +95,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("overlayctl: {e:#}");
-            let usage = e.downcast_ref::<keys::KeyError>().is_some();
+            let usage = e.downcast_ref::<keys::KeyError>().is_some()
+                || e.downcast_ref::<parse::UsageError>().is_some();
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
@@ -95,23 +125,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.public_key());
             Ok(())
         }
+        Command::Init(args) => control::init(&cli.socket, args),
+        Command::Token(command) => control::token(&cli.socket, command),
+        Command::Join(args) => control::join(&cli.socket, args),
         Command::Status { json } => {
             let status: Status = client::get(&cli.socket, STATUS_PATH)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                control::print_json(&status)
             } else {
-                print!("{}", show::status(&status));
+                print!("{}", show::status(&status, when::now_unix()));
+                Ok(())
             }
-            Ok(())
         }
         Command::Peers { json } => {
             let peers: Vec<PeerStatus> = client::get(&cli.socket, PEERS_PATH)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&peers)?);
+                control::print_json(&peers)
             } else {
                 print!("{}", show::peers(&peers));
+                Ok(())
             }
-            Ok(())
         }
+        Command::Revoke(args) => control::revoke(&cli.socket, args),
+        Command::Leave(args) => control::leave(&cli.socket, args),
     }
 }

@@ -1,10 +1,13 @@
-//! Text renderings of API answers.
+//! Text renderings of API answers. Pure: the current time comes in as `now_unix`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use protocol::api::{PeerStatus, Status};
+use ipnet::IpNet;
+use protocol::api::{Membership, PeerStatus, Status};
 use protocol::drops::DropReason;
+
+use crate::when;
 
 fn drops(map: &BTreeMap<DropReason, u64>) -> String {
     if map.is_empty() {
@@ -41,10 +44,21 @@ fn age(seconds: Option<f64>) -> String {
     }
 }
 
+/// Comma-separated, or `-` for none.
+pub fn list<T: ToString>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "-".to_owned();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `overlayctl status`.
-pub fn status(s: &Status) -> String {
+pub fn status(s: &Status, now_unix: u64) -> String {
     let mut out = String::new();
-    let nets: Vec<String> = s.subnets.iter().map(ToString::to_string).collect();
     let _ = writeln!(out, "public key:   {}", s.public_key);
     let _ = writeln!(out, "listen port:  {}", s.listen_port);
     let _ = writeln!(out, "interface:    {} (mtu {})", s.tun_name, s.mtu);
@@ -53,15 +67,7 @@ pub fn status(s: &Status) -> String {
         "address:      {}",
         s.address.map_or("-".to_owned(), |a| a.to_string())
     );
-    let _ = writeln!(
-        out,
-        "subnets:      {}",
-        if nets.is_empty() {
-            "-".to_owned()
-        } else {
-            nets.join(", ")
-        }
-    );
+    let _ = writeln!(out, "subnets:      {}", list::<IpNet>(&s.subnets));
     let _ = writeln!(
         out,
         "offload:      tun {} / udp gso {}",
@@ -71,7 +77,49 @@ pub fn status(s: &Status) -> String {
     let _ = writeln!(out, "peers:        {}", s.peer_count);
     let _ = writeln!(out, "uptime:       {}s", s.uptime_s);
     let _ = writeln!(out, "drops:        {}", drops(&s.drops));
+    match &s.member {
+        Some(m) => membership(&mut out, m, now_unix),
+        None => {
+            let _ = writeln!(
+                out,
+                "network:      none (static peers only; `overlayctl init` or `overlayctl join` to be a member)"
+            );
+        }
+    }
     out
+}
+
+/// The member part of `overlayctl status`.
+fn membership(out: &mut String, m: &Membership, now_unix: u64) {
+    let _ = writeln!(out, "network:      {}", m.network);
+    if m.left {
+        let _ = writeln!(
+            out,
+            "membership:   left (the other members have dropped this host)"
+        );
+    }
+    let _ = writeln!(out, "network cidr: {}", m.cidr);
+    let _ = writeln!(out, "node name:    {}", m.name);
+    let _ = writeln!(out, "node subnets: {}", list(&m.subnets));
+    let _ = writeln!(out, "groups:       {}", list(&m.groups));
+    let _ = writeln!(out, "network CA:   {}", m.ca_fingerprint);
+    let _ = writeln!(
+        out,
+        "certificate:  expires {} ({})",
+        when::utc(m.certificate_expires_unix),
+        when::until(m.certificate_expires_unix, now_unix)
+    );
+    let _ = writeln!(
+        out,
+        "admin:        {}",
+        if m.admin {
+            "yes (holds the network CA key)"
+        } else {
+            "no"
+        }
+    );
+    let _ = writeln!(out, "control port: {}", m.control_port);
+    let _ = writeln!(out, "members:      {} alive", m.member_count);
 }
 
 fn on(b: bool) -> &'static str {
@@ -79,8 +127,10 @@ fn on(b: bool) -> &'static str {
 }
 
 /// `overlayctl peers`.
-pub fn peers(list: &[PeerStatus]) -> String {
+pub fn peers(peers: &[PeerStatus]) -> String {
     let header = [
+        "NAME",
+        "STATE",
         "PUBLIC KEY",
         "ENDPOINT",
         "SUBNETS",
@@ -89,17 +139,23 @@ pub fn peers(list: &[PeerStatus]) -> String {
         "TX",
         "DROPS",
     ];
-    let rows: Vec<[String; 7]> = list
+    let rows: Vec<[String; 9]> = peers
         .iter()
         .map(|p| {
             [
+                p.name.clone().unwrap_or_else(|| "-".to_owned()),
+                p.state.map_or("-", |s| s.as_str()).to_owned(),
                 p.public_key.to_string(),
                 p.endpoint.map_or("-".to_owned(), |e| e.to_string()),
-                p.subnets
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                if p.subnets.is_empty() {
+                    "-".to_owned()
+                } else {
+                    p.subnets
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
                 age(p.last_handshake_s),
                 bytes(p.rx_bytes),
                 bytes(p.tx_bytes),
@@ -127,7 +183,7 @@ pub fn peers(list: &[PeerStatus]) -> String {
         line(&mut out, &cells);
     }
     if rows.is_empty() {
-        let _ = writeln!(out, "(no peers configured)");
+        let _ = writeln!(out, "(no peers)");
     }
     out
 }
@@ -135,6 +191,7 @@ pub fn peers(list: &[PeerStatus]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::api::MemberState;
 
     #[test]
     fn byte_units() {
@@ -143,10 +200,8 @@ mod tests {
         assert_eq!(bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
     }
 
-    #[test]
-    fn peers_table_has_every_column() {
-        let key = keys::PrivateKey::generate().public_key();
-        let p = PeerStatus {
+    fn static_peer(key: keys::PublicKey) -> PeerStatus {
+        PeerStatus {
             name: None,
             state: None,
             public_key: key,
@@ -157,8 +212,43 @@ mod tests {
             tx_bytes: 3 << 20,
             persistent_keepalive: None,
             drops: [(DropReason::SourceNotAllowed, 4)].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn peers_table_has_every_column() {
+        let key = keys::PrivateKey::generate().public_key();
+        let member_key = keys::PrivateKey::generate().public_key();
+        let member = PeerStatus {
+            name: Some("node-b".to_owned()),
+            state: Some(MemberState::Suspect),
+            endpoint: None,
+            subnets: vec![],
+            last_handshake_s: None,
+            drops: BTreeMap::new(),
+            ..static_peer(member_key)
         };
-        let text = peers(&[p]);
+        let text = peers(&[static_peer(key), member]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "NAME",
+                "STATE",
+                "PUBLIC",
+                "KEY",
+                "ENDPOINT",
+                "SUBNETS",
+                "HANDSHAKE",
+                "RX",
+                "TX",
+                "DROPS"
+            ]
+        );
+        let static_row = lines[1];
+        assert!(static_row.starts_with("-       -        "), "{text}");
         for needle in [
             &key.to_string()[..],
             "198.18.0.12:51820",
@@ -168,7 +258,125 @@ mod tests {
             "3.0 MiB",
             "source_not_allowed=4",
         ] {
-            assert!(text.contains(needle), "{needle} missing in\n{text}");
+            assert!(static_row.contains(needle), "{needle} missing in\n{text}");
         }
+        let member_row: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            member_row,
+            [
+                "node-b",
+                "suspect",
+                &member_key.to_string()[..],
+                "-",
+                "-",
+                "never",
+                "1000",
+                "B",
+                "3.0",
+                "MiB",
+                "-"
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_peers_table() {
+        assert!(peers(&[]).ends_with("(no peers)\n"));
+    }
+
+    fn status_of(member: Option<Membership>) -> Status {
+        Status {
+            version: "0.1.0".to_owned(),
+            public_key: keys::PrivateKey::generate().public_key(),
+            listen_port: 51820,
+            tun_name: "ovl0".to_owned(),
+            mtu: 1420,
+            address: Some("10.42.1.1".parse().unwrap()),
+            subnets: vec!["10.42.1.0/24".parse().unwrap()],
+            tun_offload: true,
+            udp_gso: false,
+            peer_count: 2,
+            uptime_s: 42,
+            drops: BTreeMap::new(),
+            member,
+        }
+    }
+
+    fn member() -> Membership {
+        Membership {
+            network: "prod".to_owned(),
+            cidr: "10.42.0.0/16".parse().unwrap(),
+            ca_fingerprint: "sha256:3f2a".to_owned(),
+            name: "node-a".to_owned(),
+            subnets: vec!["10.42.1.0/24".parse().unwrap()],
+            groups: vec!["web".to_owned(), "db".to_owned()],
+            certificate_expires_unix: NOW + 89 * 86_400 + 60,
+            admin: true,
+            control_port: 51821,
+            member_count: 3,
+            left: false,
+        }
+    }
+
+    const NOW: u64 = 1_700_000_000;
+
+    #[test]
+    fn status_of_a_member_shows_every_field() {
+        let text = status(&status_of(Some(member())), NOW);
+        for line in [
+            "listen port:  51820",
+            "interface:    ovl0 (mtu 1420)",
+            "address:      10.42.1.1",
+            "offload:      tun on / udp gso off",
+            "network:      prod",
+            "network cidr: 10.42.0.0/16",
+            "node name:    node-a",
+            "node subnets: 10.42.1.0/24",
+            "groups:       web, db",
+            "network CA:   sha256:3f2a",
+            "certificate:  expires 2024-02-11 22:14:20 UTC (in 89 days)",
+            "admin:        yes (holds the network CA key)",
+            "control port: 51821",
+            "members:      3 alive",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in\n{text}"
+            );
+        }
+        assert!(!text.contains("left"), "{text}");
+    }
+
+    #[test]
+    fn status_of_a_member_that_left_with_an_expired_certificate() {
+        let m = Membership {
+            admin: false,
+            left: true,
+            groups: vec![],
+            certificate_expires_unix: NOW - 1,
+            ..member()
+        };
+        let text = status(&status_of(Some(m)), NOW);
+        for line in [
+            "membership:   left (the other members have dropped this host)",
+            "groups:       -",
+            "admin:        no",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in\n{text}"
+            );
+        }
+        assert!(text.contains("UTC (expired)"), "{text}");
+    }
+
+    #[test]
+    fn status_in_static_mode() {
+        let text = status(&status_of(None), NOW);
+        assert!(
+            text.contains("network:      none (static peers only"),
+            "{text}"
+        );
+        assert!(!text.contains("node name"), "{text}");
     }
 }
