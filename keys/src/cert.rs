@@ -311,6 +311,17 @@ impl SignedCertificate {
         Ok(SignedCertificate { body, signature })
     }
 
+    /// What the body says, WITHOUT checking the signature or validity: for labelling bytes
+    /// (e.g. which member a gossiped record is about) before the real check. Never decide
+    /// anything that matters on it; use [`verify`](Self::verify).
+    pub fn unverified_body(&self) -> Result<NodeCertificate, CertError> {
+        match self.body.first() {
+            Some(&CERT_VERSION) => NodeCertificate::decode(&self.body),
+            Some(&version) => Err(CertError::UnsupportedVersion { version }),
+            None => Err(CertError::Malformed { part: "empty body" }),
+        }
+    }
+
     /// Checks the certificate against the network's CA at `now_unix` and returns what it
     /// certifies. In order: the body format version, that it names this CA, the signature,
     /// the body's content, then `not_before <= now_unix <= not_after`. Nothing but the

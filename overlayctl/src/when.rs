@@ -10,40 +10,9 @@ pub fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `2026-11-26 14:21:47 UTC`.
+/// `2026-11-26 14:21:47 UTC` (the keys crate's formatter).
 pub fn utc(unix: u64) -> String {
-    let (year, month, day) = date_from_days(unix / 86_400);
-    let seconds = unix % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60
-    )
-}
-
-/// Year, month (1–12) and day (1–31) of a count of days since 1970-01-01, by the
-/// proleptic Gregorian calendar counted in 400-year cycles from 0000-03-01 (so the leap
-/// day falls at the end of each counted year).
-fn date_from_days(days: u64) -> (u64, u64, u64) {
-    const DAYS_PER_400_YEARS: u64 = 146_097;
-    // Days from 0000-03-01 to 1970-01-01.
-    const EPOCH_OFFSET: u64 = 719_468;
-    let shifted = days + EPOCH_OFFSET;
-    let cycle = shifted / DAYS_PER_400_YEARS;
-    let day_of_cycle = shifted % DAYS_PER_400_YEARS;
-    // Years into the cycle, minding the 4-, 100- and 400-year leap rules.
-    let year_of_cycle = (day_of_cycle - day_of_cycle / 1460 + day_of_cycle / 36_524
-        - day_of_cycle / (DAYS_PER_400_YEARS - 1))
-        / 365;
-    let day_of_year =
-        day_of_cycle - (365 * year_of_cycle + year_of_cycle / 4 - year_of_cycle / 100);
-    // Months from March, by the 153-days-per-5-months pattern.
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = (month_from_march + 2) % 12 + 1;
-    let year = cycle * 400 + year_of_cycle + u64::from(month <= 2);
-    (year, month, day)
+    keys::Utc(unix).to_string()
 }
 
 /// A span as `45s` (under 2 minutes) or in whole minutes as `10m`, `1h`, `1h 30m`, `2d`,

@@ -13,7 +13,7 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 /// Routes this daemon installed, for removal on shutdown.
 pub struct Routes {
     handle: Handle,
-    installed: Vec<RouteMessage>,
+    installed: Vec<(IpNet, RouteMessage)>,
 }
 
 fn message(net: IpNet, if_index: u32, source: Option<IpAddr>) -> RouteMessage {
@@ -98,14 +98,27 @@ impl Routes {
             .execute()
             .await
             .with_context(|| format!("cannot add route {net} via the TUN (netlink)"))?;
-        self.installed.push(msg);
+        self.installed.retain(|(n, _)| *n != net.trunc());
+        self.installed.push((net.trunc(), msg));
         Ok(())
+    }
+
+    /// Removes the route to `net` this daemon added, if any; errors are logged.
+    pub async fn remove(&mut self, net: IpNet) {
+        let net = net.trunc();
+        let Some(i) = self.installed.iter().position(|(n, _)| *n == net) else {
+            return;
+        };
+        let (_, msg) = self.installed.remove(i);
+        if let Err(e) = self.handle.route().del(msg).execute().await {
+            tracing::warn!(error = %e, route = %net, "could not remove a route");
+        }
     }
 
     /// Removes every route this daemon added; errors are logged, not returned, so that
     /// shutdown always finishes.
     pub async fn remove_all(&mut self) {
-        for msg in self.installed.drain(..) {
+        for (_, msg) in self.installed.drain(..) {
             if let Err(e) = self.handle.route().del(msg).execute().await {
                 tracing::warn!(error = %e, "could not remove a route on shutdown");
             }
