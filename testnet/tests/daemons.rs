@@ -77,8 +77,9 @@ fn pids_in(netns: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Static mode: the fake daemon cannot form a gossiped network.
 fn options(fake: &Path) -> Options {
-    let mut opts = Options::new(2, 0);
+    let mut opts = Options::static_mode(2, 0);
     opts.overlayd = Some(fake.to_owned());
     opts
 }
