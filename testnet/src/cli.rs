@@ -13,7 +13,7 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::names::{self, NsKind, RUN_ROOT};
-use crate::{Options, Testnet};
+use crate::{Mode, NETWORK, NETWORK_CIDR, Options, Testnet};
 
 /// Prefix of the CLI's runs unless `--prefix` says otherwise.
 const DEFAULT_PREFIX: &str = "tn";
@@ -34,8 +34,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Build hosts and containers, start overlayd on each host and wait until ready. The run
-    /// stays up until `testnet down`.
+    /// Build hosts and containers, start overlayd on each host and form the network as an
+    /// operator would (`overlayctl init` on h1, `token create` on h1 and `join` on each other
+    /// host), then wait until every host sees every other alive and containers ping across.
+    /// With --static, every config lists the other hosts as peers instead. The run stays up
+    /// until `testnet down`.
     Up {
         /// Number of hosts.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=crate::MAX_HOSTS as i64))]
@@ -43,6 +46,13 @@ enum Command {
         /// Containers per host (0 for none).
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=crate::MAX_CONTAINERS as i64))]
         containers: u16,
+        /// Static mode: a [[peer]] table per other host in every config, no control plane.
+        #[arg(long = "static")]
+        static_mode: bool,
+        /// Gossip mode: start the daemons but form no network (run `overlayctl init`,
+        /// `token create` and `join` yourself through `testnet exec hI -- overlayctl ...`).
+        #[arg(long, conflicts_with = "static_mode")]
+        no_join: bool,
         /// Build the network only; start no daemons.
         #[arg(long)]
         no_daemons: bool,
@@ -158,12 +168,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Up {
             hosts,
             containers,
+            static_mode,
+            no_join,
             no_daemons,
             keepalive,
             no_offload,
         } => {
             let prefix = cli.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
             let mut opts = Options::new(usize::from(hosts), usize::from(containers));
+            if static_mode {
+                opts.mode = Mode::Static;
+            }
+            if no_join {
+                opts.members = Some(0);
+            }
             opts.prefix = Some(prefix);
             opts.start_daemons = !no_daemons;
             opts.persistent_keepalive = keepalive;
@@ -264,6 +282,7 @@ fn up(opts: Options) -> Result<()> {
             containers.join(", ")
         );
     }
+    println!("{}", mode_line(&net));
     let from = if net.containers() > 0 { "h1-c1" } else { "h1" };
     let to = match (net.hosts() > 1, net.containers() > 0) {
         (true, true) => "10.42.2.2",
@@ -287,6 +306,7 @@ fn status(net: &mut Testnet) -> Result<()> {
         }
     };
     println!("run {} in {}", net.prefix(), net.run_dir().display());
+    println!("{}", mode_line(net));
     println!("switch: {}{}", net.underlay_ns(), mark(&net.underlay_ns()));
     for i in 1..=net.hosts() {
         let daemon = match net.daemon_pid(i) {
@@ -310,6 +330,18 @@ fn status(net: &mut Testnet) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One line on how the run's hosts know each other.
+fn mode_line(net: &Testnet) -> String {
+    match net.mode() {
+        Mode::Static => "mode: static (every config lists the other hosts as peers)".to_owned(),
+        Mode::Gossip => format!(
+            "mode: gossip (network {NETWORK} {NETWORK_CIDR} with h1 as admin, control port {}; \
+             `testnet exec hI -- overlayctl peers` shows the members)",
+            crate::CONTROL_PORT
+        ),
+    }
 }
 
 fn down(prefix: Option<String>) -> Result<()> {

@@ -1,13 +1,16 @@
-//! The `overlayd.toml` written for each host (static mode), as a value tests may change before
-//! the daemon starts; the host keys and the [`Testnet`] methods that make and write configs.
+//! The `overlayd.toml` written for each host, as a value tests may change before the daemon
+//! starts: in static mode with a `[[peer]]` table per other host, in gossip mode with a state
+//! directory and a `[control]` table instead; the host keys and the [`Testnet`] methods that
+//! make and write configs.
 
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::{LISTEN_PORT, MTU, Testnet};
+use crate::{CONTROL_PORT, LISTEN_PORT, MTU, Mode, Testnet};
 
 /// One host's `overlayd` configuration. [`HostConfig::to_toml`] writes it the way `overlayd`
 /// reads it; fields left `None` are not written (the daemon's default applies).
@@ -23,16 +26,34 @@ pub struct HostConfig {
     pub mtu: u32,
     /// `address`: the host's overlay address, `10.42.I.1`.
     pub address: Ipv4Addr,
-    /// `subnets`: the host's container subnet, `10.42.I.0/24`.
+    /// `subnets`: the host's container subnet, `10.42.I.0/24`, in static mode; empty (not
+    /// written) in gossip mode, where the subnet comes from the host's certificate.
     pub subnets: Vec<String>,
     /// `api_socket`: `/run/testnet/P/hI/overlayd.sock`.
     pub api_socket: PathBuf,
     /// `offload`; `Some(false)` turns TUN/UDP offloads off.
     pub offload: Option<bool>,
-    /// Further top-level TOML lines, written verbatim before the peers (e.g. `"foo = 1"`).
+    /// `state_dir`: where the daemon keeps its network state (gossip mode),
+    /// `/run/testnet/P/hI/state`; `None` is not written (the daemon's default applies).
+    pub state_dir: Option<PathBuf>,
+    /// Further top-level TOML lines, written verbatim before the tables (e.g. `"foo = 1"`).
     pub extra: Vec<String>,
-    /// `[[peer]]` tables, one per other host.
+    /// The `[control]` table (gossip mode); `None` is not written.
+    pub control: Option<ControlConfig>,
+    /// `[[peer]]` tables: one per other host in static mode, none in gossip mode (tests may
+    /// add static external peers beside the gossiped members).
     pub peers: Vec<PeerConfig>,
+}
+
+/// The `[control]` table: where the control plane (QUIC) listens and is reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlConfig {
+    /// `listen_port`: UDP port of the control plane, [`CONTROL_PORT`].
+    pub listen_port: u16,
+    /// `advertise`: the underlay address other hosts reach this one at.
+    pub advertise: IpAddr,
+    /// Further TOML lines for this table, written verbatim (e.g. timings).
+    pub extra: Vec<String>,
 }
 
 /// A `[[peer]]` table.
@@ -67,13 +88,26 @@ impl HostConfig {
         let _ = writeln!(out, "tun_name = {}", toml_str(&self.tun_name));
         let _ = writeln!(out, "mtu = {}", self.mtu);
         let _ = writeln!(out, "address = \"{}\"", self.address);
-        let _ = writeln!(out, "subnets = {}", toml_list(&self.subnets));
+        if !self.subnets.is_empty() {
+            let _ = writeln!(out, "subnets = {}", toml_list(&self.subnets));
+        }
         let _ = writeln!(out, "api_socket = {}", path_str(&self.api_socket));
         if let Some(offload) = self.offload {
             let _ = writeln!(out, "offload = {offload}");
         }
+        if let Some(dir) = &self.state_dir {
+            let _ = writeln!(out, "state_dir = {}", path_str(dir));
+        }
         for line in &self.extra {
             let _ = writeln!(out, "{line}");
+        }
+        if let Some(control) = &self.control {
+            let _ = writeln!(out, "\n[control]");
+            let _ = writeln!(out, "listen_port = {}", control.listen_port);
+            let _ = writeln!(out, "advertise = \"{}\"", control.advertise);
+            for line in &control.extra {
+                let _ = writeln!(out, "{line}");
+            }
         }
         for peer in &self.peers {
             let _ = writeln!(out, "\n[[peer]]");
@@ -94,9 +128,43 @@ impl HostConfig {
 }
 
 impl Testnet {
-    /// The config [`Testnet::up`] writes for host `i` before [`crate::Options`] changes it: this
-    /// host's key, address and subnet, and one peer per other host.
+    /// The config [`Testnet::up`] writes for host `i` before [`crate::Options`] changes it, in
+    /// the run's mode: [`Testnet::static_config`] or [`Testnet::gossip_config`].
     pub fn default_config(&self, i: usize) -> Result<HostConfig> {
+        match self.mode() {
+            Mode::Static => self.static_config(i),
+            Mode::Gossip => self.gossip_config(i),
+        }
+    }
+
+    /// Host `i`'s gossip-mode config: its key, address, state directory and `[control]`
+    /// table (port [`CONTROL_PORT`], advertising its current underlay address); no subnets
+    /// and no peers.
+    pub fn gossip_config(&self, i: usize) -> Result<HostConfig> {
+        let host = self.host(i)?;
+        Ok(HostConfig {
+            private_key_file: self.key_path(i),
+            listen_port: LISTEN_PORT,
+            tun_name: "ovl0".to_owned(),
+            mtu: MTU,
+            address: host.overlay,
+            subnets: Vec::new(),
+            api_socket: self.socket_path(i),
+            offload: None,
+            state_dir: Some(self.state_dir(i)),
+            extra: Vec::new(),
+            control: Some(ControlConfig {
+                listen_port: CONTROL_PORT,
+                advertise: host.underlay.into(),
+                extra: Vec::new(),
+            }),
+            peers: Vec::new(),
+        })
+    }
+
+    /// Host `i`'s static-mode config: its key, address and subnet, and one peer per other
+    /// host.
+    pub fn static_config(&self, i: usize) -> Result<HostConfig> {
         let host = self.host(i)?;
         let peers = self
             .state
@@ -123,7 +191,9 @@ impl Testnet {
             subnets: vec![host.subnet.clone()],
             api_socket: self.socket_path(i),
             offload: None,
+            state_dir: None,
             extra: Vec::new(),
+            control: None,
             peers,
         })
     }
@@ -151,6 +221,16 @@ impl Testnet {
             self.state.host[i - 1].public_key = key.public_key().to_string();
         }
         Ok(())
+    }
+
+    /// Creates host `i`'s state directory (0700) if it is missing.
+    pub(crate) fn create_state_dir(&self, i: usize) -> Result<()> {
+        let dir = self.state_dir(i);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))
     }
 }
 
@@ -196,7 +276,9 @@ mod tests {
             subnets: vec!["10.42.1.0/24".into()],
             api_socket: "/run/testnet/tn/h1/overlayd.sock".into(),
             offload: None,
+            state_dir: None,
             extra: vec![],
+            control: None,
             peers: vec![PeerConfig {
                 host: 2,
                 public_key: "KEY=".into(),
@@ -230,5 +312,42 @@ subnets = ["10.42.2.0/24"]
         );
         assert!(text.ends_with("persistent_keepalive = 25\n"));
         assert_eq!(toml_str("a\"b\\c"), r#""a\"b\\c""#);
+    }
+
+    #[test]
+    fn gossip_mode_has_state_dir_and_control_but_no_subnets_or_peers() {
+        let cfg = HostConfig {
+            private_key_file: "/run/testnet/tn/h2/private.key".into(),
+            listen_port: 51820,
+            tun_name: "ovl0".into(),
+            mtu: 1420,
+            address: Ipv4Addr::new(10, 42, 2, 1),
+            subnets: vec![],
+            api_socket: "/run/testnet/tn/h2/overlayd.sock".into(),
+            offload: Some(false),
+            state_dir: Some("/run/testnet/tn/h2/state".into()),
+            extra: vec!["# extra".into()],
+            control: Some(ControlConfig {
+                listen_port: 51821,
+                advertise: "198.18.0.12".parse().unwrap(),
+                extra: vec![],
+            }),
+            peers: vec![],
+        };
+        let expected = r#"private_key_file = "/run/testnet/tn/h2/private.key"
+listen_port = 51820
+tun_name = "ovl0"
+mtu = 1420
+address = "10.42.2.1"
+api_socket = "/run/testnet/tn/h2/overlayd.sock"
+offload = false
+state_dir = "/run/testnet/tn/h2/state"
+# extra
+
+[control]
+listen_port = 51821
+advertise = "198.18.0.12"
+"#;
+        assert_eq!(cfg.to_toml(), expected);
     }
 }

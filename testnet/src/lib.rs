@@ -38,12 +38,24 @@
 //! bridge `br0` with `10.42.I.1/24`. Container `J` of host `I`: namespace `P-hI-cJ`,
 //! `10.42.I.(1+J)/24` on `eth0`. Hosts may have no containers.
 //!
+//! # Modes
+//!
+//! - [`Mode::Gossip`] (the default) builds the network as an operator would: every config
+//!   has a state directory and a `[control]` table but no peers; once the daemons run,
+//!   `overlayctl init` on h1 creates network [`NETWORK`] ([`NETWORK_CIDR`]), and each other
+//!   host joins with a token made on h1 (`overlayctl token create`, `overlayctl join`).
+//!   [`Testnet::up`] returns once every member lists every other as alive and containers
+//!   ping across hosts.
+//! - [`Mode::Static`] writes a `[[peer]]` table per other host into every config (the data
+//!   plane on its own, no control plane).
+//!
 //! # State on disk
 //!
-//! `/run/testnet/P/` holds `state.json` (prefix, sizes, addresses, the PIDs of the daemons
-//! and of the process that owns the run) and per host `hI/private.key` (0600),
-//! `hI/overlayd.toml`, `hI/overlayd.sock` (API) and `hI/overlayd.log`. The CLI records its
-//! current run's prefix in `/run/testnet/current`.
+//! `/run/testnet/P/` holds `state.json` (prefix, sizes, mode, addresses, the PIDs of the
+//! daemons and of the process that owns the run) and per host `hI/private.key` (0600),
+//! `hI/overlayd.toml`, `hI/overlayd.sock` (API), `hI/overlayd.log` and, in gossip mode,
+//! `hI/state/` (the daemon's state directory, 0700). The CLI records its current run's
+//! prefix in `/run/testnet/current`.
 //!
 //! # Cleanup
 //!
@@ -67,16 +79,18 @@ mod cmd;
 mod config;
 mod daemon;
 mod faults;
+mod gossip;
 mod names;
 mod proc;
 mod state;
 mod testnet;
 mod topology;
 
-pub use config::{HostConfig, PeerConfig};
+pub use config::{ControlConfig, HostConfig, PeerConfig};
 pub use faults::NFT_TABLE;
 pub use names::{RUN_ROOT, validate_prefix};
-pub use testnet::{ConfigHook, Options, Testnet};
+pub use protocol::api::{MemberState, PeerStatus, Status};
+pub use testnet::{ConfigHook, Mode, Options, Testnet};
 
 /// Largest number of hosts: host `I`'s underlay address is `198.18.0.(10+I)`.
 pub const MAX_HOSTS: usize = 245;
@@ -86,3 +100,9 @@ pub const MAX_CONTAINERS: usize = 253;
 pub const MTU: u32 = 1420;
 /// UDP port every `overlayd` listens on.
 pub const LISTEN_PORT: u16 = 51820;
+/// UDP port of every `overlayd`'s control plane (QUIC) in gossip mode.
+pub const CONTROL_PORT: u16 = 51821;
+/// Name of the network `overlayctl init` creates on h1 in gossip mode.
+pub const NETWORK: &str = "testnet";
+/// Address range of that network; host `I` gets `10.42.I.0/24` of it.
+pub const NETWORK_CIDR: &str = "10.42.0.0/16";

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::Mode;
 use crate::names::{self, RUN_ROOT};
 use crate::proc::ProcId;
 
@@ -24,6 +25,9 @@ pub(crate) struct State {
     pub hosts: usize,
     /// Containers per host (M).
     pub containers: usize,
+    /// How the hosts know each other; runs recorded before modes existed were static.
+    #[serde(default = "static_mode")]
+    pub mode: Mode,
     /// The run outlives its owner (the CLI's runs); it is then alive while its daemons are.
     pub persisted: bool,
     /// The process whose `Testnet` owns the run; a run that is not persisted dies with it.
@@ -65,7 +69,13 @@ pub(crate) struct ContainerState {
 
 impl State {
     /// The plan for a new run (no keys, no daemons yet).
-    pub fn plan(prefix: &str, hosts: usize, containers: usize, detach_daemons: bool) -> State {
+    pub fn plan(
+        prefix: &str,
+        hosts: usize,
+        containers: usize,
+        mode: Mode,
+        detach_daemons: bool,
+    ) -> State {
         let host = (1..=hosts)
             .map(|i| HostState {
                 name: format!("h{i}"),
@@ -89,6 +99,7 @@ impl State {
             run_dir: names::run_dir(prefix),
             hosts,
             containers,
+            mode,
             persisted: false,
             owner: ProcId::current(),
             detach_daemons,
@@ -155,6 +166,10 @@ impl State {
         let mut daemons = self.host.iter().filter_map(|h| h.daemon).peekable();
         daemons.peek().is_none() || daemons.any(|d| d.alive())
     }
+}
+
+fn static_mode() -> Mode {
+    Mode::Static
 }
 
 fn write_state(dir: &Path, state: &State) -> Result<()> {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
 use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
 
 use crate::cmd;
 use crate::config::HostConfig;
@@ -21,6 +22,28 @@ const PREFIX_ATTEMPTS: usize = 16;
 /// A hook that changes a host's config before it is written: `(host, &mut config)`.
 pub type ConfigHook = Box<dyn Fn(usize, &mut HostConfig)>;
 
+/// How the hosts of a run come to know each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// As an operator would: `overlayctl init` on h1, a token and `overlayctl join` for each
+    /// other host; members, subnets and tunnels come from the control plane.
+    #[default]
+    Gossip,
+    /// Every config lists every other host as a `[[peer]]` (the data plane alone).
+    Static,
+}
+
+impl Mode {
+    /// `gossip` or `static`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Gossip => "gossip",
+            Mode::Static => "static",
+        }
+    }
+}
+
 /// What [`Testnet::up`] builds.
 pub struct Options {
     /// Number of hosts, 1 to [`MAX_HOSTS`].
@@ -29,8 +52,16 @@ pub struct Options {
     pub containers: usize,
     /// Namespace prefix; `None` makes a unique one (`t` and 5 hex digits).
     pub prefix: Option<String>,
-    /// Start `overlayd` on every host and wait until each is ready.
+    /// How the hosts know each other; gossip by default.
+    pub mode: Mode,
+    /// Start `overlayd` on every host and wait until each is ready (in gossip mode, also
+    /// form the network: see `members`).
     pub start_daemons: bool,
+    /// Gossip mode: how many hosts (h1 .. hK) `up` makes members (init on h1, token and
+    /// join on the others) before it waits for them to see each other alive and ping.
+    /// `None`: all; `Some(0)`: the daemons run but no network exists. The others can join
+    /// later with [`Testnet::join_host`].
+    pub members: Option<usize>,
     /// `persistent_keepalive` for every peer.
     pub persistent_keepalive: Option<u16>,
     /// `offload` for every host (`Some(false)` turns offloads off).
@@ -47,20 +78,30 @@ pub struct Options {
 }
 
 impl Options {
-    /// `hosts` hosts with `containers` containers each, daemons started, everything else
-    /// default.
+    /// `hosts` hosts with `containers` containers each, gossip mode, daemons started and
+    /// every host a member, everything else default.
     pub fn new(hosts: usize, containers: usize) -> Options {
         Options {
             hosts,
             containers,
             prefix: None,
+            mode: Mode::Gossip,
             start_daemons: true,
+            members: None,
             persistent_keepalive: None,
             offload: None,
             detach_daemons: false,
             overlayd: None,
             overlayctl: None,
             configure: None,
+        }
+    }
+
+    /// Like [`Options::new`] in static mode: every config lists the other hosts as peers.
+    pub fn static_mode(hosts: usize, containers: usize) -> Options {
+        Options {
+            mode: Mode::Static,
+            ..Options::new(hosts, containers)
         }
     }
 }
@@ -100,6 +141,14 @@ impl Testnet {
                 opts.containers
             );
         }
+        if let Some(members) = opts.members
+            && members > opts.hosts
+        {
+            bail!(
+                "members must be 0 to {} (the hosts), not {members}",
+                opts.hosts
+            );
+        }
         let state = claim_prefix(&opts)?;
         let mut net = Testnet {
             daemons: (0..opts.hosts).map(|_| None).collect(),
@@ -119,6 +168,9 @@ impl Testnet {
         }
         net.write_keys()?;
         for i in 1..=opts.hosts {
+            if opts.mode == Mode::Gossip {
+                net.create_state_dir(i)?;
+            }
             let mut config = net.default_config(i)?;
             config.offload = opts.offload;
             for peer in &mut config.peers {
@@ -132,6 +184,9 @@ impl Testnet {
         net.state.save()?;
         if opts.start_daemons {
             net.start_all()?;
+            if opts.mode == Mode::Gossip {
+                net.form_network(opts.members.unwrap_or(opts.hosts))?;
+            }
         }
         Ok(net)
     }
@@ -219,6 +274,11 @@ impl Testnet {
     /// Containers per host.
     pub fn containers(&self) -> usize {
         self.state.containers
+    }
+
+    /// How the hosts know each other.
+    pub fn mode(&self) -> Mode {
+        self.state.mode
     }
 
     /// `/run/testnet/P`.
@@ -316,6 +376,12 @@ impl Testnet {
     /// The host's API socket.
     pub fn socket_path(&self, i: usize) -> PathBuf {
         self.host_dir(i).join("overlayd.sock")
+    }
+
+    /// The host's state directory (gossip mode), `/run/testnet/P/hI/state`: the daemon keeps
+    /// its certificate, the network's members and revocations there across restarts.
+    pub fn state_dir(&self, i: usize) -> PathBuf {
+        self.host_dir(i).join("state")
     }
 
     /// The host's private key file (0600).
@@ -557,7 +623,13 @@ impl Drop for Testnet {
 fn claim_prefix(opts: &Options) -> Result<State> {
     if let Some(prefix) = &opts.prefix {
         names::validate_prefix(prefix)?;
-        let state = State::plan(prefix, opts.hosts, opts.containers, opts.detach_daemons);
+        let state = State::plan(
+            prefix,
+            opts.hosts,
+            opts.containers,
+            opts.mode,
+            opts.detach_daemons,
+        );
         if !state.create_run_dir()? {
             bail!(
                 "a testnet run with prefix {prefix} exists ({}); remove it with `testnet down --prefix {prefix}`",
@@ -568,7 +640,13 @@ fn claim_prefix(opts: &Options) -> Result<State> {
     }
     for _ in 0..PREFIX_ATTEMPTS {
         let prefix = names::random_prefix()?;
-        let state = State::plan(&prefix, opts.hosts, opts.containers, opts.detach_daemons);
+        let state = State::plan(
+            &prefix,
+            opts.hosts,
+            opts.containers,
+            opts.mode,
+            opts.detach_daemons,
+        );
         if state.create_run_dir()? {
             return Ok(state);
         }

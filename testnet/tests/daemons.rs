@@ -1,6 +1,7 @@
 //! Daemon management (start, ready, stop, kill, restart, failure reports) with a stand-in
 //! for `overlayd`: a shell script that listens on the config's `api_socket` with `nc -lkU`,
-//! so these tests run before the real daemon exists.
+//! so these tests run before the real daemon exists; and, for gossip mode, a stand-in
+//! `overlayctl` that logs the commands `Testnet` runs (init, token create, join).
 //!
 //! ```text
 //!          P-ul: br0
@@ -77,8 +78,9 @@ fn pids_in(netns: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Static mode: the fake daemon cannot form a gossiped network.
 fn options(fake: &Path) -> Options {
-    let mut opts = Options::new(2, 0);
+    let mut opts = Options::static_mode(2, 0);
     opts.overlayd = Some(fake.to_owned());
     opts
 }
@@ -221,6 +223,65 @@ fn overlayctl_runs_in_the_host_namespace_with_its_socket() {
     assert!(
         text.contains(&net.socket_path(1).display().to_string()),
         "{text}"
+    );
+    net.down().unwrap();
+}
+
+#[test]
+fn gossip_mode_forms_the_network_with_overlayctl_as_an_operator_would() {
+    if !root() || !have_nc() {
+        return;
+    }
+    let fake = FakeDaemon::listening("gossip", "");
+    // A fake overlayctl: logs its arguments, prints a token, lists h2 alive.
+    let key = keys::PrivateKey::generate().public_key().to_string();
+    let calls = fake.dir.join("calls");
+    let peers = format!(
+        r#"[{{"name":"h2","state":"alive","public_key":"{key}","endpoint":null,"subnets":["10.42.2.0/24"],"last_handshake_s":null,"rx_bytes":0,"tx_bytes":0,"persistent_keepalive":null,"drops":{{}}}}]"#
+    );
+    let ctl = fake.dir.join("overlayctl");
+    fs::write(
+        &ctl,
+        format!(
+            "#!/bin/sh\necho \"$*\" >>'{}'\ncase \"$3\" in\n  token) echo ovljoin1.fake ;;\n  peers) echo '{peers}' ;;\nesac\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&ctl, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut opts = Options::new(2, 0);
+    opts.overlayd = Some(fake.path.clone());
+    opts.overlayctl = Some(ctl);
+    // Only h1 is made a member by `up` (one member converges at once); h2 joins below.
+    opts.members = Some(1);
+    let net = Testnet::up(opts).expect("up");
+    net.join_host(2).expect("join h2");
+    let log = fs::read_to_string(&calls).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let (s1, s2) = (
+        net.socket_path(1).display().to_string(),
+        net.socket_path(2).display().to_string(),
+    );
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "--socket {s1} init --network testnet --cidr 10.42.0.0/16 --name h1 --subnet 10.42.1.0/24"
+            ),
+            format!("--socket {s1} token create --ttl 10m"),
+            format!("--socket {s2} join ovljoin1.fake --name h2 --subnet 10.42.2.0/24"),
+        ]
+    );
+    assert_eq!(
+        net.member_state(1, 2).unwrap(),
+        Some(testnet::MemberState::Alive)
+    );
+    assert_eq!(net.member_state(1, 3).unwrap(), None);
+    assert!(
+        net.wait_member_state(1, 2, testnet::MemberState::Down, std::time::Duration::ZERO)
+            .unwrap_err()
+            .to_string()
+            .contains("h1 does not see h2 down after")
     );
     net.down().unwrap();
 }

@@ -1,5 +1,6 @@
 //! End-to-end tests of the data plane: the real `overlayd` in every host namespace,
-//! static peers, real kernels (root).
+//! static peers (forged keys, unknown keys and wireguard-go need configs written by hand),
+//! real kernels (root). The 3-host mesh also runs in gossip mode (init, token, join).
 //!
 //! ```text
 //!                         P-ul: br0 (underlay switch; tcpdump on its ports)
@@ -21,12 +22,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{pings, pings_once, root};
 use serde_json::Value;
-use testnet::{Options, Testnet};
+use testnet::{Mode, Options, Testnet};
 
 const TCP_PORT: &str = "7000";
 
 fn up(hosts: usize, containers: usize) -> Testnet {
-    Testnet::up(Options::new(hosts, containers)).expect("testnet up")
+    Testnet::up(Options::static_mode(hosts, containers)).expect("testnet up")
 }
 
 fn addr(net: &Testnet, name: &str) -> String {
@@ -105,8 +106,9 @@ fn stop(mut child: Child) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn full_mesh(offload: bool) {
+fn full_mesh(mode: Mode, offload: bool) {
     let mut opts = Options::new(3, 2);
+    opts.mode = mode;
     opts.offload = Some(offload);
     let net = Testnet::up(opts).expect("testnet up");
     let all = containers(&net);
@@ -156,10 +158,17 @@ fn full_mesh(offload: bool) {
     // every host sees both peers with a handshake and bytes both ways
     for i in 1..=3 {
         let status = json(&net, i, "status");
-        assert_eq!(status["peer_count"], 2);
+        match mode {
+            Mode::Static => assert_eq!(status["peer_count"], 2),
+            Mode::Gossip => assert_eq!(status["member"]["member_count"], 3, "h{i}: {status}"),
+        }
         assert_eq!(status["tun_offload"], offload, "h{i} offload state");
         for j in (1..=3).filter(|j| *j != i) {
             let p = peer_entry(&net, i, j);
+            if mode == Mode::Gossip {
+                assert_eq!(p["name"], format!("h{j}").as_str(), "{p}");
+                assert_eq!(p["state"], "alive", "{p}");
+            }
             assert!(
                 p["last_handshake_s"].is_number(),
                 "h{i} has no handshake with h{j}: {p}"
@@ -185,14 +194,21 @@ fn full_mesh(offload: bool) {
 #[test]
 fn three_hosts_full_mesh_ping_and_tcp() {
     if root() {
-        full_mesh(true);
+        full_mesh(Mode::Static, true);
     }
 }
 
 #[test]
 fn three_hosts_full_mesh_without_offloads() {
     if root() {
-        full_mesh(false);
+        full_mesh(Mode::Static, false);
+    }
+}
+
+#[test]
+fn three_hosts_full_mesh_ping_and_tcp_in_gossip_mode() {
+    if root() {
+        full_mesh(Mode::Gossip, true);
     }
 }
 
@@ -364,7 +380,7 @@ fn host_with_unknown_key_gets_nothing_through() {
     if !root() {
         return;
     }
-    let mut opts = Options::new(3, 1);
+    let mut opts = Options::static_mode(3, 1);
     // h1 and h2 do not know h3; h3 knows them (it has their keys and endpoints).
     opts.configure = Some(Box::new(|i, cfg| {
         if i != 3 {
@@ -684,7 +700,7 @@ fn peer_without_endpoint_is_reached_once_it_has_initiated() {
     if !root() {
         return;
     }
-    let mut opts = Options::new(2, 1);
+    let mut opts = Options::static_mode(2, 1);
     // h1 does not know where h2 is; h2 knows h1's endpoint and handshakes at start.
     opts.configure = Some(Box::new(|i, cfg| {
         if i == 1 {

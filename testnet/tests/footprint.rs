@@ -27,7 +27,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// Starts one host whose daemon has `peers` peers; returns its RSS once settled.
 fn rss_with_peers(peers: usize) -> u64 {
-    let mut opts = Options::new(1, 0);
+    let mut opts = Options::static_mode(1, 0);
     opts.configure = Some(Box::new(move |_, cfg| {
         for n in 0..peers {
             let key = keys::PrivateKey::generate().public_key();

@@ -28,7 +28,8 @@ fn three_hosts_two_containers_reach_each_other_and_down_removes_everything() {
     if !root() {
         return;
     }
-    let mut opts = Options::new(3, 2);
+    // Static mode: the configs list the peers (checked below).
+    let mut opts = Options::static_mode(3, 2);
     opts.start_daemons = false;
     let net = Testnet::up(opts).expect("up");
     let prefix = net.prefix().to_owned();
@@ -241,4 +242,38 @@ fn cleanup_leftovers_removes_dead_runs_only() {
     assert_eq!(removed, vec![format!("{orphan}-h1")]);
     assert!(Testnet::cleanup_leftovers(Some("Bad-name")).is_err());
     live.down().unwrap();
+}
+
+#[test]
+fn gossip_mode_writes_control_configs_and_state_dirs() {
+    if !root() {
+        return;
+    }
+    let mut opts = Options::new(2, 0);
+    opts.start_daemons = false;
+    let net = Testnet::up(opts).expect("up");
+    assert_eq!(net.mode(), testnet::Mode::Gossip);
+    let config = fs::read_to_string(net.config_path(2)).unwrap();
+    let state_dir = net.state_dir(2);
+    assert!(
+        config.contains(&format!("state_dir = \"{}\"", state_dir.display())),
+        "{config}"
+    );
+    assert!(
+        config.contains("\n[control]\nlisten_port = 51821\nadvertise = \"198.18.0.12\"\n"),
+        "{config}"
+    );
+    assert!(config.contains("address = \"10.42.2.1\""), "{config}");
+    assert!(
+        !config.contains("[[peer]]") && !config.contains("subnets"),
+        "{config}"
+    );
+    let mode = fs::metadata(&state_dir).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o700
+    );
+    let state = fs::read_to_string(net.run_dir().join("state.json")).unwrap();
+    assert!(state.contains("\"mode\": \"gossip\""), "{state}");
+    net.down().unwrap();
 }

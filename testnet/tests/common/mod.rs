@@ -105,3 +105,109 @@ impl Drop for NetnsGuard {
         }
     }
 }
+
+/// Wall-clock time in unix seconds (what `ping -D` stamps replies with).
+pub fn now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// A `ping -D -i 0.1` running in the background from one namespace to an address, whose
+/// replies are collected as they come (by a reader thread), so that a test can ask when
+/// traffic first got through after some instant. Killed on drop.
+pub struct Pinger {
+    /// Where it pings from (`hI-cJ` or `hI`).
+    pub from: String,
+    /// The address it pings.
+    pub to: String,
+    child: std::process::Child,
+    rx: std::sync::mpsc::Receiver<f64>,
+    replies: Vec<f64>,
+}
+
+impl Pinger {
+    /// Starts pinging `to` from `from` every 100 ms until dropped.
+    pub fn start(net: &Testnet, from: &str, to: &str) -> Pinger {
+        use std::io::BufRead;
+        // stdbuf: a line per reply as it comes, not a pipe buffer's worth at exit
+        let mut child = net
+            .spawn(
+                from,
+                &[
+                    "stdbuf", "-oL", "ping", "-D", "-n", "-i", "0.1", "-W", "1", to,
+                ],
+            )
+            .expect("start ping");
+        let stdout = child.stdout.take().expect("ping stdout");
+        let stderr = child.stderr.take().expect("ping stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if !line.contains("bytes from") {
+                    continue;
+                }
+                let stamp = line
+                    .strip_prefix('[')
+                    .and_then(|l| l.split(']').next())
+                    .and_then(|t| t.parse().ok());
+                if let Some(t) = stamp
+                    && tx.send(t).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        // Errors ("Network is unreachable") are not needed; drain them so ping never blocks.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::BufReader::new(stderr), &mut std::io::sink());
+        });
+        Pinger {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            child,
+            rx,
+            replies: Vec::new(),
+        }
+    }
+
+    /// The stamp (unix seconds) of the first reply after `after`, waiting for it until
+    /// `deadline`; `None` if none came.
+    pub fn first_reply_after(&mut self, after: f64, deadline: Instant) -> Option<f64> {
+        loop {
+            self.replies.extend(self.rx.try_iter());
+            if let Some(t) = self.replies.iter().copied().find(|t| *t > after) {
+                return Some(t);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match self.rx.recv_timeout(left) {
+                Ok(t) => self.replies.push(t),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return None,
+                // ping has exited: nothing more will come
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return self.replies.iter().copied().find(|t| *t > after);
+                }
+            }
+        }
+    }
+
+    /// Whether any reply is stamped in `from..to` (unix seconds), as seen so far.
+    pub fn replied_between(&mut self, from: f64, to: f64) -> bool {
+        self.replies.extend(self.rx.try_iter());
+        self.replies.iter().any(|t| *t >= from && *t < to)
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
