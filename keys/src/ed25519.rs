@@ -69,6 +69,19 @@ impl SigningKey {
         Signature(self.0.sign(&with_context(context, message)).to_bytes())
     }
 
+    /// The key as PKCS#8 DER (RFC 8410's `OneAsymmetricKey`, with the public key), in a
+    /// buffer zeroized when dropped: the form TLS libraries (rustls, rcgen) load keys from.
+    pub fn to_pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        // Encoding a 32-byte seed and its public key into a fixed ASN.1 structure cannot
+        // fail: the only errors are from unsupported algorithms or lengths.
+        let document = self
+            .0
+            .to_pkcs8_der()
+            .expect("encoding an Ed25519 key as PKCS#8 cannot fail");
+        Zeroizing::new(document.as_bytes().to_vec())
+    }
+
     /// A key from a fixed seed, for deterministic tests.
     #[cfg(test)]
     pub(crate) fn from_seed(seed: [u8; ED25519_KEY_LEN]) -> SigningKey {
@@ -317,6 +330,25 @@ mod tests {
     fn public_key_matches_rfc_8032() {
         let public = rfc_key().verifying_key();
         assert_eq!(public.as_bytes(), &decode_hex::<32>(RFC_PUBLIC).unwrap());
+    }
+
+    #[test]
+    fn pkcs8_der_holds_the_seed_and_public_key() {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let key = rfc_key();
+        let der = key.to_pkcs8_der();
+        let back = ed25519_dalek::SigningKey::from_pkcs8_der(&der).unwrap();
+        assert_eq!(back.to_bytes(), decode_hex::<32>(RFC_SEED).unwrap());
+        assert_eq!(
+            back.verifying_key().as_bytes(),
+            key.verifying_key().as_bytes()
+        );
+        // RFC 8410 version 2 (with the public key): 0x30 0x51 0x02 0x01 0x01, the OID
+        // 1.3.101.112, the seed, then the public key at the end.
+        assert_eq!(&der[..5], &[0x30, 0x51, 0x02, 0x01, 0x01]);
+        assert_eq!(&der[7..12], &[0x06, 0x03, 0x2b, 0x65, 0x70]);
+        assert_eq!(&der[16..48], &decode_hex::<32>(RFC_SEED).unwrap());
+        assert_eq!(&der[der.len() - 32..], key.verifying_key().as_bytes());
     }
 
     #[test]

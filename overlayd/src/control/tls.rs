@@ -1,1 +1,647 @@
 //! QUIC with mutual authentication by the network CA's node certificates.
+//!
+//! This module owns the TLS side of the control plane's QUIC endpoints: how a node shows
+//! its [`SignedCertificate`] in a TLS handshake, how a peer's is checked, and how the
+//! daemon learns, after a handshake, who is on the other end ([`authorize`],
+//! [`remote_node`], [`server_ca`]). It does not open sockets, choose peers or speak any
+//! control-plane message; it builds `quinn` configs and reads `quinn` connections.
+//!
+//! # What a node presents
+//!
+//! A self-signed X.509 certificate (made with `rcgen`) whose key pair is the node's Ed25519
+//! control key, carrying one non-critical extension under [`NODE_CERTIFICATE_OID`]. Its
+//! `extnValue` is the DER encoding of an OCTET STRING holding
+//!
+//! ```text
+//! CA public key [32] | SignedCertificate::to_bytes()
+//! ```
+//!
+//! Nothing else in the X.509 certificate is read: not its names, dates, serial or its
+//! self-signature. The TLS handshake signature proves the peer holds the private half of
+//! the certificate's key, and the CA's signature on the node certificate binds that key
+//! (its `control_key`) to a node of the network: together they are the whole proof.
+//!
+//! # What a verifier checks, in order
+//!
+//! The certificate parses; its key is Ed25519; the extension is there (once) and well
+//! formed; the CA key in it is the expected CA (members: the network's CA key; a joining
+//! host: any CA whose fingerprint is the join token's); the node certificate verifies with
+//! that CA at the handshake's time; it names the expected network; its `control_key` is
+//! the X.509 key; and the caller's [`PeerCheck`] (revocation) passes. Each refusal is a
+//! `rustls::Error::General` whose text is one sentence saying what was wrong and what to
+//! do (the TLS alert is `handshake_failure`); quinn sends that text to the peer in its
+//! CONNECTION_CLOSE, so the refused side learns why too.
+//!
+//! TLS 1.3 only, the `ring` provider passed explicitly (no process-wide provider), no
+//! session resumption (a resumed session would skip the certificate checks, revocation
+//! among them), and the server name is not checked: every node uses [`SERVER_NAME`].
+//!
+//! # Client authentication comes one round trip late
+//!
+//! A server offers client authentication but does not require it, since a joining host
+//! has no certificate yet: the ALPN tells the two apart ([`ALPN_CONTROL`] for members,
+//! [`ALPN_JOIN`] for joining hosts), and the server calls [`authorize`] on every accepted
+//! connection before reading anything from it. On the client, quinn's `connect` completes
+//! when the *server's* certificate is verified, before the server has seen (let alone
+//! checked) the client's: a client must wait for a first answer from the server (a
+//! datagram, or data on a stream it opened) before it treats the link as established; a
+//! refused client sees the connection closed instead, with the server's reason.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use keys::{
+    ED25519_KEY_LEN, Fingerprint, Name, NodeCertificate, SignedCertificate, SigningKey,
+    VerifyingKey,
+};
+use quinn::VarInt;
+use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use x509_parser::oid_registry::{OID_SIG_ED25519, Oid};
+
+/// The ALPN of member-to-member control connections: both sides present node certificates.
+pub const ALPN_CONTROL: &[u8] = b"ovl-control/1";
+/// The ALPN of a joining host talking to a bootstrap member: no client certificate.
+pub const ALPN_JOIN: &[u8] = b"ovl-join/1";
+/// The server name every client sends and no verifier checks (nodes are named by their
+/// certificates, not by DNS).
+pub const SERVER_NAME: &str = "overlayd";
+
+/// The OID of the X.509 extension that carries the node certificate: `1.3.6.1.4.1.32473.
+/// 7837.1.1`. It sits under IANA's enterprise number 32473, which RFC 5612 sets aside for
+/// documentation, so it collides with no one's; register an enterprise number and move it
+/// there before a stable release (only overlayd reads it, and it is not critical).
+pub const NODE_CERTIFICATE_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 32473, 7837, 1, 1];
+
+/// The application close code [`authorize`] refusals carry.
+pub const CLOSE_NOT_AUTHORIZED: VarInt = VarInt::from_u32(0x10);
+
+/// The caller's last word on a peer whose certificate is otherwise valid (the daemon
+/// refuses revoked serials and keys here). `Err` holds one sentence: why, and what to do.
+pub type PeerCheck = Arc<dyn Fn(&NodeCertificate) -> Result<(), String> + Send + Sync>;
+
+/// What this node presents and what it trusts.
+pub struct TlsIdentity {
+    /// The network CA's public key: the only CA whose node certificates are accepted.
+    pub ca: VerifyingKey,
+    /// The network's name: certificates of other networks are refused, even from this CA.
+    pub network: Name,
+    /// This node's certificate, signed by `ca`.
+    pub certificate: SignedCertificate,
+    /// This node's Ed25519 control key: the certificate's `control_key` must be its public
+    /// half, or peers refuse it.
+    pub control_key: SigningKey,
+}
+
+impl fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("ca", &self.ca.fingerprint())
+            .field("network", &self.network)
+            .field("control_key", &self.control_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who is on the other end of an accepted connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remote {
+    /// A member of the network, as its (verified) certificate says.
+    Member(Box<NodeCertificate>),
+    /// A host that came to join (ALPN [`ALPN_JOIN`]); it has proven nothing yet.
+    Joiner,
+}
+
+/// Why [`authorize`] turned a connection away: close it with these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refusal {
+    /// The application close code ([`CLOSE_NOT_AUTHORIZED`]).
+    pub code: VarInt,
+    /// One sentence for the peer: what was wrong and what to do.
+    pub reason: String,
+}
+
+/// Transport settings for control connections: keep-alives every `keepalive`, closed after
+/// `idle_timeout` without a packet; datagrams on (1 MiB receive buffer); at most 8
+/// concurrent bidirectional streams and no unidirectional ones; modest flow-control
+/// windows, since control messages are small and a node holds one connection per peer.
+///
+/// The initial MTU stays at quinn's 1200-byte UDP payload, safe on every IPv4 and IPv6 path;
+/// it already lets a datagram carry 1,162 bytes (measured in this module's tests, with
+/// quinn's 8-byte connection IDs), above the ~1,150 gossip needs, and MTU discovery raises
+/// it on larger paths.
+pub fn transport_config(keepalive: Duration, idle_timeout: Duration) -> quinn::TransportConfig {
+    let mut config = quinn::TransportConfig::default();
+    // A timeout beyond what QUIC can encode (2^62 ms) is as good as the longest one.
+    let idle = quinn::IdleTimeout::try_from(idle_timeout)
+        .unwrap_or_else(|_| quinn::IdleTimeout::from(VarInt::MAX));
+    config
+        .keep_alive_interval(Some(keepalive))
+        .max_idle_timeout(Some(idle))
+        .datagram_receive_buffer_size(Some(1 << 20))
+        .datagram_send_buffer_size(1 << 20)
+        .max_concurrent_bidi_streams(VarInt::from_u32(8))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(256 * 1024))
+        .receive_window(VarInt::from_u32(1 << 20))
+        .send_window(1 << 20);
+    config
+}
+
+/// The config of a member's QUIC server: presents `id`'s certificate; accepts
+/// [`ALPN_CONTROL`] and [`ALPN_JOIN`]; checks any client certificate like a member's (with
+/// `check` last) but does not require one: call [`authorize`] on each accepted connection.
+pub fn server_config(
+    id: &TlsIdentity,
+    check: PeerCheck,
+    transport: Arc<quinn::TransportConfig>,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let provider = provider();
+    let verifier = NodeVerifier::new(
+        TrustedCa::Key(id.ca),
+        id.network.clone(),
+        Some(check),
+        &provider,
+    );
+    let (chain, key) = presented_certificate(id)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with the ring provider")?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(chain, key)
+        .context("this node's TLS certificate and control key")?;
+    tls.alpn_protocols = vec![ALPN_CONTROL.to_vec(), ALPN_JOIN.to_vec()];
+    // No resumption: a resumed session would not check the client certificate again.
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
+    let tls = QuicServerConfig::try_from(tls).context("TLS config for QUIC")?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(tls));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// The config of a member connecting to another member: ALPN [`ALPN_CONTROL`], presents
+/// `id`'s certificate, and checks the server's as [`server_config`] checks clients'. Connect
+/// with server name [`SERVER_NAME`], and wait for a first answer before trusting the link
+/// (see the module docs).
+pub fn client_config(
+    id: &TlsIdentity,
+    check: PeerCheck,
+    transport: Arc<quinn::TransportConfig>,
+) -> anyhow::Result<quinn::ClientConfig> {
+    let provider = provider();
+    let verifier = NodeVerifier::new(
+        TrustedCa::Key(id.ca),
+        id.network.clone(),
+        Some(check),
+        &provider,
+    );
+    let (chain, key) = presented_certificate(id)?;
+    let tls = client_builder(provider, verifier)?
+        .with_client_auth_cert(chain, key)
+        .context("this node's TLS certificate and control key")?;
+    quic_client_config(tls, ALPN_CONTROL, transport)
+}
+
+/// The config of a host joining with a token: ALPN [`ALPN_JOIN`], no client certificate;
+/// the server must present a valid certificate of `network` from a CA whose fingerprint is
+/// `ca_fingerprint` (the token's). After connecting, [`server_ca`] gives that CA's key.
+pub fn join_client_config(
+    ca_fingerprint: Fingerprint,
+    network: Name,
+    transport: Arc<quinn::TransportConfig>,
+) -> anyhow::Result<quinn::ClientConfig> {
+    let provider = provider();
+    let verifier = NodeVerifier::new(
+        TrustedCa::Fingerprint(ca_fingerprint),
+        network,
+        None,
+        &provider,
+    );
+    let tls = client_builder(provider, verifier)?.with_no_client_auth();
+    quic_client_config(tls, ALPN_JOIN, transport)
+}
+
+/// Decides what an accepted connection may do; call it before reading anything from the
+/// connection, and on `Err` close it with the refusal's code and reason. [`ALPN_CONTROL`]
+/// with a certificate (which the handshake verified) gives [`Remote::Member`];
+/// [`ALPN_JOIN`] gives [`Remote::Joiner`]; [`ALPN_CONTROL`] without a certificate is refused.
+pub fn authorize(conn: &quinn::Connection) -> Result<Remote, Refusal> {
+    let refuse = |reason: String| Refusal {
+        code: CLOSE_NOT_AUTHORIZED,
+        reason,
+    };
+    let protocol = conn
+        .handshake_data()
+        .and_then(|data| data.downcast::<HandshakeData>().ok())
+        .and_then(|data| data.protocol);
+    match protocol.as_deref() {
+        Some(ALPN_JOIN) => Ok(Remote::Joiner),
+        Some(ALPN_CONTROL) => match peer_certificate(conn) {
+            None => Err(refuse(
+                "a valid node certificate of this network is required on a control connection; join the network first"
+                    .to_string(),
+            )),
+            Some(der) => read_verified(&der)
+                .map(|cert| Remote::Member(Box::new(cert)))
+                .map_err(refuse),
+        },
+        _ => Err(refuse(
+            "no known application protocol was negotiated; use overlayd of the same version"
+                .to_string(),
+        )),
+    }
+}
+
+/// The node certificate the peer presented, once the handshake has verified it; `None`
+/// when it presented none (a joining host), or it has expired since the handshake.
+pub fn remote_node(conn: &quinn::Connection) -> Option<NodeCertificate> {
+    read_verified(&peer_certificate(conn)?).ok()
+}
+
+/// The CA key in the server's certificate, for a joining host: the handshake checked it
+/// against the token's fingerprint, so this is the network's CA key from now on.
+pub fn server_ca(conn: &quinn::Connection) -> Option<VerifyingKey> {
+    Some(Presented::parse(&peer_certificate(conn)?).ok()?.ca)
+}
+
+/// The end-entity certificate the peer presented, if any.
+fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    chain.into_iter().next()
+}
+
+/// Reads a certificate the handshake already verified (against the CA it carries, which
+/// the verifier matched to the expected one) and returns its node certificate.
+fn read_verified(der: &[u8]) -> Result<NodeCertificate, String> {
+    let presented = Presented::parse(der)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    presented
+        .signed
+        .verify(&presented.ca, now)
+        .map_err(|e| format!("peer {e}"))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn client_builder(
+    provider: Arc<CryptoProvider>,
+    verifier: NodeVerifier,
+) -> anyhow::Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with the ring provider")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier)))
+}
+
+fn quic_client_config(
+    mut tls: rustls::ClientConfig,
+    alpn: &[u8],
+    transport: Arc<quinn::TransportConfig>,
+) -> anyhow::Result<quinn::ClientConfig> {
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    // No resumption: a resumed session would not check the server certificate again.
+    tls.resumption = rustls::client::Resumption::disabled();
+    let tls = QuicClientConfig::try_from(tls).context("TLS config for QUIC")?;
+    let mut config = quinn::ClientConfig::new(Arc::new(tls));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// The X.509 certificate and private key this node presents (see the module docs).
+fn presented_certificate(
+    id: &TlsIdentity,
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let pkcs8 = id.control_key.to_pkcs8_der();
+    let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+        &PrivatePkcs8KeyDer::from(pkcs8.as_slice()),
+        &rcgen::PKCS_ED25519,
+    )
+    .context("loading the control key for TLS")?;
+    let mut payload = Vec::with_capacity(ED25519_KEY_LEN + keys::MAX_SIGNED_LEN);
+    payload.extend_from_slice(id.ca.as_bytes());
+    payload.extend_from_slice(&id.certificate.to_bytes());
+    let mut params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
+        .context("X.509 certificate parameters")?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, SERVER_NAME);
+    params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+        NODE_CERTIFICATE_OID,
+        der_octet_string(&payload),
+    )];
+    let certificate = params
+        .self_signed(&key_pair)
+        .context("signing this node's X.509 certificate")?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
+    Ok((vec![certificate.der().clone()], key))
+}
+
+/// Which CA a verifier accepts.
+#[derive(Debug, Clone, Copy)]
+enum TrustedCa {
+    /// The network's CA (members).
+    Key(VerifyingKey),
+    /// Any CA with this fingerprint (a joining host, which knows only the token's).
+    Fingerprint(Fingerprint),
+}
+
+/// What a peer's X.509 certificate carries, parsed but not yet trusted.
+struct Presented {
+    /// The X.509 subject public key (Ed25519).
+    key: [u8; ED25519_KEY_LEN],
+    /// The CA key from the extension.
+    ca: VerifyingKey,
+    /// The node certificate from the extension.
+    signed: SignedCertificate,
+}
+
+impl Presented {
+    /// Parses `der`; `Err` is a sentence for [`refused`].
+    fn parse(der: &[u8]) -> Result<Presented, String> {
+        const NOT_OURS: &str =
+            "the peer is not an overlayd node, or runs an incompatible version of overlayd";
+        let certificate = match x509_parser::parse_x509_certificate(der) {
+            Ok(([], certificate)) => certificate,
+            Ok(_) => {
+                return Err(format!(
+                    "peer certificate has bytes after its end; {NOT_OURS}"
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "peer certificate is not valid X.509 ({e}); {NOT_OURS}"
+                ));
+            }
+        };
+        let spki = certificate.public_key();
+        let key = (spki.algorithm.algorithm == OID_SIG_ED25519
+            && spki.subject_public_key.unused_bits == 0)
+            .then(|| <[u8; ED25519_KEY_LEN]>::try_from(&*spki.subject_public_key.data).ok())
+            .flatten()
+            .ok_or_else(|| format!("peer certificate's key is not an Ed25519 key; {NOT_OURS}"))?;
+        let oid = node_certificate_oid();
+        let extension = certificate
+            .get_extension_unique(&oid)
+            .map_err(|_| {
+                format!("peer certificate carries the node certificate extension twice; {NOT_OURS}")
+            })?
+            .ok_or_else(|| {
+                format!(
+                    "peer certificate carries no node certificate (X.509 extension {}); {NOT_OURS}",
+                    oid.to_id_string()
+                )
+            })?;
+        let malformed =
+            || format!("peer certificate's node certificate extension is malformed; {NOT_OURS}");
+        let payload = read_der_octet_string(extension.value).ok_or_else(malformed)?;
+        let (ca, signed) = payload
+            .split_first_chunk::<ED25519_KEY_LEN>()
+            .ok_or_else(malformed)?;
+        let ca = VerifyingKey::from_bytes(ca).map_err(|_| malformed())?;
+        let signed = SignedCertificate::from_bytes(signed).map_err(|e| format!("peer {e}"))?;
+        Ok(Presented { key, ca, signed })
+    }
+}
+
+fn node_certificate_oid() -> Oid<'static> {
+    // The constant is a valid OID (first arc 1, second below 40), so this cannot fail.
+    Oid::from(NODE_CERTIFICATE_OID).expect("NODE_CERTIFICATE_OID is a valid OID")
+}
+
+/// Checks peers' certificates, for a server (clients) or a client (the server).
+struct NodeVerifier {
+    trusted: TrustedCa,
+    network: Name,
+    check: Option<PeerCheck>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl NodeVerifier {
+    fn new(
+        trusted: TrustedCa,
+        network: Name,
+        check: Option<PeerCheck>,
+        provider: &CryptoProvider,
+    ) -> NodeVerifier {
+        NodeVerifier {
+            trusted,
+            network,
+            check,
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+
+    /// The checks in the module docs, at unix time `now`.
+    fn verify(&self, der: &[u8], now: u64) -> Result<NodeCertificate, rustls::Error> {
+        let presented = Presented::parse(der).map_err(refused)?;
+        let found = presented.ca.fingerprint();
+        match self.trusted {
+            TrustedCa::Key(expected) if presented.ca != expected => {
+                return Err(refused(format!(
+                    "peer certificate was signed by CA {found}, but this network's CA is {}; the peer belongs to another network, or one of the two hosts has a stale CA key",
+                    expected.fingerprint()
+                )));
+            }
+            TrustedCa::Fingerprint(expected) if found != expected => {
+                return Err(refused(format!(
+                    "peer certificate was signed by CA {found}, but the join token names CA {expected}; check that the token and the address joined belong to the same network"
+                )));
+            }
+            _ => {}
+        }
+        let cert = presented
+            .signed
+            .verify(&presented.ca, now)
+            .map_err(|e| refused(format!("peer {e}")))?;
+        if cert.network != self.network {
+            return Err(refused(format!(
+                "peer node {} belongs to network {}, not {}; check the peer's address and which network each host was set up for",
+                cert.node, cert.network, self.network
+            )));
+        }
+        if presented.key != *cert.control_key.as_bytes() {
+            return Err(refused(format!(
+                "peer's TLS key is not the control key the CA certified for node {}; the peer is misconfigured (its key and certificate files do not match) or is impersonating {}",
+                cert.node, cert.node
+            )));
+        }
+        if let Some(check) = &self.check {
+            check(&cert).map_err(refused)?;
+        }
+        Ok(cert)
+    }
+
+    fn verify_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+}
+
+/// A refusal as rustls carries it. `General`, whose `Display` shows the text as it is
+/// (`InvalidCertificate(CertificateError::Other(..))` would show it in `Debug` form).
+fn refused(reason: String) -> rustls::Error {
+    rustls::Error::General(reason)
+}
+
+fn tls12_refused() -> rustls::Error {
+    rustls::Error::General("TLS 1.2 is not used by overlayd; use TLS 1.3".to_string())
+}
+
+impl fmt::Debug for NodeVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeVerifier")
+            .field("trusted", &self.trusted)
+            .field("network", &self.network)
+            .field("check", &self.check.as_ref().map(|_| "PeerCheck"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerCertVerifier for NodeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.verify(end_entity, now.as_secs())?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(tls12_refused())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for NodeVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        // Joining hosts have no certificate yet; `authorize` refuses members without one.
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.verify(end_entity, now.as_secs())?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(tls12_refused())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// DER of an OCTET STRING holding `content` (shorter than 64 KiB: a node certificate and a
+/// key are under 1 KiB).
+fn der_octet_string(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + content.len());
+    out.push(0x04);
+    match content.len() {
+        len @ 0..0x80 => out.push(len as u8),
+        len @ 0x80..0x100 => out.extend_from_slice(&[0x81, len as u8]),
+        len => {
+            let len = u16::try_from(len).unwrap_or(u16::MAX);
+            out.push(0x82);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// The content of a DER OCTET STRING that is all of `der`, with the shortest length form
+/// (what [`der_octet_string`] writes); `None` for anything else.
+fn read_der_octet_string(der: &[u8]) -> Option<&[u8]> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    if tag != 0x04 {
+        return None;
+    }
+    let (len, rest) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        0x81 => {
+            let (&len, rest) = rest.split_first()?;
+            (len >= 0x80).then_some((usize::from(len), rest))?
+        }
+        0x82 => {
+            let (len, rest) = rest.split_first_chunk::<2>()?;
+            let len = usize::from(u16::from_be_bytes(*len));
+            (len >= 0x100).then_some((len, rest))?
+        }
+        _ => return None,
+    };
+    (rest.len() == len).then_some(rest)
+}
+
+#[cfg(test)]
+mod tests;
