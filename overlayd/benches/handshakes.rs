@@ -46,7 +46,8 @@ fn main() {
     let mut messages: Vec<(SocketAddr, Vec<u8>)> = Vec::with_capacity(PEERS * ROUNDS);
     for _ in 0..ROUNDS {
         for (n, r) in initiators.iter().enumerate() {
-            let mut st = r.peers()[0].lock();
+            let peer = r.peers()[0].clone();
+            let mut st = peer.lock();
             if let TunnResult::WriteToNetwork(b) =
                 st.tunn.format_handshake_initiation(&mut buf, true)
             {

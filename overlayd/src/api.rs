@@ -67,11 +67,11 @@ async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
         .map(|p| {
             let (age, endpoint) = p.handshake_age_and_endpoint();
             PeerStatus {
-                name: None,
+                name: p.name(),
                 state: None,
                 public_key: p.public_key,
                 endpoint,
-                subnets: p.subnets.clone(),
+                subnets: p.subnets(),
                 last_handshake_s: age.map(|d| d.as_secs_f64()),
                 rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
                 tx_bytes: p.tx_bytes.load(Ordering::Relaxed),

@@ -15,7 +15,8 @@
 //! answer from the thread that is awake saves a wake-up per round trip. The outbound
 //! buffers sit behind a mutex taken by whichever thread reads the TUN (the inbound thread
 //! only `try_lock`s it), so packets of a flow leave in order; the other locks are the
-//! per-peer tunnel mutexes.
+//! per-peer tunnel mutexes. Each batch loads the router's peer table once (an atomic
+//! load, no lock), so peers added, changed or removed at runtime count from the next batch.
 
 use std::io;
 use std::net::SocketAddr;
@@ -113,10 +114,15 @@ impl Outside {
     fn pump(&mut self, tun: &SyncDevice, udp: &Udp, router: &Router) -> io::Result<usize> {
         let n = tun.recv_multiple(&mut self.original, &mut self.packets, &mut self.sizes, 0)?;
         self.sends.clear();
+        // One table load per batch: peer changes take effect from the next batch (a
+        // removed peer's packets are dropped at once all the same, see `remove_peer`).
+        let table = router.table();
         for i in 0..n {
-            if let Outbound::Send { endpoint, len, .. } =
-                router.encapsulate(&self.packets[i][..self.sizes[i]], &mut self.sealed[i])
-            {
+            if let Outbound::Send { endpoint, len, .. } = router.encapsulate_with(
+                &table,
+                &self.packets[i][..self.sizes[i]],
+                &mut self.sealed[i],
+            ) {
                 self.sends.push((endpoint, i, len));
             }
         }
@@ -219,6 +225,7 @@ fn inbound(tun: &SyncDevice, udp: &Udp, router: &Router, outside: &Mutex<Outside
             }
         };
         let mut filled = 0;
+        let table = router.table(); // once per batch, as in `Outside::pump`
         for i in 0..n {
             let (src, datagrams) = batch.datagrams(i);
             let Some(src) = src else { continue };
@@ -230,9 +237,13 @@ fn inbound(tun: &SyncDevice, udp: &Udp, router: &Router, outside: &Mutex<Outside
                 let buf = &mut bufs[filled];
                 buf.clear();
                 buf.resize(TUN_OFFSET + datagram.len().max(MIN_BUFFER_LEN), 0);
-                if let Inbound::ToTun { len } =
-                    router.decapsulate(src, datagram, &mut buf[TUN_OFFSET..], &mut reply)
-                {
+                if let Inbound::ToTun { len } = router.decapsulate_with(
+                    &table,
+                    src,
+                    datagram,
+                    &mut buf[TUN_OFFSET..],
+                    &mut reply,
+                ) {
                     buf.truncate(TUN_OFFSET + len);
                     filled += 1;
                 }

@@ -4,26 +4,34 @@
 //! control messages). The driver loops in `datapath` do the sockets and the TUN; tests
 //! wire two routers back to back in memory.
 //!
-//! Locking: one mutex per peer around its `Tunn` and endpoint (boringtun needs `&mut`
-//! for every call). The peer list and routing table are immutable after start, so the
-//! hot path takes no global lock.
+//! Locking: the peers, their keys and the routes form one [`PeerTable`] behind an
+//! `ArcSwap`. The hot path takes no global lock: `encapsulate` and `decapsulate` read the
+//! table with one atomic load (the data path loads it once per batch and passes it to the
+//! `_with` variants), then lock the one peer's mutex around its `Tunn` and endpoint
+//! (boringtun needs `&mut` for every call). Peer changes (`upsert_peer`, `remove_peer`,
+//! in `router_peers.rs`) are serialized by a writer mutex, build the next table from the
+//! current one and publish it; a removal also marks the peer under its own mutex, so a
+//! batch still holding the old table sends and accepts nothing more for it.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
-use ipnet::IpNet;
 use keys::{PrivateKey, PublicKey};
 use protocol::drops::DropReason;
-use protocol::routing::RoutingTable;
 
 use crate::config::PeerConfig;
+
+#[path = "router_peers.rs"]
+mod peers;
+
+pub use peers::{MAX_PEER_INDICES, Peer, PeerSpec, PeerState, PeerTable, RouterError, Upserted};
 
 /// Handshake initiations per second, over all peers, above which the daemon answers
 /// with cookies instead of doing Diffie-Hellman (boringtun's device uses the same).
@@ -101,47 +109,6 @@ impl LogLimiter {
     }
 }
 
-/// What a peer's mutex guards.
-pub struct PeerState {
-    /// The WireGuard state machine.
-    pub tunn: Tunn,
-    /// Where its packets go now.
-    pub endpoint: Option<SocketAddr>,
-}
-
-/// A configured peer.
-pub struct Peer {
-    /// Position in the router's peer list; also the upper 24 bits of its session indices.
-    pub index: usize,
-    /// Its static public key.
-    pub public_key: PublicKey,
-    /// Its subnets.
-    pub subnets: Vec<IpNet>,
-    /// Keepalive interval.
-    pub persistent_keepalive: Option<u16>,
-    state: Mutex<PeerState>,
-    /// Payload bytes received.
-    pub rx_bytes: AtomicU64,
-    /// Payload bytes sent.
-    pub tx_bytes: AtomicU64,
-    /// Drops attributed to this peer.
-    pub drops: DropCounters,
-}
-
-impl Peer {
-    /// Locks the peer's tunnel state. A poisoned lock means a panic inside boringtun on
-    /// another thread; the state is still the best we have, so keep going.
-    pub fn lock(&self) -> MutexGuard<'_, PeerState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Seconds since the last handshake, and the current endpoint.
-    pub fn handshake_age_and_endpoint(&self) -> (Option<Duration>, Option<SocketAddr>) {
-        let st = self.lock();
-        (st.tunn.stats().0, st.endpoint)
-    }
-}
-
 /// What to do with a packet read from the TUN.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outbound {
@@ -174,22 +141,28 @@ pub enum Inbound {
     Dropped(DropReason),
 }
 
-/// The peers, the routing table and the shared handshake rate limiter.
+/// The peer table (swapped whole on every change), the writers' lock, and the shared
+/// handshake rate limiter.
 pub struct Router {
     private_key: boringtun::x25519::StaticSecret,
     public_key: boringtun::x25519::PublicKey,
-    peers: Vec<Arc<Peer>>,
-    by_key: HashMap<[u8; 32], usize>,
-    routes: RoutingTable<usize>,
+    own_key: PublicKey,
+    /// Read with one `load` per call or per batch; replaced, never changed in place.
+    table: ArcSwap<PeerTable>,
+    /// Serializes writers (`upsert_peer`, `remove_peer`): each builds the next table from
+    /// the current one and publishes it. Readers never take it. It guards no data, so
+    /// dropping it signals nothing.
+    writer: Mutex<()>,
     rate_limiter: Arc<RateLimiter>,
-    /// Drops not attributable to a peer.
+    /// Drops not attributable to a peer, and those of removed peers.
     pub drops: DropCounters,
     /// Rate-limited logging of drops.
     pub log: LogLimiter,
 }
 
 impl Router {
-    /// Builds the router for `private_key` and static `peers` (already validated).
+    /// Builds the router for `private_key` and static `peers` (validated by the config
+    /// loader; one that is not, an overlap or this host's own key, is skipped and logged).
     pub fn new(private_key: &PrivateKey, peers: &[PeerConfig]) -> Router {
         Self::with_handshake_limit(private_key, peers, HANDSHAKE_RATE_LIMIT)
     }
@@ -203,58 +176,52 @@ impl Router {
     ) -> Router {
         let secret = private_key.to_static_secret();
         let public = boringtun::x25519::PublicKey::from(&secret);
-        let rate_limiter = Arc::new(RateLimiter::new(&public, limit));
-        let mut list = Vec::with_capacity(peers.len());
-        let mut by_key = HashMap::new();
-        let mut routes = RoutingTable::new();
-        for (index, p) in peers.iter().enumerate() {
-            let tunn = Tunn::new(
-                private_key.to_static_secret(),
-                p.public_key.to_dalek(),
-                None,
-                p.persistent_keepalive,
-                index as u32,
-                Some(rate_limiter.clone()),
-            );
-            for net in &p.subnets {
-                routes.insert(*net, index);
-            }
-            by_key.insert(*p.public_key.as_bytes(), index);
-            list.push(Arc::new(Peer {
-                index,
-                public_key: p.public_key,
-                subnets: p.subnets.clone(),
-                persistent_keepalive: p.persistent_keepalive,
-                state: Mutex::new(PeerState {
-                    tunn,
-                    endpoint: p.endpoint,
-                }),
-                rx_bytes: AtomicU64::new(0),
-                tx_bytes: AtomicU64::new(0),
-                drops: DropCounters::default(),
-            }));
-        }
-        Router {
+        let router = Router {
             private_key: secret,
             public_key: public,
-            peers: list,
-            by_key,
-            routes,
-            rate_limiter,
+            own_key: private_key.public_key(),
+            table: ArcSwap::from_pointee(PeerTable::default()),
+            writer: Mutex::new(()),
+            rate_limiter: Arc::new(RateLimiter::new(&public, limit)),
             drops: DropCounters::default(),
             log: LogLimiter::default(),
+        };
+        for p in peers {
+            let spec = PeerSpec {
+                public_key: p.public_key,
+                name: None,
+                endpoint: p.endpoint,
+                subnets: p.subnets.clone(),
+                persistent_keepalive: p.persistent_keepalive,
+            };
+            if let Err(e) = router.upsert_peer(spec) {
+                tracing::error!(error = %e, "static peer skipped");
+            }
         }
+        router
     }
 
-    /// The peers, by index.
-    pub fn peers(&self) -> &[Arc<Peer>] {
-        &self.peers
+    /// The current peer table: load it once per batch and pass it to
+    /// [`Router::encapsulate_with`] / [`Router::decapsulate_with`]. A table held after a
+    /// peer was removed still lists it, but its packets are dropped (see `remove_peer`).
+    pub fn table(&self) -> Arc<PeerTable> {
+        self.table.load_full()
     }
 
-    /// Drops over all peers and the router, by reason.
+    /// The peers now, by index.
+    pub fn peers(&self) -> Vec<Arc<Peer>> {
+        self.table.load().present().cloned().collect()
+    }
+
+    /// The peer with `key`, if it is one now.
+    pub fn peer(&self, key: &PublicKey) -> Option<Arc<Peer>> {
+        self.table.load().by_key(key).cloned()
+    }
+
+    /// Drops over all peers and the router (which holds those of removed peers), by reason.
     pub fn total_drops(&self) -> std::collections::BTreeMap<DropReason, u64> {
         let mut total = self.drops.snapshot();
-        for p in &self.peers {
+        for p in self.table.load().present() {
             for (r, n) in p.drops.snapshot() {
                 *total.entry(r).or_default() += n;
             }
@@ -272,14 +239,19 @@ impl Router {
         self.log.log(reason, addr, Some(&peer.public_key));
     }
 
-    /// Encrypts an IP packet read from the TUN into `out` (at least `packet.len() + 32`
-    /// and [`MIN_BUFFER_LEN`] bytes). The destination picks the peer.
+    /// [`Router::encapsulate_with`] on the current table (one `load`).
     pub fn encapsulate(&self, packet: &[u8], out: &mut [u8]) -> Outbound {
+        self.encapsulate_with(&self.table.load(), packet, out)
+    }
+
+    /// Encrypts an IP packet read from the TUN into `out` (at least `packet.len() + 32`
+    /// and [`MIN_BUFFER_LEN`] bytes). The destination picks the peer in `table`.
+    pub fn encapsulate_with(&self, table: &PeerTable, packet: &[u8], out: &mut [u8]) -> Outbound {
         let Some(dst) = destination(packet) else {
             self.drop_global(DropReason::NotIp, None);
             return Outbound::Dropped(DropReason::NotIp);
         };
-        let Some(index) = self.routes.lookup(dst) else {
+        let Some(peer) = table.route(dst) else {
             if dst.is_multicast() {
                 // The kernel's own IPv6 router solicitations and MLD reports on a new
                 // TUN: counted, but not worth a log line.
@@ -289,8 +261,13 @@ impl Router {
             }
             return Outbound::Dropped(DropReason::NoRoute);
         };
-        let peer = &self.peers[index];
         let mut st = peer.lock();
+        if st.removed {
+            // Removed after this batch loaded its table: its routes are gone.
+            drop(st);
+            self.drop_global(DropReason::NoRoute, None);
+            return Outbound::Dropped(DropReason::NoRoute);
+        }
         let Some(endpoint) = st.endpoint else {
             drop(st);
             self.drop_peer(peer, DropReason::NoEndpoint, None);
@@ -302,7 +279,7 @@ impl Router {
                 peer.tx_bytes
                     .fetch_add(packet.len() as u64, Ordering::Relaxed);
                 Outbound::Send {
-                    peer: index,
+                    peer: peer.index,
                     endpoint,
                     len,
                 }
@@ -318,11 +295,24 @@ impl Router {
         }
     }
 
-    /// Handles one datagram from `src`. Plaintext for the TUN lands at the start of `out`
-    /// (at least `datagram.len()` and [`MIN_BUFFER_LEN`] bytes). Handshake answers,
-    /// cookies and packets queued during a handshake are passed to `reply`.
+    /// [`Router::decapsulate_with`] on the current table (one `load`).
     pub fn decapsulate(
         &self,
+        src: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+        reply: &mut dyn FnMut(SocketAddr, &[u8]),
+    ) -> Inbound {
+        self.decapsulate_with(&self.table.load(), src, datagram, out, reply)
+    }
+
+    /// Handles one datagram from `src`, for the peers in `table`. Plaintext for the TUN
+    /// lands at the start of `out` (at least `datagram.len()` and [`MIN_BUFFER_LEN`]
+    /// bytes). Handshake answers, cookies and packets queued during a handshake are
+    /// passed to `reply`.
+    pub fn decapsulate_with(
+        &self,
+        table: &PeerTable,
         src: SocketAddr,
         datagram: &[u8],
         out: &mut [u8],
@@ -335,7 +325,7 @@ impl Router {
                 return Inbound::Dropped(DropReason::Malformed);
             }
         };
-        let index = match &packet {
+        let peer = match &packet {
             Packet::HandshakeInit(init) => {
                 // Check mac1 and load before the Diffie-Hellman in parse_handshake_anon:
                 // under a flood this answers with a cookie instead.
@@ -355,29 +345,29 @@ impl Router {
                     }
                 }
                 match parse_handshake_anon(&self.private_key, &self.public_key, init) {
-                    Ok(half) => match self.by_key.get(&half.peer_static_public) {
-                        Some(i) => *i,
-                        None => {
-                            self.drop_global(DropReason::UnknownPeer, Some(src));
-                            return Inbound::Dropped(DropReason::UnknownPeer);
-                        }
-                    },
+                    Ok(half) => table.by_key_bytes(&half.peer_static_public),
                     Err(_) => {
                         self.drop_global(DropReason::AuthFailed, Some(src));
                         return Inbound::Dropped(DropReason::AuthFailed);
                     }
                 }
             }
-            Packet::HandshakeResponse(p) => (p.receiver_idx >> 8) as usize,
-            Packet::PacketCookieReply(p) => (p.receiver_idx >> 8) as usize,
-            Packet::PacketData(p) => (p.receiver_idx >> 8) as usize,
+            Packet::HandshakeResponse(p) => table.by_receiver_index(p.receiver_idx),
+            Packet::PacketCookieReply(p) => table.by_receiver_index(p.receiver_idx),
+            Packet::PacketData(p) => table.by_receiver_index(p.receiver_idx),
         };
         let is_data = matches!(packet, Packet::PacketData(_));
-        let Some(peer) = self.peers.get(index) else {
+        let Some(peer) = peer else {
             self.drop_global(DropReason::UnknownPeer, Some(src));
             return Inbound::Dropped(DropReason::UnknownPeer);
         };
         let mut st = peer.lock();
+        if st.removed {
+            // Removed after this batch loaded its table: nothing more from it.
+            drop(st);
+            self.drop_global(DropReason::UnknownPeer, Some(src));
+            return Inbound::Dropped(DropReason::UnknownPeer);
+        }
         match st.tunn.decapsulate(Some(src.ip()), datagram, out) {
             TunnResult::WriteToNetwork(b) => {
                 // A handshake message authenticated: the peer is at `src` now.
@@ -391,11 +381,11 @@ impl Router {
             }
             TunnResult::WriteToTunnelV4(b, addr) => {
                 let len = b.len();
-                self.accept(peer, &mut st, src, IpAddr::V4(addr), len)
+                self.accept(table, peer, &mut st, src, IpAddr::V4(addr), len)
             }
             TunnResult::WriteToTunnelV6(b, addr) => {
                 let len = b.len();
-                self.accept(peer, &mut st, src, IpAddr::V6(addr), len)
+                self.accept(table, peer, &mut st, src, IpAddr::V6(addr), len)
             }
             TunnResult::Done => {
                 if is_data {
@@ -438,6 +428,7 @@ impl Router {
     /// Inbound check: the decrypted packet's source must belong to the peer that sent it.
     fn accept(
         &self,
+        table: &PeerTable,
         peer: &Peer,
         st: &mut PeerState,
         src: SocketAddr,
@@ -446,7 +437,7 @@ impl Router {
     ) -> Inbound {
         // It decrypted under this peer's session: authenticated, so it may roam.
         st.endpoint = Some(src);
-        if self.routes.lookup(inner_source) != Some(peer.index) {
+        if table.routes.lookup(inner_source) != Some(peer.index) {
             self.drop_peer(peer, DropReason::SourceNotAllowed, Some(src));
             return Inbound::Dropped(DropReason::SourceNotAllowed);
         }
@@ -457,8 +448,11 @@ impl Router {
     /// Runs every peer's timers (handshake retries, keepalives, rekeys, expiry); call
     /// every ~250 ms. Messages due go to `send`.
     pub fn tick(&self, buf: &mut [u8], send: &mut dyn FnMut(SocketAddr, &[u8])) {
-        for peer in &self.peers {
+        for peer in self.table.load().present() {
             let mut st = peer.lock();
+            if st.removed {
+                continue;
+            }
             let endpoint = st.endpoint;
             if let TunnResult::WriteToNetwork(b) = st.tunn.update_timers(buf)
                 && let Some(ep) = endpoint
@@ -474,19 +468,43 @@ impl Router {
     }
 
     /// Starts a handshake with every peer that has an endpoint (at start-up, so that a
-    /// restarted daemon replaces the sessions its peers still hold at once).
+    /// restarted daemon replaces the sessions its peers still hold at once, and when this
+    /// host's address changes).
     pub fn initiate_all(&self, buf: &mut [u8], send: &mut dyn FnMut(SocketAddr, &[u8])) {
-        for peer in &self.peers {
-            let mut st = peer.lock();
-            let endpoint = st.endpoint;
-            if let Some(ep) = endpoint
-                && let TunnResult::WriteToNetwork(b) =
-                    st.tunn.format_handshake_initiation(buf, false)
-            {
-                send(ep, b);
-            }
+        for peer in self.table.load().present() {
+            initiate_peer(peer, buf, send);
         }
     }
+
+    /// Starts a handshake with the peer with `key` now (right after adding it, or after
+    /// its endpoint changed), if it has an endpoint and no handshake is under way.
+    /// Returns whether an initiation went to `send`.
+    pub fn initiate(
+        &self,
+        key: &PublicKey,
+        buf: &mut [u8],
+        send: &mut dyn FnMut(SocketAddr, &[u8]),
+    ) -> bool {
+        match self.table.load().by_key(key) {
+            Some(peer) => initiate_peer(peer, buf, send),
+            None => false,
+        }
+    }
+}
+
+fn initiate_peer(peer: &Peer, buf: &mut [u8], send: &mut dyn FnMut(SocketAddr, &[u8])) -> bool {
+    let mut st = peer.lock();
+    if st.removed {
+        return false;
+    }
+    let endpoint = st.endpoint;
+    if let Some(ep) = endpoint
+        && let TunnResult::WriteToNetwork(b) = st.tunn.format_handshake_initiation(buf, false)
+    {
+        send(ep, b);
+        return true;
+    }
+    false
 }
 
 /// The destination address of an IPv4 or IPv6 packet.
@@ -507,3 +525,7 @@ pub fn destination(packet: &[u8]) -> Option<IpAddr> {
 #[cfg(test)]
 #[path = "router_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "router_peers_tests.rs"]
+mod peers_tests;

@@ -7,15 +7,15 @@
 use super::*;
 use std::net::Ipv4Addr;
 
-const A_ADDR: &str = "198.18.0.11:51820";
-const B_ADDR: &str = "198.18.0.12:51820";
+pub(super) const A_ADDR: &str = "198.18.0.11:51820";
+pub(super) const B_ADDR: &str = "198.18.0.12:51820";
 
-struct Pair {
-    a: Router,
-    b: Router,
+pub(super) struct Pair {
+    pub(super) a: Router,
+    pub(super) b: Router,
 }
 
-fn peer(key: &PrivateKey, subnet: &str, endpoint: Option<&str>) -> PeerConfig {
+pub(super) fn peer(key: &PrivateKey, subnet: &str, endpoint: Option<&str>) -> PeerConfig {
     PeerConfig {
         public_key: key.public_key(),
         endpoint: endpoint.map(|e| e.parse().unwrap()),
@@ -24,7 +24,7 @@ fn peer(key: &PrivateKey, subnet: &str, endpoint: Option<&str>) -> PeerConfig {
     }
 }
 
-fn pair() -> Pair {
+pub(super) fn pair() -> Pair {
     let ka = PrivateKey::generate();
     let kb = PrivateKey::generate();
     Pair {
@@ -34,7 +34,7 @@ fn pair() -> Pair {
 }
 
 /// An IPv4 header (no payload checks are made by the tunnel) plus `payload`.
-fn ipv4(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+pub(super) fn ipv4(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
     let mut p = vec![0u8; 20];
     p[0] = 0x45;
     let total = (20 + payload.len()) as u16;
@@ -47,10 +47,10 @@ fn ipv4(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
     p
 }
 
-type Wire = Vec<(SocketAddr, SocketAddr, Vec<u8>)>; // (from, to, bytes)
+pub(super) type Wire = Vec<(SocketAddr, SocketAddr, Vec<u8>)>; // (from, to, bytes)
 
 /// Delivers datagrams until none are left; returns plaintext written to each TUN.
-fn pump(pair: &Pair, mut wire: Wire) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+pub(super) fn pump(pair: &Pair, mut wire: Wire) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
     let a_addr: SocketAddr = A_ADDR.parse().unwrap();
     let mut rounds = 0;
@@ -75,7 +75,7 @@ fn pump(pair: &Pair, mut wire: Wire) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     (to_a, to_b)
 }
 
-fn send(router: &Router, from: &str, packet: &[u8]) -> Wire {
+pub(super) fn send(router: &Router, from: &str, packet: &[u8]) -> Wire {
     let mut out = vec![0u8; 2048];
     match router.encapsulate(packet, &mut out) {
         Outbound::Send { endpoint, len, .. } => {
@@ -86,7 +86,7 @@ fn send(router: &Router, from: &str, packet: &[u8]) -> Wire {
     }
 }
 
-fn handshake(pair: &Pair) {
+pub(super) fn handshake(pair: &Pair) {
     let mut wire = Vec::new();
     let mut buf = vec![0u8; 2048];
     pair.a.initiate_all(&mut buf, &mut |dst, b| {
@@ -253,7 +253,8 @@ fn handshake_flood_gets_cookie_replies() {
     // Fresh initiations from A (force resend gives a new message each time).
     for _ in 0..(HANDSHAKE_RATE_LIMIT * 3) {
         let init = {
-            let mut st = pair.a.peers()[0].lock();
+            let peer = pair.a.peers()[0].clone();
+            let mut st = peer.lock();
             match st.tunn.format_handshake_initiation(&mut buf, true) {
                 TunnResult::WriteToNetwork(b) => b.to_vec(),
                 other => panic!("{other:?}"),
