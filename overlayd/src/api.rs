@@ -8,10 +8,18 @@ use std::time::Instant;
 use anyhow::Context;
 use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use ipnet::IpNet;
 use keys::PublicKey;
-use protocol::api::{PEERS_PATH, PeerStatus, STATUS_PATH, Status};
+use protocol::api::{
+    ApiError, INIT_PATH, InitRequest, JOIN_PATH, JoinRequest, LEAVE_PATH, PEERS_PATH, PeerStatus,
+    REVOKE_PATH, RevokeRequest, STATUS_PATH, Status, TOKENS_PATH, TokenRequest,
+};
+use std::time::Duration;
+
+use crate::control::{ApiFailure, Command, ControlHandle};
 use std::sync::atomic::Ordering;
 
 use crate::router::Router;
@@ -39,6 +47,95 @@ pub struct ApiState {
     pub tun_offload: bool,
     /// Start time.
     pub started: Instant,
+    /// The control plane.
+    pub control: ControlHandle,
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            code,
+            Json(ApiError {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// A JSON body that did not parse: a 400 with serde's sentence, not axum's plain text.
+fn bad_body(e: axum::extract::rejection::JsonRejection) -> ApiFailure {
+    ApiFailure::bad(format!("malformed request: {}", e.body_text()))
+}
+
+/// Waits (up to 2 s) until the control plane shows a membership after init or join.
+async fn member_status(s: &Arc<ApiState>) -> Json<Status> {
+    for _ in 0..40 {
+        if s.control
+            .view
+            .lock()
+            .map(|v| v.membership.is_some())
+            .unwrap_or(false)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    status(State(s.clone())).await
+}
+
+async fn init(
+    State(s): State<Arc<ApiState>>,
+    body: Result<Json<InitRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Status>, ApiFailure> {
+    let Json(req) = body.map_err(bad_body)?;
+    s.control
+        .ask(|r| Command::Init(req, r), Duration::from_secs(10))
+        .await?;
+    Ok(member_status(&s).await)
+}
+
+async fn join(
+    State(s): State<Arc<ApiState>>,
+    body: Result<Json<JoinRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Status>, ApiFailure> {
+    let Json(req) = body.map_err(bad_body)?;
+    s.control
+        .ask(|r| Command::Join(req, r), Duration::from_secs(25))
+        .await?;
+    Ok(member_status(&s).await)
+}
+
+async fn tokens(
+    State(s): State<Arc<ApiState>>,
+    body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiFailure> {
+    let Json(req) = body.map_err(bad_body)?;
+    let answer = s
+        .control
+        .ask(|r| Command::Token(req, r), Duration::from_secs(10))
+        .await?;
+    Ok(Json(answer).into_response())
+}
+
+async fn revoke(
+    State(s): State<Arc<ApiState>>,
+    body: Result<Json<RevokeRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiFailure> {
+    let Json(req) = body.map_err(bad_body)?;
+    let answer = s
+        .control
+        .ask(|r| Command::Revoke(req, r), Duration::from_secs(10))
+        .await?;
+    Ok(Json(answer).into_response())
+}
+
+async fn leave(State(s): State<Arc<ApiState>>) -> Result<Json<Status>, ApiFailure> {
+    s.control
+        .ask(Command::Leave, Duration::from_secs(10))
+        .await?;
+    Ok(status(State(s.clone())).await)
 }
 
 async fn status(State(s): State<Arc<ApiState>>) -> Json<Status> {
@@ -55,20 +152,31 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<Status> {
         peer_count: s.router.peers().len(),
         uptime_s: s.started.elapsed().as_secs(),
         drops: s.router.total_drops(),
-        member: None,
+        member: s
+            .control
+            .view
+            .lock()
+            .ok()
+            .and_then(|v| v.membership.clone()),
     })
 }
 
 async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
-    let list = s
-        .router
-        .peers()
+    let members = s
+        .control
+        .view
+        .lock()
+        .map(|v| v.members.clone())
+        .unwrap_or_default();
+    let tunnels = s.router.peers();
+    let mut list: Vec<PeerStatus> = tunnels
         .iter()
         .map(|p| {
             let (age, endpoint) = p.handshake_age_and_endpoint();
+            let member = members.iter().find(|m| m.public_key == p.public_key);
             PeerStatus {
-                name: p.name(),
-                state: None,
+                name: member.map(|m| m.name.clone()).or_else(|| p.name()),
+                state: member.map(|m| m.state),
                 public_key: p.public_key,
                 endpoint,
                 subnets: p.subnets(),
@@ -80,6 +188,23 @@ async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
             }
         })
         .collect();
+    // Members without a tunnel: down, left, revoked.
+    for m in members {
+        if !tunnels.iter().any(|p| p.public_key == m.public_key) {
+            list.push(PeerStatus {
+                name: Some(m.name),
+                state: Some(m.state),
+                public_key: m.public_key,
+                endpoint: m.endpoint,
+                subnets: m.subnets,
+                last_handshake_s: None,
+                rx_bytes: 0,
+                tx_bytes: 0,
+                persistent_keepalive: None,
+                drops: Default::default(),
+            });
+        }
+    }
     Json(list)
 }
 
@@ -142,6 +267,11 @@ impl ApiSocket {
         let app = axum::Router::new()
             .route(STATUS_PATH, get(status))
             .route(PEERS_PATH, get(peers))
+            .route(INIT_PATH, post(init))
+            .route(TOKENS_PATH, post(tokens))
+            .route(JOIN_PATH, post(join))
+            .route(REVOKE_PATH, post(revoke))
+            .route(LEAVE_PATH, post(leave))
             .with_state(state);
         let listener = self.listener.take().context("API socket already served")?;
         axum::serve(listener, app)

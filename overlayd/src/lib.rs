@@ -27,6 +27,8 @@ pub struct UsageError(pub String);
 /// routes it added and returns. Whatever it made before a failure is removed too.
 pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let api_socket = api::ApiSocket::bind(&config.api_socket)?;
+    let state = control::state::StateDir::open(&config.state_dir)?;
+    let endpoint = control::bind_endpoint(config.control.listen_port)?;
     let tuning = config.effective_tuning();
     let udp = udp::Udp::bind_with(
         config.listen_port,
@@ -62,6 +64,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         .if_index()
         .with_context(|| format!("cannot read the index of TUN device {}", config.tun_name))?;
     let mut routes = netlink::Routes::connect()?;
+    let address = config.address;
     routes
         .configure_link(if_index, config.mtu, config.address)
         .await?;
@@ -93,6 +96,18 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
             tracing::warn!(error = %format!("{e:#}"), "roaming of this host will wait for keepalives");
         }
     }
+    let routes = Arc::new(tokio::sync::Mutex::new(routes));
+    let config = Arc::new(config);
+    let control = control::spawn(Arc::new(control::Ctx {
+        config: config.clone(),
+        router: router.clone(),
+        routes: routes.clone(),
+        if_index,
+        address,
+        udp: udp.clone(),
+        state,
+        endpoint: endpoint.clone(),
+    }));
     tracing::info!(
         public_key = %config.private_key.public_key(),
         listen_port = config.listen_port,
@@ -115,10 +130,12 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         subnets: config.subnets.clone(),
         tun_offload,
         started: Instant::now(),
+        control,
     });
     let served = api_socket.serve(state, shutdown_signal()).await;
     tracing::info!("shutting down: removing routes");
-    routes.remove_all().await;
+    endpoint.close(0u32.into(), b"shutting down");
+    routes.lock().await.remove_all().await;
     served
 }
 

@@ -1,6 +1,528 @@
-//! The control plane: network CA, join, gossip membership (foca over QUIC), revocation.
+//! The control plane: a network CA, join tokens, SWIM membership (foca) over QUIC, signed
+//! records, revocation.
+//!
+//! - [`state`]: the state directory (what survives a restart).
+//! - [`admin`]: what a CA holder does (tokens, admission, subnets, revocation), no I/O.
+//! - [`tls`]: QUIC with mutual authentication by CA-signed node certificates.
+//! - [`msg`]: messages on QUIC streams (join, full sync, push).
+//! - [`node`]: a running member, kept in step with the router and kernel routes.
+//!
+//! [`spawn`] starts one task that owns all of it. The daemon starts "not in a network"
+//! unless its state directory says otherwise; the local API's `init` and `join` make it a
+//! member, `leave` makes it stop being one. Static `[[peer]]`s work beside members all along.
 
 pub mod admin;
+pub mod msg;
+pub mod node;
 pub mod state;
 pub mod tls;
-pub mod msg;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use ipnet::IpNet;
+use keys::{CaKey, JoinToken, Name, PublicKey};
+use protocol::api::{
+    InitRequest, JoinRequest, MemberState, Membership, RevokeRequest, RevokeResponse, TokenRequest,
+    TokenResponse,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::netlink::Routes;
+use crate::router::Router;
+use crate::udp::Udp;
+use admin::Issuer;
+use msg::{Request, Response};
+use state::{AdminState, NetworkState, StateDir};
+
+/// What the control plane needs from the daemon.
+pub struct Ctx {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// The tunnels.
+    pub router: Arc<Router>,
+    /// Kernel routes through the TUN.
+    pub routes: Arc<tokio::sync::Mutex<Routes>>,
+    /// The TUN's index.
+    pub if_index: u32,
+    /// This host's overlay address (preferred source of routes).
+    pub address: Option<IpAddr>,
+    /// The tunnels' socket (handshakes to new members go out at once).
+    pub udp: Arc<Udp>,
+    /// The state directory.
+    pub state: StateDir,
+    /// The QUIC endpoint on `[control] listen_port`.
+    pub endpoint: quinn::Endpoint,
+}
+
+/// An API request that failed: HTTP status and one sentence.
+#[derive(Debug, Clone)]
+pub struct ApiFailure {
+    /// HTTP status code.
+    pub status: u16,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl ApiFailure {
+    /// 400: the request must change.
+    pub fn bad(message: impl Into<String>) -> ApiFailure {
+        ApiFailure {
+            status: 400,
+            message: message.into(),
+        }
+    }
+    /// 404: no such member.
+    pub fn not_found(message: impl Into<String>) -> ApiFailure {
+        ApiFailure {
+            status: 404,
+            message: message.into(),
+        }
+    }
+    /// 409: not possible in this host's state.
+    pub fn conflict(message: impl Into<String>) -> ApiFailure {
+        ApiFailure {
+            status: 409,
+            message: message.into(),
+        }
+    }
+    /// 502: another host refused or did not answer.
+    pub fn remote(message: impl Into<String>) -> ApiFailure {
+        ApiFailure {
+            status: 502,
+            message: message.into(),
+        }
+    }
+    /// 500: this host failed.
+    pub fn internal(message: impl Into<String>) -> ApiFailure {
+        ApiFailure {
+            status: 500,
+            message: message.into(),
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ApiFailure>>;
+
+/// A request from the local API.
+pub enum Command {
+    /// `overlayctl init`.
+    Init(InitRequest, Reply<()>),
+    /// `overlayctl join`.
+    Join(JoinRequest, Reply<()>),
+    /// `overlayctl token create`.
+    Token(TokenRequest, Reply<TokenResponse>),
+    /// `overlayctl revoke`.
+    Revoke(RevokeRequest, Reply<RevokeResponse>),
+    /// `overlayctl leave`.
+    Leave(Reply<protocol::api::Status>),
+}
+
+/// One member as the API shows it.
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    /// Its name.
+    pub name: String,
+    /// Its WireGuard key.
+    pub public_key: PublicKey,
+    /// Its subnets.
+    pub subnets: Vec<IpNet>,
+    /// Its advertised endpoint.
+    pub endpoint: Option<SocketAddr>,
+    /// Its state.
+    pub state: MemberState,
+}
+
+/// What the control plane shows the API.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// This host's membership.
+    pub membership: Option<Membership>,
+    /// The other members.
+    pub members: Vec<MemberView>,
+}
+
+impl View {
+    fn status_stub(&self) -> protocol::api::Status {
+        protocol::api::Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            public_key: PublicKey::from_bytes([0; 32]),
+            listen_port: 0,
+            tun_name: String::new(),
+            mtu: 0,
+            address: None,
+            subnets: Vec::new(),
+            tun_offload: false,
+            udp_gso: false,
+            peer_count: 0,
+            uptime_s: 0,
+            drops: Default::default(),
+            member: self.membership.clone(),
+        }
+    }
+}
+
+/// The handle the API holds.
+#[derive(Clone)]
+pub struct ControlHandle {
+    /// Commands to the control task.
+    pub commands: mpsc::Sender<Command>,
+    /// What it shows.
+    pub view: Arc<Mutex<View>>,
+}
+
+impl ControlHandle {
+    /// Sends `make(reply)` and waits for the answer (bounded).
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+        timeout: Duration,
+    ) -> Result<T, ApiFailure> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| {
+            ApiFailure::internal("the control plane has stopped; see overlayd's log")
+        })?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ApiFailure::internal(
+                "the control plane dropped the request; see overlayd's log",
+            )),
+            Err(_) => Err(ApiFailure::internal(format!(
+                "the control plane did not answer within {} s; see overlayd's log",
+                timeout.as_secs()
+            ))),
+        }
+    }
+}
+
+/// Now, in unix seconds.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The address this host is reached at: the kernel's source address towards `towards`
+/// (no packet is sent), or the first global address of an interface that is up.
+pub fn detect_address(towards: Option<SocketAddr>) -> anyhow::Result<IpAddr> {
+    if let Some(target) = towards {
+        let bind: SocketAddr = if target.is_ipv4() {
+            "0.0.0.0:0".parse()?
+        } else {
+            "[::]:0".parse()?
+        };
+        let sock = std::net::UdpSocket::bind(bind)?;
+        if sock.connect(target).is_ok()
+            && let Ok(local) = sock.local_addr()
+            && !local.ip().is_unspecified()
+        {
+            return Ok(local.ip());
+        }
+    }
+    first_global_address().context(
+        "cannot find this host's underlay address; set advertise = \"IP\" under [control] in the config",
+    )
+}
+
+fn first_global_address() -> Option<IpAddr> {
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `addrs` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = addrs;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, valid until freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        let up = ifa.ifa_flags & (libc::IFF_UP as u32) != 0;
+        let loopback = ifa.ifa_flags & (libc::IFF_LOOPBACK as u32) != 0;
+        if !up || loopback || ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it names.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if family == libc::AF_INET {
+            // SAFETY: AF_INET addresses are sockaddr_in.
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            if !ip.is_link_local() && !ip.is_unspecified() {
+                found = Some(IpAddr::V4(ip));
+                break;
+            }
+        }
+    }
+    // SAFETY: `addrs` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(addrs) };
+    found
+}
+
+/// Binds the QUIC endpoint (no server config until this host is a member).
+pub fn bind_endpoint(port: u16) -> anyhow::Result<quinn::Endpoint> {
+    let sock = std::net::UdpSocket::bind(("0.0.0.0", port)).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "control port {port} (UDP) is in use (another overlayd?); stop it or set listen_port under [control]"
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("cannot open control port {port} (UDP)"))
+        }
+    })?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        sock,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("cannot start the QUIC endpoint")
+}
+
+/// Starts the control plane's task.
+pub fn spawn(ctx: Arc<Ctx>) -> ControlHandle {
+    let (tx, rx) = mpsc::channel(16);
+    let view = Arc::new(Mutex::new(View::default()));
+    tokio::spawn(run(ctx, rx, view.clone()));
+    ControlHandle { commands: tx, view }
+}
+
+async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mutex<View>>) {
+    loop {
+        match ctx.state.network() {
+            Ok(Some(net)) if !net.left => {
+                match node::Member::start(ctx.clone(), net, view.clone()).await {
+                    Ok(member) => {
+                        member.run(&mut commands).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            error = %format!("{e:#}"),
+                            "cannot rejoin the network from the state directory; the tunnels to members stay down"
+                        );
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot read the state directory"),
+        }
+        // Not a member: only init and join do anything.
+        let Some(cmd) = commands.recv().await else {
+            return;
+        };
+        match cmd {
+            Command::Init(req, reply) => {
+                let _ = reply.send(init(&ctx, req));
+            }
+            Command::Join(req, reply) => {
+                let _ = reply.send(join(&ctx, req).await);
+            }
+            Command::Token(_, reply) => {
+                let _ = reply.send(Err(not_member()));
+            }
+            Command::Revoke(_, reply) => {
+                let _ = reply.send(Err(not_member()));
+            }
+            Command::Leave(reply) => {
+                let _ = reply.send(Err(not_member()));
+            }
+        }
+    }
+}
+
+fn not_member() -> ApiFailure {
+    ApiFailure::conflict(
+        "this host is not in a network; run `overlayctl init --cidr CIDR` to make one, or `overlayctl join TOKEN`",
+    )
+}
+
+fn name(text: &str, what: &str) -> Result<Name, ApiFailure> {
+    Name::new(text).map_err(|e| ApiFailure::bad(format!("{what} {text:?}: {e}")))
+}
+
+/// Makes a network with this host as its first member and admin.
+fn init(ctx: &Ctx, req: InitRequest) -> Result<(), ApiFailure> {
+    let network = name(&req.network, "network name")?;
+    let node = name(&req.name, "node name")?;
+    let cidr = req.cidr.trunc();
+    let prefix = req
+        .subnet_prefix
+        .unwrap_or(if cidr.addr().is_ipv4() { 24 } else { 64 });
+    if prefix <= cidr.prefix_len() || prefix > cidr.max_prefix_len() {
+        return Err(ApiFailure::bad(format!(
+            "subnet prefix /{prefix} must be longer than the network's /{} and at most /{}",
+            cidr.prefix_len(),
+            cidr.max_prefix_len()
+        )));
+    }
+    let internal = |e: anyhow::Error| ApiFailure::internal(format!("{e:#}"));
+    let control_key = ctx.state.control_key().map_err(internal)?;
+    let ca = CaKey::generate();
+    let mut admin = AdminState {
+        next_serial: 1,
+        ..AdminState::default()
+    };
+    let issuer = Issuer {
+        ca: &ca,
+        network: &network,
+        cidr,
+        subnet_prefix: prefix,
+        certificate_days: ctx.config.control.certificate_days,
+    };
+    let empty = protocol::records::Directory::new(ca.verifying_key(), network.clone());
+    let subnet = issuer
+        .allocate(&admin, &empty, &node, req.subnet)
+        .map_err(|e| ApiFailure::bad(e.0))?;
+    let certificate = issuer
+        .issue(
+            &node,
+            ctx.config.private_key.public_key(),
+            control_key.verifying_key(),
+            subnet,
+            Vec::new(),
+            1,
+            now_unix(),
+        )
+        .map_err(|e| ApiFailure::internal(e.0))?;
+    admin.next_serial = 2;
+    admin.allocations.insert(node.clone(), subnet);
+    ctx.state.save_ca_key(&ca).map_err(internal)?;
+    ctx.state.save_admin(&admin).map_err(internal)?;
+    ctx.state.save_directory(&empty).map_err(internal)?;
+    ctx.state
+        .save_network(&NetworkState {
+            network: network.clone(),
+            cidr,
+            subnet_prefix: prefix,
+            ca: ca.verifying_key(),
+            certificate,
+            generation: 0,
+            record_version: 0,
+            left: false,
+            bootstrap: Vec::new(),
+        })
+        .map_err(internal)?;
+    tracing::info!(%network, name = %node, %subnet, ca = %ca.fingerprint(), "made a new network");
+    Ok(())
+}
+
+/// Joins with a token: asks the admins it names, saves what they answer.
+async fn join(ctx: &Ctx, req: JoinRequest) -> Result<(), ApiFailure> {
+    let token: JoinToken = req
+        .token
+        .parse()
+        .map_err(|e| ApiFailure::bad(format!("not a usable join token: {e}")))?;
+    token
+        .check_expiry(now_unix())
+        .map_err(|e| ApiFailure::bad(format!("{e}; ask an admin for a new one")))?;
+    let node = name(&req.name, "node name")?;
+    let control_key = ctx
+        .state
+        .control_key()
+        .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
+    let wireguard_key = ctx.config.private_key.public_key();
+    let transport = Arc::new(tls::transport_config(
+        Duration::from_secs(2),
+        Duration::from_secs(8),
+    ));
+    let client =
+        tls::join_client_config(token.ca_fingerprint(), token.network().clone(), transport)
+            .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
+    let request = Request::Join {
+        secret: *token.secret().as_bytes(),
+        name: node.clone(),
+        wireguard_key,
+        control_key: control_key.verifying_key(),
+        subnet: req.subnet,
+    };
+    let mut failures = Vec::new();
+    for &addr in token.endpoints() {
+        let attempt = async {
+            let conn = ctx
+                .endpoint
+                .connect_with(client.clone(), addr, tls::SERVER_NAME)?
+                .await?;
+            let ca = tls::server_ca(&conn)
+                .context("the bootstrap host did not show its network's CA")?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            msg::write(&mut send, &request).await?;
+            send.finish()?;
+            let response: Response = msg::read(&mut recv).await?;
+            conn.close(0u32.into(), b"joined");
+            anyhow::Ok((ca, response))
+        };
+        let (ca, response) = match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                failures.push(format!("{addr}: {e:#}"));
+                continue;
+            }
+            Err(_) => {
+                failures.push(format!("{addr}: no answer within 10 s"));
+                continue;
+            }
+        };
+        match response {
+            Response::Joined {
+                certificate,
+                cidr,
+                subnet_prefix,
+                bundle,
+            } => {
+                let certificate =
+                    keys::SignedCertificate::from_bytes(&certificate).map_err(|e| {
+                        ApiFailure::remote(format!("the admin sent a bad certificate: {e}"))
+                    })?;
+                let cert = certificate.verify(&ca, now_unix()).map_err(|e| {
+                    ApiFailure::remote(format!("the admin sent a bad certificate: {e}"))
+                })?;
+                if cert.node != node
+                    || cert.wireguard_key != wireguard_key
+                    || cert.control_key != control_key.verifying_key()
+                {
+                    return Err(ApiFailure::remote(
+                        "the admin's certificate is not for this host's name and keys",
+                    ));
+                }
+                let mut dir = protocol::records::Directory::new(ca, token.network().clone());
+                for r in &bundle.revocations {
+                    let _ = dir.apply_revocation_bytes(r);
+                }
+                for m in &bundle.members {
+                    let _ = dir.apply_member_bytes(m, now_unix());
+                }
+                let internal = |e: anyhow::Error| ApiFailure::internal(format!("{e:#}"));
+                ctx.state.save_directory(&dir).map_err(internal)?;
+                ctx.state
+                    .save_network(&NetworkState {
+                        network: token.network().clone(),
+                        cidr,
+                        subnet_prefix,
+                        ca,
+                        certificate,
+                        generation: 0,
+                        record_version: 0,
+                        left: false,
+                        bootstrap: token.endpoints().to_vec(),
+                    })
+                    .map_err(internal)?;
+                tracing::info!(network = %token.network(), name = %node, subnets = ?cert.subnets, "joined the network");
+                return Ok(());
+            }
+            Response::Refused(reason) => {
+                return Err(ApiFailure::remote(format!(
+                    "{addr} refused the join: {reason}"
+                )));
+            }
+            other => failures.push(format!("{addr}: unexpected answer {other:?}")),
+        }
+    }
+    Err(ApiFailure::remote(format!(
+        "cannot join through any bootstrap host of the token: {}",
+        failures.join("; ")
+    )))
+}

@@ -26,6 +26,7 @@ pub struct Bundle {
 }
 
 /// A request, sent by the side that opened the stream.
+#[allow(clippy::large_enum_variant)] // one per stream, never stored
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// From a joining host (ALPN join) to an admin.

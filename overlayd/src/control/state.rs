@@ -286,8 +286,10 @@ mod tests {
             key.verifying_key(),
             "the control key is made once"
         );
-        let mut admin = AdminState::default();
-        admin.next_serial = 7;
+        let mut admin = AdminState {
+            next_serial: 7,
+            ..AdminState::default()
+        };
         admin
             .allocations
             .insert(Name::new("h1").unwrap(), "10.42.1.0/24".parse().unwrap());
