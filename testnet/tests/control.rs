@@ -438,9 +438,17 @@ fn members_keep_working_while_the_admin_is_down() {
     net.down().expect("down");
 }
 
-/// Asserts `join` on host `i` with `token` is refused: exit 1, one line `overlayctl: ...` on
-/// stderr (containing `word` if given), no host's routes changed, host `i` in no network.
-fn assert_join_refused(net: &Testnet, i: usize, what: &str, token: &str, word: Option<&str>) {
+/// Asserts `join` on host `i` with `token` is refused: exit `code` (2 for a usage error
+/// overlayctl catches itself, 1 for a refusal), one line `overlayctl: ...` on stderr
+/// (containing `word` if given), no host's routes changed, host `i` in no network.
+fn assert_join_refused(
+    net: &Testnet,
+    i: usize,
+    what: &str,
+    token: &str,
+    code: i32,
+    word: Option<&str>,
+) {
     let before = all_routes(net);
     let started = Instant::now();
     let out = net.join_with(i, token).expect("run overlayctl join");
@@ -453,8 +461,8 @@ fn assert_join_refused(net: &Testnet, i: usize, what: &str, token: &str, word: O
     );
     assert_eq!(
         out.status.code(),
-        Some(1),
-        "join with {what}: exit {:?}, not 1 (after {took:.2} s); stderr: {message}",
+        Some(code),
+        "join with {what}: exit {:?}, not {code} (after {took:.2} s); stderr: {message}",
         out.status.code()
     );
     assert!(
@@ -487,14 +495,28 @@ fn join_is_refused_without_a_valid_token() {
     }
     // h1 and h2 are members; h3 and h4 run daemons that are in no network.
     let net = up(4, 2);
-    assert_join_refused(&net, 3, "an empty token", "", None);
-    assert_join_refused(&net, 3, "a garbage token", "ovljoin1.not-a-token", None);
-    assert_join_refused(&net, 3, "a token of random words", "hello world", None);
+    assert_join_refused(&net, 3, "an empty token", "", 2, Some("no token"));
+    assert_join_refused(
+        &net,
+        3,
+        "a garbage token",
+        "ovljoin1.not-a-token",
+        1,
+        Some("token"),
+    );
+    assert_join_refused(
+        &net,
+        3,
+        "a token of random words",
+        "hello world",
+        1,
+        Some("token"),
+    );
 
     let expired = net.create_token("1s").expect("token with ttl 1s");
     // The token must be past its expiry: there is no event to poll for.
     std::thread::sleep(Duration::from_secs(2));
-    assert_join_refused(&net, 3, "an expired token", &expired, Some("expire"));
+    assert_join_refused(&net, 3, "an expired token", &expired, 1, Some("expire"));
 
     // Another network: a CA of its own, the right name and h1's control endpoint.
     let stranger = keys::CaKey::generate();
@@ -513,7 +535,14 @@ fn join_is_refused_without_a_valid_token() {
         Vec::new(),
     )
     .expect("a well-formed token");
-    assert_join_refused(&net, 3, "a token of another CA", &foreign.to_text(), None);
+    assert_join_refused(
+        &net,
+        3,
+        "a token of another CA",
+        &foreign.to_text(),
+        1,
+        Some("ca"),
+    );
 
     // A token used once is spent: h3 joins with it, then h4 is refused.
     let token = net.create_token("10m").expect("token");
@@ -525,6 +554,6 @@ fn join_is_refused_without_a_valid_token() {
     );
     net.wait_converged(&[1, 2, 3], Duration::from_secs(10))
         .expect("h3 joined");
-    assert_join_refused(&net, 4, "a token already used", &token, Some("used"));
+    assert_join_refused(&net, 4, "a token already used", &token, 1, Some("used"));
     net.down().expect("down");
 }

@@ -418,7 +418,7 @@ async fn join(ctx: &Ctx, req: JoinRequest) -> Result<(), ApiFailure> {
         .map_err(|e| ApiFailure::bad(format!("not a usable join token: {e}")))?;
     token
         .check_expiry(now_unix())
-        .map_err(|e| ApiFailure::bad(format!("{e}; ask an admin for a new one")))?;
+        .map_err(|e| ApiFailure::bad(e.to_string()))?;
     let node = name(&req.name, "node name")?;
     let control_key = ctx
         .state
