@@ -139,6 +139,17 @@ async fn leave(State(s): State<Arc<ApiState>>) -> Result<Json<Status>, ApiFailur
 }
 
 async fn status(State(s): State<Arc<ApiState>>) -> Json<Status> {
+    let member = s
+        .control
+        .view
+        .lock()
+        .ok()
+        .and_then(|v| v.membership.clone());
+    // This host's subnets: the config's (static mode) and its certificate's (member).
+    let mut subnets = s.subnets.clone();
+    if let Some(m) = member.as_ref().filter(|m| !m.left) {
+        subnets.extend(m.subnets.iter().filter(|n| !s.subnets.contains(n)));
+    }
     Json(Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         public_key: s.public_key,
@@ -146,18 +157,13 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<Status> {
         tun_name: s.tun_name.clone(),
         mtu: s.mtu,
         address: s.address,
-        subnets: s.subnets.clone(),
+        subnets,
         tun_offload: s.tun_offload,
         udp_gso: s.udp.gso(),
         peer_count: s.router.peers().len(),
         uptime_s: s.started.elapsed().as_secs(),
         drops: s.router.total_drops(),
-        member: s
-            .control
-            .view
-            .lock()
-            .ok()
-            .and_then(|v| v.membership.clone()),
+        member,
     })
 }
 
