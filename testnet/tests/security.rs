@@ -485,6 +485,7 @@ fn clients_without_a_valid_certificate_are_refused() {
         let text = refusal
             .as_deref()
             .expect("a client with another CA's certificate was served");
+        eprintln!("the client with another CA's certificate saw: {text}");
         assert!(
             text.contains("CA"),
             "the refused client is not told why: {text}"
@@ -598,6 +599,7 @@ fn revoked_member_can_neither_connect_nor_push() {
             let text = refusal.unwrap_or_else(|answer| {
                 panic!("h{target} answered a push from revoked h3: {answer:?}")
             });
+            eprintln!("h3's client, refused by h{target}, saw: {text}");
             assert!(
                 text.contains("revoked"),
                 "h3 is not told that it is revoked: {text}"
