@@ -23,6 +23,8 @@ pub const DEFAULT_TUN_NAME: &str = "ovl0";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/overlayd";
 /// Default UDP port of the control plane (QUIC).
 pub const DEFAULT_CONTROL_PORT: u16 = 51821;
+/// Default socket of the Docker plugin: dockerd finds plugin `overlayd` there.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker/plugins/overlayd.sock";
 
 /// Errors in a configuration file. Each is one sentence naming the file and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,8 @@ struct RawConfig {
     state_dir: PathBuf,
     #[serde(default)]
     control: Control,
+    #[serde(default)]
+    docker: RawDocker,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
 }
@@ -192,6 +196,74 @@ impl Control {
     }
 }
 
+/// `[docker]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    mtu: Option<u16>,
+}
+
+/// The Docker network driver and IPAM plugin (`[docker]`), served by this daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Docker {
+    /// Serve the plugin.
+    pub enabled: bool,
+    /// Its unix socket; dockerd takes the plugin's name from the file name (`overlayd`).
+    pub socket: PathBuf,
+    /// MTU of the container bridges and veths; at most the TUN's `mtu` (its default).
+    pub mtu: u16,
+}
+
+impl Docker {
+    /// The plugin's name as dockerd sees it: the socket's file name without `.sock`.
+    pub fn plugin_name(&self) -> String {
+        self.socket
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    fn check(raw: RawDocker, tun_mtu: u16) -> Result<Docker, String> {
+        let socket = raw
+            .socket
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_SOCKET));
+        if socket.is_relative() {
+            return Err(format!(
+                "[docker] socket {} must be an absolute path (default {DEFAULT_DOCKER_SOCKET})",
+                socket.display()
+            ));
+        }
+        if socket.extension().is_none_or(|e| e != "sock") {
+            return Err(format!(
+                "[docker] socket {} must end in .sock: dockerd names the plugin after the file",
+                socket.display()
+            ));
+        }
+        let mtu = raw.mtu.unwrap_or(tun_mtu);
+        if !(576..=tun_mtu).contains(&mtu) {
+            return Err(format!(
+                "[docker] mtu {mtu} is out of range: use 576 to the TUN's mtu {tun_mtu}, so container packets fit the tunnel"
+            ));
+        }
+        let docker = Docker {
+            enabled: raw.enabled,
+            socket,
+            mtu,
+        };
+        if docker.plugin_name() == "overlay" {
+            return Err(
+                "[docker] socket must not be named overlay.sock: `overlay` is Docker's built-in driver; use overlayd.sock".into(),
+            );
+        }
+        Ok(docker)
+    }
+}
+
 /// The data path's levers, one by one, for measuring what each is worth (`scripts/levers`).
 /// The defaults are the fastest; `offload = false` turns the three offloads off at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -277,6 +349,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The control plane's settings.
     pub control: Control,
+    /// The Docker plugin's settings.
+    pub docker: Docker,
     /// Static peers.
     pub peers: Vec<PeerConfig>,
 }
@@ -354,6 +428,7 @@ impl Config {
             ));
         }
         raw.control.check(raw.listen_port).map_err(&invalid)?;
+        let docker = Docker::check(raw.docker, raw.mtu).map_err(&invalid)?;
         if raw.state_dir.is_relative() {
             return Err(invalid(format!(
                 "state_dir {} must be an absolute path",
@@ -418,6 +493,7 @@ impl Config {
             tuning: raw.tuning,
             state_dir: raw.state_dir,
             control: raw.control,
+            docker,
             peers: raw
                 .peers
                 .into_iter()
@@ -484,6 +560,14 @@ impl Config {
             c.sync_interval_ms,
             c.rejoin_interval_ms,
             c.certificate_days
+        );
+        let d = &self.docker;
+        let _ = writeln!(
+            out,
+            "\n[docker]\nenabled = {}\nsocket = {:?}\nmtu = {}",
+            d.enabled,
+            d.socket.display().to_string(),
+            d.mtu
         );
         for p in &self.peers {
             let _ = writeln!(out, "\n[[peer]]\npublic_key = \"{}\"", p.public_key);
@@ -588,6 +672,37 @@ mod tests {
         let t = c.effective_tuning();
         assert!(!t.tun_offload && !t.udp_gso && !t.udp_gro);
         assert!(parse(&f, "[tuning]\nudp_gs0 = false\n").is_err());
+    }
+
+    #[test]
+    fn docker_table_is_validated_and_round_trips() {
+        let f = fixture();
+        let c = parse(&f, "").unwrap();
+        assert!(!c.docker.enabled);
+        assert_eq!(c.docker.socket, PathBuf::from(DEFAULT_DOCKER_SOCKET));
+        assert_eq!(c.docker.mtu, c.mtu);
+        assert_eq!(c.docker.plugin_name(), "overlayd");
+        let c = parse(
+            &f,
+            "mtu = 1400\n[docker]\nenabled = true\nsocket = \"/tmp/p/overlayd.sock\"\nmtu = 1380\n",
+        )
+        .unwrap();
+        assert!(c.docker.enabled && c.docker.mtu == 1380);
+        let again = Config::parse(&c.path, &c.redacted()).unwrap();
+        assert_eq!(again.docker, c.docker);
+        for (body, needle) in [
+            ("[docker]\nmtu = 1500\n", "mtu 1500"),
+            ("[docker]\nsocket = \"rel.sock\"\n", "absolute"),
+            ("[docker]\nsocket = \"/run/docker/plugins/x\"\n", ".sock"),
+            (
+                "[docker]\nsocket = \"/run/docker/plugins/overlay.sock\"\n",
+                "built-in",
+            ),
+            ("[docker]\nenable = true\n", "enable"),
+        ] {
+            let err = parse(&f, body).unwrap_err().to_string();
+            assert!(err.contains(needle), "{body}: {err}");
+        }
     }
 
     #[test]

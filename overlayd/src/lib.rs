@@ -3,12 +3,14 @@
 //!
 //! Seams: [`router`] is the I/O-free tunnel logic; [`datapath`] the threads that move
 //! batches between the TUN and the UDP socket; [`udp`] the batched socket calls;
-//! [`netlink`] routes; [`api`] the local API; [`config`] the file. [`run`] wires them.
+//! [`netlink`] routes; [`api`] the local API; [`docker`] the Docker network and IPAM plugin;
+//! [`config`] the file. [`run`] wires them.
 
 pub mod api;
 pub mod config;
 pub mod control;
 pub mod datapath;
+pub mod docker;
 pub mod netlink;
 pub mod router;
 pub mod udp;
@@ -27,6 +29,11 @@ pub struct UsageError(pub String);
 /// routes it added and returns. Whatever it made before a failure is removed too.
 pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let api_socket = api::ApiSocket::bind(&config.api_socket)?;
+    let plugin_socket = if config.docker.enabled {
+        Some(docker::PluginSocket::bind(&config.docker.socket)?)
+    } else {
+        None
+    };
     let state = control::state::StateDir::open(&config.state_dir)?;
     let endpoint = control::bind_endpoint(config.control.listen_port)?;
     let tuning = config.effective_tuning();
@@ -108,6 +115,22 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         state,
         endpoint: endpoint.clone(),
     }));
+    let plugin = match plugin_socket {
+        Some(socket) => {
+            let plugin =
+                docker::Plugin::open(&config.state_dir, config.docker.mtu, control.view.clone())
+                    .and_then(|p| socket.serve(p));
+            match plugin {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    endpoint.close(0u32.into(), b"shutting down");
+                    routes.lock().await.remove_all().await;
+                    return Err(e.context("cannot start the Docker plugin"));
+                }
+            }
+        }
+        None => None,
+    };
     tracing::info!(
         public_key = %config.private_key.public_key(),
         listen_port = config.listen_port,
@@ -133,6 +156,8 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         control,
     });
     let served = api_socket.serve(state, shutdown_signal()).await;
+    // Bridges and veths stay: running containers keep their interfaces across a restart.
+    drop(plugin);
     tracing::info!("shutting down: removing routes");
     endpoint.close(0u32.into(), b"shutting down");
     routes.lock().await.remove_all().await;

@@ -1,0 +1,703 @@
+//! The plugin's bookkeeping, pure: which pools, addresses, networks and endpoints exist on
+//! this host, and every rule about them (IPAM and the network driver's checks). No I/O:
+//! the server persists a [`Book`] after each change and does the netlink work it implies.
+//!
+//! Design (docker-plugin-api.md §3.3): every host runs the same `docker network create -d
+//! overlayd --ipam-driver overlayd --subnet 10.42.0.0/16 NAME`; the pool is accepted only if
+//! it contains this host's certificate subnet (its *slice*, e.g. `10.42.7.0/24`), and
+//! addresses come only from that slice: the gateway is its first address, containers get
+//! the next free ones from `.2`. Addresses carry the slice's mask, so containers of other
+//! hosts are off-link and reached through the gateway, the bridge, and the TUN. One slice
+//! serves one Docker network, so a second network that would reuse it is refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every PoolID (dockerd stores PoolIDs: keep this format stable).
+pub const POOL_ID_PREFIX: &str = "overlayd:";
+/// `Options` key that marks a gateway `RequestAddress`.
+pub const REQUEST_ADDRESS_TYPE: &str = "RequestAddressType";
+/// Its value for the gateway.
+pub const GATEWAY_TYPE: &str = "com.docker.network.gateway";
+/// The one `-o` option the driver knows: the MTU of the network's bridge and veths.
+pub const MTU_OPTION: &str = "com.docker.network.driver.mtu";
+/// Smallest MTU accepted through [`MTU_OPTION`].
+pub const MIN_MTU: u16 = 576;
+
+/// Why a request was refused: one sentence that says what to do; dockerd shows it in the
+/// docker CLI's error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BookError {
+    /// This host has no certificate subnet: it is in no network.
+    #[error("this host is not in an overlay network; run overlayctl join first")]
+    NotMember,
+    /// `docker network create` without `--subnet`.
+    #[error(
+        "overlayd needs --subnet: give the overlay network's range, the same on every host (e.g. --subnet 10.42.0.0/16)"
+    )]
+    NoSubnet,
+    /// `--ipv6`.
+    #[error("overlayd does not support IPv6 yet; create the network without --ipv6")]
+    Ipv6,
+    /// Something that does not parse.
+    #[error("{what} {value:?} is not a valid {kind}")]
+    Malformed {
+        /// Which field.
+        what: &'static str,
+        /// Its value.
+        value: String,
+        /// What it should be.
+        kind: &'static str,
+    },
+    /// An option of a kind overlayd does not take.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The pool does not contain this host's slice.
+    #[error(
+        "subnet {pool} does not contain this host's subnet {slice}; use the overlay network's range (e.g. --subnet 10.42.0.0/16), the same on every host"
+    )]
+    NotOurPool {
+        /// What was asked.
+        pool: Ipv4Net,
+        /// This host's slice.
+        slice: Ipv4Net,
+    },
+    /// Another network already uses this host's slice.
+    #[error(
+        "subnet {pool} overlaps the overlayd network with subnet {other} that already uses this host's subnet {slice}; use that network (one overlayd network per host subnet) or remove it first"
+    )]
+    SliceInUse {
+        /// What was asked.
+        pool: Ipv4Net,
+        /// The pool of the network that holds the slice.
+        other: Ipv4Net,
+        /// This host's slice.
+        slice: Ipv4Net,
+    },
+    /// A pool, network or endpoint this plugin never made (or already removed).
+    #[error(
+        "overlayd does not know {what} {id}; it was removed or made before overlayd's state was lost: remove it and create it again"
+    )]
+    Unknown {
+        /// `pool`, `network` or `endpoint`.
+        what: &'static str,
+        /// Its ID.
+        id: String,
+    },
+    /// `--ip` or `--gateway` outside what this host may hand out.
+    #[error("{0}")]
+    Address(String),
+    /// No free address left.
+    #[error("no free address left in this host's subnet {0}; remove containers you no longer need")]
+    Exhausted(Ipv4Net),
+}
+
+/// One IPAM pool: the network's range and the slice of it this host hands out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    /// What `--subnet` gave (e.g. `10.42.0.0/16`).
+    pub pool: Ipv4Net,
+    /// This host's slice of it (e.g. `10.42.7.0/24`).
+    pub slice: Ipv4Net,
+    /// Container addresses handed out (the gateway is never in here).
+    pub addresses: BTreeSet<Ipv4Addr>,
+}
+
+/// One Docker network on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// Its PoolID.
+    pub pool_id: String,
+    /// The slice its bridge holds.
+    pub slice: Ipv4Net,
+    /// The bridge's address and the containers' gateway.
+    pub gateway: Ipv4Addr,
+    /// The bridge's name.
+    pub bridge: String,
+    /// MTU of the bridge and every veth.
+    pub mtu: u16,
+}
+
+/// One container endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Its NetworkID.
+    pub network: String,
+    /// Its address, with the slice's mask.
+    pub address: Ipv4Net,
+    /// The veth end on the bridge.
+    pub host_veth: String,
+    /// The veth end dockerd moves into the container.
+    pub container_veth: String,
+}
+
+/// Everything the plugin must remember across restarts (dockerd replays nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Book {
+    /// PoolID → pool.
+    pub pools: BTreeMap<String, Pool>,
+    /// NetworkID → network.
+    pub networks: BTreeMap<String, Network>,
+    /// EndpointID → endpoint.
+    pub endpoints: BTreeMap<String, Endpoint>,
+}
+
+/// A pool as `RequestPool` answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    /// Its PoolID.
+    pub pool_id: String,
+    /// The pool.
+    pub pool: Ipv4Net,
+    /// The gateway, with the slice's mask (`10.42.7.1/24`).
+    pub gateway: Ipv4Net,
+}
+
+/// Interface names are at most 15 bytes: a 4-letter prefix and 11 hex digits of the ID.
+fn link_name(prefix: &str, id: &str) -> String {
+    let hex: String = id
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .take(11)
+        .collect();
+    format!("{prefix}{hex}")
+}
+
+/// The gateway of a slice: its first address.
+pub fn gateway_of(slice: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(slice.network()).saturating_add(1))
+}
+
+fn with_mask(addr: Ipv4Addr, slice: Ipv4Net) -> Ipv4Net {
+    // The prefix length comes from a valid Ipv4Net, so it is at most 32.
+    Ipv4Net::new(addr, slice.prefix_len()).unwrap_or(slice)
+}
+
+fn parse_net(what: &'static str, value: &str) -> Result<Ipv4Net, BookError> {
+    value.parse().map_err(|_| BookError::Malformed {
+        what,
+        value: value.to_owned(),
+        kind: "IPv4 subnet (a.b.c.d/len)",
+    })
+}
+
+impl Book {
+    /// `IpamDriver.RequestPool`. `slices` are this host's certificate subnets (`None`: not a
+    /// member); `options` are the `--ipam-opt` keys.
+    pub fn request_pool(
+        &mut self,
+        slices: Option<&[Ipv4Net]>,
+        pool: &str,
+        sub_pool: &str,
+        v6: bool,
+        options: &[String],
+    ) -> Result<Granted, BookError> {
+        if v6 {
+            return Err(BookError::Ipv6);
+        }
+        let slices = slices
+            .filter(|s| !s.is_empty())
+            .ok_or(BookError::NotMember)?;
+        if pool.is_empty() {
+            return Err(BookError::NoSubnet);
+        }
+        if !sub_pool.is_empty() {
+            return Err(BookError::Unsupported(format!(
+                "--ip-range {sub_pool} is not supported: overlayd hands out addresses from this host's own subnet ({}) only",
+                slices[0]
+            )));
+        }
+        if let Some(key) = options.first() {
+            return Err(BookError::Unsupported(format!(
+                "unknown --ipam-opt {key}: overlayd's IPAM takes no options"
+            )));
+        }
+        let asked = parse_net("--subnet", pool)?;
+        if asked.trunc() != asked {
+            return Err(BookError::Malformed {
+                what: "--subnet",
+                value: pool.to_owned(),
+                kind: "subnet (host bits must be zero)",
+            });
+        }
+        let slice = *slices
+            .iter()
+            .find(|s| asked.contains(*s))
+            .ok_or(BookError::NotOurPool {
+                pool: asked,
+                slice: slices[0],
+            })?;
+        if let Some(other) = self.pools.values().find(|p| p.slice == slice) {
+            return Err(BookError::SliceInUse {
+                pool: asked,
+                other: other.pool,
+                slice,
+            });
+        }
+        let pool_id = format!("{POOL_ID_PREFIX}{asked}");
+        self.pools.insert(
+            pool_id.clone(),
+            Pool {
+                pool: asked,
+                slice,
+                addresses: BTreeSet::new(),
+            },
+        );
+        Ok(Granted {
+            pool_id,
+            pool: asked,
+            gateway: with_mask(gateway_of(slice), slice),
+        })
+    }
+
+    /// `IpamDriver.ReleasePool`: idempotent.
+    pub fn release_pool(&mut self, pool_id: &str) {
+        self.pools.remove(pool_id);
+    }
+
+    /// `IpamDriver.RequestAddress`: the gateway (when `gateway` is set), `address` (from
+    /// `--ip`) or the next free one; with the slice's mask.
+    pub fn request_address(
+        &mut self,
+        pool_id: &str,
+        address: &str,
+        gateway: bool,
+    ) -> Result<Ipv4Net, BookError> {
+        let pool = self
+            .pools
+            .get_mut(pool_id)
+            .ok_or_else(|| BookError::Unknown {
+                what: "pool",
+                id: pool_id.to_owned(),
+            })?;
+        let slice = pool.slice;
+        let gw = gateway_of(slice);
+        let wanted = if address.is_empty() {
+            None
+        } else {
+            // dockerd sends a plain address; tolerate a mask.
+            let plain = address.split('/').next().unwrap_or(address);
+            Some(
+                plain
+                    .parse::<Ipv4Addr>()
+                    .map_err(|_| BookError::Malformed {
+                        what: "address",
+                        value: address.to_owned(),
+                        kind: "IPv4 address",
+                    })?,
+            )
+        };
+        if gateway {
+            return match wanted {
+                None => Ok(with_mask(gw, slice)),
+                Some(a) if a == gw => Ok(with_mask(gw, slice)),
+                Some(a) => Err(BookError::Address(format!(
+                    "--gateway {a} is not possible: on this host the gateway of an overlayd network is {gw}, the first address of its subnet {slice}; leave --gateway out"
+                ))),
+            };
+        }
+        let first = u32::from(gw) + 1;
+        let last = u32::from(slice.broadcast()).saturating_sub(1);
+        let chosen = match wanted {
+            Some(a) => {
+                if !slice.contains(&a) {
+                    return Err(BookError::Address(format!(
+                        "--ip {a} is outside this host's subnet {slice}: each host hands out addresses only from its own subnet, so containers on different hosts never collide; pick an address in {slice} or leave --ip out"
+                    )));
+                }
+                if !(first..=last).contains(&u32::from(a)) {
+                    return Err(BookError::Address(format!(
+                        "--ip {a} is reserved (network, gateway or broadcast address of {slice}); pick one from {} to {}",
+                        Ipv4Addr::from(first),
+                        Ipv4Addr::from(last)
+                    )));
+                }
+                if pool.addresses.contains(&a) {
+                    return Err(BookError::Address(format!(
+                        "--ip {a} is already in use by another container on this host; pick another or leave --ip out"
+                    )));
+                }
+                a
+            }
+            None => (first..=last)
+                .map(Ipv4Addr::from)
+                .find(|a| !pool.addresses.contains(a))
+                .ok_or(BookError::Exhausted(slice))?,
+        };
+        pool.addresses.insert(chosen);
+        Ok(with_mask(chosen, slice))
+    }
+
+    /// `IpamDriver.ReleaseAddress`: idempotent (dockerd also releases the gateway, which
+    /// was never handed out).
+    pub fn release_address(&mut self, pool_id: &str, address: &str) {
+        let plain = address.split('/').next().unwrap_or(address);
+        if let (Some(pool), Ok(a)) = (self.pools.get_mut(pool_id), plain.parse::<Ipv4Addr>()) {
+            pool.addresses.remove(&a);
+        }
+    }
+
+    /// Checks a `NetworkDriver.CreateNetwork` and returns the network it makes (the caller
+    /// creates the bridge, then [`Book::add_network`]s it). `pools` are the `IPv4Data`
+    /// entries as (pool, gateway); `options` the `-o` pairs; `max_mtu` the config's.
+    pub fn check_network(
+        &self,
+        network_id: &str,
+        pools: &[(String, String)],
+        ipv6: bool,
+        options: &[(String, String)],
+        max_mtu: u16,
+    ) -> Result<Network, BookError> {
+        if ipv6 {
+            return Err(BookError::Ipv6);
+        }
+        let mut mtu = max_mtu;
+        for (key, value) in options {
+            if key == MTU_OPTION {
+                mtu = value
+                    .parse()
+                    .ok()
+                    .filter(|m| (MIN_MTU..=max_mtu).contains(m))
+                    .ok_or_else(|| {
+                        BookError::Unsupported(format!(
+                            "-o {MTU_OPTION}={value} is out of range: use {MIN_MTU} to {max_mtu} (the overlay's MTU)"
+                        ))
+                    })?;
+            } else {
+                return Err(BookError::Unsupported(format!(
+                    "unknown option -o {key}: overlayd knows only -o {MTU_OPTION}=N"
+                )));
+            }
+        }
+        let [(pool, _gateway)] = pools else {
+            return Err(BookError::Unsupported(format!(
+                "an overlayd network has exactly one IPv4 subnet, not {}; give one --subnet",
+                pools.len()
+            )));
+        };
+        let pool = parse_net("pool", pool)?;
+        let (pool_id, entry) =
+            self.pools
+                .iter()
+                .find(|(_, p)| p.pool == pool)
+                .ok_or_else(|| BookError::Unknown {
+                    what: "pool",
+                    id: pool.to_string(),
+                })?;
+        if let Some(other) = self
+            .networks
+            .iter()
+            .find(|(id, n)| n.slice == entry.slice && id.as_str() != network_id)
+        {
+            return Err(BookError::SliceInUse {
+                pool,
+                other: self
+                    .pools
+                    .get(&other.1.pool_id)
+                    .map(|p| p.pool)
+                    .unwrap_or(entry.slice),
+                slice: entry.slice,
+            });
+        }
+        Ok(Network {
+            pool_id: pool_id.clone(),
+            slice: entry.slice,
+            gateway: gateway_of(entry.slice),
+            bridge: link_name("ovdb", network_id),
+            mtu,
+        })
+    }
+
+    /// Records a network made after [`Book::check_network`].
+    pub fn add_network(&mut self, network_id: &str, network: Network) {
+        self.networks.insert(network_id.to_owned(), network);
+    }
+
+    /// Forgets a network and its endpoints; returns it (for the bridge's removal).
+    pub fn remove_network(&mut self, network_id: &str) -> Option<Network> {
+        self.endpoints.retain(|_, e| e.network != network_id);
+        self.networks.remove(network_id)
+    }
+
+    /// The network `network_id`, or [`BookError::Unknown`].
+    pub fn network(&self, network_id: &str) -> Result<&Network, BookError> {
+        self.networks
+            .get(network_id)
+            .ok_or_else(|| BookError::Unknown {
+                what: "network",
+                id: network_id.to_owned(),
+            })
+    }
+
+    /// The endpoint `endpoint_id` of `network_id`, or [`BookError::Unknown`].
+    pub fn endpoint(&self, network_id: &str, endpoint_id: &str) -> Result<&Endpoint, BookError> {
+        self.network(network_id)?;
+        self.endpoints
+            .get(endpoint_id)
+            .filter(|e| e.network == network_id)
+            .ok_or_else(|| BookError::Unknown {
+                what: "endpoint",
+                id: endpoint_id.to_owned(),
+            })
+    }
+
+    /// Checks a `NetworkDriver.CreateEndpoint` and returns the endpoint it makes (the
+    /// caller creates the veth, then [`Book::add_endpoint`]s it).
+    pub fn check_endpoint(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        address: &str,
+    ) -> Result<Endpoint, BookError> {
+        let network = self.network(network_id)?;
+        let address = parse_net("address", address)?;
+        if !network.slice.contains(&address.addr()) {
+            return Err(BookError::Address(format!(
+                "address {address} is outside this host's subnet {}",
+                network.slice
+            )));
+        }
+        Ok(Endpoint {
+            network: network_id.to_owned(),
+            address,
+            host_veth: link_name("ovdh", endpoint_id),
+            container_veth: link_name("ovdc", endpoint_id),
+        })
+    }
+
+    /// Records an endpoint made after [`Book::check_endpoint`].
+    pub fn add_endpoint(&mut self, endpoint_id: &str, endpoint: Endpoint) {
+        self.endpoints.insert(endpoint_id.to_owned(), endpoint);
+    }
+
+    /// Forgets an endpoint; returns it (for the veth's removal). Idempotent.
+    pub fn remove_endpoint(&mut self, endpoint_id: &str) -> Option<Endpoint> {
+        self.endpoints.remove(endpoint_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NID: &str = "94a1d558aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    fn slices() -> Vec<Ipv4Net> {
+        vec!["10.42.7.0/24".parse().unwrap()]
+    }
+
+    fn pool(book: &mut Book) -> Granted {
+        book.request_pool(Some(&slices()), "10.42.0.0/16", "", false, &[])
+            .unwrap()
+    }
+
+    #[test]
+    fn pool_gives_this_hosts_gateway_and_addresses_from_its_slice() {
+        let mut book = Book::default();
+        let g = pool(&mut book);
+        assert_eq!(g.pool_id, "overlayd:10.42.0.0/16");
+        assert_eq!(g.gateway.to_string(), "10.42.7.1/24");
+        let gw = book.request_address(&g.pool_id, "", true).unwrap();
+        assert_eq!(gw.to_string(), "10.42.7.1/24");
+        let a = book.request_address(&g.pool_id, "", false).unwrap();
+        let b = book.request_address(&g.pool_id, "", false).unwrap();
+        assert_eq!(
+            (a.to_string().as_str(), b.to_string().as_str()),
+            ("10.42.7.2/24", "10.42.7.3/24")
+        );
+        book.release_address(&g.pool_id, "10.42.7.2");
+        book.release_address(&g.pool_id, "10.42.7.1"); // the gateway: ignored
+        book.release_address(&g.pool_id, "10.42.7.200"); // never handed out: ignored
+        assert_eq!(
+            book.request_address(&g.pool_id, "", false)
+                .unwrap()
+                .to_string(),
+            "10.42.7.2/24"
+        );
+        let c = book
+            .request_address(&g.pool_id, "10.42.7.50", false)
+            .unwrap();
+        assert_eq!(c.to_string(), "10.42.7.50/24");
+    }
+
+    #[test]
+    fn bad_pools_are_refused_with_what_to_do() {
+        let mut book = Book::default();
+        let s = slices();
+        let err = |r: Result<Granted, BookError>| r.unwrap_err().to_string();
+        assert!(
+            err(book.request_pool(None, "10.42.0.0/16", "", false, &[]))
+                .contains("overlayctl join")
+        );
+        assert!(
+            err(book.request_pool(Some(&[]), "10.42.0.0/16", "", false, &[]))
+                .contains("overlayctl join")
+        );
+        assert!(err(book.request_pool(Some(&s), "", "", false, &[])).contains("--subnet"));
+        assert!(
+            err(book.request_pool(Some(&s), "10.43.0.0/16", "", false, &[]))
+                .contains("does not contain")
+        );
+        assert!(
+            err(book.request_pool(Some(&s), "10.42.0.0/16", "10.42.7.0/25", false, &[]))
+                .contains("--ip-range")
+        );
+        assert!(err(book.request_pool(Some(&s), "10.42.0.0/16", "", true, &[])).contains("IPv6"));
+        assert!(
+            err(book.request_pool(Some(&s), "10.42.0.1/16", "", false, &[])).contains("host bits")
+        );
+        assert!(err(book.request_pool(Some(&s), "nope", "", false, &[])).contains("not a valid"));
+        assert!(
+            err(book.request_pool(Some(&s), "10.42.0.0/16", "", false, &["x".into()]))
+                .contains("--ipam-opt x")
+        );
+        assert!(book.pools.is_empty(), "refusals change nothing");
+        pool(&mut book);
+        let again = err(book.request_pool(Some(&s), "10.42.0.0/16", "", false, &[]));
+        assert!(
+            again.contains("overlaps") && again.contains("10.42.7.0/24"),
+            "{again}"
+        );
+        let wider = err(book.request_pool(Some(&s), "10.0.0.0/8", "", false, &[]));
+        assert!(wider.contains("overlaps"), "{wider}");
+        assert_eq!(book.pools.len(), 1);
+    }
+
+    #[test]
+    fn addresses_outside_the_slice_or_taken_are_refused() {
+        let mut book = Book::default();
+        let g = pool(&mut book);
+        let before = book.clone();
+        for (addr, needle) in [
+            ("10.42.9.5", "outside this host's subnet"),
+            ("10.42.7.1", "reserved"),
+            ("10.42.7.255", "reserved"),
+            ("10.42.7.0", "reserved"),
+            ("x", "not a valid"),
+        ] {
+            let e = book
+                .request_address(&g.pool_id, addr, false)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{addr}: {e}");
+        }
+        assert!(
+            book.request_address(&g.pool_id, "10.42.7.9", true)
+                .unwrap_err()
+                .to_string()
+                .contains("--gateway")
+        );
+        assert!(
+            book.request_address("overlayd:10.9.0.0/16", "", false)
+                .unwrap_err()
+                .to_string()
+                .contains("does not know pool")
+        );
+        assert_eq!(book, before);
+        book.request_address(&g.pool_id, "10.42.7.9", false)
+            .unwrap();
+        assert!(
+            book.request_address(&g.pool_id, "10.42.7.9", false)
+                .unwrap_err()
+                .to_string()
+                .contains("in use")
+        );
+    }
+
+    #[test]
+    fn a_full_slice_is_exhausted_and_auto_skips_claims() {
+        let mut book = Book::default();
+        let s: Vec<Ipv4Net> = vec!["10.42.7.0/29".parse().unwrap()];
+        let g = book
+            .request_pool(Some(&s), "10.42.0.0/16", "", false, &[])
+            .unwrap();
+        book.request_address(&g.pool_id, "10.42.7.3", false)
+            .unwrap();
+        let got: Vec<String> = (0..4)
+            .map(|_| {
+                book.request_address(&g.pool_id, "", false)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "10.42.7.2/29",
+                "10.42.7.4/29",
+                "10.42.7.5/29",
+                "10.42.7.6/29"
+            ]
+        );
+        assert!(matches!(
+            book.request_address(&g.pool_id, "", false),
+            Err(BookError::Exhausted(_))
+        ));
+    }
+
+    #[test]
+    fn networks_and_endpoints() {
+        let mut book = Book::default();
+        let g = pool(&mut book);
+        let pools = vec![("10.42.0.0/16".to_owned(), "10.42.7.1/24".to_owned())];
+        let e = book
+            .check_network(NID, &pools, false, &[("foo".into(), "bar".into())], 1420)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown option -o foo"), "{e}");
+        let mtu = |v: &str| vec![(MTU_OPTION.to_owned(), v.to_owned())];
+        assert!(
+            book.check_network(NID, &pools, false, &mtu("1500"), 1420)
+                .is_err()
+        );
+        assert!(book.check_network(NID, &pools, true, &[], 1420).is_err());
+        assert!(book.check_network(NID, &[], false, &[], 1420).is_err());
+        let n = book
+            .check_network(NID, &pools, false, &mtu("1400"), 1420)
+            .unwrap();
+        assert_eq!(n.bridge, "ovdb94a1d558aaa");
+        assert_eq!(n.bridge.len(), 15);
+        assert_eq!(
+            (n.mtu, n.gateway.to_string().as_str(), n.pool_id.as_str()),
+            (1400, "10.42.7.1", g.pool_id.as_str())
+        );
+        book.add_network(NID, n);
+        let other = "b".repeat(64);
+        assert!(
+            book.check_network(&other, &pools, false, &[], 1420)
+                .unwrap_err()
+                .to_string()
+                .contains("overlaps")
+        );
+        assert!(
+            book.endpoint(NID, "e1")
+                .unwrap_err()
+                .to_string()
+                .contains("does not know endpoint")
+        );
+        assert!(
+            book.endpoint(&other, "e1")
+                .unwrap_err()
+                .to_string()
+                .contains("does not know network")
+        );
+        let eid = "7f363b22".repeat(8);
+        assert!(book.check_endpoint(NID, &eid, "10.42.8.2/24").is_err());
+        assert!(book.check_endpoint(&other, &eid, "10.42.7.2/24").is_err());
+        let ep = book.check_endpoint(NID, &eid, "10.42.7.2/24").unwrap();
+        assert_eq!(
+            (ep.host_veth.as_str(), ep.container_veth.as_str()),
+            ("ovdh7f363b227f3", "ovdc7f363b227f3")
+        );
+        book.add_endpoint(&eid, ep);
+        assert!(book.endpoint(NID, &eid).is_ok());
+        let text = serde_json::to_string(&book).unwrap();
+        assert_eq!(serde_json::from_str::<Book>(&text).unwrap(), book);
+        assert!(book.remove_network(NID).is_some());
+        assert!(book.endpoints.is_empty());
+        assert!(book.remove_endpoint(&eid).is_none());
+    }
+}

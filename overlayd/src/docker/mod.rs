@@ -1,0 +1,546 @@
+//! The Docker network driver and IPAM plugin (legacy v1 protocol, scope `local`), served
+//! by `overlayd` itself on a unix socket (`/run/docker/plugins/overlayd.sock` by default;
+//! dockerd names the plugin after the file: driver and IPAM `overlayd`).
+//!
+//! - [`book`]: the pure rules and bookkeeping (pools, addresses, networks, endpoints).
+//! - [`links`]: bridges and veths through netlink.
+//! - [`wire`]: the JSON dockerd sends and expects.
+//!
+//! Rules this module keeps (docker-plugin-api.md): every handler answers within
+//! [`HANDLER_TIMEOUT`] (dockerd has no timeout of its own) and never calls the Docker API;
+//! the [`book::Book`] is written to `docker.json` in the state directory (atomically) after
+//! every change, since dockerd replays nothing after a plugin restart; deletions are
+//! idempotent. Bridges and veths outlive a restart of `overlayd` (running containers keep
+//! their interfaces); `docker network rm` and container removal take them away.
+
+pub mod book;
+pub mod links;
+pub mod wire;
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use ipnet::{IpNet, Ipv4Net};
+use serde_json::{Value, json};
+
+use crate::control::View;
+use book::{Book, BookError, GATEWAY_TYPE, REQUEST_ADDRESS_TYPE};
+use links::Links;
+
+/// Longest time a plugin call may take before it answers with an error.
+pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The file in the state directory that holds the [`Book`].
+pub const STATE_FILE: &str = "docker.json";
+/// Content type of every answer.
+pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
+
+/// A call that failed: dockerd shows `Subsystem.Method: message` in the CLI's error.
+#[derive(Debug)]
+pub struct Failure {
+    status: StatusCode,
+    message: String,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Failure {
+        Failure {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<BookError> for Failure {
+    fn from(e: BookError) -> Failure {
+        Failure::new(e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::new(format!("{e:#}"))
+    }
+}
+
+/// What the handlers share.
+pub struct Plugin {
+    /// The bookkeeping; the lock serialises every call that changes it (dockerd sends many
+    /// at once), held across the netlink work so the kernel and the book agree.
+    book: tokio::sync::Mutex<Book>,
+    /// The control plane's view: this host's certificate subnets.
+    view: Arc<Mutex<View>>,
+    links: Links,
+    /// The MTU of bridges and veths (`[docker] mtu`).
+    mtu: u16,
+    state_file: PathBuf,
+}
+
+impl Plugin {
+    /// Loads the book from `state_dir` and opens netlink. A damaged file is an error (the
+    /// operator must decide), a missing one an empty book.
+    pub fn open(state_dir: &Path, mtu: u16, view: Arc<Mutex<View>>) -> anyhow::Result<Plugin> {
+        let state_file = state_dir.join(STATE_FILE);
+        let book = match std::fs::read_to_string(&state_file) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is damaged; remove it (and the overlayd Docker networks) or restore it from a backup",
+                    state_file.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Book::default(),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", state_file.display()));
+            }
+        };
+        Ok(Plugin {
+            book: tokio::sync::Mutex::new(book),
+            view,
+            links: Links::connect()?,
+            mtu,
+            state_file,
+        })
+    }
+
+    /// Makes sure every known network's bridge exists, with its address, and that every
+    /// known endpoint's host veth that still exists is on it (after a reboot or a hand
+    /// deletion). Errors are logged.
+    pub async fn restore(&self) {
+        let book = self.book.lock().await;
+        for (id, n) in &book.networks {
+            let bridge = match self
+                .links
+                .ensure_bridge(&n.bridge, n.gateway, n.slice, n.mtu)
+                .await
+            {
+                Ok(index) => index,
+                Err(e) => {
+                    tracing::warn!(network = %id, error = %format!("{e:#}"), "cannot restore a Docker network's bridge");
+                    continue;
+                }
+            };
+            for e in book.endpoints.values().filter(|e| &e.network == id) {
+                if let Err(err) = self.links.attach(&e.host_veth, bridge).await {
+                    tracing::warn!(network = %id, error = %format!("{err:#}"), "cannot restore a container's veth");
+                }
+            }
+        }
+        if !book.networks.is_empty() {
+            enable_forwarding();
+            tracing::info!(
+                networks = book.networks.len(),
+                endpoints = book.endpoints.len(),
+                "Docker networks restored"
+            );
+        }
+    }
+
+    /// This host's IPv4 certificate subnets; `None` if it is in no network.
+    fn slices(&self) -> Option<Vec<Ipv4Net>> {
+        let view = self.view.lock().ok()?;
+        let m = view.membership.as_ref().filter(|m| !m.left)?;
+        Some(
+            m.subnets
+                .iter()
+                .filter_map(|n| match n {
+                    IpNet::V4(v4) => Some(*v4),
+                    IpNet::V6(_) => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// Writes the book atomically (temporary file, fsync, rename).
+    fn save(&self, book: &Book) -> Result<(), Failure> {
+        let tmp = self.state_file.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(book).map_err(|e| Failure::new(e.to_string()))?;
+        let write = || -> std::io::Result<()> {
+            let _ = std::fs::remove_file(&tmp);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(&text)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.state_file)
+        };
+        write().map_err(|e| {
+            Failure::new(format!(
+                "overlayd cannot write {}: {e}; nothing was changed",
+                self.state_file.display()
+            ))
+        })
+    }
+
+    /// Applies `change` to a copy of the book, saves it, and only then keeps it: a call
+    /// that fails changes nothing.
+    async fn change<T>(
+        &self,
+        change: impl FnOnce(&mut Book) -> Result<T, BookError>,
+    ) -> Result<T, Failure> {
+        let mut book = self.book.lock().await;
+        let mut next = book.clone();
+        let out = change(&mut next)?;
+        if next != *book {
+            self.save(&next)?;
+            *book = next;
+        }
+        Ok(out)
+    }
+
+    /// One plugin call: `method` is the path without `/`, `body` its JSON.
+    pub async fn call(&self, method: &str, body: &[u8]) -> Result<Value, Failure> {
+        fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Failure> {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(T::default());
+            }
+            serde_json::from_slice(body).map_err(|e| Failure {
+                status: StatusCode::BAD_REQUEST,
+                message: format!("malformed request: {e}"),
+            })
+        }
+        match method {
+            "Plugin.Activate" => Ok(json!({"Implements": ["NetworkDriver", "IpamDriver"]})),
+            "NetworkDriver.GetCapabilities" => {
+                Ok(json!({"Scope": "local", "ConnectivityScope": "global"}))
+            }
+            "IpamDriver.GetCapabilities" => {
+                Ok(json!({"RequiresMACAddress": false, "RequiresRequestReplay": false}))
+            }
+            "IpamDriver.GetDefaultAddressSpaces" => Ok(json!({
+                "LocalDefaultAddressSpace": "overlayd-local",
+                "GlobalDefaultAddressSpace": "overlayd-global",
+            })),
+            "IpamDriver.RequestPool" => {
+                let req: wire::RequestPool = parse(body)?;
+                let options: Vec<String> =
+                    req.options.iter().flat_map(|o| o.keys().cloned()).collect();
+                let slices = self.slices();
+                let g = self
+                    .change(|b| {
+                        b.request_pool(
+                            slices.as_deref(),
+                            &req.pool,
+                            &req.sub_pool,
+                            req.v6,
+                            &options,
+                        )
+                    })
+                    .await?;
+                tracing::info!(pool = %g.pool, gateway = %g.gateway, "Docker pool granted");
+                Ok(json!({"PoolID": g.pool_id, "Pool": g.pool.to_string(),
+                          "Data": {GATEWAY_TYPE: g.gateway.to_string()}}))
+            }
+            "IpamDriver.ReleasePool" => {
+                let req: wire::ReleasePool = parse(body)?;
+                self.change(|b| {
+                    b.release_pool(&req.pool_id);
+                    Ok(())
+                })
+                .await?;
+                Ok(json!({}))
+            }
+            "IpamDriver.RequestAddress" => {
+                let req: wire::AddressRequest = parse(body)?;
+                let gateway = req
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get(REQUEST_ADDRESS_TYPE))
+                    .and_then(Value::as_str)
+                    == Some(GATEWAY_TYPE);
+                let a = self
+                    .change(|b| b.request_address(&req.pool_id, &req.address, gateway))
+                    .await?;
+                Ok(json!({"Address": a.to_string(), "Data": {}}))
+            }
+            "IpamDriver.ReleaseAddress" => {
+                let req: wire::AddressRequest = parse(body)?;
+                self.change(|b| {
+                    b.release_address(&req.pool_id, &req.address);
+                    Ok(())
+                })
+                .await?;
+                Ok(json!({}))
+            }
+            "NetworkDriver.CreateNetwork" => self.create_network(parse(body)?).await,
+            "NetworkDriver.DeleteNetwork" => self.delete_network(parse(body)?).await,
+            "NetworkDriver.CreateEndpoint" => self.create_endpoint(parse(body)?).await,
+            "NetworkDriver.DeleteEndpoint" => self.delete_endpoint(parse(body)?).await,
+            "NetworkDriver.Join" => {
+                let req: wire::NetworkRef = parse(body)?;
+                let book = self.book.lock().await;
+                let e = book.endpoint(&req.network_id, &req.endpoint_id)?;
+                let n = book.network(&req.network_id)?;
+                Ok(serde_json::to_value(wire::JoinResponse {
+                    interface_name: wire::InterfaceName {
+                        src_name: e.container_veth.clone(),
+                        dst_prefix: "eth".into(),
+                    },
+                    gateway: n.gateway.to_string(),
+                    disable_gateway_service: true,
+                })
+                .map_err(|e| Failure::new(e.to_string()))?)
+            }
+            "NetworkDriver.EndpointOperInfo" => {
+                let req: wire::NetworkRef = parse(body)?;
+                self.book
+                    .lock()
+                    .await
+                    .endpoint(&req.network_id, &req.endpoint_id)?;
+                Ok(json!({"Value": {}}))
+            }
+            "NetworkDriver.ProgramExternalConnectivity" => {
+                let req: Value = parse::<Option<Value>>(body)?.unwrap_or(Value::Null);
+                let published = req
+                    .pointer("/Options/com.docker.network.portmap")
+                    .and_then(Value::as_array)
+                    .is_some_and(|p| !p.is_empty());
+                if published {
+                    return Err(Failure::new(
+                        "port publishing (-p) is not supported on overlayd networks: reach the container by its overlay address from any member host, or attach it to a second, bridge network for -p",
+                    ));
+                }
+                Ok(json!({}))
+            }
+            "NetworkDriver.Leave"
+            | "NetworkDriver.RevokeExternalConnectivity"
+            | "NetworkDriver.DiscoverNew"
+            | "NetworkDriver.DiscoverDelete"
+            | "NetworkDriver.AllocateNetwork"
+            | "NetworkDriver.FreeNetwork" => Ok(json!({})),
+            _ => Err(Failure {
+                status: StatusCode::NOT_FOUND,
+                message: format!("overlayd does not implement {method}"),
+            }),
+        }
+    }
+
+    async fn create_network(&self, req: wire::CreateNetwork) -> Result<Value, Failure> {
+        let (options, ipv6) = wire::generic_options(&req);
+        let ipv6 = ipv6 || req.ipv6_data.as_ref().is_some_and(|d| !d.is_empty());
+        let pools: Vec<(String, String)> = req
+            .ipv4_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| (d.pool, d.gateway))
+            .collect();
+        let mut book = self.book.lock().await;
+        let network = book.check_network(&req.network_id, &pools, ipv6, &options, self.mtu)?;
+        self.links
+            .ensure_bridge(&network.bridge, network.gateway, network.slice, network.mtu)
+            .await?;
+        enable_forwarding();
+        let mut next = book.clone();
+        next.add_network(&req.network_id, network.clone());
+        if let Err(e) = self.save(&next) {
+            let _ = self.links.delete(&network.bridge).await;
+            return Err(e);
+        }
+        *book = next;
+        tracing::info!(network = %req.network_id, bridge = %network.bridge, subnet = %network.slice, mtu = network.mtu, "Docker network created");
+        Ok(json!({}))
+    }
+
+    async fn delete_network(&self, req: wire::NetworkRef) -> Result<Value, Failure> {
+        let mut book = self.book.lock().await;
+        let mut next = book.clone();
+        let Some(network) = next.remove_network(&req.network_id) else {
+            return Ok(json!({}));
+        };
+        for e in book
+            .endpoints
+            .values()
+            .filter(|e| e.network == req.network_id)
+        {
+            self.links.delete(&e.host_veth).await?;
+        }
+        self.links.delete(&network.bridge).await?;
+        self.save(&next)?;
+        *book = next;
+        tracing::info!(network = %req.network_id, bridge = %network.bridge, "Docker network removed");
+        Ok(json!({}))
+    }
+
+    async fn create_endpoint(&self, req: wire::CreateEndpoint) -> Result<Value, Failure> {
+        let interface = req.interface.unwrap_or_default();
+        if !interface.address_ipv6.is_empty() {
+            return Err(BookError::Ipv6.into());
+        }
+        let mut book = self.book.lock().await;
+        let endpoint =
+            book.check_endpoint(&req.network_id, &req.endpoint_id, &interface.address)?;
+        let n = book.network(&req.network_id)?.clone();
+        // The bridge may be gone (a reboot, a hand deletion): make it again.
+        let bridge = self
+            .links
+            .ensure_bridge(&n.bridge, n.gateway, n.slice, n.mtu)
+            .await?;
+        self.links
+            .create_veth(&endpoint.host_veth, &endpoint.container_veth, n.mtu, bridge)
+            .await?;
+        let mut next = book.clone();
+        next.add_endpoint(&req.endpoint_id, endpoint.clone());
+        if let Err(e) = self.save(&next) {
+            let _ = self.links.delete(&endpoint.host_veth).await;
+            return Err(e);
+        }
+        *book = next;
+        tracing::debug!(network = %req.network_id, container = %endpoint.address, "Docker endpoint created");
+        Ok(json!({}))
+    }
+
+    async fn delete_endpoint(&self, req: wire::NetworkRef) -> Result<Value, Failure> {
+        let mut book = self.book.lock().await;
+        let mut next = book.clone();
+        let Some(endpoint) = next.remove_endpoint(&req.endpoint_id) else {
+            return Ok(json!({}));
+        };
+        // The kernel removes the peer with it (libnetwork has moved it back by now).
+        self.links.delete(&endpoint.host_veth).await?;
+        self.links.delete(&endpoint.container_veth).await?;
+        self.save(&next)?;
+        *book = next;
+        Ok(json!({}))
+    }
+}
+
+fn enable_forwarding() {
+    match links::enable_forwarding() {
+        Ok(true) => tracing::info!("turned IPv4 forwarding on (bridge <-> TUN)"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot turn IPv4 forwarding on; containers will not reach other hosts")
+        }
+    }
+}
+
+fn answer(status: StatusCode, value: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+/// Every plugin call, by path: parsed, bounded by [`HANDLER_TIMEOUT`], answered as JSON.
+async fn dispatch(State(plugin): State<Arc<Plugin>>, uri: Uri, body: Bytes) -> Response {
+    let method = uri.path().trim_start_matches('/').to_owned();
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(HANDLER_TIMEOUT, plugin.call(&method, &body)).await;
+    let result = result.unwrap_or_else(|_| {
+        Err(Failure::new(format!(
+            "overlayd did not finish {method} within {} s; see overlayd's log",
+            HANDLER_TIMEOUT.as_secs()
+        )))
+    });
+    match result {
+        Ok(v) => {
+            tracing::debug!(
+                method,
+                took_ms = started.elapsed().as_millis() as u64,
+                "plugin call"
+            );
+            answer(StatusCode::OK, v)
+        }
+        Err(f) => {
+            tracing::info!(method, reason = %f.message, "plugin call refused");
+            answer(f.status, json!({"Err": f.message}))
+        }
+    }
+}
+
+/// A bound plugin socket; removes its file when dropped.
+pub struct PluginSocket {
+    listener: Option<tokio::net::UnixListener>,
+    path: PathBuf,
+}
+
+impl PluginSocket {
+    /// Binds `path` (0600; its folder is made 0755 if missing). Refuses when something
+    /// answers on it; removes a stale socket left by a crash (dockerd would otherwise stall
+    /// on it).
+    pub fn bind(path: &Path) -> anyhow::Result<PluginSocket> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Some(dir) = path.parent()
+            && !dir.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .with_context(|| {
+                    format!("cannot create the Docker plugin folder {}", dir.display())
+                })?;
+        }
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "another process is already serving the Docker plugin socket {}; stop it or set [docker] socket",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path).with_context(|| {
+                format!("cannot remove the stale plugin socket {}", path.display())
+            })?;
+        }
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("cannot bind the Docker plugin socket {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {} to root", path.display()))?;
+        Ok(PluginSocket {
+            listener: Some(listener),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Serves `plugin` in a task; the returned guard stops it and removes the socket.
+    pub fn serve(mut self, plugin: Plugin) -> anyhow::Result<Served> {
+        let listener = self
+            .listener
+            .take()
+            .context("plugin socket already served")?;
+        let plugin = Arc::new(plugin);
+        let app = axum::Router::new()
+            .fallback(dispatch)
+            .with_state(plugin.clone());
+        let path = self.path.clone();
+        let task = tokio::spawn(async move {
+            plugin.restore().await;
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the Docker plugin server stopped");
+            }
+        });
+        tracing::info!(socket = %path.display(), "serving the Docker network and IPAM plugin");
+        Ok(Served {
+            task,
+            _socket: self,
+        })
+    }
+}
+
+impl Drop for PluginSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The running plugin server; dropping it stops the server and removes the socket.
+pub struct Served {
+    task: tokio::task::JoinHandle<()>,
+    _socket: PluginSocket,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
