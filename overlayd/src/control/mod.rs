@@ -296,8 +296,11 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
             Ok(Some(net)) if !net.left => {
                 match node::Member::start(ctx.clone(), net, view.clone()).await {
                     Ok(member) => {
-                        member.run(&mut commands).await;
-                        continue;
+                        if member.run(&mut commands).await {
+                            continue;
+                        }
+                        // The daemon is shutting down.
+                        return;
                     }
                     Err(e) => {
                         tracing::error!(

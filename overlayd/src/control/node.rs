@@ -28,7 +28,8 @@ use keys::{CaKey, Name, NodeCertificate, PublicKey, SigningKey};
 use protocol::api::MemberState as ViewState;
 use protocol::membership::NodeId;
 use protocol::records::{
-    Applied, Directory, MemberRecord, MemberState, SignedMemberRecord, SignedRevocation,
+    Applied, Directory, MemberRecord, MemberState, RecordError, SignedMemberRecord,
+    SignedRevocation,
 };
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
@@ -119,6 +120,11 @@ impl BroadcastHandler<NodeId> for RecordHandler {
                 lock(&self.changes).any = true;
                 Ok(Some(key))
             }
+            // A stale copy still making its rounds after the member moved on: normal.
+            Err(e @ RecordError::Replay { .. }) => {
+                tracing::debug!(error = %e, "ignored a stale gossiped record");
+                Ok(None)
+            }
             Err(e) => {
                 self.throttle.warn("refused a gossiped record", &e);
                 Ok(None)
@@ -165,15 +171,11 @@ fn item_key(data: &[u8]) -> Option<RecordKey> {
     }
 }
 
-fn apply_item(dir: &mut Directory, data: &[u8]) -> Result<Applied, String> {
+fn apply_item(dir: &mut Directory, data: &[u8]) -> Result<Applied, RecordError> {
     match data.split_first() {
-        Some((&TAG_MEMBER, rest)) => dir
-            .apply_member_bytes(rest, now_unix())
-            .map_err(|e| e.to_string()),
-        Some((&TAG_REVOCATION, rest)) => {
-            dir.apply_revocation_bytes(rest).map_err(|e| e.to_string())
-        }
-        _ => Err("unknown item tag".into()),
+        Some((&TAG_MEMBER, rest)) => dir.apply_member_bytes(rest, now_unix()),
+        Some((&TAG_REVOCATION, rest)) => dir.apply_revocation_bytes(rest),
+        _ => Err(RecordError::Malformed { part: "item tag" }),
     }
 }
 
@@ -424,8 +426,9 @@ impl Member {
         Ok(member)
     }
 
-    /// Runs until this host leaves the network (or the command channel closes).
-    pub async fn run(mut self, commands: &mut mpsc::Receiver<Command>) {
+    /// Runs until this host leaves the network (`true`) or the daemon shuts down and the
+    /// command channel closes (`false`).
+    pub async fn run(mut self, commands: &mut mpsc::Receiver<Command>) -> bool {
         let control = &self.ctx.config.control;
         let mut sync_tick = tokio::time::interval(Duration::from_millis(control.sync_interval_ms));
         let mut rejoin_tick =
@@ -436,9 +439,9 @@ impl Member {
             let next_timer = self.timers.next();
             tokio::select! {
                 cmd = commands.recv() => {
-                    let Some(cmd) = cmd else { return };
+                    let Some(cmd) = cmd else { return false };
                     if self.command(cmd).await {
-                        return;
+                        return true;
                     }
                 }
                 Some(ev) = self.events_rx.recv() => self.event(ev),
@@ -597,7 +600,9 @@ impl Member {
     }
 
     /// Applies records received over a stream; what was new is gossiped on.
-    fn apply_bundle(&mut self, bundle: &Bundle, gossip_on: bool) {
+    /// `sync`: from a full sync, where copies older than ours are expected (a member's
+    /// directory lags behind ours) and are not worth a warning.
+    fn apply_bundle(&mut self, bundle: &Bundle, sync: bool) {
         let mut fresh = Vec::new();
         {
             let mut dir = lock(&self.dir);
@@ -615,6 +620,9 @@ impl Member {
                 match dir.apply_member_bytes(bytes, now_unix()) {
                     Ok(Applied::Unchanged) => {}
                     Ok(_) => fresh.push(tagged(TAG_MEMBER, bytes)),
+                    Err(
+                        e @ (RecordError::Replay { .. } | RecordError::OlderCertificate { .. }),
+                    ) if sync => tracing::debug!(error = %e, "ignored a stale record in a sync"),
                     Err(e) => self.throttle.warn("refused a member record", &e),
                 }
             }
@@ -622,11 +630,9 @@ impl Member {
         if !fresh.is_empty() {
             self.dirty = true;
         }
-        if gossip_on {
-            for item in fresh {
-                if let Err(e) = self.foca.add_broadcast(&item) {
-                    tracing::debug!(error = %e, "cannot gossip a record");
-                }
+        for item in fresh {
+            if let Err(e) = self.foca.add_broadcast(&item) {
+                tracing::debug!(error = %e, "cannot gossip a record");
             }
         }
     }
@@ -646,7 +652,7 @@ impl Member {
                 Response::Sync(self.bundle())
             }
             (Remote::Member(_), Request::Push(theirs)) => {
-                self.apply_bundle(&theirs, true);
+                self.apply_bundle(&theirs, false);
                 Response::Ack
             }
             (
