@@ -1,0 +1,761 @@
+//! End-to-end test of the Docker network driver and IPAM plugin: real `dockerd`s (Debian's
+//! `docker.io`), one per testnet host, each finding the `overlayd` plugin of its own host;
+//! real containers from a busybox image made with `docker import` (no registry). Root only;
+//! skips without root or without `/usr/sbin/dockerd`, `/usr/bin/docker`, `/bin/busybox`.
+//!
+//! ```text
+//!                       P-ul: br0 (underlay switch; tcpdump here)
+//!               +----------------------+----------------------+
+//!   P-h1 198.18.0.11 (admin)                    P-h2 198.18.0.12 (member)
+//!   overlayd: ovl0, plugin socket D/h1/plugins/overlayd.sock
+//!   dockerd (own mount ns: D/h1/plugins bound on /run/docker/plugins,
+//!            --data-root/--exec-root/-H/--pidfile under D/h1, --iptables=false --bridge=none)
+//!   bridge ovdb<id> 10.42.1.1/24 (network "ovl")   bridge ovdb<id> 10.42.2.1/24
+//!      |          |                                    |
+//!     c1 .2      c2 .3   (veths ovdh*/ovdc*, MTU 1420)  c3 10.42.2.2
+//! ```
+//!
+//! Both hosts run the same `docker network create -d overlayd --ipam-driver overlayd
+//! --subnet 10.42.0.0/16 ovl`; each hands out addresses only from its certificate subnet.
+//! testnet's own container bridge `br0` is removed first: the plugin's bridge takes its place.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::root;
+use testnet::{Options, Testnet};
+
+const DOCKER: &str = "/usr/bin/docker";
+const DOCKERD: &str = "/usr/sbin/dockerd";
+const BUSYBOX: &str = "/bin/busybox";
+const IMAGE: &str = "ovdbb:1";
+const CREATE: &[&str] = &[
+    "network",
+    "create",
+    "-d",
+    "overlayd",
+    "--ipam-driver",
+    "overlayd",
+    "--subnet",
+    "10.42.0.0/16",
+];
+
+/// One host's `dockerd`, started by this test: stopped by PID and its folder removed on
+/// drop (also on panic).
+struct Dockerd {
+    child: Option<Child>,
+    dir: PathBuf,
+    netns: String,
+}
+
+impl Dockerd {
+    fn socket(&self) -> String {
+        format!("unix://{}/docker.sock", self.dir.display())
+    }
+
+    /// Starts dockerd in `netns`, in its own mount namespace where `dir/plugins` is
+    /// `/run/docker/plugins` (so it sees only its own host's plugin), and waits until it answers.
+    fn start(netns: &str, dir: &Path) -> Dockerd {
+        let mut me = Dockerd {
+            child: Some(Dockerd::spawn(netns, dir)),
+            dir: dir.to_owned(),
+            netns: netns.to_owned(),
+        };
+        me.wait_ready();
+        me
+    }
+
+    fn spawn(netns: &str, dir: &Path) -> Child {
+        std::fs::create_dir_all(dir.join("plugins")).expect("dockerd dir");
+        let d = dir.display();
+        let script = format!(
+            "mount --bind {d}/plugins /run/docker/plugins && exec {DOCKERD} --data-root {d}/data \
+             --exec-root {d}/ex -H unix://{d}/docker.sock --pidfile {d}/docker.pid \
+             --iptables=false --ip6tables=false --bridge=none --storage-driver vfs -D"
+        );
+        let log = std::fs::File::create(dir.join("dockerd.log")).expect("dockerd log");
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .args([
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd")
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if docker_raw(
+                &self.socket(),
+                &["version", "--format", "{{.Server.Version}}"],
+            )
+            .status
+            .success()
+            {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "dockerd in {} exited ({status}): {}",
+                    self.netns,
+                    self.log_tail()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not answer: {}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// SIGTERM, up to 30 s, then SIGKILL; reaps it.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill(2) on the PID of our own child (nsenter/unshare/sh exec into dockerd).
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.child = Some(Dockerd::spawn(&self.netns, &self.dir));
+        self.wait_ready();
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // Containers first: their endpoints are the plugin's to remove.
+            let ids = docker_raw(&self.socket(), &["ps", "-aq"]);
+            for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+                let _ = docker_raw(&self.socket(), &["rm", "-f", id]);
+            }
+        }
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn docker_raw(socket: &str, args: &[&str]) -> Output {
+    Command::new(DOCKER)
+        .arg("-H")
+        .arg(socket)
+        .args(args)
+        .env("DOCKER_CONFIG", "/tmp/ovd-docker-cli")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run docker")
+}
+
+/// The run: testnet, one dockerd per host, the image.
+struct Run {
+    // Field order is drop order: dockerds (and their containers) before the testnet.
+    dockerds: Vec<Dockerd>,
+    net: Testnet,
+    root: PathBuf,
+    made_plugins_dir: bool,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.dockerds.clear();
+        let _ = std::fs::remove_dir_all(&self.root);
+        if self.made_plugins_dir {
+            let _ = std::fs::remove_dir("/run/docker/plugins");
+            let _ = std::fs::remove_dir("/run/docker");
+        }
+    }
+}
+
+impl Run {
+    fn docker(&self, i: usize, args: &[&str]) -> Output {
+        docker_raw(&self.dockerds[i - 1].socket(), args)
+    }
+
+    /// `docker ARGS` on host `i`, which must succeed; its stdout, trimmed.
+    fn ok(&self, i: usize, args: &[&str]) -> String {
+        let out = self.docker(i, args);
+        assert!(
+            out.status.success(),
+            "h{i}: docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// `docker ARGS` on host `i`, which must fail; its stderr.
+    fn fails(&self, i: usize, args: &[&str]) -> String {
+        let out = self.docker(i, args);
+        assert!(
+            !out.status.success(),
+            "h{i}: docker {} succeeded but should not: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).trim().to_owned()
+    }
+
+    fn ip_of(&self, i: usize, container: &str) -> String {
+        self.ok(
+            i,
+            &[
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                container,
+            ],
+        )
+    }
+
+    /// Polls `docker exec c ping -c1 -W1 to` until it answers or `within` passes.
+    fn pings(&self, i: usize, container: &str, to: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self
+                .docker(i, &["exec", container, "ping", "-c1", "-W1", to])
+                .status
+                .success()
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+        }
+    }
+
+    /// `ip -n hI ARGS` output.
+    fn ip(&self, i: usize, args: &[&str]) -> String {
+        let ns = self.net.host_ns(i);
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&ns)
+            .args(args)
+            .output()
+            .expect("ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Links and addresses of host `i`: (link count, address count, plugin link names).
+    fn footprint(&self, i: usize) -> (usize, usize, Vec<String>) {
+        let links = self.ip(i, &["-o", "link"]);
+        let ours = links
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .filter(|n| n.starts_with("ovd"))
+            .collect();
+        (
+            links.lines().count(),
+            self.ip(i, &["-o", "addr"]).lines().count(),
+            ours,
+        )
+    }
+}
+
+fn tools_present() -> bool {
+    for tool in [DOCKER, DOCKERD, BUSYBOX] {
+        if !Path::new(tool).exists() {
+            eprintln!(
+                "skipped: {tool} is missing (scripts/setup installs docker.io and busybox-static)"
+            );
+            return false;
+        }
+    }
+    true
+}
+
+fn up() -> Run {
+    let root = PathBuf::from(format!("/tmp/odk{:x}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let socket_of = {
+        let root = root.clone();
+        move |i: usize| root.join(format!("h{i}/plugins/overlayd.sock"))
+    };
+    let mut opts = Options::new(2, 0);
+    let hook_socket = socket_of.clone();
+    opts.configure = Some(Box::new(move |i, c| {
+        c.extra.push(format!(
+            "[docker]\nenabled = true\nsocket = \"{}\"",
+            hook_socket(i).display()
+        ));
+    }));
+    for i in 1..=2 {
+        std::fs::create_dir_all(root.join(format!("h{i}/plugins"))).expect("plugin dir");
+    }
+    let made_plugins_dir = !Path::new("/run/docker/plugins").exists();
+    std::fs::create_dir_all("/run/docker/plugins").expect("/run/docker/plugins");
+    let net = Testnet::up(opts).expect("testnet up (gossip mode, docker enabled)");
+    let mut run = Run {
+        dockerds: Vec::new(),
+        net,
+        root: root.clone(),
+        made_plugins_dir,
+    };
+    for i in 1..=2 {
+        // The plugin's bridge replaces testnet's container bridge (same gateway address).
+        let ns = run.net.host_ns(i);
+        common::ip(&["-n", &ns, "link", "del", "br0"]);
+        let t = Instant::now();
+        run.dockerds
+            .push(Dockerd::start(&ns, &root.join(format!("h{i}"))));
+        eprintln!("h{i}: dockerd up in {:?}", t.elapsed());
+        assert!(
+            socket_of(i).exists(),
+            "overlayd did not create its plugin socket"
+        );
+    }
+    // The image: static busybox and a few applet links, imported on each host.
+    let rootfs = root.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).expect("rootfs");
+    std::fs::create_dir_all(rootfs.join("tmp")).expect("rootfs");
+    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
+    for applet in [
+        "sh", "ping", "nc", "sleep", "cat", "ip", "true", "echo", "wc", "head",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("symlink");
+    }
+    let tar = root.join("rootfs.tar");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .expect("tar");
+    assert!(
+        out.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 1..=2 {
+        run.ok(i, &["import", &tar.display().to_string(), IMAGE]);
+    }
+    run
+}
+
+/// One raw plugin call on host `i`'s socket: (HTTP status line, body).
+fn plugin_call(run: &Run, i: usize, method: &str, body: &str) -> (String, String) {
+    let path = run.root.join(format!("h{i}/plugins/overlayd.sock"));
+    let mut s = std::os::unix::net::UnixStream::connect(path).expect("plugin socket");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(
+        s,
+        "POST /{method} HTTP/1.1\r\nHost: \r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read answer");
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn docker_containers_on_two_hosts_share_the_encrypted_overlay() {
+    if !root() || !tools_present() {
+        return;
+    }
+    let t0 = Instant::now();
+    let mut run = up();
+    eprintln!("setup (testnet, 2 dockerds, image) took {:?}", t0.elapsed());
+
+    // The plugin answers the handshake.
+    let (status, body) = plugin_call(&run, 1, "Plugin.Activate", "");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, r#"{"Implements":["NetworkDriver","IpamDriver"]}"#);
+
+    // ---- bad input before the network exists: clear errors, nothing changes
+    let e = run.fails(
+        1,
+        &[
+            "network",
+            "create",
+            "-d",
+            "overlayd",
+            "--ipam-driver",
+            "overlayd",
+            "nosub",
+        ],
+    );
+    assert!(e.contains("overlayd needs --subnet"), "{e}");
+    let e = run.fails(1, &[CREATE, &["-o", "foo=bar", "badopt"]].concat());
+    assert!(e.contains("unknown option -o foo"), "{e}");
+    let e = run.fails(1, &[&CREATE[..7], &["10.43.0.0/16", "elsewhere"]].concat());
+    assert!(e.contains("does not contain this host's subnet"), "{e}");
+
+    // ---- the same command on both hosts
+    let t = Instant::now();
+    for i in 1..=2 {
+        run.ok(i, &[CREATE, &["ovl"]].concat());
+    }
+    eprintln!("network create on both hosts: {:?}", t.elapsed());
+    let e = run.fails(1, &[CREATE, &["ovl2"]].concat());
+    assert!(e.contains("overlaps") && e.contains("10.42.1.0/24"), "{e}");
+    let e = run.fails(1, &[&CREATE[..7], &["10.42.0.0/20", "ovl3"]].concat());
+    assert!(e.contains("overlaps"), "{e}");
+    let nets = run.ok(1, &["network", "ls", "--format", "{{.Name}}"]);
+    assert!(
+        !nets.contains("ovl2") && !nets.contains("badopt") && !nets.contains("nosub"),
+        "{nets}"
+    );
+
+    // ---- containers
+    let t = Instant::now();
+    for (i, name) in [(1, "c1"), (1, "c2"), (2, "c3")] {
+        run.ok(
+            i,
+            &[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                "ovl",
+                IMAGE,
+                "sleep",
+                "1d",
+            ],
+        );
+    }
+    eprintln!("3 containers started in {:?}", t.elapsed());
+    let (a1, a2, a3) = (run.ip_of(1, "c1"), run.ip_of(1, "c2"), run.ip_of(2, "c3"));
+    assert_eq!(
+        (a1.as_str(), a2.as_str(), a3.as_str()),
+        ("10.42.1.2", "10.42.1.3", "10.42.2.2")
+    );
+    assert_eq!(
+        run.ok(1, &["exec", "c1", "cat", "/sys/class/net/eth0/mtu"]),
+        "1420"
+    );
+    let routes = run.ok(1, &["exec", "c1", "ip", "route"]);
+    assert!(routes.contains("default via 10.42.1.1"), "{routes}");
+    let e = run.fails(
+        1,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "ovl",
+            "--ip",
+            "10.42.2.50",
+            IMAGE,
+            "true",
+        ],
+    );
+    assert!(e.contains("outside this host's subnet 10.42.1.0/24"), "{e}");
+    let e = run.fails(
+        1,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "ovl",
+            "-p",
+            "8080:80",
+            IMAGE,
+            "true",
+        ],
+    );
+    assert!(e.contains("port publishing (-p) is not supported"), "{e}");
+
+    // ---- unknown network or endpoint, asked directly
+    let unknown = format!(
+        r#"{{"NetworkID":"{}","EndpointID":"{}"}}"#,
+        "f".repeat(64),
+        "e".repeat(64)
+    );
+    let (status, body) = plugin_call(&run, 1, "NetworkDriver.Join", &unknown);
+    assert!(
+        status.contains("500") && body.contains("does not know network"),
+        "{status} {body}"
+    );
+    let (status, body) = plugin_call(&run, 1, "NetworkDriver.EndpointOperInfo", &unknown);
+    assert!(
+        status.contains("500") && body.contains("does not know network"),
+        "{status} {body}"
+    );
+    let (status, body) = plugin_call(
+        &run,
+        1,
+        "IpamDriver.RequestAddress",
+        r#"{"PoolID":"overlayd:10.99.0.0/16","Address":"","Options":null}"#,
+    );
+    assert!(
+        status.contains("500") && body.contains("does not know pool"),
+        "{status} {body}"
+    );
+
+    // ---- connectivity: across hosts (tunnel) and on one host (bridge)
+    let t = Instant::now();
+    assert!(
+        run.pings(1, "c1", &a3, Duration::from_secs(10)),
+        "c1 -> c3 across hosts"
+    );
+    eprintln!("first cross-host ping after {:?}", t.elapsed());
+    assert!(run.pings(2, "c3", &a1, Duration::from_secs(5)), "c3 -> c1");
+    assert!(
+        run.pings(1, "c1", &a2, Duration::from_secs(5)),
+        "c1 -> c2 on one host"
+    );
+    let via = run.ip(1, &["route", "get", &a2]);
+    assert!(
+        via.contains("dev ovdb"),
+        "same-host traffic must stay on the bridge: {via}"
+    );
+
+    // ---- data through the tunnel, and no plaintext on the underlay
+    let mut tcpdump = run
+        .net
+        .spawn(
+            "ul",
+            &[
+                "tcpdump",
+                "--immediate-mode",
+                "-i",
+                "any",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+                &run.root.join("ul.pcap").display().to_string(),
+            ],
+        )
+        .expect("tcpdump");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = tcpdump.stderr.take().expect("tcpdump stderr");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(l) if l.contains("listening on") => break,
+            Ok(_) => continue,
+            Err(_) => {
+                let _ = tcpdump.kill();
+                let _ = tcpdump.wait();
+                panic!("tcpdump did not start");
+            }
+        }
+    }
+    let marker = "DOCKER-OVERLAY-PLAINTEXT-MARKER-51c2";
+    run.ok(
+        2,
+        &["exec", "-d", "c3", "sh", "-c", "nc -l -p 5000 > /tmp/got"],
+    );
+    let payload = marker.repeat(2000); // ~70 kB
+    let t = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sent = run.docker(
+            1,
+            &[
+                "exec",
+                "c1",
+                "sh",
+                "-c",
+                &format!("echo {payload} | nc -w 2 {a3} 5000"),
+            ],
+        );
+        if sent.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nc to c3 failed: {}",
+            String::from_utf8_lossy(&sent.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = run.ok(2, &["exec", "c3", "cat", "/tmp/got"]);
+        if got.len() >= payload.len() || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(got, payload, "the data did not arrive whole");
+    eprintln!(
+        "moved {} bytes c1 -> c3 with nc in {:?}",
+        payload.len(),
+        t.elapsed()
+    );
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
+    let _ = tcpdump.wait();
+    let pcap = std::fs::read(run.root.join("ul.pcap")).expect("pcap");
+    assert!(
+        pcap.len() > 70_000,
+        "the capture saw no tunnel traffic ({} bytes)",
+        pcap.len()
+    );
+    assert!(
+        !pcap.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "plaintext on the underlay"
+    );
+
+    // ---- restart overlayd while containers run
+    let t = Instant::now();
+    run.net.restart_daemon(1).expect("restart overlayd on h1");
+    let ready = t.elapsed();
+    let back = Instant::now();
+    assert!(
+        run.pings(1, "c1", &a3, Duration::from_secs(10)),
+        "c1 -> c3 after overlayd restart"
+    );
+    let gap = back.elapsed();
+    eprintln!("overlayd restart: ready after {ready:?}, c1 -> c3 answered {gap:?} later");
+    assert!(
+        gap < Duration::from_secs(2),
+        "connectivity took {gap:?} to come back (limit 2 s)"
+    );
+    run.ok(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "c4",
+            "--network",
+            "ovl",
+            IMAGE,
+            "sleep",
+            "1d",
+        ],
+    );
+    let a4 = run.ip_of(1, "c4");
+    assert_eq!(a4, "10.42.1.4", "a fresh address after the restart");
+    assert!(run.pings(1, "c4", &a3, Duration::from_secs(5)), "c4 -> c3");
+    assert!(run.pings(1, "c4", &a1, Duration::from_secs(5)), "c4 -> c1");
+
+    // ---- restart dockerd on h1: its containers stop; the network is still there and works
+    let t = Instant::now();
+    run.dockerds[0].restart();
+    eprintln!("dockerd restart on h1 took {:?}", t.elapsed());
+    run.ok(1, &["start", "c1", "c4"]);
+    let (b1, b4) = (run.ip_of(1, "c1"), run.ip_of(1, "c4"));
+    assert_ne!(b1, b4, "two containers, one address");
+    assert!(
+        run.pings(1, "c1", &a3, Duration::from_secs(5)),
+        "c1 -> c3 after dockerd restart"
+    );
+    run.ok(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "c5",
+            "--network",
+            "ovl",
+            IMAGE,
+            "sleep",
+            "1d",
+        ],
+    );
+    let b5 = run.ip_of(1, "c5");
+    assert!(![&b1, &b4].contains(&&b5), "c5 got an address in use: {b5}");
+    assert!(run.pings(2, "c3", &b5, Duration::from_secs(5)), "c3 -> c5");
+
+    // ---- 50 create/run/rm cycles leave links and addresses as they were
+    let before = run.footprint(1);
+    let t = Instant::now();
+    for n in 0..50 {
+        let out = run.docker(1, &["run", "--rm", "--network", "ovl", IMAGE, "true"]);
+        assert!(
+            out.status.success(),
+            "cycle {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let took = t.elapsed();
+    let after = run.footprint(1);
+    eprintln!(
+        "50 run/rm cycles in {took:?}; links/addresses before {:?} after {:?}",
+        (before.0, before.1),
+        (after.0, after.1)
+    );
+    assert_eq!(before, after, "cycles left links or addresses behind");
+
+    // ---- removal leaves nothing of the plugin behind
+    for (i, names) in [(1, "c1 c2 c4 c5"), (2, "c3")] {
+        let mut args = vec!["rm", "-f"];
+        args.extend(names.split(' '));
+        run.ok(i, &args);
+        run.ok(i, &["network", "rm", "ovl"]);
+        let (_, _, ours) = run.footprint(i);
+        assert!(ours.is_empty(), "h{i}: links left: {ours:?}");
+        let addrs = run.ip(i, &["-o", "-4", "addr"]);
+        assert!(
+            !addrs.contains(&format!("10.42.{i}.1/24")),
+            "h{i}: address left: {addrs}"
+        );
+        let routes = run.ip(i, &["route"]);
+        assert!(
+            !routes.contains(&format!("10.42.{i}.0/24")),
+            "h{i}: route left: {routes}"
+        );
+    }
+    let state =
+        std::fs::read_to_string(run.net.state_dir(1).join("docker.json")).expect("docker.json");
+    let state: serde_json::Value = serde_json::from_str(&state).expect("docker.json is JSON");
+    for key in ["pools", "networks", "endpoints"] {
+        assert!(
+            state[key].as_object().is_some_and(|m| m.is_empty()),
+            "{key} left in the state: {state}"
+        );
+    }
+    // The network can be made again after its removal.
+    run.ok(1, &[CREATE, &["ovl"]].concat());
+    run.ok(1, &["network", "rm", "ovl"]);
+    eprintln!("whole test took {:?}", t0.elapsed());
+}
