@@ -50,6 +50,11 @@ impl DropCounters {
         self.0[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts `n` drops (a removed peer's, moved to the router).
+    pub fn add_many(&self, reason: DropReason, n: u64) {
+        self.0[reason.index()].fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The current count for a reason.
     pub fn get(&self, reason: DropReason) -> u64 {
         self.0[reason.index()].load(Ordering::Relaxed)

@@ -18,7 +18,6 @@ use arc_swap::ArcSwap;
 use boringtun::noise::Tunn;
 use ipnet::IpNet;
 use keys::PublicKey;
-use protocol::drops::DropReason;
 use protocol::routing::RoutingTable;
 
 use super::{DropCounters, Router};
@@ -384,12 +383,5 @@ impl Router {
         }
         tracing::debug!(peer = %label(peer.name().as_deref(), key), index, "peer removed");
         true
-    }
-}
-
-impl DropCounters {
-    /// Counts `n` drops.
-    pub fn add_many(&self, reason: DropReason, n: u64) {
-        self.0[reason.index()].fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 }
