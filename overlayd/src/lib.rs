@@ -35,7 +35,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         None
     };
     let state = control::state::StateDir::open(&config.state_dir)?;
-    let endpoint = control::bind_endpoint(config.control.listen_port)?;
+    let control_socket = control::bind_control_socket(config.control.listen_port)?;
     let tuning = config.effective_tuning();
     let udp = udp::Udp::bind_with(
         config.listen_port,
@@ -113,8 +113,10 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         address,
         udp: udp.clone(),
         state,
-        endpoint: endpoint.clone(),
+        control_socket: std::sync::Mutex::new(Some(control_socket)),
+        endpoint: std::sync::OnceLock::new(),
     }));
+    let ctx_for_close = control.ctx.clone();
     let plugin = match plugin_socket {
         Some(socket) => {
             let plugin =
@@ -123,7 +125,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
             match plugin {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    endpoint.close(0u32.into(), b"shutting down");
+                    ctx_for_close.close_endpoint();
                     routes.lock().await.remove_all().await;
                     return Err(e.context("cannot start the Docker plugin"));
                 }
@@ -159,7 +161,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     // Bridges and veths stay: running containers keep their interfaces across a restart.
     drop(plugin);
     tracing::info!("shutting down: removing routes");
-    endpoint.close(0u32.into(), b"shutting down");
+    ctx_for_close.close_endpoint();
     routes.lock().await.remove_all().await;
     served
 }

@@ -7,7 +7,10 @@
 //!                                      addresses on the run's own underlay bridge)
 //! ```
 //!
-//! Bars (issue 5): RSS ≤ 32 MiB with 1,000 peers, and ≤ 16 KiB per extra peer.
+//! Bars (issue 5): RSS ≤ 32 MiB with 1,000 peers, and ≤ 16 KiB per extra peer, for the
+//! binary we ship: the release build (`target/release/overlayd`, which `scripts/setup` and
+//! so CI build). A debug build maps ~18 MiB more of its own code (RssFile), so without a
+//! release build only the per-peer bar is checked.
 
 mod common;
 
@@ -25,9 +28,17 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
+/// `target/release/overlayd`, found from this test's own path (`target/debug/deps/…`).
+fn release_overlayd() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let target = exe.parent()?.parent()?.parent()?;
+    Some(target.join("release/overlayd")).filter(|p| p.is_file())
+}
+
 /// Starts one host whose daemon has `peers` peers; returns its RSS once settled.
 fn rss_with_peers(peers: usize) -> u64 {
     let mut opts = Options::static_mode(1, 0);
+    opts.overlayd = release_overlayd();
     opts.configure = Some(Box::new(move |_, cfg| {
         for n in 0..peers {
             let key = keys::PrivateKey::generate().public_key();
@@ -81,10 +92,16 @@ fn rss_with_10_and_1000_peers() {
     println!(
         "{{\"rss_kib_10_peers\":{small},\"rss_kib_1000_peers\":{large},\"bytes_per_extra_peer\":{per_peer:.0}}}"
     );
-    assert!(
-        large <= 32 * 1024,
-        "RSS with 1000 peers is {large} KiB (> 32 MiB)"
-    );
+    if release_overlayd().is_some() {
+        assert!(
+            large <= 32 * 1024,
+            "RSS with 1000 peers is {large} KiB (> 32 MiB)"
+        );
+    } else {
+        eprintln!(
+            "footprint: no release build (cargo build --release -p overlayd): measured the debug build, whose own code adds ~18 MiB, so the 32 MiB bar is not checked"
+        );
+    }
     assert!(
         per_peer <= 16.0 * 1024.0,
         "{per_peer:.0} bytes per extra peer (> 16 KiB)"

@@ -54,8 +54,44 @@ pub struct Ctx {
     pub udp: Arc<Udp>,
     /// The state directory.
     pub state: StateDir,
-    /// The QUIC endpoint on `[control] listen_port`.
-    pub endpoint: quinn::Endpoint,
+    /// The control port, bound at start (so a port in use is an error at once) and turned
+    /// into a QUIC endpoint only when this host first needs one: a daemon with only static
+    /// peers never pays for QUIC (about 7 MiB of RSS).
+    pub control_socket: Mutex<Option<std::net::UdpSocket>>,
+    /// The QUIC endpoint, once made; see [`Ctx::endpoint`].
+    pub endpoint: std::sync::OnceLock<quinn::Endpoint>,
+}
+
+impl Ctx {
+    /// The QUIC endpoint on `[control] listen_port`, made on first use.
+    pub fn endpoint(&self) -> anyhow::Result<quinn::Endpoint> {
+        let mut socket = self
+            .control_socket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(endpoint) = self.endpoint.get() {
+            return Ok(endpoint.clone());
+        }
+        let sock = socket
+            .take()
+            .context("the control socket is gone; restart overlayd")?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            sock,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .context("cannot start the QUIC endpoint")?;
+        let _ = self.endpoint.set(endpoint.clone());
+        Ok(endpoint)
+    }
+
+    /// Closes the QUIC endpoint, if one was made (shutdown).
+    pub fn close_endpoint(&self) {
+        if let Some(endpoint) = self.endpoint.get() {
+            endpoint.close(0u32.into(), b"shutting down");
+        }
+    }
 }
 
 /// An API request that failed: HTTP status and one sentence.
@@ -168,6 +204,8 @@ impl View {
 /// The handle the API holds.
 #[derive(Clone)]
 pub struct ControlHandle {
+    /// What the control task works with.
+    pub ctx: Arc<Ctx>,
     /// Commands to the control task.
     pub commands: mpsc::Sender<Command>,
     /// What it shows.
@@ -262,9 +300,9 @@ fn first_global_address() -> Option<IpAddr> {
     found
 }
 
-/// Binds the QUIC endpoint (no server config until this host is a member).
-pub fn bind_endpoint(port: u16) -> anyhow::Result<quinn::Endpoint> {
-    let sock = std::net::UdpSocket::bind(("0.0.0.0", port)).map_err(|e| {
+/// Binds the control port (UDP); [`Ctx::endpoint`] makes QUIC of it when needed.
+pub fn bind_control_socket(port: u16) -> anyhow::Result<std::net::UdpSocket> {
+    std::net::UdpSocket::bind(("0.0.0.0", port)).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow::anyhow!(
                 "control port {port} (UDP) is in use (another overlayd?); stop it or set listen_port under [control]"
@@ -272,22 +310,19 @@ pub fn bind_endpoint(port: u16) -> anyhow::Result<quinn::Endpoint> {
         } else {
             anyhow::Error::new(e).context(format!("cannot open control port {port} (UDP)"))
         }
-    })?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        sock,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .context("cannot start the QUIC endpoint")
+    })
 }
 
 /// Starts the control plane's task.
 pub fn spawn(ctx: Arc<Ctx>) -> ControlHandle {
     let (tx, rx) = mpsc::channel(16);
     let view = Arc::new(Mutex::new(View::default()));
-    tokio::spawn(run(ctx, rx, view.clone()));
-    ControlHandle { commands: tx, view }
+    tokio::spawn(run(ctx.clone(), rx, view.clone()));
+    ControlHandle {
+        ctx,
+        commands: tx,
+        view,
+    }
 }
 
 async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mutex<View>>) {
@@ -442,11 +477,13 @@ async fn join(ctx: &Ctx, req: JoinRequest) -> Result<(), ApiFailure> {
         control_key: control_key.verifying_key(),
         subnet: req.subnet,
     };
+    let endpoint = ctx
+        .endpoint()
+        .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
     let mut failures = Vec::new();
     for &addr in token.endpoints() {
         let attempt = async {
-            let conn = ctx
-                .endpoint
+            let conn = endpoint
                 .connect_with(client.clone(), addr, tls::SERVER_NAME)?
                 .await?;
             let ca = tls::server_ca(&conn)

@@ -342,9 +342,10 @@ impl Member {
         let transport = Arc::new(tls::transport_config(KEEPALIVE, IDLE_TIMEOUT));
         let server = tls::server_config(&identity, check.clone(), transport.clone())?;
         let client_config = tls::client_config(&identity, check, transport)?;
-        ctx.endpoint.set_server_config(Some(server));
+        let endpoint = ctx.endpoint()?;
+        endpoint.set_server_config(Some(server));
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let accept_task = tokio::spawn(accept_loop(ctx.endpoint.clone(), events_tx.clone()));
+        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), events_tx.clone()));
         let changes = Arc::new(Mutex::new(Changes::default()));
         let handler = RecordHandler {
             dir: dir.clone(),
@@ -510,7 +511,9 @@ impl Member {
         if self.conns.contains_key(&addr) || !self.connecting.insert(addr) {
             return;
         }
-        let endpoint = self.ctx.endpoint.clone();
+        let Ok(endpoint) = self.ctx.endpoint() else {
+            return;
+        };
         let config = self.client_config.clone();
         let tx = self.events_tx.clone();
         tokio::spawn(async move {
@@ -879,7 +882,9 @@ impl Member {
             tracing::warn!(error = %format!("{e:#}"), "cannot save the state after leaving");
         }
         self.save();
-        self.ctx.endpoint.set_server_config(None);
+        if let Some(endpoint) = self.ctx.endpoint.get() {
+            endpoint.set_server_config(None);
+        }
         for conn in self.conns.values() {
             conn.close(0u32.into(), b"left the network");
         }
