@@ -26,13 +26,19 @@ pub struct InitArgs {
     /// The network's address range; every member's subnet is carved from it.
     #[arg(long, value_name = "CIDR", value_parser = parse::cidr)]
     cidr: IpNet,
+    /// An extra range of --cidr's size (repeat for more, at most 7): each member also gets
+    /// the subnet at its offset in every one, e.g. one range per Docker network to keep
+    /// apart (--cidr 10.42.0.0/16 --range 10.43.0.0/16: 10.42.K.0/24 and 10.43.K.0/24).
+    #[arg(long = "range", value_name = "CIDR", value_parser = parse::cidr)]
+    ranges: Vec<IpNet>,
     /// The network's name (lowercase letters, digits, '-').
     #[arg(long, value_name = "NAME", default_value = "overlay", value_parser = parse::name)]
     network: String,
     /// This host's node name [default: this machine's host name, made valid].
     #[arg(long, value_name = "NODE", value_parser = parse::name)]
     name: Option<String>,
-    /// This host's container subnet, inside --cidr [default: the first free one].
+    /// This host's container subnet, inside --cidr or a --range (its parallels in the
+    /// other ranges come with it) [default: the first free one].
     #[arg(long, value_name = "CIDR", value_parser = parse::cidr)]
     subnet: Option<IpNet>,
     /// Prefix length of the subnets given to members [default: 24 for IPv4, 64 for IPv6].
@@ -118,6 +124,7 @@ pub fn init(socket: &Path, args: InitArgs) -> anyhow::Result<()> {
     let request = InitRequest {
         network: args.network,
         cidr: args.cidr,
+        ranges: args.ranges,
         name,
         subnet: args.subnet,
         subnet_prefix: args.subnet_prefix,
@@ -135,11 +142,22 @@ pub fn init(socket: &Path, args: InitArgs) -> anyhow::Result<()> {
 fn check_init(args: &InitArgs) -> Result<(), UsageError> {
     let cidr = args.cidr;
     check_network_address("--cidr", cidr)?;
+    for range in &args.ranges {
+        check_network_address("--range", *range)?;
+    }
     if let Some(subnet) = args.subnet {
         check_network_address("--subnet", subnet)?;
-        if !cidr.contains(&subnet) || subnet.prefix_len() == cidr.prefix_len() {
+        let inside = std::iter::once(&cidr)
+            .chain(&args.ranges)
+            .any(|r| r.contains(&subnet) && subnet.prefix_len() > r.prefix_len());
+        if !inside {
             return Err(UsageError(format!(
-                "--subnet {subnet} is not a subnet of --cidr {cidr}: pick a smaller range inside it"
+                "--subnet {subnet} is not a subnet of --cidr {cidr}{}: pick a smaller range inside it",
+                if args.ranges.is_empty() {
+                    ""
+                } else {
+                    " or a --range"
+                }
             )));
         }
     }
@@ -292,8 +310,9 @@ fn summary(verb: Verb, m: &Membership) -> String {
     } else {
         "member"
     };
+    let ranges: String = m.ranges.iter().map(|r| format!(", {r}")).collect();
     format!(
-        "{done} network {} ({})\n  node:     {}\n  subnet:   {}\n  CA:       {}\n  role:     {role}\n  members:  {} alive\n{next}\n",
+        "{done} network {} ({}{ranges})\n  node:     {}\n  subnet:   {}\n  CA:       {}\n  role:     {role}\n  members:  {} alive\n{next}\n",
         m.network,
         m.cidr,
         m.name,
@@ -311,6 +330,7 @@ mod tests {
         Membership {
             network: "prod".to_owned(),
             cidr: "10.42.0.0/16".parse().unwrap(),
+            ranges: Vec::new(),
             ca_fingerprint: "sha256:3f2a".to_owned(),
             name: "node-a".to_owned(),
             subnets: vec!["10.42.0.0/24".parse().unwrap()],
@@ -364,6 +384,7 @@ mod tests {
     fn init_args(cidr: &str) -> InitArgs {
         InitArgs {
             cidr: cidr.parse().unwrap(),
+            ranges: Vec::new(),
             network: "overlay".to_owned(),
             name: None,
             subnet: None,
@@ -391,6 +412,20 @@ mod tests {
         assert!(check_init(&with(None, Some(16))).is_err());
         assert!(check_init(&with(None, Some(33))).is_err());
         assert!(check_init(&with(None, Some(32))).is_ok());
+        let ranged = |subnet: &str, range: &str| InitArgs {
+            subnet: Some(subnet.parse().unwrap()),
+            ranges: vec![range.parse().unwrap()],
+            ..init_args("10.42.0.0/16")
+        };
+        assert!(check_init(&ranged("10.43.7.0/24", "10.43.0.0/16")).is_ok());
+        let err = check_init(&ranged("10.44.7.0/24", "10.43.0.0/16")).unwrap_err();
+        assert!(err.0.contains("or a --range"), "{}", err.0);
+        let err = check_init(&ranged("10.42.7.0/24", "10.43.0.1/16")).unwrap_err();
+        assert!(
+            err.0.starts_with("--range 10.43.0.1/16 has host bits"),
+            "{}",
+            err.0
+        );
         let v6 = InitArgs {
             subnet_prefix: Some(64),
             ..init_args("fd42::/48")

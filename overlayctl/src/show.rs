@@ -99,6 +99,9 @@ fn membership(out: &mut String, m: &Membership, now_unix: u64) {
         );
     }
     let _ = writeln!(out, "network cidr: {}", m.cidr);
+    if !m.ranges.is_empty() {
+        let _ = writeln!(out, "extra ranges: {}", list(&m.ranges));
+    }
     let _ = writeln!(out, "node name:    {}", m.name);
     let _ = writeln!(out, "node subnets: {}", list(&m.subnets));
     let _ = writeln!(out, "groups:       {}", list(&m.groups));
@@ -306,6 +309,7 @@ mod tests {
         Membership {
             network: "prod".to_owned(),
             cidr: "10.42.0.0/16".parse().unwrap(),
+            ranges: Vec::new(),
             ca_fingerprint: "sha256:3f2a".to_owned(),
             name: "node-a".to_owned(),
             subnets: vec!["10.42.1.0/24".parse().unwrap()],

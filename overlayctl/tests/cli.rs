@@ -202,6 +202,7 @@ fn member_status(admin: bool, member_count: usize) -> Status {
         member: Some(Membership {
             network: "prod".to_owned(),
             cidr: "10.42.0.0/16".parse().unwrap(),
+            ranges: Vec::new(),
             ca_fingerprint: "sha256:c0ffee".to_owned(),
             name: "node-a".to_owned(),
             subnets: vec!["10.42.1.0/24".parse().unwrap()],
@@ -253,6 +254,10 @@ fn init_posts_its_request_and_names_the_next_step() {
             "10.42.1.0/24",
             "--subnet-prefix",
             "24",
+            "--range",
+            "10.43.0.0/16",
+            "--range",
+            "10.44.0.0/16",
         ],
         "",
     );
@@ -261,7 +266,8 @@ fn init_posts_its_request_and_names_the_next_step() {
         &api.request(),
         INIT_PATH,
         json!({"network": "prod", "cidr": "10.42.0.0/16", "name": "node-a",
-               "subnet": "10.42.1.0/24", "subnet_prefix": 24}),
+               "subnet": "10.42.1.0/24", "subnet_prefix": 24,
+               "ranges": ["10.43.0.0/16", "10.44.0.0/16"]}),
     );
     for needle in [
         "initialised network prod (10.42.0.0/16)",

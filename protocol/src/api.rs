@@ -82,6 +82,10 @@ pub struct Membership {
     pub network: String,
     /// The network's address range.
     pub cidr: IpNet,
+    /// Its extra ranges, parallel to `cidr` (each member has a subnet at the same offset
+    /// in every one); empty when the network has only `cidr`.
+    #[serde(default)]
+    pub ranges: Vec<IpNet>,
     /// The network CA's fingerprint (`sha256:...`).
     pub ca_fingerprint: String,
     /// This host's node name.
@@ -140,9 +144,16 @@ pub struct InitRequest {
     pub network: String,
     /// The network's address range; every member's subnet is carved from it.
     pub cidr: IpNet,
+    /// Extra ranges of `cidr`'s size: a member that gets the subnet at offset k of `cidr`
+    /// also gets the one at offset k of each of these (at most 7; e.g. one per Docker
+    /// network to keep apart). Left out of the JSON when empty, so an older daemon (which
+    /// refuses unknown fields) still takes a request without ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<IpNet>,
     /// This host's node name.
     pub name: String,
-    /// This host's subnet; default: the first free one of `subnet_prefix` bits.
+    /// This host's subnet (in `cidr` or one of `ranges`); default: the first offset free
+    /// in every range, of `subnet_prefix` bits.
     #[serde(default)]
     pub subnet: Option<IpNet>,
     /// Prefix length of the subnets given to members; default 24 (IPv4) or 64 (IPv6).

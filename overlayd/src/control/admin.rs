@@ -1,8 +1,13 @@
 //! What only an admin (a holder of the CA key) does: issue join tokens, admit a joining
 //! host (check its token, give it a subnet no one else has, sign its certificate), and
 //! revoke a member. No I/O: the caller persists [`AdminState`] before it answers anyone.
+//!
+//! A network may have extra ranges beside its main one (`init --range`), each of the main
+//! range's size: a member whose subnet is at offset k of the main range gets the subnet at
+//! offset k of every extra range too ("parallel" subnets), all in its certificate. Hosts
+//! use them to keep Docker networks apart (one range per network on every host).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use keys::{
@@ -43,8 +48,10 @@ pub struct Issuer<'a> {
     pub ca: &'a CaKey,
     /// The network's name.
     pub network: &'a Name,
-    /// Its range.
+    /// Its main range.
     pub cidr: IpNet,
+    /// Its extra ranges, checked by [`check_ranges`].
+    pub ranges: &'a [IpNet],
     /// Prefix length of member subnets.
     pub subnet_prefix: u8,
     /// Validity of new certificates, in days.
@@ -145,20 +152,21 @@ impl Issuer<'_> {
                 other.name, ask.wireguard_key
             )));
         }
-        let subnet = self.allocate(admin, dir, &ask.name, ask.subnet)?;
+        let subnets = self.allocate(admin, dir, &ask.name, ask.subnet)?;
         let groups = entry.groups.clone();
         let serial = admin.next_serial.max(1);
+        let main = subnets[0];
         let certificate = self.issue(
             &ask.name,
             ask.wireguard_key,
             ask.control_key,
-            subnet,
+            subnets,
             groups,
             serial,
             now,
         )?;
         admin.next_serial = serial + 1;
-        admin.allocations.insert(ask.name.clone(), subnet);
+        admin.allocations.insert(ask.name.clone(), main);
         admin.tokens[index].used_by = Some(ask.name.clone());
         Ok(certificate)
     }
@@ -170,7 +178,7 @@ impl Issuer<'_> {
         name: &Name,
         wireguard_key: PublicKey,
         control_key: VerifyingKey,
-        subnet: IpNet,
+        subnets: Vec<IpNet>,
         groups: Vec<Name>,
         serial: u64,
         now: u64,
@@ -180,7 +188,7 @@ impl Issuer<'_> {
             node: name.clone(),
             wireguard_key,
             control_key,
-            subnets: vec![subnet],
+            subnets,
             groups,
             // An hour of slack for hosts whose clocks run behind.
             not_before: now.saturating_sub(3600),
@@ -193,57 +201,82 @@ impl Issuer<'_> {
             .map_err(|e| Refused(format!("cannot sign the certificate: {e}")))
     }
 
-    /// The subnet for `name`: the one asked for if it is free, else the one it had, else
-    /// the first free one.
+    /// The main range's subnet `main` and its parallels in the extra ranges, in order.
+    pub fn subnets_at(&self, main: IpNet) -> Vec<IpNet> {
+        std::iter::once(main)
+            .chain(
+                self.ranges
+                    .iter()
+                    .filter_map(|r| parallel(main, self.cidr, *r)),
+            )
+            .collect()
+    }
+
+    /// The subnets for `name` (main range first, then one per extra range, all at the same
+    /// offset): those of the one asked for (in any range) if all are free, else the ones it
+    /// had, else those of the first offset free in every range.
     pub fn allocate(
         &self,
         admin: &AdminState,
         dir: &Directory,
         name: &Name,
         requested: Option<IpNet>,
-    ) -> Result<IpNet, Refused> {
+    ) -> Result<Vec<IpNet>, Refused> {
         let taken: Vec<(String, IpNet)> = admin
             .allocations
             .iter()
             .filter(|(n, _)| *n != name)
-            .map(|(n, s)| (n.to_string(), *s))
+            .flat_map(|(n, s)| self.subnets_at(*s).into_iter().map(|s| (n.to_string(), s)))
             .chain(
                 dir.live_members()
                     .filter(|m| m.name != name)
                     .flat_map(|m| m.subnets.iter().map(|s| (m.name.to_string(), *s))),
             )
             .collect();
-        let clash = |net: &IpNet| {
-            taken
-                .iter()
-                .find(|(_, s)| s.contains(net) || net.contains(s))
-                .cloned()
+        let clash = |nets: &[IpNet]| {
+            nets.iter().find_map(|net| {
+                taken
+                    .iter()
+                    .find(|(_, s)| s.contains(net) || net.contains(s))
+                    .map(|(other, s)| (*net, other.clone(), *s))
+            })
         };
+        let all = std::iter::once(&self.cidr).chain(self.ranges);
         if let Some(net) = requested {
             let net = net.trunc();
-            if !self.cidr.contains(&net) {
+            let Some(range) = all.clone().find(|r| r.contains(&net)) else {
+                let ranges: Vec<String> = all.map(|r| r.to_string()).collect();
                 return Err(Refused(format!(
                     "subnet {net} is outside the network's range {}; ask for one inside it or let the admin pick",
-                    self.cidr
+                    ranges.join(", ")
                 )));
-            }
+            };
             if net.prefix_len() != self.subnet_prefix {
                 return Err(Refused(format!(
                     "subnet {net} is not a /{} (this network gives each host a /{}); ask for a /{} or let the admin pick",
                     self.subnet_prefix, self.subnet_prefix, self.subnet_prefix
                 )));
             }
-            if let Some((other, s)) = clash(&net) {
+            // `range` has the main range's size (check_ranges), so this always maps.
+            let main = parallel(net, *range, self.cidr).unwrap_or(net);
+            let nets = self.subnets_at(main);
+            if let Some((mine, other, s)) = clash(&nets) {
+                let why = if mine == net {
+                    String::new()
+                } else {
+                    format!(" (its parallel {mine} does)")
+                };
                 return Err(Refused(format!(
-                    "subnet {net} overlaps {s} of member {other}; ask for another or let the admin pick"
+                    "subnet {net} overlaps {s} of member {other}{why}; ask for another or let the admin pick"
                 )));
             }
-            return Ok(net);
+            return Ok(nets);
         }
-        if let Some(own) = admin.allocations.get(name)
-            && clash(own).is_none()
-        {
-            return Ok(*own);
+        if let Some(own) = admin.allocations.get(name) {
+            let nets = self.subnets_at(*own);
+            if clash(&nets).is_none() {
+                return Ok(nets);
+            }
         }
         let subnets = self.cidr.subnets(self.subnet_prefix).map_err(|_| {
             Refused(format!(
@@ -252,13 +285,15 @@ impl Issuer<'_> {
             ))
         })?;
         for net in subnets {
-            if clash(&net).is_none() {
-                return Ok(net);
+            let nets = self.subnets_at(net);
+            if clash(&nets).is_none() {
+                return Ok(nets);
             }
         }
         Err(Refused(format!(
-            "no free /{} is left in {}; revoke members that are gone, or make a network with a larger range",
-            self.subnet_prefix, self.cidr
+            "no /{} is left free at the same offset in every range of the network ({}); revoke members that are gone, or make a network with larger ranges",
+            self.subnet_prefix,
+            all.map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
         )))
     }
 
@@ -299,6 +334,70 @@ impl Issuer<'_> {
     }
 }
 
+/// The most extra ranges: a certificate holds at most [`keys::MAX_SUBNETS`] subnets, one
+/// per range.
+pub const MAX_EXTRA_RANGES: usize = keys::MAX_SUBNETS - 1;
+
+/// Checks the extra ranges of a network whose main range is `cidr`: at most
+/// [`MAX_EXTRA_RANGES`], each of `cidr`'s family and prefix length, none overlapping
+/// `cidr` or another. Returns them truncated (host bits cleared), in the order given.
+pub fn check_ranges(cidr: IpNet, ranges: &[IpNet]) -> Result<Vec<IpNet>, Refused> {
+    if ranges.len() > MAX_EXTRA_RANGES {
+        return Err(Refused(format!(
+            "{} extra ranges given; a network has at most {MAX_EXTRA_RANGES} (a certificate holds {} subnets, one per range)",
+            ranges.len(),
+            keys::MAX_SUBNETS
+        )));
+    }
+    let cidr = cidr.trunc();
+    let mut seen = vec![cidr];
+    for range in ranges {
+        let range = range.trunc();
+        if range.addr().is_ipv4() != cidr.addr().is_ipv4()
+            || range.prefix_len() != cidr.prefix_len()
+        {
+            return Err(Refused(format!(
+                "range {range} is not the size of the main range {cidr}: every extra range must be a /{} of the same address family",
+                cidr.prefix_len()
+            )));
+        }
+        if let Some(other) = seen
+            .iter()
+            .find(|s| s.contains(&range) || range.contains(*s))
+        {
+            return Err(Refused(format!(
+                "range {range} overlaps {other}; give ranges that do not overlap the main range or each other"
+            )));
+        }
+        seen.push(range);
+    }
+    Ok(seen.split_off(1))
+}
+
+/// The subnet at `net`'s offset in `from`, placed at the same offset in `to`; `None` if
+/// `net` is not inside `from` or the ranges differ in family or size.
+pub fn parallel(net: IpNet, from: IpNet, to: IpNet) -> Option<IpNet> {
+    if !from.contains(&net)
+        || from.prefix_len() != to.prefix_len()
+        || from.addr().is_ipv4() != to.addr().is_ipv4()
+    {
+        return None;
+    }
+    let offset = as_number(net.network()) - as_number(from.network());
+    let addr = match to.network() {
+        IpAddr::V4(base) => IpAddr::V4((u32::from(base) + offset as u32).into()),
+        IpAddr::V6(base) => IpAddr::V6((u128::from(base) + offset).into()),
+    };
+    IpNet::new(addr, net.prefix_len()).ok()
+}
+
+fn as_number(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +409,7 @@ mod tests {
         network: Name,
         admin: AdminState,
         dir: Directory,
+        ranges: Vec<IpNet>,
     }
 
     impl Fixture {
@@ -322,6 +422,7 @@ mod tests {
                 network,
                 admin: AdminState::default(),
                 dir,
+                ranges: Vec::new(),
             }
         }
 
@@ -330,6 +431,7 @@ mod tests {
                 ca: &self.ca,
                 network: &self.network,
                 cidr: "10.42.0.0/16".parse().unwrap(),
+                ranges: &self.ranges,
                 subnet_prefix: 24,
                 certificate_days: 365,
             }
@@ -421,6 +523,144 @@ mod tests {
                     NOW
                 )
                 .is_err()
+        );
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn every_member_gets_the_same_offset_in_every_range() {
+        let mut f = Fixture::new();
+        f.ranges = nets(&["10.43.0.0/16", "10.50.0.0/16"]);
+        let t = f.token(3600);
+        let a = f.join(&t, "h2", Some("10.42.2.0/24"), NOW).unwrap();
+        assert_eq!(
+            a.subnets,
+            nets(&["10.42.2.0/24", "10.43.2.0/24", "10.50.2.0/24"])
+        );
+        // Asked for in an extra range: mapped to the same offset everywhere.
+        let t = f.token(3600);
+        let b = f.join(&t, "h3", Some("10.50.7.0/24"), NOW).unwrap();
+        assert_eq!(
+            b.subnets,
+            nets(&["10.42.7.0/24", "10.43.7.0/24", "10.50.7.0/24"])
+        );
+        assert_eq!(
+            f.admin.allocations[&Name::new("h3").unwrap()].to_string(),
+            "10.42.7.0/24",
+            "the admin remembers the main subnet"
+        );
+        // The parallel of a taken offset is taken too.
+        let t = f.token(3600);
+        let e = f.join(&t, "h4", Some("10.43.2.0/24"), NOW).unwrap_err();
+        assert!(e.0.contains("of member h2"), "{e}");
+        // The admin's pick is free in every range.
+        let c = f.join(&t, "h4", None, NOW).unwrap();
+        assert_eq!(
+            c.subnets,
+            nets(&["10.42.0.0/24", "10.43.0.0/24", "10.50.0.0/24"])
+        );
+        let t = f.token(60);
+        let e = f.join(&t, "h5", Some("10.44.1.0/24"), NOW).unwrap_err();
+        assert!(
+            e.0.contains("outside the network's range 10.42.0.0/16, 10.43.0.0/16, 10.50.0.0/16"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_member_keeps_its_offset_and_offsets_run_out() {
+        let f = Fixture::new();
+        let ranges = nets(&["10.43.0.0/23"]);
+        let issuer = Issuer {
+            cidr: "10.42.0.0/23".parse().unwrap(),
+            ranges: &ranges,
+            ..f.issuer()
+        };
+        let mut admin = AdminState::default();
+        let name = |n: &str| Name::new(n).unwrap();
+        admin
+            .allocations
+            .insert(name("a"), "10.42.1.0/24".parse().unwrap());
+        assert_eq!(
+            issuer.allocate(&admin, &f.dir, &name("a"), None).unwrap(),
+            nets(&["10.42.1.0/24", "10.43.1.0/24"]),
+            "a member that comes back keeps its offset"
+        );
+        assert_eq!(
+            issuer.allocate(&admin, &f.dir, &name("b"), None).unwrap(),
+            nets(&["10.42.0.0/24", "10.43.0.0/24"])
+        );
+        admin
+            .allocations
+            .insert(name("b"), "10.42.0.0/24".parse().unwrap());
+        let e = issuer
+            .allocate(&admin, &f.dir, &name("c"), None)
+            .unwrap_err();
+        assert!(
+            e.0.contains("no /24 is left free at the same offset"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn extra_ranges_must_match_the_main_one_and_not_overlap() {
+        let cidr: IpNet = "10.42.0.0/16".parse().unwrap();
+        assert_eq!(
+            check_ranges(cidr, &nets(&["10.43.0.5/16"])).unwrap(),
+            nets(&["10.43.0.0/16"])
+        );
+        for (ranges, needle) in [
+            (vec!["10.43.0.0/24"], "not the size of the main range"),
+            (vec!["fd00::/16"], "same address family"),
+            (vec!["10.42.0.0/16"], "overlaps 10.42.0.0/16"),
+            (
+                vec!["10.43.0.0/16", "10.43.0.0/16"],
+                "overlaps 10.43.0.0/16",
+            ),
+            (
+                vec![
+                    "10.43.0.0/16",
+                    "10.44.0.0/16",
+                    "10.45.0.0/16",
+                    "10.46.0.0/16",
+                    "10.47.0.0/16",
+                    "10.48.0.0/16",
+                    "10.49.0.0/16",
+                    "10.50.0.0/16",
+                ],
+                "at most 7",
+            ),
+        ] {
+            let e = check_ranges(cidr, &nets(&ranges)).unwrap_err();
+            assert!(e.0.contains(needle), "{ranges:?}: {e}");
+        }
+        assert_eq!(
+            check_ranges(cidr, &nets(&["10.43.0.0/16"; 1]))
+                .unwrap()
+                .len(),
+            1
+        );
+        let v6: IpNet = "fd00:1::/48".parse().unwrap();
+        assert_eq!(
+            parallel(
+                "fd00:1:0:5::/64".parse().unwrap(),
+                v6,
+                "fd00:2::/48".parse().unwrap()
+            )
+            .unwrap()
+            .to_string(),
+            "fd00:2:0:5::/64"
+        );
+        assert!(
+            parallel(
+                "10.9.0.0/24".parse().unwrap(),
+                cidr,
+                "10.43.0.0/16".parse().unwrap()
+            )
+            .is_none()
         );
     }
 }

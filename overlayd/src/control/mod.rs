@@ -397,6 +397,7 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(), ApiFailure> {
             cidr.max_prefix_len()
         )));
     }
+    let ranges = admin::check_ranges(cidr, &req.ranges).map_err(|e| ApiFailure::bad(e.0))?;
     let internal = |e: anyhow::Error| ApiFailure::internal(format!("{e:#}"));
     let control_key = ctx.state.control_key().map_err(internal)?;
     let ca = CaKey::generate();
@@ -408,19 +409,21 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(), ApiFailure> {
         ca: &ca,
         network: &network,
         cidr,
+        ranges: &ranges,
         subnet_prefix: prefix,
         certificate_days: ctx.config.control.certificate_days,
     };
     let empty = protocol::records::Directory::new(ca.verifying_key(), network.clone());
-    let subnet = issuer
+    let subnets = issuer
         .allocate(&admin, &empty, &node, req.subnet)
         .map_err(|e| ApiFailure::bad(e.0))?;
+    let subnet = subnets[0];
     let certificate = issuer
         .issue(
             &node,
             ctx.config.private_key.public_key(),
             control_key.verifying_key(),
-            subnet,
+            subnets.clone(),
             Vec::new(),
             1,
             now_unix(),
@@ -435,6 +438,7 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(), ApiFailure> {
         .save_network(&NetworkState {
             network: network.clone(),
             cidr,
+            ranges: ranges.clone(),
             subnet_prefix: prefix,
             ca: ca.verifying_key(),
             certificate,
@@ -444,7 +448,7 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(), ApiFailure> {
             bootstrap: Vec::new(),
         })
         .map_err(internal)?;
-    tracing::info!(%network, name = %node, %subnet, ca = %ca.fingerprint(), "made a new network");
+    tracing::info!(%network, name = %node, subnets = ?subnets, ranges = ?ranges, ca = %ca.fingerprint(), "made a new network");
     Ok(())
 }
 
@@ -510,6 +514,7 @@ async fn join(ctx: &Ctx, req: JoinRequest) -> Result<(), ApiFailure> {
             Response::Joined {
                 certificate,
                 cidr,
+                ranges,
                 subnet_prefix,
                 bundle,
             } => {
@@ -541,6 +546,7 @@ async fn join(ctx: &Ctx, req: JoinRequest) -> Result<(), ApiFailure> {
                     .save_network(&NetworkState {
                         network: token.network().clone(),
                         cidr,
+                        ranges,
                         subnet_prefix,
                         ca,
                         certificate,

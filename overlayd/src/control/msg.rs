@@ -57,6 +57,8 @@ pub enum Response {
         certificate: Vec<u8>,
         /// The network's range.
         cidr: IpNet,
+        /// Its extra ranges, parallel to `cidr`.
+        ranges: Vec<IpNet>,
         /// Prefix length of member subnets.
         subnet_prefix: u8,
         /// The admin's directory.

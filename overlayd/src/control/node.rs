@@ -681,6 +681,7 @@ impl Member {
                         Response::Joined {
                             certificate,
                             cidr: self.net.cidr,
+                            ranges: self.net.ranges.clone(),
                             subnet_prefix: self.net.subnet_prefix,
                             bundle: self.bundle(),
                         }
@@ -703,6 +704,7 @@ impl Member {
             ca: self.ca_key.as_ref()?,
             network: &self.net.network,
             cidr: self.net.cidr,
+            ranges: &self.net.ranges,
             subnet_prefix: self.net.subnet_prefix,
             certificate_days: self.ctx.config.control.certificate_days,
         })
@@ -1165,6 +1167,7 @@ impl Member {
         view.membership = Some(protocol::api::Membership {
             network: self.net.network.to_string(),
             cidr: self.net.cidr,
+            ranges: self.net.ranges.clone(),
             ca_fingerprint: self.net.ca.fingerprint().to_string(),
             name: self.me.node.to_string(),
             subnets: self.me.subnets.clone(),

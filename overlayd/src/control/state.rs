@@ -34,6 +34,10 @@ pub struct NetworkState {
     pub network: Name,
     /// The network's address range.
     pub cidr: IpNet,
+    /// Its extra ranges (`init --range`), parallel to `cidr`; absent in files written
+    /// before they existed.
+    #[serde(default)]
+    pub ranges: Vec<IpNet>,
     /// Prefix length of member subnets.
     pub subnet_prefix: u8,
     /// The CA's public key.

@@ -555,6 +555,7 @@ mod tests {
             membership: Some(Membership {
                 network: "testnet".into(),
                 cidr: "10.42.0.0/16".parse().unwrap(),
+                ranges: Vec::new(),
                 ca_fingerprint: "sha256:00".into(),
                 name: "h1".into(),
                 subnets: vec![subnet.parse().unwrap()],
