@@ -119,9 +119,13 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let ctx_for_close = control.ctx.clone();
     let plugin = match plugin_socket {
         Some(socket) => {
-            let plugin =
-                docker::Plugin::open(&config.state_dir, config.docker.mtu, control.view.clone())
-                    .and_then(|p| socket.serve(p));
+            let plugin = docker::Plugin::open(
+                &config.state_dir,
+                config.docker.mtu,
+                &config.tun_name,
+                control.view.clone(),
+            )
+            .and_then(|p| socket.serve(p));
             match plugin {
                 Ok(p) => Some(p),
                 Err(e) => {

@@ -4,17 +4,26 @@
 //!
 //! Design (docker-plugin-api.md §3.3): every host runs the same `docker network create -d
 //! overlayd --ipam-driver overlayd --subnet 10.42.0.0/16 NAME`; the pool is accepted only if
-//! it contains this host's certificate subnet (its *slice*, e.g. `10.42.7.0/24`), and
-//! addresses come only from that slice: the gateway is its first address, containers get
-//! the next free ones from `.2`. Addresses carry the slice's mask, so containers of other
-//! hosts are off-link and reached through the gateway, the bridge, and the TUN. One slice
-//! serves one Docker network, so a second network that would reuse it is refused.
+//! it contains exactly one of this host's certificate subnets (its *slice*, e.g.
+//! `10.42.7.0/24`), and addresses come only from that slice: the gateway is its first
+//! address, containers get the next free ones from `.2`. Addresses carry the slice's mask,
+//! so containers of other hosts are off-link and reached through the gateway, the bridge,
+//! and the TUN. One slice serves one Docker network, so a second network that would reuse
+//! it is refused.
+//!
+//! A network made with extra ranges (`overlayctl init --range 10.43.0.0/16`) gives every
+//! host one slice per range at the same offset (`10.42.7.0/24`, `10.43.7.0/24`), so one
+//! Docker network per range fits on every host (`--subnet 10.42.0.0/16`, `--subnet
+//! 10.43.0.0/16`). Each Docker network remembers its *range* (the overlay range that holds
+//! its slice): the isolation rules ([`super::filter`]) keep its traffic inside it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+
+use super::filter::Isolated;
 
 /// Prefix of every PoolID (dockerd stores PoolIDs: keep this format stable).
 pub const POOL_ID_PREFIX: &str = "overlayd:";
@@ -55,19 +64,35 @@ pub enum BookError {
     /// An option of a kind overlayd does not take.
     #[error("{0}")]
     Unsupported(String),
-    /// The pool does not contain this host's slice.
+    /// The pool contains none of this host's slices.
     #[error(
-        "subnet {pool} does not contain this host's subnet {slice}; use the overlay network's range (e.g. --subnet 10.42.0.0/16), the same on every host"
+        "subnet {pool} does not contain this host's subnet {}; use a range of the overlay network (e.g. --subnet {}), the same on every host",
+        list(.slices), .ranges.first().map_or_else(|| "10.42.0.0/16".to_owned(), |r| r.to_string())
     )]
     NotOurPool {
         /// What was asked.
         pool: Ipv4Net,
-        /// This host's slice.
-        slice: Ipv4Net,
+        /// This host's slices.
+        slices: Vec<Ipv4Net>,
+        /// The overlay's ranges.
+        ranges: Vec<Ipv4Net>,
+    },
+    /// The pool contains more than one of this host's slices (it spans several ranges).
+    #[error(
+        "subnet {pool} contains several of this host's subnets ({}): an overlayd Docker network takes exactly one range of the overlay; use one of {}",
+        list(.slices), list(.ranges)
+    )]
+    SeveralSlices {
+        /// What was asked.
+        pool: Ipv4Net,
+        /// This host's slices inside it.
+        slices: Vec<Ipv4Net>,
+        /// The overlay's ranges.
+        ranges: Vec<Ipv4Net>,
     },
     /// Another network already uses this host's slice.
     #[error(
-        "subnet {pool} overlaps the overlayd network with subnet {other} that already uses this host's subnet {slice}; use that network (one overlayd network per host subnet) or remove it first"
+        "subnet {pool} overlaps the overlayd network with subnet {other} that already uses this host's subnet {slice}; use that network (one overlayd network per host subnet), remove it first, or give the new network another range of the overlay (overlayctl init --range)"
     )]
     SliceInUse {
         /// What was asked.
@@ -102,6 +127,10 @@ pub struct Pool {
     pub pool: Ipv4Net,
     /// This host's slice of it (e.g. `10.42.7.0/24`).
     pub slice: Ipv4Net,
+    /// The overlay range that holds the slice (e.g. `10.42.0.0/16`); `None` in books
+    /// written before ranges existed (the pool stands in for it).
+    #[serde(default)]
+    pub range: Option<Ipv4Net>,
     /// Container addresses handed out (the gateway is never in here).
     pub addresses: BTreeSet<Ipv4Addr>,
 }
@@ -113,6 +142,10 @@ pub struct Network {
     pub pool_id: String,
     /// The slice its bridge holds.
     pub slice: Ipv4Net,
+    /// What its containers may reach through the TUN, and be reached from: the overlay
+    /// range of its slice. `None` in books written before ranges existed: then its pool.
+    #[serde(default)]
+    pub range: Option<Ipv4Net>,
     /// The bridge's address and the containers' gateway.
     pub gateway: Ipv4Addr,
     /// The bridge's name.
@@ -176,6 +209,14 @@ fn with_mask(addr: Ipv4Addr, slice: Ipv4Net) -> Ipv4Net {
     Ipv4Net::new(addr, slice.prefix_len()).unwrap_or(slice)
 }
 
+/// `a, b, c`.
+fn list(nets: &[Ipv4Net]) -> String {
+    nets.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn parse_net(what: &'static str, value: &str) -> Result<Ipv4Net, BookError> {
     value.parse().map_err(|_| BookError::Malformed {
         what,
@@ -186,10 +227,12 @@ fn parse_net(what: &'static str, value: &str) -> Result<Ipv4Net, BookError> {
 
 impl Book {
     /// `IpamDriver.RequestPool`. `slices` are this host's certificate subnets (`None`: not a
-    /// member); `options` are the `--ipam-opt` keys.
+    /// member), `ranges` the overlay's ranges (main, then extra); `options` are the
+    /// `--ipam-opt` keys.
     pub fn request_pool(
         &mut self,
         slices: Option<&[Ipv4Net]>,
+        ranges: &[Ipv4Net],
         pool: &str,
         sub_pool: &str,
         v6: bool,
@@ -223,26 +266,47 @@ impl Book {
                 kind: "subnet (host bits must be zero)",
             });
         }
-        let slice = *slices
+        let inside: Vec<Ipv4Net> = slices
             .iter()
-            .find(|s| asked.contains(*s))
-            .ok_or(BookError::NotOurPool {
-                pool: asked,
-                slice: slices[0],
-            })?;
-        if let Some(other) = self.pools.values().find(|p| p.slice == slice) {
+            .filter(|s| asked.contains(*s))
+            .copied()
+            .collect();
+        let slice = match inside[..] {
+            [one] => one,
+            [] => {
+                return Err(BookError::NotOurPool {
+                    pool: asked,
+                    slices: slices.to_vec(),
+                    ranges: ranges.to_vec(),
+                });
+            }
+            _ => {
+                return Err(BookError::SeveralSlices {
+                    pool: asked,
+                    slices: inside,
+                    ranges: ranges.to_vec(),
+                });
+            }
+        };
+        if let Some(other) = self
+            .pools
+            .values()
+            .find(|p| p.slice == slice || p.pool.contains(&asked) || asked.contains(&p.pool))
+        {
             return Err(BookError::SliceInUse {
                 pool: asked,
                 other: other.pool,
-                slice,
+                slice: other.slice,
             });
         }
+        let range = ranges.iter().find(|r| r.contains(&slice)).copied();
         let pool_id = format!("{POOL_ID_PREFIX}{asked}");
         self.pools.insert(
             pool_id.clone(),
             Pool {
                 pool: asked,
                 slice,
+                range,
                 addresses: BTreeSet::new(),
             },
         );
@@ -405,10 +469,25 @@ impl Book {
         Ok(Network {
             pool_id: pool_id.clone(),
             slice: entry.slice,
+            range: Some(entry.range.unwrap_or(entry.pool)),
             gateway: gateway_of(entry.slice),
             bridge: link_name("ovdb", network_id),
             mtu,
         })
+    }
+
+    /// Every network's bridge and range, for the isolation rules (ordered by NetworkID).
+    pub fn isolated(&self) -> Vec<Isolated> {
+        self.networks
+            .values()
+            .map(|n| Isolated {
+                bridge: n.bridge.clone(),
+                range: n
+                    .range
+                    .or_else(|| self.pools.get(&n.pool_id).map(|p| p.pool))
+                    .unwrap_or(n.slice),
+            })
+            .collect()
     }
 
     /// Records a network made after [`Book::check_network`].
@@ -489,8 +568,12 @@ mod tests {
         vec!["10.42.7.0/24".parse().unwrap()]
     }
 
+    fn ranges() -> Vec<Ipv4Net> {
+        vec!["10.42.0.0/16".parse().unwrap()]
+    }
+
     fn pool(book: &mut Book) -> Granted {
-        book.request_pool(Some(&slices()), "10.42.0.0/16", "", false, &[])
+        book.request_pool(Some(&slices()), &ranges(), "10.42.0.0/16", "", false, &[])
             .unwrap()
     }
 
@@ -529,39 +612,62 @@ mod tests {
         let s = slices();
         let err = |r: Result<Granted, BookError>| r.unwrap_err().to_string();
         assert!(
-            err(book.request_pool(None, "10.42.0.0/16", "", false, &[]))
+            err(book.request_pool(None, &[], "10.42.0.0/16", "", false, &[]))
                 .contains("overlayctl join")
         );
         assert!(
-            err(book.request_pool(Some(&[]), "10.42.0.0/16", "", false, &[]))
+            err(book.request_pool(Some(&[]), &[], "10.42.0.0/16", "", false, &[]))
                 .contains("overlayctl join")
         );
-        assert!(err(book.request_pool(Some(&s), "", "", false, &[])).contains("--subnet"));
         assert!(
-            err(book.request_pool(Some(&s), "10.43.0.0/16", "", false, &[]))
+            err(book.request_pool(Some(&s), &ranges(), "", "", false, &[])).contains("--subnet")
+        );
+        assert!(
+            err(book.request_pool(Some(&s), &ranges(), "10.43.0.0/16", "", false, &[]))
                 .contains("does not contain")
         );
         assert!(
-            err(book.request_pool(Some(&s), "10.42.0.0/16", "10.42.7.0/25", false, &[]))
-                .contains("--ip-range")
+            err(book.request_pool(
+                Some(&s),
+                &ranges(),
+                "10.42.0.0/16",
+                "10.42.7.0/25",
+                false,
+                &[]
+            ))
+            .contains("--ip-range")
         );
-        assert!(err(book.request_pool(Some(&s), "10.42.0.0/16", "", true, &[])).contains("IPv6"));
         assert!(
-            err(book.request_pool(Some(&s), "10.42.0.1/16", "", false, &[])).contains("host bits")
+            err(book.request_pool(Some(&s), &ranges(), "10.42.0.0/16", "", true, &[]))
+                .contains("IPv6")
         );
-        assert!(err(book.request_pool(Some(&s), "nope", "", false, &[])).contains("not a valid"));
         assert!(
-            err(book.request_pool(Some(&s), "10.42.0.0/16", "", false, &["x".into()]))
-                .contains("--ipam-opt x")
+            err(book.request_pool(Some(&s), &ranges(), "10.42.0.1/16", "", false, &[]))
+                .contains("host bits")
+        );
+        assert!(
+            err(book.request_pool(Some(&s), &ranges(), "nope", "", false, &[]))
+                .contains("not a valid")
+        );
+        assert!(
+            err(book.request_pool(
+                Some(&s),
+                &ranges(),
+                "10.42.0.0/16",
+                "",
+                false,
+                &["x".into()]
+            ))
+            .contains("--ipam-opt x")
         );
         assert!(book.pools.is_empty(), "refusals change nothing");
         pool(&mut book);
-        let again = err(book.request_pool(Some(&s), "10.42.0.0/16", "", false, &[]));
+        let again = err(book.request_pool(Some(&s), &ranges(), "10.42.0.0/16", "", false, &[]));
         assert!(
             again.contains("overlaps") && again.contains("10.42.7.0/24"),
             "{again}"
         );
-        let wider = err(book.request_pool(Some(&s), "10.0.0.0/8", "", false, &[]));
+        let wider = err(book.request_pool(Some(&s), &ranges(), "10.0.0.0/8", "", false, &[]));
         assert!(wider.contains("overlaps"), "{wider}");
         assert_eq!(book.pools.len(), 1);
     }
@@ -612,7 +718,7 @@ mod tests {
         let mut book = Book::default();
         let s: Vec<Ipv4Net> = vec!["10.42.7.0/29".parse().unwrap()];
         let g = book
-            .request_pool(Some(&s), "10.42.0.0/16", "", false, &[])
+            .request_pool(Some(&s), &ranges(), "10.42.0.0/16", "", false, &[])
             .unwrap();
         book.request_address(&g.pool_id, "10.42.7.3", false)
             .unwrap();
@@ -699,5 +805,72 @@ mod tests {
         assert!(book.remove_network(NID).is_some());
         assert!(book.endpoints.is_empty());
         assert!(book.remove_endpoint(&eid).is_none());
+    }
+
+    #[test]
+    fn each_range_of_the_overlay_serves_its_own_network() {
+        let slices: Vec<Ipv4Net> = ["10.42.7.0/24", "10.43.7.0/24"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let ranges: Vec<Ipv4Net> = ["10.42.0.0/16", "10.43.0.0/16"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let mut book = Book::default();
+        let ask = |book: &mut Book, pool: &str| {
+            book.request_pool(Some(&slices), &ranges, pool, "", false, &[])
+        };
+        let a = ask(&mut book, "10.42.0.0/16").unwrap();
+        let b = ask(&mut book, "10.43.0.0/16").unwrap();
+        assert_eq!(
+            (a.gateway.to_string(), b.gateway.to_string()),
+            ("10.42.7.1/24".to_owned(), "10.43.7.1/24".to_owned())
+        );
+        assert_eq!(
+            book.request_address(&b.pool_id, "", false)
+                .unwrap()
+                .to_string(),
+            "10.43.7.2/24"
+        );
+        let before = book.clone();
+        let e = ask(&mut book, "10.42.0.0/15").unwrap_err().to_string();
+        assert!(
+            e.contains("contains several of this host's subnets (10.42.7.0/24, 10.43.7.0/24)")
+                && e.contains("use one of 10.42.0.0/16, 10.43.0.0/16"),
+            "{e}"
+        );
+        let e = ask(&mut book, "10.44.0.0/16").unwrap_err().to_string();
+        assert!(
+            e.contains("does not contain this host's subnet 10.42.7.0/24, 10.43.7.0/24"),
+            "{e}"
+        );
+        let e = ask(&mut book, "10.43.0.0/16").unwrap_err().to_string();
+        assert!(e.contains("overlaps") && e.contains("10.43.7.0/24"), "{e}");
+        let e = ask(&mut book, "10.43.0.0/20").unwrap_err().to_string();
+        assert!(e.contains("overlaps"), "{e}");
+        assert_eq!(book, before, "refusals change nothing");
+
+        for (id, g) in [("a".repeat(64), &a), ("b".repeat(64), &b)] {
+            let pools = vec![(g.pool.to_string(), g.gateway.to_string())];
+            let n = book.check_network(&id, &pools, false, &[], 1420).unwrap();
+            book.add_network(&id, n);
+        }
+        let iso = book.isolated();
+        assert_eq!(
+            iso.iter()
+                .map(|i| (i.bridge.as_str(), i.range.to_string()))
+                .collect::<Vec<_>>(),
+            [
+                ("ovdbaaaaaaaaaaa", "10.42.0.0/16".to_owned()),
+                ("ovdbbbbbbbbbbbb", "10.43.0.0/16".to_owned())
+            ]
+        );
+        // A book from before ranges: the pool stands in for the range.
+        let mut old = book.clone();
+        for n in old.networks.values_mut() {
+            n.range = None;
+        }
+        assert_eq!(old.isolated(), iso);
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`book`]: the pure rules and bookkeeping (pools, addresses, networks, endpoints).
 //! - [`links`]: bridges and veths through netlink.
+//! - [`filter`]: the nftables rules that keep the networks apart.
 //! - [`wire`]: the JSON dockerd sends and expects.
 //!
 //! Rules this module keeps (docker-plugin-api.md): every handler answers within
@@ -11,9 +12,12 @@
 //! the [`book::Book`] is written to `docker.json` in the state directory (atomically) after
 //! every change, since dockerd replays nothing after a plugin restart; deletions are
 //! idempotent. Bridges and veths outlive a restart of `overlayd` (running containers keep
-//! their interfaces); `docker network rm` and container removal take them away.
+//! their interfaces); `docker network rm` and container removal take them away. The
+//! isolation rules follow the book: rewritten whenever a network comes or goes, rebuilt
+//! on start, gone with the last network.
 
 pub mod book;
+pub mod filter;
 pub mod links;
 pub mod wire;
 
@@ -80,13 +84,20 @@ pub struct Plugin {
     links: Links,
     /// The MTU of bridges and veths (`[docker] mtu`).
     mtu: u16,
+    /// The TUN's name (the isolation rules name it).
+    tun: String,
     state_file: PathBuf,
 }
 
 impl Plugin {
-    /// Loads the book from `state_dir` and opens netlink. A damaged file is an error (the
-    /// operator must decide), a missing one an empty book.
-    pub fn open(state_dir: &Path, mtu: u16, view: Arc<Mutex<View>>) -> anyhow::Result<Plugin> {
+    /// Loads the book from `state_dir` and opens netlink; `tun` is the TUN's name. A
+    /// damaged file is an error (the operator must decide), a missing one an empty book.
+    pub fn open(
+        state_dir: &Path,
+        mtu: u16,
+        tun: &str,
+        view: Arc<Mutex<View>>,
+    ) -> anyhow::Result<Plugin> {
         let state_file = state_dir.join(STATE_FILE);
         let book = match std::fs::read_to_string(&state_file) {
             Ok(text) => serde_json::from_str(&text).with_context(|| {
@@ -105,6 +116,7 @@ impl Plugin {
             view,
             links: Links::connect()?,
             mtu,
+            tun: tun.to_owned(),
             state_file,
         })
     }
@@ -132,6 +144,9 @@ impl Plugin {
                 }
             }
         }
+        if let Err(e) = self.isolate(&book).await {
+            tracing::error!(error = %format!("{e:#}"), "cannot restore the isolation rules between Docker networks; their containers may reach each other until a network is created or removed");
+        }
         if !book.networks.is_empty() {
             enable_forwarding();
             tracing::info!(
@@ -142,19 +157,35 @@ impl Plugin {
         }
     }
 
-    /// This host's IPv4 certificate subnets; `None` if it is in no network.
-    fn slices(&self) -> Option<Vec<Ipv4Net>> {
-        let view = self.view.lock().ok()?;
-        let m = view.membership.as_ref().filter(|m| !m.left)?;
-        Some(
-            m.subnets
-                .iter()
+    /// This host's IPv4 certificate subnets and the network's IPv4 ranges (main first);
+    /// `None` if it is in no network.
+    fn slices(&self) -> Option<(Vec<Ipv4Net>, Vec<Ipv4Net>)> {
+        fn v4(nets: &[IpNet]) -> Vec<Ipv4Net> {
+            nets.iter()
                 .filter_map(|n| match n {
                     IpNet::V4(v4) => Some(*v4),
                     IpNet::V6(_) => None,
                 })
-                .collect(),
-        )
+                .collect()
+        }
+        let view = self.view.lock().ok()?;
+        let m = view.membership.as_ref().filter(|m| !m.left)?;
+        let ranges: Vec<IpNet> = std::iter::once(m.cidr).chain(m.ranges.clone()).collect();
+        Some((v4(&m.subnets), v4(&ranges)))
+    }
+
+    /// Makes the isolation rules match `book`'s networks (removes them when there are
+    /// none). With no network and no rules to remove, `nft` need not even be installed.
+    async fn isolate(&self, book: &Book) -> anyhow::Result<()> {
+        let networks = book.isolated();
+        match filter::apply(&filter::ruleset(&self.tun, &networks)).await {
+            Ok(()) => Ok(()),
+            Err(e) if networks.is_empty() => {
+                tracing::debug!(error = %format!("{e:#}"), "no isolation rules to remove");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes the book atomically (temporary file, fsync, rename).
@@ -223,11 +254,12 @@ impl Plugin {
                 let req: wire::RequestPool = parse(body)?;
                 let options: Vec<String> =
                     req.options.iter().flat_map(|o| o.keys().cloned()).collect();
-                let slices = self.slices();
+                let (slices, ranges) = self.slices().unzip();
                 let g = self
                     .change(|b| {
                         b.request_pool(
                             slices.as_deref(),
+                            ranges.as_deref().unwrap_or_default(),
                             &req.pool,
                             &req.sub_pool,
                             req.v6,
@@ -337,15 +369,27 @@ impl Plugin {
         self.links
             .ensure_bridge(&network.bridge, network.gateway, network.slice, network.mtu)
             .await?;
-        enable_forwarding();
         let mut next = book.clone();
         next.add_network(&req.network_id, network.clone());
+        // No network without its isolation: if the rules cannot be set, undo the bridge.
+        if let Err(e) = self.isolate(&next).await {
+            let _ = self.links.delete(&network.bridge).await;
+            if let Err(undo) = self.isolate(&book).await {
+                tracing::warn!(error = %format!("{undo:#}"), "cannot put the isolation rules back as they were");
+            }
+            return Err(Failure::new(format!(
+                "overlayd cannot set the rules that keep Docker networks apart: {e:#}; the network was not created"
+            )));
+        }
+        enable_forwarding();
         if let Err(e) = self.save(&next) {
             let _ = self.links.delete(&network.bridge).await;
+            let _ = self.isolate(&book).await;
             return Err(e);
         }
         *book = next;
-        tracing::info!(network = %req.network_id, bridge = %network.bridge, subnet = %network.slice, mtu = network.mtu, "Docker network created");
+        let range = network.range.map(|r| r.to_string()).unwrap_or_default();
+        tracing::info!(network = %req.network_id, bridge = %network.bridge, subnet = %network.slice, range, mtu = network.mtu, "Docker network created");
         Ok(json!({}))
     }
 
@@ -364,6 +408,10 @@ impl Plugin {
         }
         self.links.delete(&network.bridge).await?;
         self.save(&next)?;
+        // Rules left for a bridge that is gone match nothing: log, do not fail the removal.
+        if let Err(e) = self.isolate(&next).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot update the isolation rules between Docker networks after a removal");
+        }
         *book = next;
         tracing::info!(network = %req.network_id, bridge = %network.bridge, "Docker network removed");
         Ok(json!({}))
@@ -578,8 +626,13 @@ mod tests {
     #[tokio::test]
     async fn handshake_refusals_and_a_restart_that_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let outsider =
-            Plugin::open(dir.path(), 1420, Arc::new(Mutex::new(View::default()))).unwrap();
+        let outsider = Plugin::open(
+            dir.path(),
+            1420,
+            "ovl0",
+            Arc::new(Mutex::new(View::default())),
+        )
+        .unwrap();
         let activate = call(&outsider, "Plugin.Activate", "").await.unwrap();
         assert_eq!(
             activate,
@@ -613,7 +666,7 @@ mod tests {
             "a refusal writes nothing"
         );
 
-        let p = Plugin::open(dir.path(), 1420, member_view("10.42.7.0/24")).unwrap();
+        let p = Plugin::open(dir.path(), 1420, "ovl0", member_view("10.42.7.0/24")).unwrap();
         let g = call(&p, "IpamDriver.RequestPool", pool).await.unwrap();
         assert_eq!(g["Data"][GATEWAY_TYPE], "10.42.7.1/24");
         let id = g["PoolID"].as_str().unwrap().to_owned();
@@ -622,7 +675,7 @@ mod tests {
         assert_eq!(a["Address"], "10.42.7.2/24");
         drop(p);
         // A restarted plugin knows what it handed out: the next address is fresh.
-        let p = Plugin::open(dir.path(), 1420, member_view("10.42.7.0/24")).unwrap();
+        let p = Plugin::open(dir.path(), 1420, "ovl0", member_view("10.42.7.0/24")).unwrap();
         let b = call(&p, "IpamDriver.RequestAddress", &ask).await.unwrap();
         assert_eq!(b["Address"], "10.42.7.3/24");
         let e = call(&p, "IpamDriver.RequestPool", pool).await.unwrap_err();
@@ -647,7 +700,7 @@ mod tests {
             json!({})
         );
         std::fs::write(dir.path().join(STATE_FILE), "{oops").unwrap();
-        let e = Plugin::open(dir.path(), 1420, member_view("10.42.7.0/24"))
+        let e = Plugin::open(dir.path(), 1420, "ovl0", member_view("10.42.7.0/24"))
             .err()
             .unwrap();
         assert!(format!("{e:#}").contains("docker.json is damaged"), "{e:#}");
