@@ -40,24 +40,27 @@ impl Testnet {
     }
 
     /// `overlayctl init --network testnet --cidr 10.42.0.0/16 --name h1 --subnet
-    /// 10.42.1.0/24` on h1: h1 becomes the network's first member and its admin.
+    /// 10.42.1.0/24` on h1, with a `--range R` for each of
+    /// [`Options::ranges`](crate::Options::ranges): h1 becomes the network's first member
+    /// and its admin.
     pub fn init_network(&self) -> Result<()> {
         let subnet = names::host_subnet(1);
         let name = Testnet::member_name(1);
-        self.overlayctl_ok(
-            1,
-            &[
-                "init",
-                "--network",
-                NETWORK,
-                "--cidr",
-                NETWORK_CIDR,
-                "--name",
-                &name,
-                "--subnet",
-                &subnet,
-            ],
-        )?;
+        let mut args = vec![
+            "init",
+            "--network",
+            NETWORK,
+            "--cidr",
+            NETWORK_CIDR,
+            "--name",
+            &name,
+            "--subnet",
+            &subnet,
+        ];
+        for range in &self.state.ranges {
+            args.extend(["--range", range.as_str()]);
+        }
+        self.overlayctl_ok(1, &args)?;
         Ok(())
     }
 

@@ -35,6 +35,10 @@ pub(crate) struct State {
     /// Whether the daemons run in their own sessions (they outlive the process that started
     /// them).
     pub detach_daemons: bool,
+    /// Gossip mode: extra ranges `overlayctl init` gets (`--range`), beside
+    /// [`NETWORK_CIDR`](crate::NETWORK_CIDR).
+    #[serde(default)]
+    pub ranges: Vec<String>,
     /// Per host, index 0 is host 1.
     pub host: Vec<HostState>,
 }
@@ -103,6 +107,7 @@ impl State {
             persisted: false,
             owner: ProcId::current(),
             detach_daemons,
+            ranges: Vec::new(),
             host,
         }
     }

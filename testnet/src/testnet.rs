@@ -66,6 +66,9 @@ pub struct Options {
     pub persistent_keepalive: Option<u16>,
     /// `offload` for every host (`Some(false)` turns offloads off).
     pub offload: Option<bool>,
+    /// Gossip mode: extra ranges of the network, each passed to `overlayctl init` as
+    /// `--range` (e.g. `10.43.0.0/16`: host `I` then also gets `10.43.I.0/24`).
+    pub ranges: Vec<String>,
     /// Start daemons in their own sessions so they outlive this process (the CLI's runs).
     pub detach_daemons: bool,
     /// The `overlayd` binary; `None` looks it up (env `OVERLAYD_BIN`, next to this
@@ -90,6 +93,7 @@ impl Options {
             members: None,
             persistent_keepalive: None,
             offload: None,
+            ranges: Vec::new(),
             detach_daemons: false,
             overlayd: None,
             overlayctl: None,
@@ -149,7 +153,8 @@ impl Testnet {
                 opts.hosts
             );
         }
-        let state = claim_prefix(&opts)?;
+        let mut state = claim_prefix(&opts)?;
+        state.ranges = opts.ranges.clone();
         let mut net = Testnet {
             daemons: (0..opts.hosts).map(|_| None).collect(),
             state,

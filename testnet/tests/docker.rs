@@ -18,6 +18,19 @@
 //! Both hosts run the same `docker network create -d overlayd --ipam-driver overlayd
 //! --subnet 10.42.0.0/16 ovl`; each hands out addresses only from its certificate subnet.
 //! testnet's own container bridge `br0` is removed first: the plugin's bridge takes its place.
+//!
+//! The overlay network is made with an extra range (`overlayctl init --range
+//! 10.43.0.0/16`), so host I also holds `10.43.I.0/24`. The segmentation test puts a
+//! second Docker network on it:
+//!
+//! ```text
+//!   P-h1                                         P-h2
+//!   net a (10.42.0.0/16): ovdb<a> 10.42.1.1      ovdb<a> 10.42.2.1
+//!       a1 .2   a3 .3                               a2 10.42.2.2
+//!   net b (10.43.0.0/16): ovdb<b> 10.43.1.1      ovdb<b> 10.43.2.1
+//!       b1 10.43.1.2                                b2 10.43.2.2
+//!   nft table inet overlayd_docker on each host: a <-/-> b, same host and across
+//! ```
 
 mod common;
 
@@ -28,6 +41,9 @@ use std::time::{Duration, Instant};
 
 use common::root;
 use testnet::{Options, Testnet};
+
+/// The overlay network's extra range (beside testnet's 10.42.0.0/16).
+const EXTRA_RANGE: &str = "10.43.0.0/16";
 
 const DOCKER: &str = "/usr/bin/docker";
 const DOCKERD: &str = "/usr/sbin/dockerd";
@@ -260,6 +276,27 @@ impl Run {
         }
     }
 
+    /// `nft ARGS` in host `i`'s namespace: (success, stdout).
+    fn nft(&self, i: usize, args: &[&str]) -> (bool, String) {
+        let ns = self.net.host_ns(i);
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, "nft"])
+            .args(args)
+            .output()
+            .expect("nft");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// Whether `c` on host `i` gets `pong` from `to`:5000 over TCP (busybox nc, 2 s
+    /// connect timeout).
+    fn tcp(&self, i: usize, c: &str, to: &str) -> bool {
+        let out = self.docker(i, &["exec", c, "nc", "-w", "2", to, "5000"]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("pong")
+    }
+
     /// `ip -n hI ARGS` output.
     fn ip(&self, i: usize, args: &[&str]) -> String {
         let ns = self.net.host_ns(i);
@@ -309,6 +346,7 @@ fn up() -> Run {
         move |i: usize| root.join(format!("h{i}/plugins/overlayd.sock"))
     };
     let mut opts = Options::new(2, 0);
+    opts.ranges = vec![EXTRA_RANGE.to_owned()];
     let hook_socket = socket_of.clone();
     opts.configure = Some(Box::new(move |i, c| {
         c.extra.push(format!(
@@ -423,7 +461,7 @@ fn docker_containers_on_two_hosts_share_the_encrypted_overlay() {
     assert!(e.contains("overlayd needs --subnet"), "{e}");
     let e = run.fails(1, &[CREATE, &["-o", "foo=bar", "badopt"]].concat());
     assert!(e.contains("unknown option -o foo"), "{e}");
-    let e = run.fails(1, &[&CREATE[..7], &["10.43.0.0/16", "elsewhere"]].concat());
+    let e = run.fails(1, &[&CREATE[..7], &["10.44.0.0/16", "elsewhere"]].concat());
     assert!(e.contains("does not contain this host's subnet"), "{e}");
 
     // ---- the same command on both hosts
@@ -766,6 +804,188 @@ fn docker_containers_on_two_hosts_share_the_encrypted_overlay() {
     }
     // The network can be made again after its removal.
     run.ok(1, &[CREATE, &["ovl"]].concat());
+    assert!(
+        run.nft(1, &["list", "table", "inet", "overlayd_docker"]).0,
+        "a network has its isolation table"
+    );
     run.ok(1, &["network", "rm", "ovl"]);
+    assert!(
+        !run.nft(1, &["list", "table", "inet", "overlayd_docker"]).0,
+        "the isolation table goes with the last network"
+    );
     eprintln!("whole test took {:?}", t0.elapsed());
+}
+
+#[test]
+fn docker_networks_on_different_ranges_cannot_reach_each_other() {
+    if !root() || !tools_present() {
+        return;
+    }
+    let t0 = Instant::now();
+    let mut run = up();
+    eprintln!("setup (testnet, 2 dockerds, image) took {:?}", t0.elapsed());
+
+    // ---- the same two commands on both hosts: one network per range of the overlay
+    for i in 1..=2 {
+        run.ok(i, &[CREATE, &["a"]].concat());
+        run.ok(i, &[&CREATE[..7], &[EXTRA_RANGE, "b"]].concat());
+    }
+    let e = run.fails(1, &[&CREATE[..7], &["10.42.0.0/15", "both"]].concat());
+    assert!(
+        e.contains("contains several of this host's subnets (10.42.1.0/24, 10.43.1.0/24)"),
+        "{e}"
+    );
+    let e = run.fails(1, &[&CREATE[..7], &["10.43.0.0/20", "b2"]].concat());
+    assert!(e.contains("overlaps") && e.contains("10.43.1.0/24"), "{e}");
+    let (ok, rules) = run.nft(1, &["list", "table", "inet", "overlayd_docker"]);
+    assert!(ok, "no isolation table on h1");
+    for needle in ["ip daddr != 10.42.0.0/16", "ip saddr != 10.43.0.0/16"] {
+        assert!(rules.contains(needle), "{needle} missing in\n{rules}");
+    }
+
+    // ---- containers, each answering `pong` on TCP 5000
+    let t = Instant::now();
+    for (i, name, net) in [
+        (1, "a1", "a"),
+        (1, "a3", "a"),
+        (1, "b1", "b"),
+        (2, "a2", "a"),
+        (2, "b2", "b"),
+    ] {
+        run.ok(
+            i,
+            &[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                net,
+                IMAGE,
+                "nc",
+                "-ll",
+                "-p",
+                "5000",
+                "-e",
+                "/bin/echo",
+                "pong",
+            ],
+        );
+    }
+    eprintln!("5 containers started in {:?}", t.elapsed());
+    let ip = |i, c| run.ip_of(i, c);
+    let (a1, a3, b1, a2, b2) = (
+        ip(1, "a1"),
+        ip(1, "a3"),
+        ip(1, "b1"),
+        ip(2, "a2"),
+        ip(2, "b2"),
+    );
+    assert_eq!(
+        [&a1, &a3, &b1, &a2, &b2],
+        [
+            "10.42.1.2",
+            "10.42.1.3",
+            "10.43.1.2",
+            "10.42.2.2",
+            "10.43.2.2"
+        ]
+    );
+
+    // ---- the same network reaches itself: on one host and across hosts, both ways
+    let t = Instant::now();
+    assert!(
+        run.pings(1, "a1", &a2, Duration::from_secs(10)),
+        "a1 -> a2 (across)"
+    );
+    assert!(
+        run.pings(2, "b2", &b1, Duration::from_secs(10)),
+        "b2 -> b1 (across)"
+    );
+    eprintln!(
+        "same-network pings across hosts answered after {:?}",
+        t.elapsed()
+    );
+    for (i, c, to, what) in [
+        (2, "a2", &a1, "a2 -> a1 (across)"),
+        (1, "b1", &b2, "b1 -> b2 (across)"),
+        (1, "a1", &a3, "a1 -> a3 (same host)"),
+        (1, "a3", &a1, "a3 -> a1 (same host)"),
+    ] {
+        assert!(run.pings(i, c, to, Duration::from_secs(5)), "{what}");
+    }
+    for (i, c, to, what) in [
+        (1, "a1", &a2, "a1 -> a2"),
+        (2, "a2", &a1, "a2 -> a1"),
+        (2, "b2", &b1, "b2 -> b1"),
+        (1, "b1", &b2, "b1 -> b2"),
+        (1, "a3", &a1, "a3 -> a1"),
+    ] {
+        assert!(run.tcp(i, c, to), "TCP {what} must work");
+    }
+
+    // ---- different networks never: same host and across, both ways, ping and TCP
+    let t = Instant::now();
+    for (i, c, to, what) in [
+        (1, "a1", &b1, "a1 -> b1 (same host)"),
+        (1, "b1", &a1, "b1 -> a1 (same host)"),
+        (1, "a1", &b2, "a1 -> b2 (across)"),
+        (2, "b2", &a1, "b2 -> a1 (across)"),
+        (1, "b1", &a2, "b1 -> a2 (across)"),
+        (2, "a2", &b1, "a2 -> b1 (across)"),
+    ] {
+        let ping = run.docker(i, &["exec", c, "ping", "-c1", "-W1", to]);
+        assert!(!ping.status.success(), "ping {what} must not answer");
+        assert!(!run.tcp(i, c, to), "TCP {what} must not connect");
+    }
+    eprintln!("12 refused probes took {:?}", t.elapsed());
+    let (_, rules) = run.nft(1, &["list", "table", "inet", "overlayd_docker"]);
+    let dropped: u64 = rules
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "packets")
+        .filter_map(|w| w[1].parse::<u64>().ok())
+        .sum();
+    assert!(dropped > 0, "the isolation rules dropped nothing:\n{rules}");
+
+    // ---- the rules survive an overlayd restart (rebuilt from docker.json)
+    run.net.restart_daemon(1).expect("restart overlayd on h1");
+    assert!(
+        run.pings(1, "a1", &a2, Duration::from_secs(10)),
+        "a1 -> a2 after restart"
+    );
+    let ping = run.docker(1, &["exec", "a1", "ping", "-c1", "-W1", &b1]);
+    assert!(
+        !ping.status.success(),
+        "a1 -> b1 after restart must not answer"
+    );
+    assert!(
+        !run.tcp(1, "a1", &b2),
+        "TCP a1 -> b2 after restart must not connect"
+    );
+
+    // ---- removing one network keeps the other isolated; the last one takes the table
+    for i in 1..=2 {
+        let names: &[&str] = if i == 1 {
+            &["a1", "a3", "b1"]
+        } else {
+            &["a2", "b2"]
+        };
+        run.ok(i, &[&["rm", "-f"][..], names].concat());
+        run.ok(i, &["network", "rm", "b"]);
+    }
+    let (ok, rules) = run.nft(1, &["list", "table", "inet", "overlayd_docker"]);
+    assert!(
+        ok && rules.contains("10.42.0.0/16") && !rules.contains("10.43.0.0/16"),
+        "{rules}"
+    );
+    for i in 1..=2 {
+        run.ok(i, &["network", "rm", "a"]);
+        assert!(
+            !run.nft(i, &["list", "table", "inet", "overlayd_docker"]).0,
+            "h{i}: the isolation table outlived the last network"
+        );
+    }
+    eprintln!("segmentation test took {:?}", t0.elapsed());
 }
