@@ -627,7 +627,16 @@ fn docker_containers_on_two_hosts_share_the_encrypted_overlay() {
     let marker = "DOCKER-OVERLAY-PLAINTEXT-MARKER-51c2";
     run.ok(
         2,
-        &["exec", "-d", "c3", "sh", "-c", "nc -l -p 5000 > /tmp/got"],
+        // stdin held open: busybox nc closes the connection when its stdin ends, and a
+        // `docker exec -d` stdin ends at once, which cut a 72 kB transfer at 9,216 bytes.
+        &[
+            "exec",
+            "-d",
+            "c3",
+            "sh",
+            "-c",
+            "sleep 60 | nc -l -p 5000 > /tmp/got",
+        ],
     );
     // Wait until it listens: port 5000 (0x1388), state 0A, in /proc/net/tcp or tcp6.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -642,9 +651,8 @@ fn docker_containers_on_two_hosts_share_the_encrypted_overlay() {
         assert!(Instant::now() < deadline, "nc -l did not listen in c3");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // 7.2 kB. With 72 kB, 1 run in 3 here ended with only the first 9216 bytes at c3
-    // while nc exited 0: under investigation (data path or busybox nc), see the report.
-    let payload = marker.repeat(200);
+    // 72 kB: many segments, so GSO/GRO batches on both sides are crossed.
+    let payload = marker.repeat(2000);
     let t = Instant::now();
     let sent = run.docker(
         1,
