@@ -329,6 +329,27 @@ fn forged_and_replayed_member_records_are_refused() {
         },
     );
 
+    // The same datagram, but claiming to come from h2 (SWIM messages name their sender;
+    // h3 could otherwise suspect, refute or leave in h2's name).
+    let mut item = vec![GOSSIP_TAG_MEMBER];
+    item.extend_from_slice(&forged.to_bytes());
+    let spoofed = gossip_datagram(h2.node_id(), h1.node_id(), &[item]);
+    expect_logged(
+        &net,
+        1,
+        "a gossip datagram in h2's name over h3's connection",
+        &["dropped gossip sent in another member's name"],
+        || {
+            let (config, to, datagram) = (
+                member_config(&h3.identity()),
+                control_addr(&net, 1),
+                spoofed.clone(),
+            );
+            run_in_netns(&net.host_ns(3), move || send_gossip(config, to, datagram))
+                .expect("send the spoofed gossip datagram");
+        },
+    );
+
     // 1b. A certificate for h2's subnet with h3's keys, from a CA the attacker made.
     let own_ca = CaKey::generate();
     let fake = foreign_certificate(

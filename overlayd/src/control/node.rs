@@ -56,7 +56,9 @@ type Agent = Foca<NodeId, PostcardCodec, Pcg64Mcg, RecordHandler>;
 
 /// What the connection and stream tasks tell the member task.
 enum Event {
-    Datagram(Bytes),
+    /// A gossip datagram, and the SWIM node number (certificate serial) of the member whose
+    /// certificate the connection proved.
+    Datagram(u32, Bytes),
     Connected(SocketAddr, quinn::Connection),
     ConnectFailed(SocketAddr),
     Closed(SocketAddr, usize),
@@ -538,7 +540,27 @@ impl Member {
 
     fn event(&mut self, ev: Event) {
         match ev {
-            Event::Datagram(bytes) => {
+            Event::Datagram(sender, bytes) => {
+                // SWIM messages name their sender; it must be the member the connection's
+                // certificate proved, or one member could speak (suspect, refute, leave)
+                // in another's name.
+                match foca::Codec::<NodeId>::decode_header(&mut PostcardCodec, &bytes[..]) {
+                    Ok(header) if header.src.node == sender => {}
+                    Ok(header) => {
+                        self.throttle.warn(
+                            "dropped gossip sent in another member's name",
+                            &format_args!(
+                                "the connection of node {sender} sent a message from node {}",
+                                header.src.node
+                            ),
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        self.throttle.warn("dropped a gossip datagram", &e);
+                        return;
+                    }
+                }
                 if let Err(e) = self.foca.handle_data(&bytes, &mut self.rt) {
                     self.throttle.warn("dropped a gossip datagram", &e);
                 }
@@ -1270,15 +1292,19 @@ async fn serve_connection(
     tx: mpsc::UnboundedSender<Event>,
     joiner: bool,
 ) {
-    let remote = match tls::remote_node(&conn) {
-        Some(cert) if !joiner => Remote::Member(Box::new(cert)),
-        _ => remote,
+    let proven = tls::remote_node(&conn).filter(|_| !joiner);
+    // Gossip is only taken from a connection whose certificate names its sender.
+    let sender = proven.as_ref().map(|cert| cert.serial as u32);
+    let remote = match proven {
+        Some(cert) => Remote::Member(Box::new(cert)),
+        None => remote,
     };
     loop {
         tokio::select! {
-            d = conn.read_datagram(), if !joiner => match d {
+            d = conn.read_datagram(), if sender.is_some() => match d {
                 Ok(bytes) => {
-                    if tx.send(Event::Datagram(bytes)).is_err() {
+                    let Some(sender) = sender else { break };
+                    if tx.send(Event::Datagram(sender, bytes)).is_err() {
                         break;
                     }
                 }
