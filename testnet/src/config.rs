@@ -50,8 +50,9 @@ pub struct HostConfig {
 pub struct ControlConfig {
     /// `listen_port`: UDP port of the control plane, [`CONTROL_PORT`].
     pub listen_port: u16,
-    /// `advertise`: the underlay address other hosts reach this one at.
-    pub advertise: IpAddr,
+    /// `advertise`: the underlay address other hosts reach this one at; `None` leaves it
+    /// out, so the daemon finds (and follows) its address itself.
+    pub advertise: Option<IpAddr>,
     /// Further TOML lines for this table, written verbatim (e.g. timings).
     pub extra: Vec<String>,
 }
@@ -104,7 +105,9 @@ impl HostConfig {
         if let Some(control) = &self.control {
             let _ = writeln!(out, "\n[control]");
             let _ = writeln!(out, "listen_port = {}", control.listen_port);
-            let _ = writeln!(out, "advertise = \"{}\"", control.advertise);
+            if let Some(advertise) = control.advertise {
+                let _ = writeln!(out, "advertise = \"{advertise}\"");
+            }
             for line in &control.extra {
                 let _ = writeln!(out, "{line}");
             }
@@ -155,7 +158,7 @@ impl Testnet {
             extra: Vec::new(),
             control: Some(ControlConfig {
                 listen_port: CONTROL_PORT,
-                advertise: host.underlay.into(),
+                advertise: Some(host.underlay.into()),
                 extra: Vec::new(),
             }),
             peers: Vec::new(),
@@ -329,7 +332,7 @@ subnets = ["10.42.2.0/24"]
             extra: vec!["# extra".into()],
             control: Some(ControlConfig {
                 listen_port: 51821,
-                advertise: "198.18.0.12".parse().unwrap(),
+                advertise: Some("198.18.0.12".parse().unwrap()),
                 extra: vec![],
             }),
             peers: vec![],

@@ -557,3 +557,58 @@ fn join_is_refused_without_a_valid_token() {
     assert_join_refused(&net, 4, "a token already used", &token, 1, Some("used"));
     net.down().expect("down");
 }
+
+/// A member whose config leaves `advertise` out follows its own address: after it moves,
+/// it publishes a new record, so a member that restarts (and rebuilds its tunnels from its
+/// saved directory) reaches it at the new address.
+#[test]
+fn moved_member_announces_its_new_address() {
+    if !root() {
+        return;
+    }
+    let mut opts = Options::new(3, 1);
+    opts.configure = Some(Box::new(|i, cfg| {
+        if i == 2
+            && let Some(control) = cfg.control.as_mut()
+        {
+            control.advertise = None;
+        }
+    }));
+    let mut net = Testnet::up(opts).expect("testnet up (gossip mode)");
+    let new_addr = "198.18.1.12".parse().expect("address");
+    net.set_underlay_addr(2, new_addr).expect("move h2");
+    let moved = Instant::now();
+    // Every member learns the new record (and saves it with its directory).
+    let times = times_until(moved, &[1, 3], Duration::from_secs(10), |o| {
+        saved_endpoint(&net, o, "h2").is_some_and(|e| e.ip().to_string() == "198.18.1.12")
+    });
+    assert_all_within(
+        "h2's new address in every directory",
+        &times,
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+    );
+    // h3 restarts: it rebuilds its tunnel to h2 from the saved record, at the new address.
+    net.restart_daemon(3).expect("restart h3");
+    let restarted = Instant::now();
+    let deadline = restarted + Duration::from_secs(5);
+    while !pings_once(&net, &c1(3), &c1_addr(&net, 2)) {
+        assert!(
+            Instant::now() < deadline,
+            "h3-c1 cannot reach h2-c1 5 s after h3 restarted; h2 moved to 198.18.1.12"
+        );
+    }
+    eprintln!(
+        "h3 reached the moved h2 {:.2} s after restarting",
+        restarted.elapsed().as_secs_f64()
+    );
+    net.down().expect("down");
+}
+
+/// The first endpoint of `member`'s record in `observer`'s saved directory.
+fn saved_endpoint(net: &Testnet, observer: usize, member: &str) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(net.state_dir(observer).join("directory.json")).ok()?;
+    let dir: protocol::records::Directory = serde_json::from_str(&text).ok()?;
+    let name = keys::Name::new(member).ok()?;
+    dir.live_member(&name)?.endpoints.first().copied()
+}

@@ -1039,12 +1039,63 @@ impl Member {
     }
 
     fn housekeeping(&mut self) {
+        if self.ctx.config.control.advertise.is_none() {
+            self.follow_address();
+        }
         let expired = lock(&self.dir).expire(now_unix());
         if !expired.is_empty() {
             tracing::info!(members = ?expired, "certificates expired; their tunnels are closed");
             self.dirty = true;
         }
         self.update_view();
+    }
+
+    /// This host moved (a new underlay address, found as the source address towards another
+    /// member): publish a new record so members and restarts reach it at the new address.
+    fn follow_address(&mut self) {
+        let towards = {
+            let dir = self.now_dir();
+            dir.live_members()
+                .filter(|m| *m.name != self.me.node)
+                .find_map(|m| m.endpoints.first().copied())
+        };
+        let Some(towards) = towards else { return };
+        let Ok(ip) = super::detect_address(Some(towards)) else {
+            return;
+        };
+        if ip == self.advertise {
+            return;
+        }
+        tracing::info!(old = %self.advertise, new = %ip, "this host's underlay address changed; announcing it");
+        self.advertise = ip;
+        self.net.record_version += 1;
+        if let Err(e) = self.ctx.state.save_network(&self.net) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot save the state");
+        }
+        let record = match own_record(
+            &self.net,
+            &self.ctx,
+            ip,
+            MemberState::Alive,
+            &self.control_key,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot announce the new address");
+                return;
+            }
+        };
+        let _ = lock(&self.dir).apply_member(&record, now_unix());
+        let bytes = record.to_bytes();
+        let _ = self.foca.add_broadcast(&tagged(TAG_MEMBER, &bytes));
+        let bundle = Bundle {
+            members: vec![bytes],
+            revocations: Vec::new(),
+        };
+        for conn in self.conns.values() {
+            tokio::spawn(push(conn.clone(), bundle.clone(), self.events_tx.clone()));
+        }
+        self.dirty = true;
     }
 
     /// Brings the router and kernel routes in line with the directory and liveness.
