@@ -11,46 +11,47 @@
 //! the failure detector has not declared its current identity down. A member that the
 //! detector never heard of is routed too: after a restart, tunnels come back from the saved
 //! directory before anyone answers.
+//!
+//! This file holds [`Member`] itself: starting it, its loop, the events the connection
+//! tasks send it, and what foca asks of it. The rest is split by concern:
+//!
+//! - `gossip`: the records piggy-backed on SWIM (tags, keys, foca's broadcast handler),
+//!   foca's timers, and throttled warnings.
+//! - `net`: QUIC connections, streams and the accept loop; pushes, full syncs, rejoins.
+//! - `actions`: API commands (token, revoke, leave) and requests from other hosts (join,
+//!   sync, push).
+//! - `peers`: the router and kernel routes kept in step with the directory; this host's
+//!   own address followed.
+//! - `view`: what the API shows.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+mod actions;
+mod gossip;
+mod net;
+mod peers;
+mod view;
+
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use foca::{
-    AccumulatingRuntime, BroadcastHandler, Foca, Invalidates, OwnedNotification, PostcardCodec,
-    Timer,
-};
+use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec};
 use ipnet::IpNet;
-use keys::{CaKey, Name, NodeCertificate, PublicKey, SigningKey};
-use protocol::api::MemberState as ViewState;
+use keys::{CaKey, NodeCertificate, PublicKey, SigningKey};
 use protocol::membership::NodeId;
-use protocol::records::{
-    Applied, Directory, MemberRecord, MemberState, RecordError, SignedMemberRecord,
-    SignedRevocation,
-};
+use protocol::records::{Directory, MemberRecord, MemberState, SignedMemberRecord};
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 use tokio::sync::{mpsc, oneshot};
 
-use super::admin::{Issuer, JoinAsk, Refused};
-use super::msg::{self, Bundle, Request, Response};
+use super::msg::{Bundle, Request, Response};
 use super::state::{AdminState, NetworkState};
 use super::tls::{self, Remote, TlsIdentity};
-use super::{ApiFailure, Command, Ctx, MemberView, View, now_unix};
-use crate::router::{PeerSpec, Upserted};
-
-/// Tag of a member record in a gossiped item.
-const TAG_MEMBER: u8 = 0;
-/// Tag of a revocation.
-const TAG_REVOCATION: u8 = 1;
-/// How long a push or sync may take before it is given up.
-const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
-/// QUIC keepalive and idle timeout of control connections.
-const KEEPALIVE: Duration = Duration::from_secs(2);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+use super::{Command, Ctx, View, now_unix};
+use gossip::{Changes, TAG_MEMBER, Timers, tagged};
+pub use gossip::{RecordHandler, RecordKey, Throttle};
+use net::{IDLE_TIMEOUT, KEEPALIVE, accept_loop, push, serve_connection};
 
 type Agent = Foca<NodeId, PostcardCodec, Pcg64Mcg, RecordHandler>;
 
@@ -66,177 +67,8 @@ enum Event {
     Bundle(Bundle),
 }
 
-/// Identifies a gossiped item, so that foca stops spreading an item a newer one replaces.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordKey {
-    tag: u8,
-    name: Name,
-    serial: u64,
-    version: u64,
-}
-
-impl Invalidates for RecordKey {
-    fn invalidates(&self, other: &Self) -> bool {
-        self.tag == other.tag
-            && self.name == other.name
-            && (self.serial, self.version) >= (other.serial, other.version)
-    }
-}
-
-/// What the broadcast handler changed, for the member task to act on.
-#[derive(Default)]
-struct Changes {
-    any: bool,
-}
-
-/// foca's hook for piggy-backed records: verifies and applies each (through the
-/// directory) and tells foca to pass on only what was new.
-pub struct RecordHandler {
-    dir: Arc<Mutex<Directory>>,
-    changes: Arc<Mutex<Changes>>,
-    throttle: Throttle,
-}
-
-impl BroadcastHandler<NodeId> for RecordHandler {
-    type Key = RecordKey;
-    type Error = std::convert::Infallible;
-
-    fn receive_item(
-        &mut self,
-        data: &[u8],
-        sender: Option<&NodeId>,
-    ) -> Result<Option<RecordKey>, Self::Error> {
-        let Some(key) = item_key(data) else {
-            self.throttle
-                .warn("dropped a malformed gossiped record", &"undecodable");
-            return Ok(None);
-        };
-        if sender.is_none() {
-            // Added by this host, which applied it already: spread it.
-            return Ok(Some(key));
-        }
-        let mut dir = lock(&self.dir);
-        match apply_item(&mut dir, data) {
-            Ok(Applied::Unchanged) => Ok(None),
-            Ok(_) => {
-                lock(&self.changes).any = true;
-                Ok(Some(key))
-            }
-            // A stale copy still making its rounds after the member moved on: normal.
-            Err(e @ RecordError::Replay { .. }) => {
-                tracing::debug!(error = %e, "ignored a stale gossiped record");
-                Ok(None)
-            }
-            Err(e) => {
-                self.throttle.warn("refused a gossiped record", &e);
-                Ok(None)
-            }
-        }
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn tagged(tag: u8, bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len() + 1);
-    out.push(tag);
-    out.extend_from_slice(bytes);
-    out
-}
-
-fn item_key(data: &[u8]) -> Option<RecordKey> {
-    let (&tag, rest) = data.split_first()?;
-    match tag {
-        TAG_MEMBER => {
-            let r = SignedMemberRecord::from_bytes(rest).ok()?;
-            let body = r.record();
-            let cert = body.certificate.unverified_body().ok()?;
-            Some(RecordKey {
-                tag,
-                name: cert.node,
-                serial: cert.serial,
-                version: body.version,
-            })
-        }
-        TAG_REVOCATION => {
-            let r = SignedRevocation::from_bytes(rest).ok()?;
-            Some(RecordKey {
-                tag,
-                name: r.revocation().node.clone(),
-                serial: r.revocation().serial,
-                version: 0,
-            })
-        }
-        _ => None,
-    }
-}
-
-fn apply_item(dir: &mut Directory, data: &[u8]) -> Result<Applied, RecordError> {
-    match data.split_first() {
-        Some((&TAG_MEMBER, rest)) => dir.apply_member_bytes(rest, now_unix()),
-        Some((&TAG_REVOCATION, rest)) => dir.apply_revocation_bytes(rest),
-        _ => Err(RecordError::Malformed { part: "item tag" }),
-    }
-}
-
-/// Logs one line per kind at most once a second, with how many were suppressed.
-#[derive(Default)]
-pub struct Throttle {
-    last: HashMap<&'static str, (Instant, u64)>,
-}
-
-impl Throttle {
-    /// Warns `what: detail`, unless `what` was logged in the last second.
-    pub fn warn(&mut self, what: &'static str, detail: &dyn std::fmt::Display) {
-        let now = Instant::now();
-        let entry = self
-            .last
-            .entry(what)
-            .or_insert((now - Duration::from_secs(2), 0));
-        if now.duration_since(entry.0) < Duration::from_secs(1) {
-            entry.1 += 1;
-            return;
-        }
-        let suppressed = std::mem::take(&mut entry.1);
-        entry.0 = now;
-        tracing::warn!(suppressed, "{what}: {detail}");
-    }
-}
-
-/// A timer foca asked for.
-struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, u64)>>,
-    pending: HashMap<u64, Timer<NodeId>>,
-    seq: u64,
-}
-
-impl Timers {
-    fn add(&mut self, after: Duration, timer: Timer<NodeId>) {
-        self.seq += 1;
-        self.heap.push(Reverse((Instant::now() + after, self.seq)));
-        self.pending.insert(self.seq, timer);
-    }
-
-    fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((at, _))| *at)
-    }
-
-    fn due(&mut self) -> Vec<Timer<NodeId>> {
-        let now = Instant::now();
-        let mut out = Vec::new();
-        while let Some(Reverse((at, seq))) = self.heap.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.heap.pop();
-            if let Some(t) = self.pending.remove(&seq) {
-                out.push(t);
-            }
-        }
-        out
-    }
 }
 
 /// A running member.
@@ -385,11 +217,7 @@ impl Member {
             changes,
             foca,
             rt: AccumulatingRuntime::new(),
-            timers: Timers {
-                heap: BinaryHeap::new(),
-                pending: HashMap::new(),
-                seq: 0,
-            },
+            timers: Timers::default(),
             conns: HashMap::new(),
             connecting: HashSet::new(),
             events_tx,
@@ -473,69 +301,6 @@ impl Member {
 
     fn now_dir(&self) -> std::sync::MutexGuard<'_, Directory> {
         lock(&self.dir)
-    }
-
-    /// Control addresses of the other members with a record.
-    fn control_addrs(&self) -> Vec<SocketAddr> {
-        let dir = self.now_dir();
-        dir.live_members()
-            .filter(|m| *m.name != self.me.node && m.control_port != 0)
-            .filter_map(|m| {
-                m.endpoints
-                    .first()
-                    .map(|e| SocketAddr::new(e.ip(), m.control_port))
-            })
-            .collect()
-    }
-
-    fn addr_of_node(&self, node: u32) -> Option<SocketAddr> {
-        let dir = self.now_dir();
-        dir.all_members()
-            .find(|(m, _)| m.serial as u32 == node && m.control_port != 0)
-            .and_then(|(m, _)| {
-                m.endpoints
-                    .first()
-                    .map(|e| SocketAddr::new(e.ip(), m.control_port))
-            })
-    }
-
-    fn node_of_addr(&self, addr: SocketAddr) -> Option<u32> {
-        let dir = self.now_dir();
-        dir.all_members()
-            .find(|(m, _)| {
-                m.control_port == addr.port() && m.endpoints.iter().any(|e| e.ip() == addr.ip())
-            })
-            .map(|(m, _)| m.serial as u32)
-    }
-
-    /// Opens a connection to `addr` in the background, unless one is open or opening.
-    fn connect(&mut self, addr: SocketAddr) {
-        if self.conns.contains_key(&addr) || !self.connecting.insert(addr) {
-            return;
-        }
-        let Ok(endpoint) = self.ctx.endpoint() else {
-            return;
-        };
-        let config = self.client_config.clone();
-        let tx = self.events_tx.clone();
-        tokio::spawn(async move {
-            let attempt = async {
-                let connecting = endpoint.connect_with(config, addr, tls::SERVER_NAME)?;
-                anyhow::Ok(connecting.await?)
-            };
-            match tokio::time::timeout(STREAM_TIMEOUT, attempt).await {
-                Ok(Ok(conn)) => {
-                    let _ = tx.send(Event::Connected(addr, conn));
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(%addr, error = %e, "control connection failed");
-                    let _ = tx.send(Event::ConnectFailed(addr));
-                }
-                Err(_) => {
-                    let _ = tx.send(Event::ConnectFailed(addr));
-                }
-            }
-        });
     }
 
     fn event(&mut self, ev: Event) {
@@ -624,304 +389,6 @@ impl Member {
             .unwrap_or_default()
     }
 
-    /// Applies records received over a stream; what was new is gossiped on.
-    /// `sync`: from a full sync, where copies older than ours are expected (a member's
-    /// directory lags behind ours) and are not worth a warning.
-    fn apply_bundle(&mut self, bundle: &Bundle, sync: bool) {
-        let mut fresh = Vec::new();
-        {
-            let mut dir = lock(&self.dir);
-            for bytes in &bundle.revocations {
-                match dir.apply_revocation_bytes(bytes) {
-                    Ok(Applied::Unchanged) => {}
-                    Ok(_) => fresh.push(tagged(TAG_REVOCATION, bytes)),
-                    Err(e) => self.throttle.warn("refused a revocation", &e),
-                }
-            }
-            for bytes in &bundle.members {
-                if bytes.is_empty() {
-                    continue;
-                }
-                match dir.apply_member_bytes(bytes, now_unix()) {
-                    Ok(Applied::Unchanged) => {}
-                    Ok(_) => fresh.push(tagged(TAG_MEMBER, bytes)),
-                    Err(
-                        e @ (RecordError::Replay { .. } | RecordError::OlderCertificate { .. }),
-                    ) if sync => tracing::debug!(error = %e, "ignored a stale record in a sync"),
-                    Err(e) => self.throttle.warn("refused a member record", &e),
-                }
-            }
-        }
-        if !fresh.is_empty() {
-            self.dirty = true;
-        }
-        for item in fresh {
-            if let Err(e) = self.foca.add_broadcast(&item) {
-                tracing::debug!(error = %e, "cannot gossip a record");
-            }
-        }
-    }
-
-    fn bundle(&self) -> Bundle {
-        let dir = self.now_dir();
-        Bundle {
-            members: dir.member_records().map(|r| r.to_bytes()).collect(),
-            revocations: dir.revocations().map(|r| r.to_bytes()).collect(),
-        }
-    }
-
-    fn request(&mut self, remote: Remote, request: Request) -> Response {
-        match (remote, request) {
-            (Remote::Member(_), Request::Sync(theirs)) => {
-                self.apply_bundle(&theirs, true);
-                Response::Sync(self.bundle())
-            }
-            (Remote::Member(_), Request::Push(theirs)) => {
-                self.apply_bundle(&theirs, false);
-                Response::Ack
-            }
-            (
-                Remote::Joiner,
-                Request::Join {
-                    secret,
-                    name,
-                    wireguard_key,
-                    control_key,
-                    subnet,
-                },
-            ) => {
-                let ask = JoinAsk {
-                    secret: keys::TokenSecret::from_bytes(secret),
-                    name,
-                    wireguard_key,
-                    control_key,
-                    subnet,
-                };
-                match self.admit(&ask) {
-                    Ok(certificate) => {
-                        tracing::info!(name = %ask.name, "admitted a new member");
-                        Response::Joined {
-                            certificate,
-                            cidr: self.net.cidr,
-                            ranges: self.net.ranges.clone(),
-                            subnet_prefix: self.net.subnet_prefix,
-                            bundle: self.bundle(),
-                        }
-                    }
-                    Err(e) => {
-                        self.throttle.warn("refused a join", &e);
-                        Response::Refused(e.0)
-                    }
-                }
-            }
-            (Remote::Joiner, _) => Response::Refused("join first".into()),
-            (Remote::Member(_), Request::Join { .. }) => Response::Refused(
-                "this host is already a member; a join needs no certificate".into(),
-            ),
-        }
-    }
-
-    fn issuer(&self) -> Option<Issuer<'_>> {
-        Some(Issuer {
-            ca: self.ca_key.as_ref()?,
-            network: &self.net.network,
-            cidr: self.net.cidr,
-            ranges: &self.net.ranges,
-            subnet_prefix: self.net.subnet_prefix,
-            certificate_days: self.ctx.config.control.certificate_days,
-        })
-    }
-
-    fn admit(&mut self, ask: &JoinAsk) -> Result<Vec<u8>, Refused> {
-        let Some(mut admin) = self.admin.clone() else {
-            return Err(Refused(
-                "this host is not an admin of the network; use a token from the host that made it"
-                    .into(),
-            ));
-        };
-        let cert = {
-            let issuer = self.issuer().ok_or_else(|| Refused("no CA key".into()))?;
-            let dir = self.now_dir();
-            issuer.admit(&mut admin, &dir, ask, now_unix())?
-        };
-        // Remember the token is used before anyone hears of the certificate.
-        self.ctx
-            .state
-            .save_admin(&admin)
-            .map_err(|e| Refused(format!("the admin cannot save its state: {e:#}")))?;
-        self.admin = Some(admin);
-        Ok(cert.to_bytes())
-    }
-
-    /// Handles an API command; `true` when the member loop must end (left the network).
-    async fn command(&mut self, cmd: Command) -> bool {
-        match cmd {
-            Command::Init(_, reply) | Command::Join(_, reply) => {
-                let _ = reply.send(Err(ApiFailure::conflict(format!(
-                    "this host is already member {} of network {}; run `overlayctl leave` first",
-                    self.me.node, self.net.network
-                ))));
-                false
-            }
-            Command::Token(req, reply) => {
-                let _ = reply.send(self.create_token(req));
-                false
-            }
-            Command::Revoke(req, reply) => {
-                let _ = reply.send(self.revoke(req).await);
-                false
-            }
-            Command::Leave(reply) => {
-                let result = self.leave().await;
-                let ok = result.is_ok();
-                let _ = reply.send(result);
-                ok
-            }
-        }
-    }
-
-    fn create_token(
-        &mut self,
-        req: protocol::api::TokenRequest,
-    ) -> Result<protocol::api::TokenResponse, ApiFailure> {
-        let groups = req
-            .groups
-            .iter()
-            .map(|g| {
-                Name::new(g.as_str()).map_err(|e| ApiFailure::bad(format!("group {g:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let endpoint = SocketAddr::new(self.advertise, self.ctx.config.control.listen_port);
-        let mut admin = self.admin.clone().ok_or_else(|| {
-            ApiFailure::conflict(
-                "this host is not an admin (it has no CA key); create tokens on the host that ran `overlayctl init`",
-            )
-        })?;
-        let token = {
-            let issuer = self
-                .issuer()
-                .ok_or_else(|| ApiFailure::conflict("no CA key"))?;
-            issuer
-                .create_token(&mut admin, vec![endpoint], req.ttl_s, groups, now_unix())
-                .map_err(|e| ApiFailure::bad(e.0))?
-        };
-        self.ctx
-            .state
-            .save_admin(&admin)
-            .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
-        self.admin = Some(admin);
-        Ok(protocol::api::TokenResponse {
-            token: token.to_text().to_string(),
-            expires_unix: token.expires_unix(),
-        })
-    }
-
-    async fn revoke(
-        &mut self,
-        req: protocol::api::RevokeRequest,
-    ) -> Result<protocol::api::RevokeResponse, ApiFailure> {
-        let name = Name::new(req.name.as_str()).map_err(|e| ApiFailure::bad(format!("{e}")))?;
-        if name == self.me.node {
-            return Err(ApiFailure::bad(
-                "an admin cannot revoke itself; revoke it from another admin, or `overlayctl leave`",
-            ));
-        }
-        let revocation = {
-            let issuer = self.issuer().ok_or_else(|| {
-                ApiFailure::conflict(
-                    "this host is not an admin (it has no CA key); revoke on the host that ran `overlayctl init`",
-                )
-            })?;
-            let dir = self.now_dir();
-            issuer
-                .revoke(&dir, &name, now_unix())
-                .map_err(|e| ApiFailure::not_found(e.0))?
-        };
-        let bytes = revocation.to_bytes();
-        let applied = lock(&self.dir).apply_revocation(&revocation);
-        if let Err(e) = applied {
-            return Err(ApiFailure::internal(e.to_string()));
-        }
-        let _ = self.foca.add_broadcast(&tagged(TAG_REVOCATION, &bytes));
-        let bundle = Bundle {
-            members: Vec::new(),
-            revocations: vec![bytes],
-        };
-        self.push_all(bundle).await;
-        self.dirty = true;
-        self.sync_peers().await;
-        self.save();
-        self.update_view();
-        let r = revocation.revocation();
-        tracing::info!(name = %r.node, serial = r.serial, "revoked a member");
-        Ok(protocol::api::RevokeResponse {
-            name: r.node.to_string(),
-            serial: r.serial,
-            public_key: r.wireguard_key,
-        })
-    }
-
-    /// Sends `bundle` to every connected member and waits (bounded) for their acks.
-    async fn push_all(&mut self, bundle: Bundle) {
-        for addr in self.control_addrs() {
-            self.connect(addr);
-        }
-        let pushes: Vec<_> = self
-            .conns
-            .values()
-            .cloned()
-            .map(|conn| push(conn, bundle.clone(), self.events_tx.clone()))
-            .collect();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(pushes)).await;
-    }
-
-    async fn leave(&mut self) -> Result<protocol::api::Status, ApiFailure> {
-        self.net.record_version += 1;
-        let record = own_record(
-            &self.net,
-            &self.ctx,
-            self.advertise,
-            MemberState::Left,
-            &self.control_key,
-        )
-        .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
-        let _ = lock(&self.dir).apply_member(&record, now_unix());
-        let bytes = record.to_bytes();
-        let _ = self.foca.add_broadcast(&tagged(TAG_MEMBER, &bytes));
-        self.push_all(Bundle {
-            members: vec![bytes],
-            revocations: Vec::new(),
-        })
-        .await;
-        let _ = self.foca.leave_cluster(&mut self.rt);
-        self.drain();
-        // Tunnels and routes to every member go.
-        let keys: Vec<PublicKey> = self.routed.keys().copied().collect();
-        for key in keys {
-            self.unroute(&key).await;
-        }
-        self.net.left = true;
-        if let Err(e) = self.ctx.state.save_network(&self.net) {
-            tracing::warn!(error = %format!("{e:#}"), "cannot save the state after leaving");
-        }
-        self.save();
-        if let Some(endpoint) = self.ctx.endpoint.get() {
-            endpoint.set_server_config(None);
-        }
-        for conn in self.conns.values() {
-            conn.close(0u32.into(), b"left the network");
-        }
-        tracing::info!(network = %self.net.network, "left the network");
-        let mut view = lock(&self.view);
-        if let Some(m) = view.membership.as_mut() {
-            m.left = true;
-            m.member_count = 0;
-        }
-        view.members.clear();
-        Ok(view.status_stub())
-    }
-
     /// Sends what foca queued and schedules its timers; acts on its notifications.
     fn drain(&mut self) {
         while let Some((dst, bytes)) = self.rt.to_send() {
@@ -974,70 +441,6 @@ impl Member {
         }
     }
 
-    /// Anti-entropy: swap directories with one random connected (or known) member.
-    fn full_sync(&mut self) {
-        let addrs = self.control_addrs();
-        if addrs.is_empty() {
-            return;
-        }
-        let pick = addrs[random_index(addrs.len())];
-        let Some(conn) = self.conns.get(&pick).cloned() else {
-            self.connect(pick);
-            return;
-        };
-        let bundle = self.bundle();
-        let tx = self.events_tx.clone();
-        tokio::spawn(async move {
-            let exchange = async {
-                let (mut send, mut recv) = conn.open_bi().await?;
-                msg::write(&mut send, &Request::Sync(bundle)).await?;
-                send.finish()?;
-                msg::read::<Response>(&mut recv).await
-            };
-            if let Ok(Ok(Response::Sync(theirs))) =
-                tokio::time::timeout(STREAM_TIMEOUT, exchange).await
-            {
-                let _ = tx.send(Event::Bundle(theirs));
-            }
-        });
-    }
-
-    /// Heals partitions and finds restarted members: announce to one member that is down
-    /// or that SWIM does not know, and reconnect to it.
-    fn rejoin(&mut self) {
-        let candidates: Vec<(u32, SocketAddr)> = {
-            let dir = self.now_dir();
-            dir.live_members()
-                .filter(|m| *m.name != self.me.node && m.control_port != 0)
-                .filter(|m| {
-                    self.liveness
-                        .get(&(m.serial as u32))
-                        .is_none_or(|(_, up)| !*up)
-                })
-                .filter_map(|m| {
-                    m.endpoints
-                        .first()
-                        .map(|e| (m.serial as u32, SocketAddr::new(e.ip(), m.control_port)))
-                })
-                .collect()
-        };
-        if candidates.is_empty() {
-            return;
-        }
-        let (node, addr) = candidates[random_index(candidates.len())];
-        if self.conns.contains_key(&addr) {
-            let _ = self.foca.announce(
-                NodeId {
-                    node,
-                    generation: 0,
-                },
-                &mut self.rt,
-            );
-        } else {
-            self.connect(addr);
-        }
-    }
-
     fn housekeeping(&mut self) {
         if self.ctx.config.control.advertise.is_none() {
             self.follow_address();
@@ -1050,215 +453,12 @@ impl Member {
         self.update_view();
     }
 
-    /// This host moved (a new underlay address, found as the source address towards another
-    /// member): publish a new record so members and restarts reach it at the new address.
-    fn follow_address(&mut self) {
-        let towards = {
-            let dir = self.now_dir();
-            dir.live_members()
-                .filter(|m| *m.name != self.me.node)
-                .find_map(|m| m.endpoints.first().copied())
-        };
-        let Some(towards) = towards else { return };
-        let Ok(ip) = super::detect_address(Some(towards)) else {
-            return;
-        };
-        if ip == self.advertise {
-            return;
-        }
-        tracing::info!(old = %self.advertise, new = %ip, "this host's underlay address changed; announcing it");
-        self.advertise = ip;
-        self.net.record_version += 1;
-        if let Err(e) = self.ctx.state.save_network(&self.net) {
-            tracing::warn!(error = %format!("{e:#}"), "cannot save the state");
-        }
-        let record = match own_record(
-            &self.net,
-            &self.ctx,
-            ip,
-            MemberState::Alive,
-            &self.control_key,
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "cannot announce the new address");
-                return;
-            }
-        };
-        let _ = lock(&self.dir).apply_member(&record, now_unix());
-        let bytes = record.to_bytes();
-        let _ = self.foca.add_broadcast(&tagged(TAG_MEMBER, &bytes));
-        let bundle = Bundle {
-            members: vec![bytes],
-            revocations: Vec::new(),
-        };
-        for conn in self.conns.values() {
-            tokio::spawn(push(conn.clone(), bundle.clone(), self.events_tx.clone()));
-        }
-        self.dirty = true;
-    }
-
-    /// Brings the router and kernel routes in line with the directory and liveness.
-    async fn sync_peers(&mut self) {
-        let desired: Vec<(PeerSpec, u32)> = {
-            let dir = self.now_dir();
-            dir.live_members()
-                .filter(|m| *m.name != self.me.node)
-                .filter(|m| {
-                    self.liveness
-                        .get(&(m.serial as u32))
-                        .is_none_or(|(_, up)| *up)
-                })
-                .map(|m| {
-                    (
-                        PeerSpec {
-                            public_key: *m.wireguard_key,
-                            name: Some(m.name.to_string()),
-                            endpoint: m.endpoints.first().copied(),
-                            subnets: m.subnets.to_vec(),
-                            persistent_keepalive: None,
-                        },
-                        m.serial as u32,
-                    )
-                })
-                .collect()
-        };
-        let wanted: HashSet<PublicKey> = desired.iter().map(|(s, _)| s.public_key).collect();
-        let gone: Vec<PublicKey> = self
-            .routed
-            .keys()
-            .filter(|k| !wanted.contains(k))
-            .copied()
-            .collect();
-        for key in gone {
-            self.unroute(&key).await;
-        }
-        for (spec, _) in desired {
-            let key = spec.public_key;
-            let subnets = spec.subnets.clone();
-            match self.ctx.router.upsert_peer(spec) {
-                Ok(Upserted::Added { .. }) => {
-                    self.route(&key, &subnets).await;
-                    let udp = self.ctx.udp.clone();
-                    let mut buf = [0u8; crate::router::MIN_BUFFER_LEN];
-                    self.ctx.router.initiate(&key, &mut buf, &mut |dst, bytes| {
-                        let _ = udp.send_to(dst, bytes);
-                    });
-                }
-                Ok(Upserted::Updated {
-                    subnets_changed: true,
-                    ..
-                }) => {
-                    self.unroute_kernel(&key).await;
-                    self.route(&key, &subnets).await;
-                }
-                Ok(_) => {
-                    self.routed.entry(key).or_insert(subnets);
-                }
-                Err(e) => self.throttle.warn("cannot add a member's tunnel", &e),
-            }
-        }
-    }
-
-    async fn route(&mut self, key: &PublicKey, subnets: &[IpNet]) {
-        let mut routes = self.ctx.routes.lock().await;
-        for net in subnets {
-            if let Err(e) = routes.add(*net, self.ctx.if_index, self.ctx.address).await {
-                tracing::warn!(error = %format!("{e:#}"), "cannot add a member's route");
-            }
-        }
-        self.routed.insert(*key, subnets.to_vec());
-    }
-
-    async fn unroute_kernel(&mut self, key: &PublicKey) {
-        if let Some(subnets) = self.routed.remove(key) {
-            let mut routes = self.ctx.routes.lock().await;
-            for net in subnets {
-                routes.remove(net).await;
-            }
-        }
-    }
-
-    async fn unroute(&mut self, key: &PublicKey) {
-        self.ctx.router.remove_peer(key);
-        self.unroute_kernel(key).await;
-    }
-
     fn save(&self) {
         let dir = self.now_dir().clone();
         if let Err(e) = self.ctx.state.save_directory(&dir) {
             tracing::warn!(error = %format!("{e:#}"), "cannot save the directory");
         }
     }
-
-    fn update_view(&mut self) {
-        let dir = self.now_dir().clone();
-        let foca_states: HashMap<u32, foca::State> = self
-            .foca
-            .iter_membership_state()
-            .map(|m| (m.id().node, m.state()))
-            .collect();
-        let mut members = Vec::new();
-        let mut alive = 0;
-        for (m, state) in dir.all_members() {
-            if *m.name == self.me.node {
-                continue;
-            }
-            let node = m.serial as u32;
-            let view_state = match state {
-                MemberState::Left => ViewState::Left,
-                MemberState::Alive => match (foca_states.get(&node), self.liveness.get(&node)) {
-                    (_, Some((_, false))) => ViewState::Down,
-                    (Some(foca::State::Suspect), _) => ViewState::Suspect,
-                    _ => ViewState::Alive,
-                },
-            };
-            if matches!(view_state, ViewState::Alive | ViewState::Suspect) {
-                alive += 1;
-            }
-            members.push(MemberView {
-                name: m.name.to_string(),
-                public_key: *m.wireguard_key,
-                subnets: m.subnets.to_vec(),
-                endpoint: m.endpoints.first().copied(),
-                state: view_state,
-            });
-        }
-        for r in dir.revocations() {
-            let r = r.revocation();
-            if !members.iter().any(|m| m.public_key == r.wireguard_key) {
-                members.push(MemberView {
-                    name: r.node.to_string(),
-                    public_key: r.wireguard_key,
-                    subnets: Vec::new(),
-                    endpoint: None,
-                    state: ViewState::Revoked,
-                });
-            }
-        }
-        let mut view = lock(&self.view);
-        view.membership = Some(protocol::api::Membership {
-            network: self.net.network.to_string(),
-            cidr: self.net.cidr,
-            ranges: self.net.ranges.clone(),
-            ca_fingerprint: self.net.ca.fingerprint().to_string(),
-            name: self.me.node.to_string(),
-            subnets: self.me.subnets.clone(),
-            groups: self.me.groups.iter().map(|g| g.to_string()).collect(),
-            certificate_expires_unix: self.me.not_after,
-            admin: self.ca_key.is_some(),
-            control_port: self.ctx.config.control.listen_port,
-            member_count: alive + 1,
-            left: false,
-        });
-        view.members = members;
-    }
-}
-
-fn random_index(len: usize) -> usize {
-    let mut b = [0u8; 8];
-    let _ = getrandom::getrandom(&mut b);
-    (u64::from_le_bytes(b) % len as u64) as usize
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -1285,105 +485,4 @@ fn own_record(
     }
     .sign(key)
     .map_err(|e| anyhow::anyhow!("cannot sign this host's record: {e}"))
-}
-
-/// Pushes records to one member and waits for its ack.
-async fn push(conn: quinn::Connection, bundle: Bundle, _tx: mpsc::UnboundedSender<Event>) {
-    let exchange = async {
-        let (mut send, mut recv) = conn.open_bi().await?;
-        msg::write(&mut send, &Request::Push(bundle)).await?;
-        send.finish()?;
-        msg::read::<Response>(&mut recv).await
-    };
-    if let Ok(Err(e)) = tokio::time::timeout(STREAM_TIMEOUT, exchange).await {
-        tracing::debug!(remote = %conn.remote_address(), error = %e, "push failed");
-    }
-}
-
-/// Accepts control connections: members are served, joiners may only ask to join, and a
-/// client without a certificate of this network is closed with the reason.
-async fn accept_loop(endpoint: quinn::Endpoint, tx: mpsc::UnboundedSender<Event>) {
-    let mut throttle = Throttle::default();
-    while let Some(incoming) = endpoint.accept().await {
-        let conn = match incoming.await {
-            Ok(conn) => conn,
-            Err(e) => {
-                throttle.warn("refused a control connection", &e);
-                continue;
-            }
-        };
-        let addr = conn.remote_address();
-        match tls::authorize(&conn) {
-            Ok(Remote::Member(cert)) => {
-                tracing::debug!(%addr, node = %cert.node, "member connected");
-                let _ = tx.send(Event::Connected(addr, conn));
-            }
-            Ok(Remote::Joiner) => {
-                tokio::spawn(serve_connection(
-                    conn,
-                    addr,
-                    Remote::Joiner,
-                    tx.clone(),
-                    true,
-                ));
-            }
-            Err(refusal) => {
-                throttle.warn("refused a control connection", &refusal.reason);
-                conn.close(refusal.code, refusal.reason.as_bytes());
-            }
-        }
-    }
-}
-
-/// Reads datagrams and requests on one connection until it closes.
-async fn serve_connection(
-    conn: quinn::Connection,
-    addr: SocketAddr,
-    remote: Remote,
-    tx: mpsc::UnboundedSender<Event>,
-    joiner: bool,
-) {
-    let proven = tls::remote_node(&conn).filter(|_| !joiner);
-    // Gossip is only taken from a connection whose certificate names its sender.
-    let sender = proven.as_ref().map(|cert| cert.serial as u32);
-    let remote = match proven {
-        Some(cert) => Remote::Member(Box::new(cert)),
-        None => remote,
-    };
-    loop {
-        tokio::select! {
-            d = conn.read_datagram(), if sender.is_some() => match d {
-                Ok(bytes) => {
-                    let Some(sender) = sender else { break };
-                    if tx.send(Event::Datagram(sender, bytes)).is_err() {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            },
-            s = conn.accept_bi() => match s {
-                Ok((mut send, mut recv)) => {
-                    let tx = tx.clone();
-                    let remote = remote.clone();
-                    tokio::spawn(async move {
-                        let serve = async {
-                            let request: Request = msg::read(&mut recv).await?;
-                            let (reply_tx, reply_rx) = oneshot::channel();
-                            tx.send(Event::Request(remote, Box::new(request), reply_tx))
-                                .map_err(|_| anyhow::anyhow!("member stopped"))?;
-                            let response = reply_rx.await?;
-                            msg::write(&mut send, &response).await?;
-                            send.finish()?;
-                            anyhow::Ok(())
-                        };
-                        if let Ok(Err(e)) = tokio::time::timeout(STREAM_TIMEOUT, serve).await {
-                            tracing::debug!(error = %e, "control stream failed");
-                        }
-                    });
-                }
-                Err(_) => break,
-            },
-        }
-    }
-    let _ = tx.send(Event::Closed(addr, conn.stable_id()));
 }
