@@ -529,9 +529,20 @@ fn clients_without_a_valid_certificate_are_refused() {
         let link = Link::open(config, target).await.expect("joiner handshake");
         let sync = link.ask(&Request::Sync(bundle.clone())).await;
         let push = link.ask(&Request::Push(bundle)).await;
+        // A joiner may send only a small request: a 1 MiB one is cut off unread.
+        let big = Bundle {
+            members: vec![vec![0u8; 1 << 20]],
+            revocations: Vec::new(),
+        };
+        let oversized = link.ask(&Request::Push(big)).await;
         link.close().await;
-        [sync, push]
+        ([sync, push], oversized)
     });
+    let (answers, oversized) = answers;
+    assert!(
+        oversized.is_err(),
+        "a joiner's 1 MiB request got an answer: {oversized:?}"
+    );
     for (what, answer) in ["Sync", "Push"].iter().zip(answers) {
         match answer {
             Ok(Response::Refused(reason)) => {

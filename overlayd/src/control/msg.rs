@@ -88,12 +88,20 @@ pub async fn write<T: Serialize>(
 pub async fn read<T: serde::de::DeserializeOwned>(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
 ) -> anyhow::Result<T> {
+    read_limited(stream, MAX_FRAME).await
+}
+
+/// Like [`read`], refusing a frame longer than `max` bytes before reading it.
+pub async fn read_limited<T: serde::de::DeserializeOwned>(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    max: usize,
+) -> anyhow::Result<T> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     anyhow::ensure!(
-        len <= MAX_FRAME,
-        "peer sent a {len}-byte message, above the {MAX_FRAME}-byte limit"
+        len <= max,
+        "peer sent a {len}-byte message, above the {max}-byte limit"
     );
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).await?;
@@ -117,6 +125,20 @@ mod tests {
         let huge = (MAX_FRAME as u32 + 1).to_be_bytes();
         let e = read::<Request>(&mut &huge[..]).await.unwrap_err();
         assert!(e.to_string().contains("limit"), "{e}");
+        let mut long = Vec::new();
+        write(
+            &mut long,
+            &Request::Push(Bundle {
+                members: vec![vec![7; 100]],
+                revocations: vec![],
+            }),
+        )
+        .await
+        .unwrap();
+        let e = read_limited::<Request>(&mut long.as_slice(), 50)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("above the 50-byte limit"), "{e}");
         let junk = [0, 0, 0, 3, 0xff, 0xff, 0xff];
         assert!(read::<Request>(&mut &junk[..]).await.is_err());
     }

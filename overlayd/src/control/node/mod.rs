@@ -51,7 +51,7 @@ use super::tls::{self, Remote, TlsIdentity};
 use super::{Command, Ctx, View, now_unix};
 use gossip::{Changes, TAG_MEMBER, Timers, tagged};
 pub use gossip::{RecordHandler, RecordKey, Throttle};
-use net::{IDLE_TIMEOUT, KEEPALIVE, accept_loop, push, serve_connection};
+use net::{IDLE_TIMEOUT, KEEPALIVE, QUEUED_DATAGRAMS, accept_loop, push, serve_connection};
 
 type Agent = Foca<NodeId, PostcardCodec, Pcg64Mcg, RecordHandler>;
 
@@ -89,6 +89,10 @@ pub struct Member {
     conns: HashMap<SocketAddr, quinn::Connection>,
     connecting: HashSet<SocketAddr>,
     events_tx: mpsc::UnboundedSender<Event>,
+    /// Gossip datagrams from every connection, bounded: a member that sends faster than
+    /// this host handles loses datagrams (SWIM tolerates loss), not memory.
+    datagrams_tx: mpsc::Sender<(u32, Bytes)>,
+    datagrams_rx: mpsc::Receiver<(u32, Bytes)>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     client_config: quinn::ClientConfig,
     /// foca's latest identity per node number, and whether it is up.
@@ -179,7 +183,12 @@ impl Member {
         let endpoint = ctx.endpoint()?;
         endpoint.set_server_config(Some(server));
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), events_tx.clone()));
+        let (datagrams_tx, datagrams_rx) = mpsc::channel(QUEUED_DATAGRAMS);
+        let accept_task = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            events_tx.clone(),
+            datagrams_tx.clone(),
+        ));
         let changes = Arc::new(Mutex::new(Changes::default()));
         let handler = RecordHandler {
             dir: dir.clone(),
@@ -221,6 +230,8 @@ impl Member {
             conns: HashMap::new(),
             connecting: HashSet::new(),
             events_tx,
+            datagrams_tx,
+            datagrams_rx,
             events_rx,
             client_config,
             liveness: HashMap::new(),
@@ -276,6 +287,9 @@ impl Member {
                     }
                 }
                 Some(ev) = self.events_rx.recv() => self.event(ev),
+                Some((sender, bytes)) = self.datagrams_rx.recv() => {
+                    self.event(Event::Datagram(sender, bytes));
+                }
                 _ = sleep_until(next_timer) => {
                     for timer in self.timers.due() {
                         if let Err(e) = self.foca.handle_timer(timer, &mut self.rt) {
@@ -338,6 +352,7 @@ impl Member {
                     addr,
                     Remote::Member(Box::new(self.me.clone())),
                     self.events_tx.clone(),
+                    self.datagrams_tx.clone(),
                     false,
                 ));
                 self.conns.insert(addr, conn.clone());

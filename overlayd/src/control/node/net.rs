@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use protocol::membership::NodeId;
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,6 +20,10 @@ const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// QUIC keepalive and idle timeout of control connections.
 pub(super) const KEEPALIVE: Duration = Duration::from_secs(2);
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+/// Gossip datagrams queued for the member task at most; more are dropped.
+pub(super) const QUEUED_DATAGRAMS: usize = 1024;
+/// The largest request a joining host (no certificate yet) may send: a join is ~200 bytes.
+const JOIN_MAX_FRAME: usize = 16 << 10;
 
 impl Member {
     /// Control addresses of the other members with a record.
@@ -189,7 +194,11 @@ pub(super) async fn push(
 
 /// Accepts control connections: members are served, joiners may only ask to join, and a
 /// client without a certificate of this network is closed with the reason.
-pub(super) async fn accept_loop(endpoint: quinn::Endpoint, tx: mpsc::UnboundedSender<Event>) {
+pub(super) async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    tx: mpsc::UnboundedSender<Event>,
+    datagrams: mpsc::Sender<(u32, Bytes)>,
+) {
     let mut throttle = Throttle::default();
     while let Some(incoming) = endpoint.accept().await {
         let conn = match incoming.await {
@@ -211,6 +220,7 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, tx: mpsc::UnboundedSe
                     addr,
                     Remote::Joiner,
                     tx.clone(),
+                    datagrams.clone(),
                     true,
                 ));
             }
@@ -228,8 +238,15 @@ pub(super) async fn serve_connection(
     addr: SocketAddr,
     remote: Remote,
     tx: mpsc::UnboundedSender<Event>,
+    datagrams: mpsc::Sender<(u32, Bytes)>,
     joiner: bool,
 ) {
+    // A joiner has proven nothing yet: its one request (a join) is small.
+    let max_frame = if joiner {
+        JOIN_MAX_FRAME
+    } else {
+        msg::MAX_FRAME
+    };
     let proven = tls::remote_node(&conn).filter(|_| !joiner);
     // Gossip is only taken from a connection whose certificate names its sender.
     let sender = proven.as_ref().map(|cert| cert.serial as u32);
@@ -242,8 +259,12 @@ pub(super) async fn serve_connection(
             d = conn.read_datagram(), if sender.is_some() => match d {
                 Ok(bytes) => {
                     let Some(sender) = sender else { break };
-                    if tx.send(Event::Datagram(sender, bytes)).is_err() {
-                        break;
+                    match datagrams.try_send((sender, bytes)) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            tracing::debug!(%addr, "gossip queue full; datagram dropped");
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => break,
                     }
                 }
                 Err(_) => break,
@@ -254,7 +275,7 @@ pub(super) async fn serve_connection(
                     let remote = remote.clone();
                     tokio::spawn(async move {
                         let serve = async {
-                            let request: Request = msg::read(&mut recv).await?;
+                            let request: Request = msg::read_limited(&mut recv, max_frame).await?;
                             let (reply_tx, reply_rx) = oneshot::channel();
                             tx.send(Event::Request(remote, Box::new(request), reply_tx))
                                 .map_err(|_| anyhow::anyhow!("member stopped"))?;
