@@ -235,7 +235,9 @@ fn inbound(tun: &SyncDevice, udp: &Udp, router: &Router, outside: &Mutex<Outside
                     filled = 0;
                 }
                 let buf = &mut bufs[filled];
-                buf.clear();
+                // No clear first: resize only zero-fills what the last packet left short
+                // (perf: zero-filling whole buffers was 2.2 % of the receiver). The header
+                // room is written by tun-rs and the plaintext by the router.
                 buf.resize(TUN_OFFSET + datagram.len().max(MIN_BUFFER_LEN), 0);
                 if let Inbound::ToTun { len } = router.decapsulate_with(
                     &table,
