@@ -10,7 +10,7 @@
 //!
 //! Each direction runs on its own OS thread with buffers allocated once. The inbound
 //! thread blocks in `recvmmsg`; the TUN is nonblocking and the outbound thread waits in
-//! poll(2), because right after writing to the TUN the inbound thread also reads it: the
+//! epoll (`TunWaiter`), because right after writing to the TUN the inbound thread also reads it: the
 //! kernel answers packets (echo replies, TCP ACKs) inside that write, and sending the
 //! answer from the thread that is awake saves a wake-up per round trip. The outbound
 //! buffers sit behind a mutex taken by whichever thread reads the TUN (the inbound thread
@@ -64,22 +64,28 @@ pub fn open_tun(name: &str, offload: bool) -> io::Result<SyncDevice> {
 
 /// Starts the inbound, outbound and timer threads. They run until the process exits.
 pub fn spawn(tun: Arc<SyncDevice>, udp: Arc<Udp>, router: Arc<Router>, mtu: u16) -> io::Result<()> {
-    // Reads never block: the outbound thread waits in poll(2), so that the inbound thread
+    // Reads never block: the outbound thread waits in epoll, so that the inbound thread
     // can also take packets from the TUN (see `Outside::pump`). TUN writes never wait.
     tun.set_nonblocking(true)?;
     let outside = Arc::new(Mutex::new(Outside::new(mtu)));
+    let waiter = Arc::new(TunWaiter::new(std::os::fd::AsRawFd::as_raw_fd(&*tun))?);
     {
-        let (tun, udp, router, outside) =
-            (tun.clone(), udp.clone(), router.clone(), outside.clone());
+        let (tun, udp, router, outside, waiter) = (
+            tun.clone(),
+            udp.clone(),
+            router.clone(),
+            outside.clone(),
+            waiter.clone(),
+        );
         std::thread::Builder::new()
             .name("outbound".into())
-            .spawn(move || outbound(&tun, &udp, &router, &outside))?;
+            .spawn(move || outbound(&tun, &udp, &router, &outside, &waiter))?;
     }
     {
         let (udp, router) = (udp.clone(), router.clone());
         std::thread::Builder::new()
             .name("inbound".into())
-            .spawn(move || inbound(&tun, &udp, &router, &outside))?;
+            .spawn(move || inbound(&tun, &udp, &router, &outside, &waiter))?;
     }
     std::thread::Builder::new()
         .name("timers".into())
@@ -136,24 +142,78 @@ fn lock(outside: &Mutex<Outside>) -> MutexGuard<'_, Outside> {
     outside.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Blocks until `fd` is readable (or a signal arrives).
-fn wait_readable(fd: std::os::fd::RawFd) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut pfd, 1, -1) };
+/// Where the outbound thread waits for the TUN: an epoll set holding the TUN with
+/// `EPOLLONESHOT`. The inbound thread disarms it while it writes to the TUN and then reads
+/// the kernel's answers itself (see `inbound`), so the outbound thread is not woken for
+/// packets it would find gone (perf: 46k such wake-ups, 9.5 % of a vCPU, in 8 s of one
+/// TCP stream). Re-arming re-checks readiness, so no packet waits unnoticed.
+struct TunWaiter {
+    epoll: std::os::fd::OwnedFd,
+    tun: std::os::fd::RawFd,
 }
 
-fn outbound(tun: &SyncDevice, udp: &Udp, router: &Router, outside: &Mutex<Outside>) {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(tun);
+impl TunWaiter {
+    fn new(tun: std::os::fd::RawFd) -> io::Result<TunWaiter> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain syscall; the fd is owned below.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `ep` is a new fd that nothing else owns.
+        let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(ep) };
+        let waiter = TunWaiter { epoll, tun };
+        waiter.ctl(libc::EPOLL_CTL_ADD, 0)?;
+        Ok(waiter)
+    }
+
+    fn ctl(&self, op: i32, events: u32) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut ev = libc::epoll_event {
+            events: events | libc::EPOLLONESHOT as u32,
+            u64: 0,
+        };
+        // SAFETY: valid fds and a valid event for the duration of the call.
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, self.tun, &mut ev) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Arms the TUN and blocks until it is readable (or a signal arrives).
+    fn wait(&self) {
+        use std::os::fd::AsRawFd;
+        if self.arm().is_err() {
+            return;
+        }
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: one valid event buffer for the duration of the call.
+        unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut ev, 1, -1) };
+    }
+
+    /// Wakes the waiting thread when the TUN is (or becomes) readable.
+    fn arm(&self) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, libc::EPOLLIN as u32)
+    }
+
+    /// Keeps the waiting thread asleep whatever the TUN gets, until the next `arm`.
+    fn disarm(&self) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, 0)
+    }
+}
+
+fn outbound(
+    tun: &SyncDevice,
+    udp: &Udp,
+    router: &Router,
+    outside: &Mutex<Outside>,
+    waiter: &TunWaiter,
+) {
     loop {
         let result = lock(outside).pump(tun, udp, router);
         match result {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(fd),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => waiter.wait(),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 if e.raw_os_error() == Some(libc::EBADFD) {
@@ -204,7 +264,13 @@ fn send_runs(udp: &Udp, router: &Router, sends: &[(SocketAddr, usize, usize)], s
     }
 }
 
-fn inbound(tun: &SyncDevice, udp: &Udp, router: &Router, outside: &Mutex<Outside>) {
+fn inbound(
+    tun: &SyncDevice,
+    udp: &Udp,
+    router: &Router,
+    outside: &Mutex<Outside>,
+    waiter: &TunWaiter,
+) {
     let mut batch = RecvBatch::new(if udp.gro() { 32 } else { 128 });
     let mut bufs: Vec<Vec<u8>> = (0..TUN_WRITE_BATCH)
         .map(|_| Vec::with_capacity(TUN_READ_LEN + TUN_OFFSET))
@@ -251,14 +317,23 @@ fn inbound(tun: &SyncDevice, udp: &Udp, router: &Router, outside: &Mutex<Outside
                 }
             }
         }
-        let wrote = filled > 0;
-        write_tun(tun, router, &mut gro, &mut bufs[..filled]);
+        if filled == 0 {
+            continue;
+        }
         // Writing to the TUN runs the kernel's stack at once: an answer (an echo reply, a
         // TCP ACK) may already wait in the TUN. Send it now from this thread, which is
         // awake, rather than wake the outbound thread: one wake-up less per round trip.
-        // Only when the outbound thread is not at work, so flows keep their order.
-        if wrote && let Ok(mut out) = outside.try_lock() {
-            let _ = out.pump(tun, udp, router);
+        // Only when the outbound thread is not at work, so flows keep their order; and
+        // then the outbound thread is kept asleep meanwhile (`TunWaiter`).
+        match outside.try_lock() {
+            Ok(mut out) => {
+                let _ = waiter.disarm();
+                write_tun(tun, router, &mut gro, &mut bufs[..filled]);
+                let _ = out.pump(tun, udp, router);
+                drop(out);
+                let _ = waiter.arm();
+            }
+            Err(_) => write_tun(tun, router, &mut gro, &mut bufs[..filled]),
         }
     }
 }
