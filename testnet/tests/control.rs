@@ -612,3 +612,48 @@ fn saved_endpoint(net: &Testnet, observer: usize, member: &str) -> Option<Socket
     let name = keys::Name::new(member).ok()?;
     dir.live_member(&name)?.endpoints.first().copied()
 }
+
+/// The full sync (anti-entropy) repairs what gossip cannot: h3 is stopped while h4 leaves,
+/// and by the time h3 is back nobody gossips h4's departure any more; h3's saved directory
+/// still has h4 alive. Only a sync with another member tells h3 that h4 left. The sync
+/// interval is set to 2 s for the test (default 30 s).
+#[test]
+fn full_sync_repairs_what_gossip_missed() {
+    if !root() {
+        return;
+    }
+    let mut opts = Options::new(4, 1);
+    opts.configure = Some(Box::new(|_, cfg| {
+        if let Some(control) = cfg.control.as_mut() {
+            control.extra.push("sync_interval_ms = 2000".into());
+        }
+    }));
+    let mut net = Testnet::up(opts).expect("testnet up (gossip mode)");
+    net.stop_daemon(3).expect("stop h3");
+    net.overlayctl_ok(4, &["leave"])
+        .expect("overlayctl leave on h4");
+    let give_up = Duration::from_secs(15);
+    let times = times_until(Instant::now(), &[1, 2], give_up, |o| {
+        gone(&net, o, 4, MemberState::Left)
+    });
+    assert_all_within(
+        "h4 left (h3 stopped)",
+        &times,
+        Duration::from_secs(2),
+        give_up,
+    );
+    // Let every gossip transmission of the leave run out before h3 comes back.
+    std::thread::sleep(Duration::from_secs(6));
+    net.start_daemon(3).expect("start h3 from its state dir");
+    let started = Instant::now();
+    let times = times_until(started, &[3], give_up, |o| {
+        gone(&net, o, 4, MemberState::Left)
+    });
+    assert_all_within(
+        "h3, back, learns that h4 left (by a full sync every 2 s)",
+        &times,
+        Duration::from_secs(6),
+        give_up,
+    );
+    net.down().expect("down");
+}
