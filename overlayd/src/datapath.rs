@@ -1,22 +1,24 @@
 //! The data plane threads: the one place packets meet the kernel.
 //!
-//! - *outside → inside* (`inbound`): `recvmmsg` (+GRO) a batch from the UDP socket,
+//! - *outside → inside* (`Inside::drain`): `recvmmsg` (+GRO) a batch from the UDP socket,
 //!   decrypt each datagram straight into a TUN buffer behind the virtio-net header room,
 //!   write the batch with one `send_multiple` (which coalesces TCP segments, GRO).
-//! - *inside → outside* (`outbound`): `recv_multiple` from the TUN (one TSO super-packet
+//! - *inside → outside* (`Outside::pump`): `recv_multiple` from the TUN (one TSO super-packet
 //!   split into MTU-size packets), encrypt each, and send runs of equal-size datagrams to
 //!   one endpoint with one GSO `sendmsg`.
 //! - timers: every 250 ms the router's timers; every second the rate limiter's reset.
 //!
-//! Each direction runs on its own OS thread with buffers allocated once. The inbound
-//! thread blocks in `recvmmsg`; the TUN is nonblocking and the outbound thread waits in
-//! epoll (`TunWaiter`), because right after writing to the TUN the inbound thread also reads it: the
-//! kernel answers packets (echo replies, TCP ACKs) inside that write, and sending the
-//! answer from the thread that is awake saves a wake-up per round trip. The outbound
-//! buffers sit behind a mutex taken by whichever thread reads the TUN (the inbound thread
-//! only `try_lock`s it), so packets of a flow leave in order; the other locks are the
-//! per-peer tunnel mutexes. Each batch loads the router's peer table once (an atomic
-//! load, no lock), so peers added, changed or removed at runtime count from the next batch.
+//! Two worker threads wait in one epoll set holding the TUN and the UDP socket, each
+//! armed `EPOLLONESHOT` (`Poller`): an event goes to one worker, which drains that fd
+//! (nonblocking reads until the kernel has nothing more) and re-arms it. A direction's
+//! buffers sit behind a mutex, allocated once, so each direction is worked by one thread
+//! at a time and packets of a flow leave in order; under load each worker settles on one
+//! direction. Right after writing to the TUN, the worker that drained the socket also
+//! reads the TUN (`try_lock`, with the TUN disarmed meanwhile): the kernel answers packets
+//! (echo replies, TCP ACKs) inside that write, and sending the answer from the thread
+//! that is awake saves a wake-up per round trip. The other locks are the per-peer tunnel
+//! mutexes. Each batch loads the router's peer table once (an atomic load, no lock), so
+//! peers added, changed or removed at runtime count from the next batch.
 
 use std::io;
 use std::net::SocketAddr;
@@ -62,35 +64,60 @@ pub fn open_tun(name: &str, offload: bool) -> io::Result<SyncDevice> {
     build(false)
 }
 
-/// Starts the inbound, outbound and timer threads. They run until the process exits.
+/// Starts the two data-plane workers and the timer thread. They run until the process exits.
 pub fn spawn(tun: Arc<SyncDevice>, udp: Arc<Udp>, router: Arc<Router>, mtu: u16) -> io::Result<()> {
-    // Reads never block: the outbound thread waits in epoll, so that the inbound thread
-    // can also take packets from the TUN (see `Outside::pump`). TUN writes never wait.
+    // Reads never block: the workers wait in epoll, and whoever holds a direction's
+    // buffers reads until the kernel has nothing more. TUN writes never wait.
     tun.set_nonblocking(true)?;
-    let outside = Arc::new(Mutex::new(Outside::new(mtu)));
-    let waiter = Arc::new(TunWaiter::new(std::os::fd::AsRawFd::as_raw_fd(&*tun))?);
     {
-        let (tun, udp, router, outside, waiter) = (
-            tun.clone(),
-            udp.clone(),
-            router.clone(),
-            outside.clone(),
-            waiter.clone(),
-        );
-        std::thread::Builder::new()
-            .name("outbound".into())
-            .spawn(move || outbound(&tun, &udp, &router, &outside, &waiter))?;
-    }
-    {
-        let (udp, router) = (udp.clone(), router.clone());
-        std::thread::Builder::new()
-            .name("inbound".into())
-            .spawn(move || inbound(&tun, &udp, &router, &outside, &waiter))?;
+        use std::os::fd::AsRawFd;
+        let poller = Poller::new(tun.as_raw_fd(), udp.as_raw_fd())?;
+        let shared = Arc::new(Shared {
+            outside: Mutex::new(Outside::new(mtu)),
+            inside: Mutex::new(Inside::new(udp.gro())),
+            poller,
+            tun_gone: std::sync::atomic::AtomicBool::new(false),
+            tun: tun.clone(),
+            udp: udp.clone(),
+            router: router.clone(),
+        });
+        for i in 0..WORKERS {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("datapath{i}"))
+                .spawn(move || worker(&shared))?;
+        }
     }
     std::thread::Builder::new()
         .name("timers".into())
         .spawn(move || timers(&udp, &router))?;
     Ok(())
+}
+
+/// Data-plane worker threads. Either may take either direction; a direction is only ever
+/// worked by one of them at a time (its fd is armed `EPOLLONESHOT` and its buffers sit
+/// behind a mutex), so packets of a flow keep their order.
+const WORKERS: usize = 2;
+
+/// What the workers share.
+struct Shared {
+    outside: Mutex<Outside>,
+    inside: Mutex<Inside>,
+    poller: Poller,
+    /// Set once the TUN is gone: it then stays disarmed, and the error is logged once.
+    tun_gone: std::sync::atomic::AtomicBool,
+    tun: Arc<SyncDevice>,
+    udp: Arc<Udp>,
+    router: Arc<Router>,
+}
+
+impl Shared {
+    /// Re-arms the TUN, unless it is gone.
+    fn arm_tun(&self) {
+        if !self.tun_gone.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = self.poller.arm(Poller::TUN);
+        }
+    }
 }
 
 /// The inside → outside path's buffers. Whoever holds its mutex is the only reader of
@@ -137,23 +164,118 @@ impl Outside {
     }
 }
 
-fn lock(outside: &Mutex<Outside>) -> MutexGuard<'_, Outside> {
+/// The outside → inside path's buffers: a receive batch, the decrypted packets waiting
+/// for one TUN write, and the GRO table that coalesces them.
+struct Inside {
+    batch: RecvBatch,
+    bufs: Vec<Vec<u8>>,
+    gro: GROTable,
+}
+
+impl Inside {
+    fn new(udp_gro: bool) -> Inside {
+        Inside {
+            batch: RecvBatch::new(if udp_gro { 32 } else { 128 }),
+            bufs: (0..TUN_WRITE_BATCH)
+                .map(|_| Vec::with_capacity(TUN_READ_LEN + TUN_OFFSET))
+                .collect(),
+            gro: GROTable::default(),
+        }
+    }
+
+    /// Receives, decrypts and writes to the TUN until the socket has nothing more.
+    fn drain(&mut self, shared: &Shared) {
+        let (tun, udp, router) = (&*shared.tun, &*shared.udp, &*shared.router);
+        let mut reply = |dst: SocketAddr, bytes: &[u8]| {
+            if let Err(e) = udp.send_to(dst, bytes) {
+                tracing::debug!(error = %e, endpoint = %dst, "UDP send of a handshake message failed");
+            }
+        };
+        loop {
+            let n = match udp.try_recv(&mut self.batch) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // Re-armed by the caller: a lasting error is retried from epoll.
+                    tracing::debug!(error = %e, "UDP receive failed");
+                    return;
+                }
+            };
+            let mut filled = 0;
+            let table = router.table(); // once per batch, as in `Outside::pump`
+            for i in 0..n {
+                let (src, datagrams) = self.batch.datagrams(i);
+                let Some(src) = src else { continue };
+                for datagram in datagrams {
+                    if filled == self.bufs.len() {
+                        write_tun(tun, router, &mut self.gro, &mut self.bufs[..filled]);
+                        filled = 0;
+                    }
+                    let buf = &mut self.bufs[filled];
+                    // No clear first: resize only zero-fills what the last packet left
+                    // short (perf: zero-filling whole buffers was 2.2 % of the receiver).
+                    // The header room is written by tun-rs and the plaintext by the router.
+                    buf.resize(TUN_OFFSET + datagram.len().max(MIN_BUFFER_LEN), 0);
+                    if let Inbound::ToTun { len } = router.decapsulate_with(
+                        &table,
+                        src,
+                        datagram,
+                        &mut buf[TUN_OFFSET..],
+                        &mut reply,
+                    ) {
+                        buf.truncate(TUN_OFFSET + len);
+                        filled += 1;
+                    }
+                }
+            }
+            if filled == 0 {
+                continue;
+            }
+            // Writing to the TUN runs the kernel's stack at once: an answer (an echo reply,
+            // a TCP ACK) may already wait in the TUN. Send it now from this thread, which
+            // is awake, rather than wake the other worker: one wake-up less per round
+            // trip. Only when no one else reads the TUN, so flows keep their order; and
+            // then the TUN is disarmed meanwhile, so its answers wake no one (perf: 46k
+            // such wake-ups, 9.5 % of a vCPU, in 8 s of one TCP stream). Re-arming
+            // re-checks readiness, so no packet waits unnoticed.
+            match shared.outside.try_lock() {
+                Ok(mut out) => {
+                    let _ = shared.poller.disarm(Poller::TUN);
+                    write_tun(tun, router, &mut self.gro, &mut self.bufs[..filled]);
+                    let _ = out.pump(tun, udp, router);
+                    drop(out);
+                    shared.arm_tun();
+                }
+                Err(_) => write_tun(tun, router, &mut self.gro, &mut self.bufs[..filled]),
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding it leaves only buffers behind, which are rewritten before use.
-    outside.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Where the outbound thread waits for the TUN: an epoll set holding the TUN with
-/// `EPOLLONESHOT`. The inbound thread disarms it while it writes to the TUN and then reads
-/// the kernel's answers itself (see `inbound`), so the outbound thread is not woken for
-/// packets it would find gone (perf: 46k such wake-ups, 9.5 % of a vCPU, in 8 s of one
-/// TCP stream). Re-arming re-checks readiness, so no packet waits unnoticed.
-struct TunWaiter {
+/// The epoll set both workers wait in: the TUN and the UDP socket, each armed
+/// `EPOLLONESHOT`, so an event goes to one worker and the fd stays quiet until that
+/// worker has drained it and re-arms it.
+///
+/// Why one set for both directions rather than a thread per direction: a worker that has
+/// just sent a packet and finds the answer already queued when it next looks (the peer,
+/// woken on this CPU, ran and answered first) takes it without sleeping, where a thread
+/// per direction always needs a wake-up, often of a halted vCPU (see the README's
+/// latency section).
+struct Poller {
     epoll: std::os::fd::OwnedFd,
-    tun: std::os::fd::RawFd,
+    fds: [std::os::fd::RawFd; 2],
 }
 
-impl TunWaiter {
-    fn new(tun: std::os::fd::RawFd) -> io::Result<TunWaiter> {
+impl Poller {
+    const TUN: usize = 0;
+    const UDP: usize = 1;
+
+    fn new(tun: std::os::fd::RawFd, udp: std::os::fd::RawFd) -> io::Result<Poller> {
         use std::os::fd::FromRawFd;
         // SAFETY: plain syscall; the fd is owned below.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -162,65 +284,85 @@ impl TunWaiter {
         }
         // SAFETY: `ep` is a new fd that nothing else owns.
         let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(ep) };
-        let waiter = TunWaiter { epoll, tun };
-        waiter.ctl(libc::EPOLL_CTL_ADD, 0)?;
-        Ok(waiter)
+        let poller = Poller {
+            epoll,
+            fds: [tun, udp],
+        };
+        poller.ctl(libc::EPOLL_CTL_ADD, Poller::TUN, libc::EPOLLIN as u32)?;
+        poller.ctl(libc::EPOLL_CTL_ADD, Poller::UDP, libc::EPOLLIN as u32)?;
+        Ok(poller)
     }
 
-    fn ctl(&self, op: i32, events: u32) -> io::Result<()> {
+    fn ctl(&self, op: i32, which: usize, events: u32) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         let mut ev = libc::epoll_event {
             events: events | libc::EPOLLONESHOT as u32,
-            u64: 0,
+            u64: which as u64,
         };
         // SAFETY: valid fds and a valid event for the duration of the call.
-        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, self.tun, &mut ev) } < 0 {
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, self.fds[which], &mut ev) } < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
     }
 
-    /// Arms the TUN and blocks until it is readable (or a signal arrives).
-    fn wait(&self) {
+    /// Blocks until one fd is readable; which one (`TUN` or `UDP`), or `None` after a
+    /// signal.
+    fn wait(&self) -> Option<usize> {
         use std::os::fd::AsRawFd;
-        if self.arm().is_err() {
-            return;
-        }
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: one valid event buffer for the duration of the call.
-        unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut ev, 1, -1) };
+        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut ev, 1, -1) };
+        (n == 1).then_some(ev.u64 as usize)
     }
 
-    /// Wakes the waiting thread when the TUN is (or becomes) readable.
-    fn arm(&self) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, libc::EPOLLIN as u32)
+    /// Wakes one waiting worker when the fd is (or becomes) readable.
+    fn arm(&self, which: usize) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, which, libc::EPOLLIN as u32)
     }
 
-    /// Keeps the waiting thread asleep whatever the TUN gets, until the next `arm`.
-    fn disarm(&self) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, 0)
+    /// Keeps the workers asleep whatever the fd gets, until the next `arm`.
+    fn disarm(&self, which: usize) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, which, 0)
     }
 }
 
-fn outbound(
-    tun: &SyncDevice,
-    udp: &Udp,
-    router: &Router,
-    outside: &Mutex<Outside>,
-    waiter: &TunWaiter,
-) {
+fn worker(shared: &Shared) {
     loop {
-        let result = lock(outside).pump(tun, udp, router);
-        match result {
+        match shared.poller.wait() {
+            Some(Poller::TUN) => {
+                drain_tun(shared);
+                shared.arm_tun();
+            }
+            Some(Poller::UDP) => {
+                lock(&shared.inside).drain(shared);
+                let _ = shared.poller.arm(Poller::UDP);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads, encrypts and sends until the TUN has nothing more.
+fn drain_tun(shared: &Shared) {
+    let (tun, udp, router) = (&*shared.tun, &*shared.udp, &*shared.router);
+    let mut out = lock(&shared.outside);
+    loop {
+        match out.pump(tun, udp, router) {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => waiter.wait(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 if e.raw_os_error() == Some(libc::EBADFD) {
-                    tracing::error!(error = %e, "TUN device is gone; outbound path stops");
+                    use std::sync::atomic::Ordering;
+                    if !shared.tun_gone.swap(true, Ordering::Relaxed) {
+                        tracing::error!(error = %e, "TUN device is gone; the inside → outside path stops");
+                    }
                     return;
                 }
+                // Re-armed by the caller: a lasting error is retried from epoll.
                 tracing::debug!(error = %e, "TUN read failed");
+                return;
             }
         }
     }
@@ -261,80 +403,6 @@ fn send_runs(udp: &Udp, router: &Router, sends: &[(SocketAddr, usize, usize)], s
             tracing::debug!(error = %e, %endpoint, "UDP send failed");
         }
         start = end;
-    }
-}
-
-fn inbound(
-    tun: &SyncDevice,
-    udp: &Udp,
-    router: &Router,
-    outside: &Mutex<Outside>,
-    waiter: &TunWaiter,
-) {
-    let mut batch = RecvBatch::new(if udp.gro() { 32 } else { 128 });
-    let mut bufs: Vec<Vec<u8>> = (0..TUN_WRITE_BATCH)
-        .map(|_| Vec::with_capacity(TUN_READ_LEN + TUN_OFFSET))
-        .collect();
-    let mut gro = GROTable::default();
-    let mut reply = |dst: SocketAddr, bytes: &[u8]| {
-        if let Err(e) = udp.send_to(dst, bytes) {
-            tracing::debug!(error = %e, endpoint = %dst, "UDP send of a handshake message failed");
-        }
-    };
-    loop {
-        let n = match udp.recv(&mut batch) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(error = %e, "UDP receive failed");
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
-            }
-        };
-        let mut filled = 0;
-        let table = router.table(); // once per batch, as in `Outside::pump`
-        for i in 0..n {
-            let (src, datagrams) = batch.datagrams(i);
-            let Some(src) = src else { continue };
-            for datagram in datagrams {
-                if filled == bufs.len() {
-                    write_tun(tun, router, &mut gro, &mut bufs[..filled]);
-                    filled = 0;
-                }
-                let buf = &mut bufs[filled];
-                // No clear first: resize only zero-fills what the last packet left short
-                // (perf: zero-filling whole buffers was 2.2 % of the receiver). The header
-                // room is written by tun-rs and the plaintext by the router.
-                buf.resize(TUN_OFFSET + datagram.len().max(MIN_BUFFER_LEN), 0);
-                if let Inbound::ToTun { len } = router.decapsulate_with(
-                    &table,
-                    src,
-                    datagram,
-                    &mut buf[TUN_OFFSET..],
-                    &mut reply,
-                ) {
-                    buf.truncate(TUN_OFFSET + len);
-                    filled += 1;
-                }
-            }
-        }
-        if filled == 0 {
-            continue;
-        }
-        // Writing to the TUN runs the kernel's stack at once: an answer (an echo reply, a
-        // TCP ACK) may already wait in the TUN. Send it now from this thread, which is
-        // awake, rather than wake the outbound thread: one wake-up less per round trip.
-        // Only when the outbound thread is not at work, so flows keep their order; and
-        // then the outbound thread is kept asleep meanwhile (`TunWaiter`).
-        match outside.try_lock() {
-            Ok(mut out) => {
-                let _ = waiter.disarm();
-                write_tun(tun, router, &mut gro, &mut bufs[..filled]);
-                let _ = out.pump(tun, udp, router);
-                drop(out);
-                let _ = waiter.arm();
-            }
-            Err(_) => write_tun(tun, router, &mut gro, &mut bufs[..filled]),
-        }
     }
 }
 

@@ -59,6 +59,12 @@ fn setsockopt_int(
     }
 }
 
+impl AsRawFd for Udp {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
 impl Udp {
     /// Binds `0.0.0.0:port` with all the levers on: 16 MiB buffers, GRO, GSO if the
     /// kernel has them.
@@ -215,6 +221,15 @@ impl Udp {
     /// Receives up to `batch.capacity()` datagrams (each possibly a GRO batch), blocking
     /// until at least one arrives. Returns how many entries of `batch` are filled.
     pub fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        self.recv_with(batch, libc::MSG_WAITFORONE)
+    }
+
+    /// As [`Udp::recv`], but never blocks: `WouldBlock` when nothing is queued.
+    pub fn try_recv(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        self.recv_with(batch, libc::MSG_DONTWAIT)
+    }
+
+    fn recv_with(&self, batch: &mut RecvBatch, flags: libc::c_int) -> io::Result<usize> {
         let n = batch.bufs.len();
         for i in 0..n {
             batch.iovs[i].iov_base = batch.bufs[i].as_mut_ptr().cast();
@@ -236,7 +251,7 @@ impl Udp {
                     self.sock.as_raw_fd(),
                     batch.hdrs.as_mut_ptr(),
                     n as u32,
-                    libc::MSG_WAITFORONE,
+                    flags,
                     std::ptr::null_mut(),
                 )
             };
@@ -290,8 +305,8 @@ pub struct RecvMeta {
     pub segment_len: usize,
 }
 
-/// Buffers and headers for [`Udp::recv`]. Holds raw pointers between calls, so it stays
-/// on the thread that made it.
+/// Buffers and headers for [`Udp::recv`]. The headers hold raw pointers into the batch's
+/// own heap buffers, rewritten before every receive.
 pub struct RecvBatch {
     bufs: Vec<Box<[u8]>>,
     iovs: Vec<libc::iovec>,
@@ -300,6 +315,12 @@ pub struct RecvBatch {
     hdrs: Vec<libc::mmsghdr>,
     meta: Vec<RecvMeta>,
 }
+
+// SAFETY: the raw pointers in `iovs` and `hdrs` point only into heap buffers owned by
+// the same `RecvBatch` (which do not move when it moves) and are rewritten at the start of
+// every receive; nothing else holds them. Moving the batch to another thread is sound;
+// sharing it is not offered (no `Sync`).
+unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
     /// Room for `count` receive buffers of [`RECV_BUFFER_LEN`] bytes.
