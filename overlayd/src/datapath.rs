@@ -196,8 +196,10 @@ impl Inside {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    // Re-armed by the caller: a lasting error is retried from epoll.
+                    // Re-armed by the caller: a lasting error is retried from epoll, after
+                    // a pause so that it cannot spin.
                     tracing::debug!(error = %e, "UDP receive failed");
+                    std::thread::sleep(Duration::from_millis(1));
                     return;
                 }
             };
@@ -238,15 +240,21 @@ impl Inside {
             // then the TUN is disarmed meanwhile, so its answers wake no one (perf: 46k
             // such wake-ups, 9.5 % of a vCPU, in 8 s of one TCP stream). Re-arming
             // re-checks readiness, so no packet waits unnoticed.
-            match shared.outside.try_lock() {
-                Ok(mut out) => {
+            // (A gone TUN is left alone: even disarmed, epoll reports its error state.)
+            let out = if shared.tun_gone.load(std::sync::atomic::Ordering::Relaxed) {
+                None
+            } else {
+                try_lock(&shared.outside)
+            };
+            match out {
+                Some(mut out) => {
                     let _ = shared.poller.disarm(Poller::TUN);
                     write_tun(tun, router, &mut self.gro, &mut self.bufs[..filled]);
                     let _ = out.pump(tun, udp, router);
                     drop(out);
                     shared.arm_tun();
                 }
-                Err(_) => write_tun(tun, router, &mut self.gro, &mut self.bufs[..filled]),
+                None => write_tun(tun, router, &mut self.gro, &mut self.bufs[..filled]),
             }
         }
     }
@@ -255,6 +263,15 @@ impl Inside {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding it leaves only buffers behind, which are rewritten before use.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// As [`lock`], without waiting: `None` while another thread holds it.
+fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 /// The epoll set both workers wait in: the TUN and the UDP socket, each armed
@@ -313,6 +330,11 @@ impl Poller {
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: one valid event buffer for the duration of the call.
         let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut ev, 1, -1) };
+        if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            // Not expected on a valid epoll fd; never spin on it.
+            tracing::debug!(error = %io::Error::last_os_error(), "epoll_wait failed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         (n == 1).then_some(ev.u64 as usize)
     }
 
@@ -329,24 +351,39 @@ impl Poller {
 
 fn worker(shared: &Shared) {
     loop {
-        match shared.poller.wait() {
-            Some(Poller::TUN) => {
-                drain_tun(shared);
-                shared.arm_tun();
+        let Some(which) = shared.poller.wait() else {
+            continue;
+        };
+        // A panic here would be a bug; it must not leave an fd disarmed for good (the
+        // other worker would sleep forever), so it is caught, logged, and both fds re-armed.
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match which {
+            Poller::TUN => {
+                // Whoever holds the TUN side re-arms the TUN when it lets go (and re-arming
+                // re-checks readiness), so this event can be dropped; waiting for the lock
+                // instead could leave both workers on the TUN and the socket unserved.
+                if let Some(out) = try_lock(&shared.outside) {
+                    drain_tun(shared, out);
+                    shared.arm_tun();
+                }
             }
-            Some(Poller::UDP) => {
+            _ => {
                 lock(&shared.inside).drain(shared);
                 let _ = shared.poller.arm(Poller::UDP);
             }
-            _ => {}
+        }));
+        if handled.is_err() {
+            tracing::error!(
+                "a data-plane worker panicked (a bug: please report it with this log); it carries on"
+            );
+            shared.arm_tun();
+            let _ = shared.poller.arm(Poller::UDP);
         }
     }
 }
 
 /// Reads, encrypts and sends until the TUN has nothing more.
-fn drain_tun(shared: &Shared) {
+fn drain_tun(shared: &Shared, mut out: MutexGuard<'_, Outside>) {
     let (tun, udp, router) = (&*shared.tun, &*shared.udp, &*shared.router);
-    let mut out = lock(&shared.outside);
     loop {
         match out.pump(tun, udp, router) {
             Ok(_) => {}
