@@ -277,6 +277,9 @@ pub struct Tuning {
     pub udp_gro: bool,
     /// UDP socket buffer size in bytes, each way; 0 keeps the kernel's default.
     pub socket_buffer: usize,
+    /// Data-plane workers run `SCHED_BATCH` while the CPU is not contended (hand-offs
+    /// instead of wake-up preemption; see `sched.rs`).
+    pub sched_batch: bool,
 }
 
 impl Default for Tuning {
@@ -286,6 +289,7 @@ impl Default for Tuning {
             udp_gso: true,
             udp_gro: true,
             socket_buffer: crate::udp::SOCKET_BUFFER_LEN,
+            sched_batch: true,
         }
     }
 }
@@ -376,6 +380,7 @@ impl Config {
             udp_gso: self.offload && self.tuning.udp_gso,
             udp_gro: self.offload && self.tuning.udp_gro,
             socket_buffer: self.tuning.socket_buffer,
+            sched_batch: self.tuning.sched_batch,
         }
     }
 
@@ -541,8 +546,8 @@ impl Config {
             let t = self.tuning;
             let _ = writeln!(
                 out,
-                "\n[tuning]\ntun_offload = {}\nudp_gso = {}\nudp_gro = {}\nsocket_buffer = {}",
-                t.tun_offload, t.udp_gso, t.udp_gro, t.socket_buffer
+                "\n[tuning]\ntun_offload = {}\nudp_gso = {}\nudp_gro = {}\nsocket_buffer = {}\nsched_batch = {}",
+                t.tun_offload, t.udp_gso, t.udp_gro, t.socket_buffer, t.sched_batch
             );
         }
         let c = &self.control;
@@ -664,9 +669,14 @@ mod tests {
     #[test]
     fn tuning_levers_and_the_offload_switch() {
         let f = fixture();
-        let c = parse(&f, "[tuning]\nudp_gso = false\nsocket_buffer = 0\n").unwrap();
+        let c = parse(
+            &f,
+            "[tuning]\nudp_gso = false\nsocket_buffer = 0\nsched_batch = false\n",
+        )
+        .unwrap();
         let t = c.effective_tuning();
-        assert!(t.tun_offload && !t.udp_gso && t.udp_gro && t.socket_buffer == 0);
+        assert!(t.tun_offload && !t.udp_gso && t.udp_gro && t.socket_buffer == 0 && !t.sched_batch);
+        assert!(Tuning::default().sched_batch);
         assert!(Config::parse(&c.path, &c.redacted()).unwrap().tuning == c.tuning);
         let c = parse(&f, "offload = false\n").unwrap();
         let t = c.effective_tuning();

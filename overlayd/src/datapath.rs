@@ -65,7 +65,13 @@ pub fn open_tun(name: &str, offload: bool) -> io::Result<SyncDevice> {
 }
 
 /// Starts the two data-plane workers and the timer thread. They run until the process exits.
-pub fn spawn(tun: Arc<SyncDevice>, udp: Arc<Udp>, router: Arc<Router>, mtu: u16) -> io::Result<()> {
+pub fn spawn(
+    tun: Arc<SyncDevice>,
+    udp: Arc<Udp>,
+    router: Arc<Router>,
+    mtu: u16,
+    sched_batch: bool,
+) -> io::Result<()> {
     // Reads never block: the workers wait in epoll, and whoever holds a direction's
     // buffers reads until the kernel has nothing more. TUN writes never wait.
     tun.set_nonblocking(true)?;
@@ -85,7 +91,7 @@ pub fn spawn(tun: Arc<SyncDevice>, udp: Arc<Udp>, router: Arc<Router>, mtu: u16)
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("datapath{i}"))
-                .spawn(move || worker(&shared))?;
+                .spawn(move || worker(&shared, sched_batch))?;
         }
     }
     std::thread::Builder::new()
@@ -349,11 +355,13 @@ impl Poller {
     }
 }
 
-fn worker(shared: &Shared) {
+fn worker(shared: &Shared, sched_batch: bool) {
+    let mut handoff = crate::sched::Handoff::new(sched_batch);
     loop {
         let Some(which) = shared.poller.wait() else {
             continue;
         };
+        handoff.woke();
         // A panic here would be a bug; it must not leave an fd disarmed for good (the
         // other worker would sleep forever), so it is caught, logged, and both fds re-armed.
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match which {

@@ -13,6 +13,7 @@ pub mod datapath;
 pub mod docker;
 pub mod netlink;
 pub mod router;
+pub mod sched;
 pub mod udp;
 
 use std::sync::Arc;
@@ -85,7 +86,13 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     }
     let router = Arc::new(router::Router::new(&config.private_key, &config.peers));
     let tun = Arc::new(tun);
-    if let Err(e) = datapath::spawn(tun, udp.clone(), router.clone(), config.mtu) {
+    if let Err(e) = datapath::spawn(
+        tun,
+        udp.clone(),
+        router.clone(),
+        config.mtu,
+        tuning.sched_batch,
+    ) {
         routes.remove_all().await;
         return Err(anyhow::Error::new(e).context("cannot start the data plane threads"));
     }
