@@ -55,7 +55,6 @@ impl Handoff {
     /// run-queue delays (then contention could not be noticed), the thread stays
     /// `SCHED_OTHER` and [`Handoff::woke`] does nothing.
     pub fn new(enabled: bool) -> Handoff {
-        let now = Instant::now();
         let schedstat = if enabled {
             File::open("/proc/thread-self/schedstat")
                 .ok()
@@ -68,9 +67,17 @@ impl Handoff {
                 "no run-queue delays in /proc/thread-self/schedstat: data-plane workers stay SCHED_OTHER"
             );
         }
-        let mut h = Handoff {
+        let mut h = Handoff::with(schedstat, CpuTimes::open());
+        h.woke();
+        h
+    }
+
+    /// `SCHED_OTHER`, free to try hand-offs at the next wake-up.
+    fn with(schedstat: Option<File>, cpu: CpuTimes) -> Handoff {
+        let now = Instant::now();
+        Handoff {
             schedstat,
-            cpu: CpuTimes::open(),
+            cpu,
             batch: false,
             delay_ns: 0,
             wakes: 0,
@@ -78,9 +85,7 @@ impl Handoff {
             batch_since: now,
             retry_at: now,
             backoff: FIRST_BACKOFF,
-        };
-        h.woke();
-        h
+        }
     }
 
     /// Whether the thread runs `SCHED_BATCH` now.
@@ -238,18 +243,7 @@ mod tests {
     use super::*;
 
     fn idle() -> Handoff {
-        let now = Instant::now();
-        Handoff {
-            schedstat: None,
-            cpu: CpuTimes::default(),
-            batch: false,
-            delay_ns: 0,
-            wakes: 0,
-            checked: now,
-            batch_since: now,
-            retry_at: now,
-            backoff: FIRST_BACKOFF,
-        }
+        Handoff::with(None, CpuTimes::default())
     }
 
     /// A run-queue delay of `us` µs in all.
