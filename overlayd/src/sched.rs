@@ -1,11 +1,11 @@
-//! How a data-plane worker asks the scheduler for the CPU: hand-offs while the CPU is free,
-//! wake-up preemption while it is contended.
+//! How a data-plane worker asks the scheduler for the CPU: hand-offs while its wake-ups are
+//! served promptly, wake-up preemption once they wait.
 //!
 //! A round trip through the overlay passes from thread to thread four times (the sender,
 //! this host's worker, the peer's worker, and back). When a woken worker preempts its waker
 //! (`SCHED_OTHER`'s wake-up preemption), the waker is left runnable half-way through its
-//! system call, and the next hop is often served by a thread on the other, halted, vCPU
-//! (tens of µs to wake on a VM). As `SCHED_BATCH` a woken worker instead waits for its waker
+//! system call, and the next hop is often served by a thread on the other vCPU (tens of µs
+//! to get running there on this VM). As `SCHED_BATCH` a woken worker instead waits for its waker
 //! to go to sleep, a few µs later, and the whole round trip runs as clean hand-offs on one
 //! CPU (see the README's latency section for the measurements).
 //!
@@ -16,7 +16,8 @@
 //! It tries the hand-offs again after a back-off that doubles while contention recurs
 //! (4 s .. 64 s), or as soon as the machine has been idle (≥ [`QUIET`] of all CPU time in
 //! `/proc/stat` since it last looked, at most every [`QUIET_CHECK`]): a bulk transfer that
-//! kept the CPUs busy is over, so the back-off it earned is forgotten.
+//! kept the CPUs busy is over, so the back-off it earned is forgotten. A retry does not
+//! check first: under lasting contention it costs one slow wake-up per worker.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -48,6 +49,8 @@ pub struct Handoff {
     batch_since: Instant,
     retry_at: Instant,
     backoff: Duration,
+    /// Not `Send`: the schedstat fd and the policy belong to the thread that made it.
+    _thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Handoff {
@@ -58,7 +61,7 @@ impl Handoff {
         let schedstat = if enabled {
             File::open("/proc/thread-self/schedstat")
                 .ok()
-                .filter(|f| run_delay_ns(f).is_some())
+                .filter(reports_delays)
         } else {
             None
         };
@@ -85,6 +88,7 @@ impl Handoff {
             batch_since: now,
             retry_at: now,
             backoff: FIRST_BACKOFF,
+            _thread: std::marker::PhantomData,
         }
     }
 
@@ -106,12 +110,27 @@ impl Handoff {
         );
         self.schedstat = Some(schedstat);
         self.cpu = cpu;
+        self.apply(verdict, set_policy);
+    }
+
+    /// Carries out a verdict of [`Handoff::step`] with `set` (the system call in `woke`).
+    fn apply(&mut self, verdict: Option<libc::c_int>, set: impl Fn(libc::c_int) -> bool) {
         match verdict {
-            Some(policy) if !set_policy(policy) => {
-                // Not allowed here (a seccomp filter, say): stay SCHED_OTHER for good.
-                set_policy(libc::SCHED_OTHER);
+            Some(libc::SCHED_BATCH) if !set(libc::SCHED_BATCH) => {
+                // Not allowed here (a seccomp filter, say): the thread is still SCHED_OTHER;
+                // leave it so for good.
                 self.batch = false;
                 self.schedstat = None;
+            }
+            Some(libc::SCHED_OTHER) if !set(libc::SCHED_OTHER) => {
+                // Refused on the way back (not seen on Linux, where a thread may always
+                // lower itself to SCHED_OTHER): the thread is still SCHED_BATCH, so say so
+                // and try again at the next check rather than believe otherwise.
+                tracing::warn!(
+                    "the kernel refused SCHED_OTHER to a data-plane worker; it stays SCHED_BATCH for now"
+                );
+                self.batch = true;
+                self.retry_at = Instant::now();
             }
             _ => {}
         }
@@ -148,7 +167,13 @@ impl Handoff {
         if now.duration_since(self.checked) < CHECK_EVERY {
             return None;
         }
-        let total = delay()?;
+        let Some(total) = delay() else {
+            // The schedstat stopped answering: contention could no longer be noticed, so
+            // leave SCHED_BATCH for good.
+            self.batch = false;
+            self.schedstat = None;
+            return Some(libc::SCHED_OTHER);
+        };
         let waited = total.saturating_sub(self.delay_ns) / self.wakes;
         self.delay_ns = total;
         self.wakes = 0;
@@ -171,6 +196,22 @@ impl Handoff {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         Some(libc::SCHED_OTHER)
     }
+}
+
+/// Whether this schedstat is real: a kernel without sched_info prints `0 0 0`, while a
+/// thread that runs has been put on a CPU at least once (third field; the first, time run,
+/// can still read 0 in a thread that has not yet been switched out).
+fn reports_delays(schedstat: &File) -> bool {
+    let mut buf = [0u8; 96];
+    let Ok(n) = schedstat.read_at(&mut buf, 0) else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let fields: Vec<Option<u64>> = text
+        .split_ascii_whitespace()
+        .map(|f| f.parse().ok())
+        .collect();
+    matches!(fields[..], [Some(_), Some(_), Some(runs), ..] if runs > 0)
 }
 
 /// The thread's total wait on a run queue, in ns (second field of its schedstat).
@@ -360,11 +401,68 @@ mod tests {
         );
         assert_eq!(parse_cpu_line("cpu0 1 2 3 4"), None);
         assert_eq!(parse_cpu_line("cpu  x"), None);
+        // The live file: some ticks pass in 50 ms (USER_HZ is 100 on every CPU).
         let mut cpu = CpuTimes::open();
-        std::thread::sleep(Duration::from_millis(30));
-        if let Some(share) = cpu.idle_share() {
-            assert!((0.0..=1.0).contains(&share), "{share}");
+        std::thread::sleep(Duration::from_millis(50));
+        let share = cpu.idle_share().expect("an idle share from /proc/stat");
+        assert!((0.0..=1.0).contains(&share), "{share}");
+    }
+
+    #[test]
+    fn a_real_schedstat_and_a_dummy_one() {
+        let own = File::open("/proc/thread-self/schedstat").unwrap();
+        assert!(reports_delays(&own));
+        let dir = tempfile::tempdir().unwrap();
+        for (text, real) in [
+            ("0 0 0\n", false),
+            ("12 34 5\n", true),
+            ("0 0 1\n", true),
+            ("x y z\n", false),
+            ("", false),
+        ] {
+            let path = dir.path().join("schedstat");
+            std::fs::write(&path, text).unwrap();
+            assert_eq!(
+                reports_delays(&File::open(&path).unwrap()),
+                real,
+                "{text:?}"
+            );
         }
+    }
+
+    #[test]
+    fn a_schedstat_that_stops_answering_ends_the_hand_offs() {
+        let mut h = idle();
+        h.schedstat = Some(File::open("/proc/thread-self/schedstat").unwrap());
+        let t0 = Instant::now();
+        h.step(t0, waited(0), busy);
+        assert_eq!(
+            h.step(t0 + CHECK_EVERY, || None, busy),
+            Some(libc::SCHED_OTHER)
+        );
+        assert!(!h.batch() && h.schedstat.is_none());
+    }
+
+    #[test]
+    fn refusals() {
+        // SCHED_BATCH refused: stays SCHED_OTHER, for good.
+        let mut h = idle();
+        h.schedstat = Some(File::open("/proc/thread-self/schedstat").unwrap());
+        let v = h.step(Instant::now(), waited(0), busy);
+        h.apply(v, |_| false);
+        assert!(!h.batch() && h.schedstat.is_none());
+        // SCHED_OTHER refused: still batch, and the next check tries again.
+        let mut h = idle();
+        let t0 = Instant::now();
+        let v = h.step(t0, waited(0), busy);
+        h.apply(v, |_| true);
+        let t = t0 + CHECK_EVERY;
+        let v = h.step(t, waited(5_000), busy);
+        assert_eq!(v, Some(libc::SCHED_OTHER));
+        h.apply(v, |p| p != libc::SCHED_OTHER);
+        assert!(h.batch());
+        let t = t + CHECK_EVERY;
+        assert_eq!(h.step(t, waited(10_000), busy), Some(libc::SCHED_OTHER));
     }
 
     #[test]
@@ -381,11 +479,9 @@ mod tests {
             // A wake-up that waited 10 ms, then what `woke` does with the verdict.
             h.checked -= CHECK_EVERY;
             let total = h.delay_ns + 10_000_000;
-            assert_eq!(
-                h.step(Instant::now(), || Some(total), busy),
-                Some(libc::SCHED_OTHER)
-            );
-            assert!(set_policy(libc::SCHED_OTHER));
+            let verdict = h.step(Instant::now(), || Some(total), busy);
+            assert_eq!(verdict, Some(libc::SCHED_OTHER));
+            h.apply(verdict, set_policy);
             assert!(!h.batch());
             assert_eq!(current_policy(), libc::SCHED_OTHER);
         })
