@@ -347,6 +347,11 @@ impl RecvBatch {
         }
     }
 
+    /// How many entries one receive can fill.
+    pub fn capacity(&self) -> usize {
+        self.bufs.len()
+    }
+
     /// Entry `i` of the last receive: its metadata and the datagrams in it.
     pub fn datagrams(&self, i: usize) -> (Option<SocketAddr>, std::slice::Chunks<'_, u8>) {
         let m = self.meta[i];
