@@ -25,6 +25,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/overlayd";
 pub const DEFAULT_CONTROL_PORT: u16 = 51821;
 /// Default socket of the Docker plugin: dockerd finds plugin `overlayd` there.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker/plugins/overlayd.sock";
+/// Default socket of dockerd's API (asked what leaked while the plugin was down).
+pub const DEFAULT_DOCKERD_SOCKET: &str = "/var/run/docker.sock";
 
 /// Errors in a configuration file. Each is one sentence naming the file and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +207,8 @@ struct RawDocker {
     #[serde(default)]
     socket: Option<PathBuf>,
     #[serde(default)]
+    dockerd_socket: Option<PathBuf>,
+    #[serde(default)]
     mtu: Option<u16>,
 }
 
@@ -215,6 +219,9 @@ pub struct Docker {
     pub enabled: bool,
     /// Its unix socket; dockerd takes the plugin's name from the file name (`overlayd`).
     pub socket: PathBuf,
+    /// dockerd's API socket, asked which containers still hold addresses when the plugin
+    /// starts (to free what leaked while it was down).
+    pub dockerd_socket: PathBuf,
     /// MTU of the container bridges and veths; at most the TUN's `mtu` (its default).
     pub mtu: u16,
 }
@@ -244,6 +251,15 @@ impl Docker {
                 socket.display()
             ));
         }
+        let dockerd_socket = raw
+            .dockerd_socket
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKERD_SOCKET));
+        if dockerd_socket.is_relative() {
+            return Err(format!(
+                "[docker] dockerd_socket {} must be an absolute path (default {DEFAULT_DOCKERD_SOCKET})",
+                dockerd_socket.display()
+            ));
+        }
         let mtu = raw.mtu.unwrap_or(tun_mtu);
         if !(576..=tun_mtu).contains(&mtu) {
             return Err(format!(
@@ -253,6 +269,7 @@ impl Docker {
         let docker = Docker {
             enabled: raw.enabled,
             socket,
+            dockerd_socket,
             mtu,
         };
         if docker.plugin_name() == "overlay" {
@@ -569,9 +586,10 @@ impl Config {
         let d = &self.docker;
         let _ = writeln!(
             out,
-            "\n[docker]\nenabled = {}\nsocket = {:?}\nmtu = {}",
+            "\n[docker]\nenabled = {}\nsocket = {:?}\ndockerd_socket = {:?}\nmtu = {}",
             d.enabled,
             d.socket.display().to_string(),
+            d.dockerd_socket.display().to_string(),
             d.mtu
         );
         for p in &self.peers {
@@ -690,6 +708,10 @@ mod tests {
         let c = parse(&f, "").unwrap();
         assert!(!c.docker.enabled);
         assert_eq!(c.docker.socket, PathBuf::from(DEFAULT_DOCKER_SOCKET));
+        assert_eq!(
+            c.docker.dockerd_socket,
+            PathBuf::from(DEFAULT_DOCKERD_SOCKET)
+        );
         assert_eq!(c.docker.mtu, c.mtu);
         assert_eq!(c.docker.plugin_name(), "overlayd");
         let c = parse(
@@ -703,6 +725,10 @@ mod tests {
         for (body, needle) in [
             ("[docker]\nmtu = 1500\n", "mtu 1500"),
             ("[docker]\nsocket = \"rel.sock\"\n", "absolute"),
+            (
+                "[docker]\ndockerd_socket = \"docker.sock\"\n",
+                "dockerd_socket docker.sock must be an absolute path",
+            ),
             ("[docker]\nsocket = \"/run/docker/plugins/x\"\n", ".sock"),
             (
                 "[docker]\nsocket = \"/run/docker/plugins/overlay.sock\"\n",

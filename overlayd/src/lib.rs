@@ -130,6 +130,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
                 &config.state_dir,
                 config.docker.mtu,
                 &config.tun_name,
+                &config.docker.dockerd_socket,
                 control.view.clone(),
             )
             .and_then(|p| socket.serve(p));

@@ -556,6 +556,89 @@ impl Book {
     pub fn remove_endpoint(&mut self, endpoint_id: &str) -> Option<Endpoint> {
         self.endpoints.remove(endpoint_id)
     }
+
+    /// Keeps only what `current` still holds: endpoints it has and addresses still handed
+    /// out in the same pool. Applied to the book the plugin started with after every change,
+    /// it leaves what has been held ever since the start (see [`Book::reclaim`]).
+    pub fn retain_in(&mut self, current: &Book) {
+        self.endpoints
+            .retain(|id, e| current.endpoints.get(id) == Some(e));
+        for (id, pool) in &mut self.pools {
+            match current.pools.get(id) {
+                Some(now) => pool.addresses.retain(|a| now.addresses.contains(a)),
+                None => pool.addresses.clear(),
+            }
+        }
+    }
+
+    /// Frees what leaked while the plugin was down: dockerd removed a container then, its
+    /// `DeleteEndpoint` and `ReleaseAddress` failed, and it only warned. `before` is what has
+    /// been held ever since the plugin started (the book it started with, kept to
+    /// [`Book::retain_in`] the book after every change), `docker` what dockerd says each of
+    /// those networks holds now (`GET /networks/<id>`; a network dockerd did not answer for
+    /// is left alone). Only that can have leaked: anything handed out since may belong to a
+    /// container that is starting, which dockerd does not list yet. An endpoint of `before`
+    /// that dockerd does not list is forgotten with its address, and an address of `before`
+    /// that no endpoint and no container holds is freed. Returns what was freed.
+    pub fn reclaim(&mut self, before: &Book, docker: &BTreeMap<String, Attached>) -> Reclaimed {
+        let mut freed = Reclaimed::default();
+        for (network_id, attached) in docker {
+            let Some(pool_id) = before.networks.get(network_id).map(|n| n.pool_id.clone()) else {
+                continue;
+            };
+            for (endpoint_id, e) in &before.endpoints {
+                if &e.network != network_id || attached.endpoints.contains(endpoint_id) {
+                    continue;
+                }
+                if let Some(gone) = self.endpoints.remove(endpoint_id) {
+                    freed.endpoints.push((endpoint_id.clone(), gone));
+                }
+            }
+            let held: BTreeSet<Ipv4Addr> = self
+                .endpoints
+                .values()
+                .filter(|e| &e.network == network_id)
+                .map(|e| e.address.addr())
+                .chain(attached.addresses.iter().copied())
+                .collect();
+            let (Some(was), Some(pool)) =
+                (before.pools.get(&pool_id), self.pools.get_mut(&pool_id))
+            else {
+                continue;
+            };
+            for a in &was.addresses {
+                if !held.contains(a) && pool.addresses.remove(a) {
+                    freed.addresses.push(*a);
+                }
+            }
+        }
+        freed
+    }
+}
+
+/// What dockerd says a network holds now: its endpoints and their addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attached {
+    /// EndpointIDs.
+    pub endpoints: BTreeSet<String>,
+    /// Their IPv4 addresses.
+    pub addresses: BTreeSet<Ipv4Addr>,
+}
+
+/// What [`Book::reclaim`] freed: endpoints (for their veths' removal) and addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Endpoints forgotten, with what they were.
+    pub endpoints: Vec<(String, Endpoint)>,
+    /// Addresses freed.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+impl Reclaimed {
+    /// Nothing was freed.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty() && self.addresses.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -805,6 +888,99 @@ mod tests {
         assert!(book.remove_network(NID).is_some());
         assert!(book.endpoints.is_empty());
         assert!(book.remove_endpoint(&eid).is_none());
+    }
+
+    #[test]
+    fn reclaim_frees_only_what_leaked_before_the_start_and_dockerd_does_not_list() {
+        let mut book = Book::default();
+        let g = pool(&mut book);
+        let pools = vec![("10.42.0.0/16".to_owned(), "10.42.7.1/24".to_owned())];
+        let n = book.check_network(NID, &pools, false, &[], 1420).unwrap();
+        book.add_network(NID, n);
+        // Three containers: e2 still runs, e3 and e4 were removed while the plugin was
+        // down; .5 was handed out but its endpoint never made (the plugin went down between).
+        let mut ids = Vec::new();
+        for i in 2..=5u8 {
+            let a = book.request_address(&g.pool_id, "", false).unwrap();
+            assert_eq!(a.to_string(), format!("10.42.7.{i}/24"));
+            if i < 5 {
+                let id = format!("{i}").repeat(64);
+                let e = book.check_endpoint(NID, &id, &a.to_string()).unwrap();
+                book.add_endpoint(&id, e);
+                ids.push(id);
+            }
+        }
+        let before = book.clone();
+        // Since the start: .6 handed out to a container that is starting (not listed yet).
+        assert_eq!(
+            book.request_address(&g.pool_id, "", false)
+                .unwrap()
+                .to_string(),
+            "10.42.7.6/24"
+        );
+        let addr = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let mut docker = BTreeMap::new();
+        docker.insert(
+            NID.to_owned(),
+            Attached {
+                endpoints: [ids[0].clone()].into(),
+                addresses: [addr("10.42.7.2")].into(),
+            },
+        );
+        // A network dockerd did not answer for is left alone.
+        docker.insert("c".repeat(64), Attached::default());
+        let freed = book.reclaim(&before, &docker);
+        let gone: Vec<&str> = freed.endpoints.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(gone, vec![ids[1].as_str(), ids[2].as_str()]);
+        assert_eq!(freed.endpoints[0].1.host_veth, "ovdh33333333333");
+        assert_eq!(
+            freed.addresses,
+            vec![addr("10.42.7.3"), addr("10.42.7.4"), addr("10.42.7.5")]
+        );
+        let left: Vec<String> = book.pools[&g.pool_id]
+            .addresses
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(left, vec!["10.42.7.2", "10.42.7.6"]);
+        assert_eq!(book.endpoints.len(), 1);
+        // The freed addresses are handed out again, lowest first. What was freed is no longer
+        // held since the start, so a second pass (with `before` kept to the book, as the
+        // plugin does after every change) frees nothing, not even .3 handed out again.
+        let mut since = before.clone();
+        since.retain_in(&book);
+        assert_eq!(
+            book.request_address(&g.pool_id, "", false)
+                .unwrap()
+                .to_string(),
+            "10.42.7.3/24"
+        );
+        since.retain_in(&book);
+        assert_eq!(since.endpoints.len(), 1);
+        assert_eq!(since.pools[&g.pool_id].addresses.len(), 1);
+        assert!(book.reclaim(&since, &docker).is_empty());
+        assert!(
+            book.pools[&g.pool_id]
+                .addresses
+                .contains(&addr("10.42.7.3"))
+        );
+        // An address dockerd lists for a container whose endpoint the book lacks stays held.
+        let mut book2 = before.clone();
+        docker.insert(
+            NID.to_owned(),
+            Attached {
+                endpoints: BTreeSet::new(),
+                addresses: [addr("10.42.7.4")].into(),
+            },
+        );
+        let freed = book2.reclaim(&before, &docker);
+        assert_eq!(freed.endpoints.len(), 3);
+        assert!(!freed.addresses.contains(&addr("10.42.7.4")));
+        assert!(
+            book2.pools[&g.pool_id]
+                .addresses
+                .contains(&addr("10.42.7.4"))
+        );
     }
 
     #[test]

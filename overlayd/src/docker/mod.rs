@@ -17,6 +17,7 @@
 //! on start, gone with the last network.
 
 pub mod book;
+pub mod dockerd;
 pub mod filter;
 pub mod links;
 pub mod wire;
@@ -87,7 +88,16 @@ pub struct Plugin {
     /// The TUN's name (the isolation rules name it).
     tun: String,
     state_file: PathBuf,
+    /// dockerd's API socket (`[docker] dockerd_socket`).
+    dockerd_socket: PathBuf,
+    /// What has been held ever since the plugin started (the book it loaded, kept to the
+    /// book after every change): only that can have leaked while the plugin was down
+    /// (`Plugin::reclaim_leaks`). `None` once reclaimed.
+    started_with: Mutex<Option<Book>>,
 }
+
+/// How often dockerd's API is tried until it answers (`Plugin::reclaim_leaks`).
+const RECLAIM_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Plugin {
     /// Loads the book from `state_dir` and opens netlink; `tun` is the TUN's name. A
@@ -96,6 +106,7 @@ impl Plugin {
         state_dir: &Path,
         mtu: u16,
         tun: &str,
+        dockerd_socket: &Path,
         view: Arc<Mutex<View>>,
     ) -> anyhow::Result<Plugin> {
         let state_file = state_dir.join(STATE_FILE);
@@ -112,13 +123,93 @@ impl Plugin {
             }
         };
         Ok(Plugin {
+            started_with: Mutex::new(Some(book.clone())),
             book: tokio::sync::Mutex::new(book),
             view,
             links: Links::connect()?,
             mtu,
             tun: tun.to_owned(),
             state_file,
+            dockerd_socket: dockerd_socket.to_owned(),
         })
+    }
+
+    /// Frees the endpoints and addresses that leaked while the plugin was down (dockerd
+    /// removed containers then; see [`Book::reclaim`]), once dockerd answers on its API
+    /// socket: tried at start, then every [`RECLAIM_RETRY`] until one pass is done. It runs
+    /// beside the plugin server, never inside a plugin call (dockerd may be waiting on it).
+    pub async fn reclaim_leaks(&self) {
+        let mut said = false;
+        loop {
+            let Some(before) = self.since_start() else {
+                return;
+            };
+            if before.endpoints.is_empty() && before.pools.values().all(|p| p.addresses.is_empty())
+            {
+                return;
+            }
+            match self.reclaim_once(&before).await {
+                Ok(()) => return,
+                Err(e) if !said => {
+                    said = true;
+                    tracing::info!(error = %e, "cannot ask dockerd which containers still hold addresses; addresses of containers removed while overlayd was down are freed once it answers (set [docker] dockerd_socket if it listens elsewhere)");
+                }
+                Err(e) => tracing::debug!(error = %e, "dockerd still does not answer"),
+            }
+            tokio::time::sleep(RECLAIM_RETRY).await;
+        }
+    }
+
+    /// What has been held since the start, while not yet reclaimed.
+    fn since_start(&self) -> Option<Book> {
+        self.started_with
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// One pass of [`Plugin::reclaim_leaks`]: asks dockerd about every network held since the
+    /// start, then frees, under the book's lock, what is still held since the start and
+    /// dockerd does not list.
+    async fn reclaim_once(&self, asked: &Book) -> Result<(), dockerd::AskError> {
+        let mut docker = std::collections::BTreeMap::new();
+        for network_id in asked.networks.keys() {
+            if let Some(attached) = dockerd::attached(&self.dockerd_socket, network_id).await? {
+                docker.insert(network_id.clone(), attached);
+            }
+        }
+        let mut book = self.book.lock().await;
+        let Some(before) = self
+            .started_with
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return Ok(());
+        };
+        let mut next = book.clone();
+        let freed = next.reclaim(&before, &docker);
+        if freed.is_empty() {
+            tracing::debug!("nothing leaked while overlayd was down");
+            return Ok(());
+        }
+        if let Err(e) = self.save(&next) {
+            tracing::error!(error = %e.message, "cannot free the addresses that leaked while overlayd was down");
+            return Ok(());
+        }
+        *book = next;
+        for (_, e) in &freed.endpoints {
+            if let Err(err) = self.links.delete(&e.host_veth).await {
+                tracing::debug!(veth = %e.host_veth, error = %format!("{err:#}"), "cannot remove a leaked endpoint's veth");
+            }
+        }
+        let addresses: Vec<String> = freed.addresses.iter().map(|a| a.to_string()).collect();
+        tracing::info!(
+            endpoints = freed.endpoints.len(),
+            addresses = %addresses.join(" "),
+            "freed the endpoints and addresses of containers removed while overlayd was down"
+        );
+        Ok(())
     }
 
     /// Makes sure every known network's bridge exists, with its address, and that every
@@ -222,6 +313,14 @@ impl Plugin {
         let out = change(&mut next)?;
         if next != *book {
             self.save(&next)?;
+            if let Some(since) = self
+                .started_with
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+            {
+                since.retain_in(&next);
+            }
             *book = next;
         }
         Ok(out)
@@ -563,9 +662,12 @@ impl PluginSocket {
         let path = self.path.clone();
         let task = tokio::spawn(async move {
             plugin.restore().await;
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "the Docker plugin server stopped");
-            }
+            let serve = async {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "the Docker plugin server stopped");
+                }
+            };
+            tokio::join!(serve, plugin.reclaim_leaks());
         });
         tracing::info!(socket = %path.display(), "serving the Docker network and IPAM plugin");
         Ok(Served {
@@ -597,6 +699,9 @@ impl Drop for Served {
 mod tests {
     use super::*;
     use protocol::api::Membership;
+
+    /// No dockerd answers here: nothing is reclaimed.
+    const NO_DOCKERD: &str = "/nonexistent/docker.sock";
 
     fn member_view(subnet: &str) -> Arc<Mutex<View>> {
         let view = View {
@@ -630,6 +735,7 @@ mod tests {
             dir.path(),
             1420,
             "ovl0",
+            Path::new(NO_DOCKERD),
             Arc::new(Mutex::new(View::default())),
         )
         .unwrap();
@@ -666,7 +772,14 @@ mod tests {
             "a refusal writes nothing"
         );
 
-        let p = Plugin::open(dir.path(), 1420, "ovl0", member_view("10.42.7.0/24")).unwrap();
+        let p = Plugin::open(
+            dir.path(),
+            1420,
+            "ovl0",
+            Path::new(NO_DOCKERD),
+            member_view("10.42.7.0/24"),
+        )
+        .unwrap();
         let g = call(&p, "IpamDriver.RequestPool", pool).await.unwrap();
         assert_eq!(g["Data"][GATEWAY_TYPE], "10.42.7.1/24");
         let id = g["PoolID"].as_str().unwrap().to_owned();
@@ -675,7 +788,14 @@ mod tests {
         assert_eq!(a["Address"], "10.42.7.2/24");
         drop(p);
         // A restarted plugin knows what it handed out: the next address is fresh.
-        let p = Plugin::open(dir.path(), 1420, "ovl0", member_view("10.42.7.0/24")).unwrap();
+        let p = Plugin::open(
+            dir.path(),
+            1420,
+            "ovl0",
+            Path::new(NO_DOCKERD),
+            member_view("10.42.7.0/24"),
+        )
+        .unwrap();
         let b = call(&p, "IpamDriver.RequestAddress", &ask).await.unwrap();
         assert_eq!(b["Address"], "10.42.7.3/24");
         let e = call(&p, "IpamDriver.RequestPool", pool).await.unwrap_err();
@@ -700,9 +820,15 @@ mod tests {
             json!({})
         );
         std::fs::write(dir.path().join(STATE_FILE), "{oops").unwrap();
-        let e = Plugin::open(dir.path(), 1420, "ovl0", member_view("10.42.7.0/24"))
-            .err()
-            .unwrap();
+        let e = Plugin::open(
+            dir.path(),
+            1420,
+            "ovl0",
+            Path::new(NO_DOCKERD),
+            member_view("10.42.7.0/24"),
+        )
+        .err()
+        .unwrap();
         assert!(format!("{e:#}").contains("docker.json is damaged"), "{e:#}");
     }
 }
