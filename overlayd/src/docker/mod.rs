@@ -703,6 +703,17 @@ mod tests {
     /// No dockerd answers here: nothing is reclaimed.
     const NO_DOCKERD: &str = "/nonexistent/docker.sock";
 
+    /// A plugin on `dir` for a member whose slice is 10.42.7.0/24.
+    fn member_plugin(dir: &Path) -> anyhow::Result<Plugin> {
+        Plugin::open(
+            dir,
+            1420,
+            "ovl0",
+            Path::new(NO_DOCKERD),
+            member_view("10.42.7.0/24"),
+        )
+    }
+
     fn member_view(subnet: &str) -> Arc<Mutex<View>> {
         let view = View {
             membership: Some(Membership {
@@ -772,14 +783,7 @@ mod tests {
             "a refusal writes nothing"
         );
 
-        let p = Plugin::open(
-            dir.path(),
-            1420,
-            "ovl0",
-            Path::new(NO_DOCKERD),
-            member_view("10.42.7.0/24"),
-        )
-        .unwrap();
+        let p = member_plugin(dir.path()).unwrap();
         let g = call(&p, "IpamDriver.RequestPool", pool).await.unwrap();
         assert_eq!(g["Data"][GATEWAY_TYPE], "10.42.7.1/24");
         let id = g["PoolID"].as_str().unwrap().to_owned();
@@ -788,14 +792,7 @@ mod tests {
         assert_eq!(a["Address"], "10.42.7.2/24");
         drop(p);
         // A restarted plugin knows what it handed out: the next address is fresh.
-        let p = Plugin::open(
-            dir.path(),
-            1420,
-            "ovl0",
-            Path::new(NO_DOCKERD),
-            member_view("10.42.7.0/24"),
-        )
-        .unwrap();
+        let p = member_plugin(dir.path()).unwrap();
         let b = call(&p, "IpamDriver.RequestAddress", &ask).await.unwrap();
         assert_eq!(b["Address"], "10.42.7.3/24");
         let e = call(&p, "IpamDriver.RequestPool", pool).await.unwrap_err();
@@ -820,15 +817,7 @@ mod tests {
             json!({})
         );
         std::fs::write(dir.path().join(STATE_FILE), "{oops").unwrap();
-        let e = Plugin::open(
-            dir.path(),
-            1420,
-            "ovl0",
-            Path::new(NO_DOCKERD),
-            member_view("10.42.7.0/24"),
-        )
-        .err()
-        .unwrap();
+        let e = member_plugin(dir.path()).err().unwrap();
         assert!(format!("{e:#}").contains("docker.json is damaged"), "{e:#}");
     }
 }
