@@ -205,11 +205,16 @@ struct Run {
     net: Testnet,
     root: PathBuf,
     made_plugins_dir: bool,
+    /// A namespace on the underlay that is no member (`Run::outsider`), removed on drop.
+    outsider: Option<String>,
 }
 
 impl Drop for Run {
     fn drop(&mut self) {
         self.dockerds.clear();
+        if let Some(ns) = self.outsider.take() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
         let _ = std::fs::remove_dir_all(&self.root);
         if self.made_plugins_dir {
             let _ = std::fs::remove_dir("/run/docker/plugins");
@@ -219,6 +224,35 @@ impl Drop for Run {
 }
 
 impl Run {
+    /// Adds a namespace on the underlay switch that is no member of the overlay (a machine
+    /// of the hosts' LAN), with address `addr` in the underlay's /15 and no route to the
+    /// overlay; returns its name.
+    fn outsider(&mut self, addr: &str) -> String {
+        let ns = format!("odkout{:x}", std::process::id());
+        let switch = self.net.underlay_ns();
+        common::ip(&["netns", "add", &ns]);
+        self.outsider = Some(ns.clone());
+        common::ip(&[
+            "link", "add", "odkout", "netns", &switch, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ]);
+        common::ip(&[
+            "-n", &switch, "link", "set", "odkout", "master", "br0", "up",
+        ]);
+        common::ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/15"),
+            "dev",
+            "eth0",
+        ]);
+        common::ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        common::ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ns
+    }
+
     fn docker(&self, i: usize, args: &[&str]) -> Output {
         docker_raw(&self.dockerds[i - 1].socket(), args)
     }
@@ -367,6 +401,7 @@ fn up() -> Run {
         net,
         root: root.clone(),
         made_plugins_dir,
+        outsider: None,
     };
     for i in 1..=2 {
         // The plugin's bridge replaces testnet's container bridge (same gateway address).
@@ -699,6 +734,33 @@ fn docker_containers_on_two_hosts_share_the_encrypted_overlay() {
     assert!(
         !pcap.windows(marker.len()).any(|w| w == marker.as_bytes()),
         "plaintext on the underlay"
+    );
+
+    // ---- egress: a container reaches a machine on the hosts' LAN that is no member and has
+    // no route to the overlay, through its host's masquerade (as on Docker's own bridges);
+    // overlay traffic keeps its container source (the peers check it: c1 -> c3 above).
+    let lan = "198.19.255.250";
+    let outsider = run.outsider(lan);
+    assert!(
+        run.pings(1, "c1", lan, Duration::from_secs(5)),
+        "c1 -> {lan} (a LAN machine outside the overlay) through h1's masquerade"
+    );
+    let (ok, rules) = run.nft(1, &["list", "chain", "inet", "overlayd_docker", "egress"]);
+    assert!(
+        ok && rules.contains("masquerade") && !rules.contains("packets 0 "),
+        "h1's egress rule did not count the ping:\n{rules}"
+    );
+    let routes = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["-n", &outsider, "route"])
+            .output()
+            .expect("ip route")
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !routes.contains("10.42."),
+        "the outsider must have no route to the overlay: {routes}"
     );
 
     // ---- restart overlayd while containers run

@@ -486,6 +486,7 @@ impl Book {
                     .range
                     .or_else(|| self.pools.get(&n.pool_id).map(|p| p.pool))
                     .unwrap_or(n.slice),
+                slice: n.slice,
             })
             .collect()
     }

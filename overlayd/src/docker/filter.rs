@@ -1,6 +1,7 @@
-//! Isolation between overlayd Docker networks, in nftables: a table of our own
-//! ([`TABLE`]) with one `forward` chain, rewritten as a whole (one atomic `nft -f -`
-//! transaction) whenever the set of networks changes, and removed with the last network.
+//! Isolation between overlayd Docker networks, and their egress, in nftables: a table of
+//! our own ([`TABLE`]) with a `forward` chain and an `egress` chain, rewritten as a whole
+//! (one atomic `nft -f -` transaction) whenever the set of networks changes, and removed
+//! with the last network.
 //!
 //! For each network (its bridge `B`, its range `R` of the overlay, e.g. `10.43.0.0/16`):
 //!
@@ -11,6 +12,12 @@
 //!   another network's containers elsewhere reach it, whatever their host allows.
 //!
 //! IPv6 between a bridge and the TUN is dropped both ways (the networks are IPv4 only).
+//!
+//! A second chain, `egress` (NAT, postrouting), masquerades what a network's containers
+//! send out of any interface but the TUN and the plugin's bridges (the host's uplink: the
+//! internet, the LAN), as Docker's own bridge networks do; traffic through the overlay keeps
+//! its container source, which the peers check.
+//!
 //! [`ruleset`] is pure; [`apply`] is the one place that runs `nft`.
 
 use std::fmt::Write as _;
@@ -33,6 +40,8 @@ pub struct Isolated {
     pub bridge: String,
     /// Its range of the overlay: what its containers may talk to through the TUN.
     pub range: Ipv4Net,
+    /// Its slice: its containers' addresses, masqueraded on the way out of the host.
+    pub slice: Ipv4Net,
 }
 
 /// The `nft -f` script that makes the table hold exactly the rules for `networks` (`tun`:
@@ -71,6 +80,19 @@ pub fn ruleset(tun: &str, networks: &[Isolated]) -> String {
         let _ = writeln!(
             s,
             "\t\tiifname \"{tun}\" oifname \"{b}\" meta nfproto ipv6 counter drop"
+        );
+    }
+    let _ = writeln!(s, "\t}}");
+    let _ = writeln!(s, "\tchain egress {{");
+    let _ = writeln!(
+        s,
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;"
+    );
+    for n in networks {
+        let (b, slice) = (&n.bridge, n.slice);
+        let _ = writeln!(
+            s,
+            "\t\tip saddr {slice} ip daddr != {slice} oifname != \"{tun}\" oifname != \"{BRIDGE_PREFIX}*\" counter masquerade comment \"{b}\""
         );
     }
     let _ = writeln!(s, "\t}}\n}}");
@@ -119,10 +141,12 @@ mod tests {
             Isolated {
                 bridge: "ovdbaaaa".into(),
                 range: "10.42.0.0/16".parse().unwrap(),
+                slice: "10.42.7.0/24".parse().unwrap(),
             },
             Isolated {
                 bridge: "ovdbbbbb".into(),
                 range: "10.43.0.0/16".parse().unwrap(),
+                slice: "10.43.7.0/24".parse().unwrap(),
             },
         ];
         let s = ruleset("ovl0", &nets);
@@ -141,6 +165,9 @@ mod tests {
             r#"iifname "ovdbbbbb" oifname "ovl0" ip daddr != 10.43.0.0/16 counter drop"#,
             r#"iifname "ovl0" oifname "ovdbbbbb" ip saddr != 10.43.0.0/16 counter drop"#,
             r#"iifname "ovdbbbbb" oifname "ovl0" meta nfproto ipv6 counter drop"#,
+            "type nat hook postrouting priority srcnat; policy accept;",
+            r#"ip saddr 10.42.7.0/24 ip daddr != 10.42.7.0/24 oifname != "ovl0" oifname != "ovdb*" counter masquerade comment "ovdbaaaa""#,
+            r#"ip saddr 10.43.7.0/24 ip daddr != 10.43.7.0/24 oifname != "ovl0" oifname != "ovdb*" counter masquerade comment "ovdbbbbb""#,
         ] {
             assert!(
                 s.lines().any(|l| l.trim() == line),
