@@ -569,12 +569,15 @@ fn docker_containers_on_two_hosts_share_the_encrypted_overlay() {
             "--network",
             "ovl",
             "-p",
-            "8080:80",
+            "8080:80/sctp",
             IMAGE,
             "true",
         ],
     );
-    assert!(e.contains("port publishing (-p) is not supported"), "{e}");
+    assert!(
+        e.contains("overlayd publishes tcp and udp ports only"),
+        "{e}"
+    );
 
     // ---- unknown network or endpoint, asked directly
     let unknown = format!(
@@ -763,6 +766,135 @@ fn docker_containers_on_two_hosts_share_the_encrypted_overlay() {
         "the outsider must have no route to the overlay: {routes}"
     );
 
+    // ---- -p: the LAN machine reaches a container's port through h1's address
+    run.ok(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "ovl",
+            "-p",
+            "8080:5000",
+            IMAGE,
+            "nc",
+            "-ll",
+            "-p",
+            "5000",
+            "-e",
+            "/bin/echo",
+            "pong",
+        ],
+    );
+    let h1 = run
+        .net
+        .addr("h1")
+        .expect("h1's underlay address")
+        .to_string();
+    let t = Instant::now();
+    let mut answer = String::new();
+    while t.elapsed() < Duration::from_secs(10) {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &outsider, BUSYBOX, "nc", "-w", "2", &h1, "8080",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("nc from the outsider");
+        answer = String::from_utf8_lossy(&out.stdout).into_owned();
+        if answer.contains("pong") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        answer.contains("pong"),
+        "{lan} -> {h1}:8080 (published by web) got no pong: {answer:?}"
+    );
+    eprintln!(
+        "-p 8080:5000 answered the LAN machine after {:?}",
+        t.elapsed()
+    );
+    let e = run.fails(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web2",
+            "--network",
+            "ovl",
+            "-p",
+            "8080:5000",
+            IMAGE,
+            "sleep",
+            "1d",
+        ],
+    );
+    assert!(e.contains("host port 8080/tcp is already published"), "{e}");
+    let _ = run.docker(1, &["rm", "-f", "web2"]);
+    let e = run.fails(
+        1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web3",
+            "--network",
+            "ovl",
+            "-p",
+            "5000",
+            IMAGE,
+            "sleep",
+            "1d",
+        ],
+    );
+    assert!(e.contains("without a host port"), "{e}");
+    let _ = run.docker(1, &["rm", "-f", "web3"]);
+    // Removing a container leaves its neighbours' gateway as it was: the bridge keeps its
+    // MAC (a bridge whose MAC was never set takes its lowest port's, and c1's ARP entry for
+    // the gateway then pointed nowhere for seconds).
+    let mac = || {
+        let links = run.ip(1, &["-br", "link"]);
+        links
+            .lines()
+            .find(|l| l.starts_with("ovdb"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let before = mac();
+    run.ok(1, &["rm", "-f", "web"]);
+    assert_eq!(
+        mac(),
+        before,
+        "the bridge's MAC changed with a container's removal"
+    );
+    let out = run.docker(
+        1,
+        &[
+            "exec", "c1", "ping", "-c", "10", "-i", "0.1", "-W", "1", &a3,
+        ],
+    );
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let received: u32 = report
+        .split(" packets received")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        received >= 8,
+        "c1 -> c3 right after another container's removal: {received} of 10 replies\n{report}"
+    );
+    let (ok, rules) = run.nft(1, &["list", "chain", "inet", "overlayd_docker", "publish"]);
+    assert!(
+        ok && !rules.contains("dport 8080"),
+        "web's port is still forwarded:\n{rules}"
+    );
+
     // ---- restart overlayd while containers run
     // A ping every 0.1 s runs in c1 across the restart; the longest run of missing
     // replies is how long the container was cut off.
@@ -788,9 +920,9 @@ fn docker_containers_on_two_hosts_share_the_encrypted_overlay() {
         .filter_map(|l| l.split("seq=").nth(1))
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .collect();
-    let last = *seqs
-        .last()
-        .expect("c1's pings across the restart got no reply at all");
+    let Some(&last) = seqs.last() else {
+        panic!("c1's pings across the restart got no reply at all:\n{log}");
+    };
     let longest_gap = seqs.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(1);
     let gap = Duration::from_millis(100 * longest_gap.saturating_sub(1));
     eprintln!(

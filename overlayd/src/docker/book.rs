@@ -165,6 +165,69 @@ pub struct Endpoint {
     pub host_veth: String,
     /// The veth end dockerd moves into the container.
     pub container_veth: String,
+    /// Its ports published on this host (`-p`), while its container is connected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<Published>,
+}
+
+/// One `-p HOST_PORT:PORT[/PROTO]` of a container: the host's `host_port` (on `host_ip`, or
+/// every address of the host) forwarded to the container's `port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// `tcp` or `udp`.
+    pub proto: Proto,
+    /// One host address, or `None` for all.
+    pub host_ip: Option<Ipv4Addr>,
+    /// The host's port.
+    pub host_port: u16,
+    /// The container's port.
+    pub port: u16,
+}
+
+/// A published port's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP (Docker's `Proto` 6).
+    Tcp,
+    /// UDP (Docker's `Proto` 17).
+    Udp,
+}
+
+impl Proto {
+    /// As nft and `docker run -p` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// One `com.docker.network.portmap` entry as dockerd sends it (`types.PortBinding`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortBinding {
+    /// 6 TCP, 17 UDP.
+    pub proto: u8,
+    /// The container's port.
+    pub port: u16,
+    /// The host address, empty for all.
+    #[serde(rename = "HostIP")]
+    pub host_ip: String,
+    /// The host port; 0 when Docker is to pick one.
+    pub host_port: u16,
+    /// The end of a host port range; 0 or `host_port` for one port.
+    pub host_port_end: u16,
+}
+
+/// A port forwarded to a container, as the nft rules need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The published port.
+    pub published: Published,
+    /// The container's address.
+    pub to: Ipv4Addr,
 }
 
 /// Everything the plugin must remember across restarts (dockerd replays nothing).
@@ -545,12 +608,115 @@ impl Book {
             address,
             host_veth: link_name("ovdh", endpoint_id),
             container_veth: link_name("ovdc", endpoint_id),
+            published: Vec::new(),
         })
     }
 
     /// Records an endpoint made after [`Book::check_endpoint`].
     pub fn add_endpoint(&mut self, endpoint_id: &str, endpoint: Endpoint) {
         self.endpoints.insert(endpoint_id.to_owned(), endpoint);
+    }
+
+    /// `ProgramExternalConnectivity`: publishes `bindings` (`-p`) for the endpoint, replacing
+    /// what it published before. Refuses what overlayd cannot do with a sentence that says
+    /// what to do instead: no host port (Docker does not learn a port a remote driver
+    /// picks), a range, a protocol other than TCP and UDP, a port another container of this
+    /// host already publishes. Bindings on an IPv6 host address are skipped (the networks are
+    /// IPv4).
+    pub fn publish(
+        &mut self,
+        network_id: &str,
+        endpoint_id: &str,
+        bindings: &[PortBinding],
+    ) -> Result<(), BookError> {
+        self.endpoint(network_id, endpoint_id)?;
+        let mut wanted: Vec<Published> = Vec::new();
+        for b in bindings {
+            let proto = match b.proto {
+                6 => Proto::Tcp,
+                17 => Proto::Udp,
+                n => {
+                    return Err(BookError::Unsupported(format!(
+                        "-p with IP protocol {n}: overlayd publishes tcp and udp ports only"
+                    )));
+                }
+            };
+            let host_ip = match b.host_ip.as_str() {
+                "" | "0.0.0.0" => None,
+                ip => match ip.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V4(v4)) => Some(v4),
+                    Ok(std::net::IpAddr::V6(_)) => continue,
+                    Err(_) => {
+                        return Err(BookError::Malformed {
+                            what: "-p host address",
+                            value: ip.to_owned(),
+                            kind: "IP address",
+                        });
+                    }
+                },
+            };
+            if b.host_port == 0 {
+                return Err(BookError::Unsupported(format!(
+                    "-p {port} without a host port: overlayd cannot tell Docker a port it picks; give one, e.g. -p 8080:{port}",
+                    port = b.port
+                )));
+            }
+            if b.host_port_end != 0 && b.host_port_end != b.host_port {
+                return Err(BookError::Unsupported(format!(
+                    "-p {}-{}: overlayd publishes single host ports, not ranges; give one -p per port",
+                    b.host_port, b.host_port_end
+                )));
+            }
+            let p = Published {
+                proto,
+                host_ip,
+                host_port: b.host_port,
+                port: b.port,
+            };
+            let clash = |q: &Published| {
+                q.proto == p.proto
+                    && q.host_port == p.host_port
+                    && (q.host_ip.is_none() || p.host_ip.is_none() || q.host_ip == p.host_ip)
+            };
+            let taken = self
+                .endpoints
+                .iter()
+                .filter(|(id, _)| id.as_str() != endpoint_id)
+                .any(|(_, e)| e.published.iter().any(clash))
+                || wanted.iter().any(clash);
+            if taken {
+                return Err(BookError::Unsupported(format!(
+                    "host port {}/{} is already published on this host; pick another host port",
+                    p.host_port,
+                    p.proto.name()
+                )));
+            }
+            wanted.push(p);
+        }
+        if let Some(e) = self.endpoints.get_mut(endpoint_id) {
+            e.published = wanted;
+        }
+        Ok(())
+    }
+
+    /// `RevokeExternalConnectivity`: the endpoint publishes nothing any more. Idempotent.
+    pub fn unpublish(&mut self, endpoint_id: &str) {
+        if let Some(e) = self.endpoints.get_mut(endpoint_id) {
+            e.published.clear();
+        }
+    }
+
+    /// Every published port of this host, for the nft rules.
+    pub fn forwards(&self) -> Vec<Forward> {
+        self.endpoints
+            .values()
+            .flat_map(|e| {
+                e.published.iter().map(|p| Forward {
+                    published: *p,
+                    to: e.address.addr(),
+                })
+            })
+            .collect()
     }
 
     /// Forgets an endpoint; returns it (for the veth's removal). Idempotent.
@@ -889,6 +1055,71 @@ mod tests {
         assert!(book.remove_network(NID).is_some());
         assert!(book.endpoints.is_empty());
         assert!(book.remove_endpoint(&eid).is_none());
+    }
+
+    #[test]
+    fn publishing_takes_one_host_port_per_container_and_refuses_what_it_cannot_do() {
+        let mut book = Book::default();
+        pool(&mut book);
+        let pools = vec![("10.42.0.0/16".to_owned(), "10.42.7.1/24".to_owned())];
+        let n = book.check_network(NID, &pools, false, &[], 1420).unwrap();
+        book.add_network(NID, n);
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        for (id, addr) in [(&a, "10.42.7.2/24"), (&b, "10.42.7.3/24")] {
+            let e = book.check_endpoint(NID, id, addr).unwrap();
+            book.add_endpoint(id, e);
+        }
+        let bind = |proto, port, host_ip: &str, host_port, end| PortBinding {
+            proto,
+            port,
+            host_ip: host_ip.into(),
+            host_port,
+            host_port_end: end,
+        };
+        book.publish(
+            NID,
+            &a,
+            &[bind(6, 5000, "", 8080, 8080), bind(17, 53, "::", 5353, 0)],
+        )
+        .unwrap();
+        let f = book.forwards();
+        assert_eq!(f.len(), 1, "the IPv6 binding is skipped: {f:?}");
+        assert_eq!(f[0].to.to_string(), "10.42.7.2");
+        assert_eq!(
+            f[0].published,
+            Published {
+                proto: Proto::Tcp,
+                host_ip: None,
+                host_port: 8080,
+                port: 5000
+            }
+        );
+        let err = |r: Result<(), BookError>| r.unwrap_err().to_string();
+        let e = err(book.publish(NID, &b, &[bind(6, 80, "198.18.0.11", 8080, 0)]));
+        assert!(e.contains("host port 8080/tcp is already published"), "{e}");
+        book.publish(NID, &b, &[bind(17, 80, "198.18.0.11", 8080, 0)])
+            .unwrap();
+        let e = err(book.publish(NID, &b, &[bind(6, 80, "", 0, 0)]));
+        assert!(e.contains("-p 80 without a host port"), "{e}");
+        let e = err(book.publish(NID, &b, &[bind(6, 80, "", 9000, 9005)]));
+        assert!(e.contains("not ranges"), "{e}");
+        let e = err(book.publish(NID, &b, &[bind(132, 80, "", 9000, 0)]));
+        assert!(e.contains("tcp and udp ports only"), "{e}");
+        let e = err(book.publish(NID, &b, &[bind(6, 80, "not-an-ip", 9000, 0)]));
+        assert!(e.contains("not a valid IP address"), "{e}");
+        let e = err(book.publish(NID, "c", &[bind(6, 80, "", 9000, 0)]));
+        assert!(e.contains("does not know endpoint"), "{e}");
+        // A refusal changed nothing; the same container may publish again (a restart).
+        assert_eq!(book.forwards().len(), 2);
+        book.publish(NID, &a, &[bind(6, 5000, "", 8080, 0)])
+            .unwrap();
+        assert_eq!(book.forwards().len(), 2);
+        let text = serde_json::to_string(&book).unwrap();
+        assert_eq!(serde_json::from_str::<Book>(&text).unwrap(), book);
+        book.unpublish(&a);
+        assert_eq!(book.forwards().len(), 1);
+        book.remove_endpoint(&b);
+        assert!(book.forwards().is_empty());
     }
 
     #[test]

@@ -18,6 +18,10 @@
 //! internet, the LAN), as Docker's own bridge networks do; traffic through the overlay keeps
 //! its container source, which the peers check.
 //!
+//! Two more NAT chains, `publish` (prerouting) and `publish_local` (output, for the host's
+//! own connections), forward the host ports containers publish (`-p`) to them: only packets
+//! to one of the host's own addresses, so traffic passing through is never redirected.
+//!
 //! [`ruleset`] is pure; [`apply`] is the one place that runs `nft`.
 
 use std::fmt::Write as _;
@@ -25,6 +29,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ipnet::Ipv4Net;
+
+use super::book::Forward;
 
 /// The nftables table (family `inet`) that holds the rules; nothing else touches it.
 pub const TABLE: &str = "overlayd_docker";
@@ -47,7 +53,7 @@ pub struct Isolated {
 /// The `nft -f` script that makes the table hold exactly the rules for `networks` (`tun`:
 /// the TUN's name), or removes the table when there are none. Creating the table before
 /// deleting it makes the script work whether or not the table exists, in one transaction.
-pub fn ruleset(tun: &str, networks: &[Isolated]) -> String {
+pub fn ruleset(tun: &str, networks: &[Isolated], forwards: &[Forward]) -> String {
     let mut s = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n");
     if networks.is_empty() {
         return s;
@@ -95,7 +101,30 @@ pub fn ruleset(tun: &str, networks: &[Isolated]) -> String {
             "\t\tip saddr {slice} ip daddr != {slice} oifname != \"{tun}\" oifname != \"{BRIDGE_PREFIX}*\" counter masquerade comment \"{b}\""
         );
     }
-    let _ = writeln!(s, "\t}}\n}}");
+    let _ = writeln!(s, "\t}}");
+    for (chain, hook) in [
+        ("publish", "prerouting priority dstnat"),
+        ("publish_local", "output priority -100"),
+    ] {
+        let _ = writeln!(s, "\tchain {chain} {{");
+        let _ = writeln!(s, "\t\ttype nat hook {hook}; policy accept;");
+        for f in forwards {
+            let p = f.published;
+            let host = p
+                .host_ip
+                .map_or_else(String::new, |ip| format!("ip daddr {ip} "));
+            let _ = writeln!(
+                s,
+                "\t\tfib daddr type local {host}{} dport {} counter dnat ip to {}:{}",
+                p.proto.name(),
+                p.host_port,
+                f.to,
+                p.port
+            );
+        }
+        let _ = writeln!(s, "\t}}");
+    }
+    let _ = writeln!(s, "}}");
     s
 }
 
@@ -149,7 +178,16 @@ mod tests {
                 slice: "10.43.7.0/24".parse().unwrap(),
             },
         ];
-        let s = ruleset("ovl0", &nets);
+        let forwards = [super::super::book::Forward {
+            published: super::super::book::Published {
+                proto: super::super::book::Proto::Tcp,
+                host_ip: Some("198.18.0.11".parse().unwrap()),
+                host_port: 8080,
+                port: 5000,
+            },
+            to: "10.42.7.2".parse().unwrap(),
+        }];
+        let s = ruleset("ovl0", &nets, &forwards);
         assert!(
             s.starts_with(
                 "table inet overlayd_docker {}\ndelete table inet overlayd_docker\ntable inet overlayd_docker {\n"
@@ -168,14 +206,18 @@ mod tests {
             "type nat hook postrouting priority srcnat; policy accept;",
             r#"ip saddr 10.42.7.0/24 ip daddr != 10.42.7.0/24 oifname != "ovl0" oifname != "ovdb*" counter masquerade comment "ovdbaaaa""#,
             r#"ip saddr 10.43.7.0/24 ip daddr != 10.43.7.0/24 oifname != "ovl0" oifname != "ovdb*" counter masquerade comment "ovdbbbbb""#,
+            "type nat hook prerouting priority dstnat; policy accept;",
+            "type nat hook output priority -100; policy accept;",
         ] {
             assert!(
                 s.lines().any(|l| l.trim() == line),
                 "{line} missing in\n{s}"
             );
         }
+        let dnat = "fib daddr type local ip daddr 198.18.0.11 tcp dport 8080 counter dnat ip to 10.42.7.2:5000";
+        assert_eq!(s.lines().filter(|l| l.trim() == dnat).count(), 2, "{s}");
         assert_eq!(
-            ruleset("ovl0", &[]),
+            ruleset("ovl0", &[], &[]),
             "table inet overlayd_docker {}\ndelete table inet overlayd_docker\n",
             "no network: the table goes"
         );

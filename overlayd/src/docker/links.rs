@@ -78,8 +78,8 @@ impl Links {
         slice: Ipv4Net,
         mtu: u16,
     ) -> anyhow::Result<u32> {
-        let index = match self.index(name).await? {
-            Some(i) => i,
+        let (index, made) = match self.index(name).await? {
+            Some(i) => (i, false),
             None => {
                 let add = self
                     .handle
@@ -95,9 +95,11 @@ impl Links {
                             .with_context(|| format!("cannot create bridge {name} (netlink)"));
                     }
                 }
-                self.index(name)
+                let index = self
+                    .index(name)
                     .await?
-                    .with_context(|| format!("bridge {name} vanished right after its creation"))?
+                    .with_context(|| format!("bridge {name} vanished right after its creation"))?;
+                (index, true)
             }
         };
         self.handle
@@ -112,14 +114,20 @@ impl Links {
                     slice.prefix_len()
                 )
             })?;
+        // A new bridge gets a fixed MAC (02:42 and the gateway's address, locally
+        // administered; Docker sets its bridges' too): a bridge whose MAC was never set takes
+        // the lowest of its ports', so removing a container could change the gateway's MAC
+        // under the other containers, cut off until their ARP entries expire (seen:
+        // seconds). A bridge that exists is left as it is, so a restart of overlayd never
+        // changes the MAC under running containers.
+        let mut link = LinkUnspec::new_with_index(index).mtu(u32::from(mtu));
+        if made {
+            let o = gateway.octets();
+            link = link.address(vec![0x02, 0x42, o[0], o[1], o[2], o[3]]);
+        }
         self.handle
             .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .mtu(u32::from(mtu))
-                    .up()
-                    .build(),
-            )
+            .set(link.up().build())
             .execute()
             .await
             .with_context(|| format!("cannot bring bridge {name} up (netlink)"))?;

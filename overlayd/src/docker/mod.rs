@@ -269,7 +269,7 @@ impl Plugin {
     /// none). With no network and no rules to remove, `nft` need not even be installed.
     async fn isolate(&self, book: &Book) -> anyhow::Result<()> {
         let networks = book.isolated();
-        match filter::apply(&filter::ruleset(&self.tun, &networks)).await {
+        match filter::apply(&filter::ruleset(&self.tun, &networks, &book.forwards())).await {
             Ok(()) => Ok(()),
             Err(e) if networks.is_empty() => {
                 tracing::debug!(error = %format!("{e:#}"), "no isolation rules to remove");
@@ -429,20 +429,26 @@ impl Plugin {
                 Ok(json!({"Value": {}}))
             }
             "NetworkDriver.ProgramExternalConnectivity" => {
-                let req: Value = parse::<Option<Value>>(body)?.unwrap_or(Value::Null);
-                let published = req
-                    .pointer("/Options/com.docker.network.portmap")
-                    .and_then(Value::as_array)
-                    .is_some_and(|p| !p.is_empty());
-                if published {
-                    return Err(Failure::new(
-                        "port publishing (-p) is not supported on overlayd networks: reach the container by its overlay address from any member host, or attach it to a second, bridge network for -p",
-                    ));
-                }
+                let req: wire::NetworkRef = parse(body)?;
+                let raw: Value = parse::<Option<Value>>(body)?.unwrap_or(Value::Null);
+                let bindings: Vec<book::PortBinding> =
+                    match raw.pointer("/Options/com.docker.network.portmap") {
+                        None | Some(Value::Null) => Vec::new(),
+                        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                            Failure::new(format!(
+                                "com.docker.network.portmap is not a list of port bindings: {e}"
+                            ))
+                        })?,
+                    };
+                self.publish(&req, &bindings).await?;
+                Ok(json!({}))
+            }
+            "NetworkDriver.RevokeExternalConnectivity" => {
+                let req: wire::NetworkRef = parse(body)?;
+                self.publish(&req, &[]).await?;
                 Ok(json!({}))
             }
             "NetworkDriver.Leave"
-            | "NetworkDriver.RevokeExternalConnectivity"
             | "NetworkDriver.DiscoverNew"
             | "NetworkDriver.DiscoverDelete"
             | "NetworkDriver.AllocateNetwork"
@@ -555,7 +561,50 @@ impl Plugin {
         self.links.delete(&endpoint.container_veth).await?;
         self.save(&next)?;
         *book = next;
+        if !endpoint.published.is_empty()
+            && let Err(e) = self.isolate(&book).await
+        {
+            tracing::error!(error = %format!("{e:#}"), "cannot remove a removed container's published ports from the nft rules; they go with the next change");
+        }
         Ok(json!({}))
+    }
+
+    /// `-p`: makes the endpoint publish `bindings` (none: stop publishing), in the book and
+    /// then in the nft rules; if the rules cannot be set, the book goes back as it was.
+    async fn publish(
+        &self,
+        req: &wire::NetworkRef,
+        bindings: &[book::PortBinding],
+    ) -> Result<(), Failure> {
+        let mut book = self.book.lock().await;
+        if bindings.is_empty()
+            && book
+                .endpoints
+                .get(&req.endpoint_id)
+                .is_none_or(|e| e.published.is_empty())
+        {
+            return Ok(());
+        }
+        let before = book.clone();
+        let mut next = book.clone();
+        if bindings.is_empty() {
+            next.unpublish(&req.endpoint_id);
+        } else {
+            next.publish(&req.network_id, &req.endpoint_id, bindings)?;
+        }
+        if next == *book {
+            return Ok(());
+        }
+        self.save(&next)?;
+        *book = next;
+        if let Err(e) = self.isolate(&book).await {
+            let _ = self.save(&before);
+            *book = before;
+            return Err(Failure::new(format!(
+                "cannot publish the container's ports: {e:#}"
+            )));
+        }
+        Ok(())
     }
 }
 
