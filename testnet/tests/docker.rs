@@ -48,6 +48,8 @@ const EXTRA_RANGE: &str = "10.43.0.0/16";
 const DOCKER: &str = "/usr/bin/docker";
 const DOCKERD: &str = "/usr/sbin/dockerd";
 const BUSYBOX: &str = "/bin/busybox";
+/// A container's command that answers `pong` to every TCP connection on port 5000.
+const PONG_SERVER: [&str; 7] = ["nc", "-ll", "-p", "5000", "-e", "/bin/echo", "pong"];
 const IMAGE: &str = "ovdbb:1";
 const CREATE: &[&str] = &[
     "network",
@@ -779,14 +781,11 @@ fn docker_containers_on_two_hosts_share_the_encrypted_overlay() {
             "-p",
             "8080:5000",
             IMAGE,
-            "nc",
-            "-ll",
-            "-p",
-            "5000",
-            "-e",
-            "/bin/echo",
-            "pong",
-        ],
+        ]
+        .iter()
+        .chain(&PONG_SERVER)
+        .copied()
+        .collect::<Vec<_>>(),
     );
     let h1 = run
         .net
@@ -1150,22 +1149,11 @@ fn docker_networks_on_different_ranges_cannot_reach_each_other() {
     ] {
         run.ok(
             i,
-            &[
-                "run",
-                "-d",
-                "--name",
-                name,
-                "--network",
-                net,
-                IMAGE,
-                "nc",
-                "-ll",
-                "-p",
-                "5000",
-                "-e",
-                "/bin/echo",
-                "pong",
-            ],
+            &["run", "-d", "--name", name, "--network", net, IMAGE]
+                .iter()
+                .chain(&PONG_SERVER)
+                .copied()
+                .collect::<Vec<_>>(),
         );
     }
     eprintln!("5 containers started in {:?}", t.elapsed());
