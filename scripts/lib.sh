@@ -70,10 +70,20 @@ kill_my_pids() {
     MY_PIDS=()
 }
 
-ns_exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
+# No `cmd | grep -q` in these helpers: under pipefail, grep exiting at its first match can
+# kill the writer with SIGPIPE (status 141) and turn a match into a failure. Capture first.
+ns_exists() {
+    local l
+    l=$(ip netns list 2>/dev/null) || return 1
+    [[ $'\n'"$l"$'\n' =~ $'\n'"$1"[[:space:]$'\n'] ]]
+}
 
 # listening NS PORT : a TCP socket listens on PORT in namespace NS
-listening() { ip netns exec "$1" ss -Htln "sport = :$2" | grep -q .; }
+listening() {
+    local l
+    l=$(ip netns exec "$1" ss -Htln "sport = :$2" 2>/dev/null) || return 1
+    [[ -n "$l" ]]
+}
 
 # ----------------------------------------------------------------- testnet ----
 tn() { timeout -k 5 "$TN_TIMEOUT" "$TESTNET" "$@"; }
@@ -83,7 +93,9 @@ tn() { timeout -k 5 "$TN_TIMEOUT" "$TESTNET" "$@"; }
 takes_prefix() {
     local sub=$1
     if [[ -z "${TAKES_PREFIX[$sub]:-}" ]]; then
-        if "$TESTNET" "$sub" --help 2>&1 | grep -q -- '--prefix'; then TAKES_PREFIX[$sub]=1
+        local help
+        help=$("$TESTNET" "$sub" --help 2>&1) || true
+        if [[ "$help" == *--prefix* ]]; then TAKES_PREFIX[$sub]=1
         else TAKES_PREFIX[$sub]=0
         fi
     fi
@@ -107,7 +119,7 @@ tn_hint() {
 overlay_addr() {
     local out a
     out=$(tnp addr "$1") || die "testnet addr $1 failed"
-    a=$(grep -oE '([0-9]{1,3}\.){3}[0-9]{1,3}' <<<"$out" | head -n1)
+    [[ "$out" =~ ([0-9]{1,3}\.){3}[0-9]{1,3} ]] && a=${BASH_REMATCH[0]}
     [[ -n "$a" ]] || die "testnet addr $1 printed no IPv4 address: '$out'"
     echo "$a"
 }
@@ -132,3 +144,25 @@ cpu_ticks() {
     done
     echo "$t"
 }
+
+# ---------------------------------------------------------------- commands ----
+# need_commands WHO CMD:PACKAGE... : true if every CMD is on PATH; otherwise one line per
+# missing command, naming the Debian package that has it, and false
+need_commands() {
+    local who=$1 spec cmd pkg rc=0
+    shift
+    for spec in "$@"; do
+        cmd=${spec%%:*} pkg=${spec#*:}
+        if ! command -v "$cmd" >/dev/null 2>&1; then
+            printf '%s: command %s is missing (Debian package %s): run scripts/setup, or apt-get install %s\n' \
+                "$who" "$cmd" "$pkg" "$pkg" >&2
+            rc=1
+        fi
+    done
+    return "$rc"
+}
+
+# what the testnet hosts, the demo and the end-to-end tests run, with their packages
+# shellcheck disable=SC2034  # used by the scripts that source this file
+TESTNET_COMMANDS=(ip:iproute2 ss:iproute2 bridge:iproute2 ping:iputils-ping nft:nftables
+                  sysctl:procps nc:netcat-openbsd)
