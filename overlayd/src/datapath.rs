@@ -487,7 +487,7 @@ fn timers(udp: &Udp, router: &Router) {
         std::thread::sleep(Duration::from_millis(250));
         router.tick(&mut buf, &mut send);
         if last_reset.elapsed() >= Duration::from_secs(1) {
-            router.reset_rate_limiter();
+            router.reset_rate_limiter(Instant::now());
             last_reset = Instant::now();
         }
     }

@@ -16,7 +16,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use boringtun::noise::errors::WireGuardError;
@@ -36,6 +36,15 @@ pub use peers::{MAX_PEER_INDICES, Peer, PeerSpec, PeerState, PeerTable, RouterEr
 /// Handshake initiations per second, over all peers, above which the daemon answers
 /// with cookies instead of doing Diffie-Hellman (boringtun's device uses the same).
 pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// How long one cookie secret lives: WireGuard's responder changes the secret it derives
+/// cookies from every two minutes (whitepaper §5.4.7, `COOKIE_SECRET_MAX_AGE` in the
+/// kernel's cookie.c). boringtun's limiter only mixes a 128 s time counter into a secret
+/// fixed at start, so the router replaces the limiter, and with it the secret, this often.
+pub const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(120);
+
+/// Message type of a WireGuard cookie reply.
+const COOKIE_REPLY_TYPE: u8 = 3;
 
 /// Smallest buffer a `Tunn` call may write into: a handshake initiation.
 pub const MIN_BUFFER_LEN: usize = 148;
@@ -158,7 +167,17 @@ pub struct Router {
     /// the current one and publishes it. Readers never take it. It guards no data, so
     /// dropping it signals nothing.
     writer: Mutex<()>,
-    rate_limiter: Arc<RateLimiter>,
+    /// The shared handshake limiter: every handshake message (initiation and response)
+    /// passes it exactly once, here, before its peer's `Tunn` sees it. Replaced every
+    /// [`COOKIE_SECRET_LIFETIME`] (a new cookie secret).
+    rate_limiter: ArcSwap<RateLimiter>,
+    /// When the limiter's secret was made, and its message limit (for the next one).
+    limiter_born: Mutex<Instant>,
+    handshake_limit: u64,
+    /// What each `Tunn` gets as its limiter: it checks mac1 and never answers with a
+    /// cookie (its limit is never reached), so a `Tunn` writes to the network only after
+    /// a handshake message authenticated. Load and cookies are the shared limiter's job.
+    mac1_only: Arc<RateLimiter>,
     /// Drops not attributable to a peer, and those of removed peers.
     pub drops: DropCounters,
     /// Rate-limited logging of drops.
@@ -187,7 +206,10 @@ impl Router {
             own_key: private_key.public_key(),
             table: ArcSwap::from_pointee(PeerTable::default()),
             writer: Mutex::new(()),
-            rate_limiter: Arc::new(RateLimiter::new(&public, limit)),
+            rate_limiter: ArcSwap::from_pointee(RateLimiter::new(&public, limit)),
+            limiter_born: Mutex::new(Instant::now()),
+            handshake_limit: limit,
+            mac1_only: Arc::new(RateLimiter::new(&public, u64::MAX)),
             drops: DropCounters::default(),
             log: LogLimiter::default(),
         };
@@ -330,25 +352,32 @@ impl Router {
                 return Inbound::Dropped(DropReason::Malformed);
             }
         };
+        let is_handshake = matches!(
+            packet,
+            Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)
+        );
+        if is_handshake {
+            // Check mac1 and load before any Diffie-Hellman, once per message: under a
+            // flood this answers with a cookie (to `src`, and nothing else happens).
+            match self
+                .rate_limiter
+                .load()
+                .verify_packet(Some(src.ip()), datagram, out)
+            {
+                Ok(_) => {}
+                Err(TunnResult::WriteToNetwork(cookie)) => {
+                    reply(src, cookie);
+                    self.drop_global(DropReason::UnderLoad, Some(src));
+                    return Inbound::Dropped(DropReason::UnderLoad);
+                }
+                Err(_) => {
+                    self.drop_global(DropReason::AuthFailed, Some(src));
+                    return Inbound::Dropped(DropReason::AuthFailed);
+                }
+            }
+        }
         let peer = match &packet {
             Packet::HandshakeInit(init) => {
-                // Check mac1 and load before the Diffie-Hellman in parse_handshake_anon:
-                // under a flood this answers with a cookie instead.
-                match self
-                    .rate_limiter
-                    .verify_packet(Some(src.ip()), datagram, out)
-                {
-                    Ok(_) => {}
-                    Err(TunnResult::WriteToNetwork(cookie)) => {
-                        reply(src, cookie);
-                        self.drop_global(DropReason::UnderLoad, Some(src));
-                        return Inbound::Dropped(DropReason::UnderLoad);
-                    }
-                    Err(_) => {
-                        self.drop_global(DropReason::AuthFailed, Some(src));
-                        return Inbound::Dropped(DropReason::AuthFailed);
-                    }
-                }
                 match parse_handshake_anon(&self.private_key, &self.public_key, init) {
                     Ok(half) => table.by_key_bytes(&half.peer_static_public),
                     Err(_) => {
@@ -375,8 +404,14 @@ impl Router {
         }
         match st.tunn.decapsulate(Some(src.ip()), datagram, out) {
             TunnResult::WriteToNetwork(b) => {
-                // A handshake message authenticated: the peer is at `src` now.
-                st.endpoint = Some(src);
+                // The Tunn's limiter never answers with a cookie (`mac1_only`), so a write
+                // here follows a handshake message that authenticated (its answer, or the
+                // first keepalive of the new session): the peer is at `src` now. Checked
+                // all the same: the endpoint moves only on cryptographic proof, as
+                // WireGuard's does (whitepaper §6.5: roaming on authenticated packets).
+                if is_handshake && b.first() != Some(&COOKIE_REPLY_TYPE) {
+                    st.endpoint = Some(src);
+                }
                 reply(src, b);
                 // Packets queued while the handshake was under way.
                 while let TunnResult::WriteToNetwork(b) = st.tunn.decapsulate(None, &[], out) {
@@ -467,9 +502,20 @@ impl Router {
         }
     }
 
-    /// Resets the handshake rate limiter's count; call once a second.
-    pub fn reset_rate_limiter(&self) {
-        self.rate_limiter.reset_count();
+    /// Resets the handshake rate limiter's count; call once a second. Once the cookie
+    /// secret is [`COOKIE_SECRET_LIFETIME`] old (by `now`), a new limiter with a fresh
+    /// secret replaces it: cookies handed out before stop validating mac2.
+    pub fn reset_rate_limiter(&self, now: Instant) {
+        let mut born = self.limiter_born.lock().unwrap_or_else(|e| e.into_inner());
+        if now.saturating_duration_since(*born) >= COOKIE_SECRET_LIFETIME {
+            self.rate_limiter.store(Arc::new(RateLimiter::new(
+                &self.public_key,
+                self.handshake_limit,
+            )));
+            *born = now;
+        } else {
+            self.rate_limiter.load().reset_count();
+        }
     }
 
     /// Starts a handshake with every peer that has an endpoint (at start-up, so that a

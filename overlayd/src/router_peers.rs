@@ -281,7 +281,7 @@ impl Router {
             spec.persistent_keepalive,
             // fits: index < 2^24, checked above
             index as u32,
-            Some(self.rate_limiter.clone()),
+            Some(self.mac1_only.clone()),
         );
         let peer = Arc::new(Peer {
             index,

@@ -6,6 +6,7 @@
 
 use super::*;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 pub(super) const A_ADDR: &str = "198.18.0.11:51820";
 pub(super) const B_ADDR: &str = "198.18.0.12:51820";
@@ -301,4 +302,171 @@ proptest::proptest! {
             proptest::prop_assert!(matches!(r, Inbound::Dropped(_)), "{:?}", r);
         }
     }
+}
+
+// ---- issue 14, item 1: an outsider who knows a public key cannot steer a tunnel ----
+
+const FORGER: &str = "198.19.66.66:40000";
+
+/// WireGuard's mac1 over `msg` (everything before the two MACs) for a receiver whose
+/// public key is `to`: what anyone who knows that key can compute.
+fn mac1(to: &PublicKey, msg: &[u8]) -> [u8; 16] {
+    use blake2::digest::{FixedOutput, KeyInit, Update};
+    use blake2::{Blake2s256, Blake2sMac, Digest, digest::consts::U16};
+    let key = Blake2s256::new()
+        .chain_update(b"mac1----")
+        .chain_update(to.as_bytes())
+        .finalize();
+    let mut mac = Blake2sMac::<U16>::new_from_slice(&key).unwrap();
+    Update::update(&mut mac, msg);
+    mac.finalize_fixed().into()
+}
+
+/// A handshake message of `kind` (1 initiation, 2 response) with random contents, a valid
+/// mac1 for `to` and no mac2; a response goes to `receiver_idx`.
+fn forged(kind: u8, to: &PublicKey, receiver_idx: u32, salt: u32) -> Vec<u8> {
+    let len = if kind == 1 { 148 } else { 92 };
+    let mut m = vec![0u8; len];
+    m[0] = kind;
+    m[4..8].copy_from_slice(&salt.wrapping_mul(2_654_435_761).to_le_bytes());
+    if kind == 2 {
+        m[8..12].copy_from_slice(&receiver_idx.to_le_bytes());
+    }
+    for (i, b) in m[12..len - 32].iter_mut().enumerate() {
+        *b = (i as u32 ^ salt).wrapping_mul(31) as u8;
+    }
+    let mac = mac1(to, &m[..len - 32]);
+    m[len - 32..len - 16].copy_from_slice(&mac);
+    m
+}
+
+/// A fresh initiation from `from` to its only peer.
+fn initiation(from: &Router) -> Vec<u8> {
+    let mut buf = vec![0u8; 2048];
+    let peer = from.peers()[0].clone();
+    let mut st = peer.lock();
+    match st.tunn.format_handshake_initiation(&mut buf, true) {
+        TunnResult::WriteToNetwork(b) => b.to_vec(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Delivers `bytes` from `src` to `router`; returns the replies as (destination, bytes).
+fn deliver(router: &Router, src: &str, bytes: &[u8]) -> (Inbound, Vec<(SocketAddr, Vec<u8>)>) {
+    let mut out = vec![0u8; 2048];
+    let mut replies = Vec::new();
+    let r = router.decapsulate(src.parse().unwrap(), bytes, &mut out, &mut |d, b| {
+        replies.push((d, b.to_vec()))
+    });
+    (r, replies)
+}
+
+fn endpoint_of_only_peer(router: &Router) -> Option<SocketAddr> {
+    router.peers()[0].handshake_age_and_endpoint().1
+}
+
+#[test]
+fn forged_and_replayed_handshake_responses_never_move_the_endpoint() {
+    for under_load in [false, true] {
+        let pair = pair();
+        let a_key = pair.a.own_key;
+        // A initiates; B's genuine response is captured (and delivered) on the way.
+        let init = initiation(&pair.a);
+        let a_idx = u32::from_le_bytes(init[4..8].try_into().unwrap());
+        let (_, replies) = deliver(&pair.b, A_ADDR, &init);
+        let response = replies[0].1.clone();
+        assert_eq!(response[0], 2, "B answers with a handshake response");
+        let (r, _) = deliver(&pair.a, B_ADDR, &response);
+        assert_eq!(r, Inbound::Consumed);
+        let b_addr: SocketAddr = B_ADDR.parse().unwrap();
+        assert_eq!(endpoint_of_only_peer(&pair.a), Some(b_addr));
+
+        if under_load {
+            // valid-mac1 initiations from nowhere push A over its handshake limit
+            for i in 0..(HANDSHAKE_RATE_LIMIT as u32 + 10) {
+                deliver(&pair.a, FORGER, &forged(1, &a_key, 0, i));
+            }
+        }
+        // the genuine response replayed, and forged ones to A's indices, from the forger
+        let mut attacks = vec![response.clone()];
+        for i in 0..64 {
+            attacks.push(forged(2, &a_key, a_idx, i));
+            attacks.push(forged(2, &a_key, (a_idx & !0xff) | i, 1000 + i));
+        }
+        for m in &attacks {
+            let (r, replies) = deliver(&pair.a, FORGER, m);
+            assert!(
+                !matches!(r, Inbound::ToTun { .. }),
+                "under_load={under_load}: a forged response reached the TUN"
+            );
+            for (dst, b) in &replies {
+                assert!(
+                    b[0] == 3 && b.len() == 64,
+                    "under_load={under_load}: the forger got more than a cookie reply: type {} to {dst}",
+                    b[0]
+                );
+            }
+            assert_eq!(
+                endpoint_of_only_peer(&pair.a),
+                Some(b_addr),
+                "under_load={under_load}: a forged response moved B's endpoint to the forger"
+            );
+        }
+        // and the tunnel still works both ways
+        let (_, to_b) = pump(
+            &pair,
+            send(&pair.a, A_ADDR, &ipv4("10.42.1.2", "10.42.2.2", b"x")),
+        );
+        assert_eq!(to_b.len(), 1, "under_load={under_load}");
+    }
+}
+
+#[test]
+fn every_handshake_message_counts_once_against_the_limit() {
+    // with a limit of 2, two genuine initiations in the same second are both answered
+    let ka = PrivateKey::generate();
+    let kb = PrivateKey::generate();
+    let a = Router::new(&ka, &[peer(&kb, "10.42.2.0/24", Some(B_ADDR))]);
+    let b = Router::with_handshake_limit(&kb, &[peer(&ka, "10.42.1.0/24", Some(A_ADDR))], 2);
+    for n in 0..2 {
+        let (r, replies) = deliver(&b, A_ADDR, &initiation(&a));
+        assert_eq!(r, Inbound::Consumed, "initiation {n}");
+        assert_eq!(
+            replies[0].1[0], 2,
+            "initiation {n} answered with a response, not a cookie"
+        );
+    }
+    let (r, _) = deliver(&b, A_ADDR, &initiation(&a));
+    assert_eq!(
+        r,
+        Inbound::Dropped(DropReason::UnderLoad),
+        "the third is over the limit"
+    );
+}
+#[test]
+fn cookie_secret_rotates_every_two_minutes() {
+    // B is always under load: an initiation needs a valid mac2, i.e. a current cookie
+    let ka = PrivateKey::generate();
+    let kb = PrivateKey::generate();
+    let a = Router::new(&ka, &[peer(&kb, "10.42.2.0/24", Some(B_ADDR))]);
+    let b = Router::with_handshake_limit(&kb, &[peer(&ka, "10.42.1.0/24", Some(A_ADDR))], 0);
+    let start = Instant::now();
+    let (r, replies) = deliver(&b, A_ADDR, &initiation(&a));
+    assert_eq!(r, Inbound::Dropped(DropReason::UnderLoad));
+    assert_eq!(replies[0].1[0], 3, "a cookie reply");
+    deliver(&a, B_ADDR, &replies[0].1); // A takes the cookie
+    let answered = |b: &Router| deliver(b, A_ADDR, &initiation(&a)).1[0].1[0];
+    assert_eq!(
+        answered(&b),
+        2,
+        "with the cookie the initiation is answered"
+    );
+    b.reset_rate_limiter(start + Duration::from_secs(60));
+    assert_eq!(answered(&b), 2, "a minute later the cookie still holds");
+    b.reset_rate_limiter(start + Duration::from_secs(121));
+    assert_eq!(
+        answered(&b),
+        3,
+        "after two minutes the secret changed: a new cookie is needed"
+    );
 }
