@@ -7,7 +7,7 @@
 //!   refused ([`KeyError::InsecurePermissions`]), as `wg` warns and innernet refuses.
 //!   The same rules hold for Ed25519 signing key files.
 //!
-//! The identity layer of the control plane (see `ARCHITECTURE.md`, "Control plane"):
+//! The identity layer of the control plane (see docs/design.md, "Decisions" and "The control plane"):
 //!
 //! - [`SigningKey`] / [`VerifyingKey`] (module `ed25519`): each host's Ed25519 key, and
 //!   [`Fingerprint`], the short SHA-256 form of a public key operators compare.

@@ -299,8 +299,8 @@ fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
 /// Why one set for both directions rather than a thread per direction: a worker that has
 /// just sent a packet and finds the answer already queued when it next looks (the peer,
 /// woken on this CPU, ran and answered first) takes it without sleeping, where a thread
-/// per direction always needs a wake-up, often of a halted vCPU (see the README's
-/// latency section).
+/// per direction always needs a wake-up, often of a halted vCPU (see docs/performance.md,
+/// "Latency").
 struct Poller {
     epoll: std::os::fd::OwnedFd,
     fds: [std::os::fd::RawFd; 2],

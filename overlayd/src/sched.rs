@@ -7,7 +7,7 @@
 //! system call, and the next hop is often served by a thread on the other vCPU (tens of µs
 //! to get running there on this VM). As `SCHED_BATCH` a woken worker instead waits for its waker
 //! to go to sleep, a few µs later, and the whole round trip runs as clean hand-offs on one
-//! CPU (see the README's latency section for the measurements).
+//! CPU (see docs/performance.md, "Latency", for the measurements).
 //!
 //! The price of `SCHED_BATCH` is that a worker woken on a CPU that a CPU-bound task holds
 //! waits for that task's time slice to end (milliseconds). So a worker watches its own

@@ -2,7 +2,7 @@
 //! this host, and every rule about them (IPAM and the network driver's checks). No I/O:
 //! the server persists a [`Book`] after each change and does the netlink work it implies.
 //!
-//! Design (docker-plugin-api.md §3.3): every host runs the same `docker network create -d
+//! Design (moby's plugins_network.md and plugins_ipam.md): every host runs the same `docker network create -d
 //! overlayd --ipam-driver overlayd --subnet 10.42.0.0/16 NAME`; the pool is accepted only if
 //! it contains exactly one of this host's certificate subnets (its *slice*, e.g.
 //! `10.42.7.0/24`), and addresses come only from that slice: the gateway is its first

@@ -1,6 +1,6 @@
 //! What dockerd says, through its API socket: the endpoints and addresses a network holds now
 //! (`GET /networks/<id>`), for [`super::book::Book::reclaim`]. Never called inside a plugin
-//! call (dockerd may be waiting on that call: docker-plugin-api.md §3.3).
+//! call (dockerd may be waiting on that call: moby's plugins_network.md and plugins_ipam.md).
 
 use std::net::Ipv4Addr;
 use std::path::Path;

@@ -7,7 +7,7 @@
 //! - [`filter`]: the nftables rules that keep the networks apart.
 //! - [`wire`]: the JSON dockerd sends and expects.
 //!
-//! Rules this module keeps (docker-plugin-api.md): every handler answers within
+//! Rules this module keeps (moby's plugins_network.md): every handler answers within
 //! [`HANDLER_TIMEOUT`] (dockerd has no timeout of its own) and never calls the Docker API;
 //! the [`book::Book`] is written to `docker.json` in the state directory (atomically) after
 //! every change, since dockerd replays nothing after a plugin restart; deletions are

@@ -1,5 +1,5 @@
 //! The JSON of Docker's legacy (v1) plugin protocol, network driver and IPAM, as dockerd
-//! 20.10 sends it (docker-plugin-api.md §2–3): PascalCase names, unknown fields ignored,
+//! 20.10 sends it (moby's plugins_network.md and plugins_ipam.md): PascalCase names, unknown fields ignored,
 //! any map or list may be `null`, option values of mixed types.
 
 use serde::{Deserialize, Serialize};
