@@ -129,20 +129,22 @@ fn on(b: bool) -> &'static str {
     if b { "on" } else { "off" }
 }
 
-/// `overlayctl peers`.
+/// `overlayctl peers`: ADDRESS is the peer's overlay address (the first of its first
+/// subnet), ENDPOINT its underlay one.
 pub fn peers(peers: &[PeerStatus]) -> String {
     let header = [
         "NAME",
         "STATE",
         "PUBLIC KEY",
         "ENDPOINT",
+        "ADDRESS",
         "SUBNETS",
         "HANDSHAKE",
         "RX",
         "TX",
         "DROPS",
     ];
-    let rows: Vec<[String; 9]> = peers
+    let rows: Vec<[String; 10]> = peers
         .iter()
         .map(|p| {
             [
@@ -150,6 +152,7 @@ pub fn peers(peers: &[PeerStatus]) -> String {
                 p.state.map_or("-", |s| s.as_str()).to_owned(),
                 p.public_key.to_string(),
                 p.endpoint.map_or("-".to_owned(), |e| e.to_string()),
+                p.address.map_or("-".to_owned(), |a| a.to_string()),
                 if p.subnets.is_empty() {
                     "-".to_owned()
                 } else {
@@ -207,6 +210,7 @@ mod tests {
         PeerStatus {
             name: None,
             state: None,
+            address: Some("10.42.2.1".parse().unwrap()),
             public_key: key,
             endpoint: Some("198.18.0.12:51820".parse().unwrap()),
             subnets: vec!["10.42.2.0/24".parse().unwrap()],
@@ -226,6 +230,7 @@ mod tests {
             name: Some("node-b".to_owned()),
             state: Some(MemberState::Suspect),
             endpoint: None,
+            address: None,
             subnets: vec![],
             last_handshake_s: None,
             drops: BTreeMap::new(),
@@ -243,6 +248,7 @@ mod tests {
                 "PUBLIC",
                 "KEY",
                 "ENDPOINT",
+                "ADDRESS",
                 "SUBNETS",
                 "HANDSHAKE",
                 "RX",
@@ -254,8 +260,7 @@ mod tests {
         assert!(static_row.starts_with("-       -        "), "{text}");
         for needle in [
             &key.to_string()[..],
-            "198.18.0.12:51820",
-            "10.42.2.0/24",
+            "198.18.0.12:51820  10.42.2.1  10.42.2.0/24",
             "3s ago",
             "1000 B",
             "3.0 MiB",
@@ -270,6 +275,7 @@ mod tests {
                 "node-b",
                 "suspect",
                 &member_key.to_string()[..],
+                "-",
                 "-",
                 "-",
                 "never",

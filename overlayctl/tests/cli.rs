@@ -476,6 +476,7 @@ fn status_and_peers_show_members() {
     let member = PeerStatus {
         name: Some("node-b".to_owned()),
         state: Some(MemberState::Alive),
+        address: Some("10.42.2.1".parse().unwrap()),
         public_key: public_key(),
         endpoint: Some("198.18.0.2:51820".parse().unwrap()),
         subnets: vec!["10.42.2.0/24".parse().unwrap()],

@@ -19,6 +19,7 @@ use protocol::api::{
 };
 use std::time::Duration;
 
+use crate::address::first_host;
 use crate::control::{ApiFailure, Command, ControlHandle};
 use std::sync::atomic::Ordering;
 
@@ -39,8 +40,6 @@ pub struct ApiState {
     pub tun_name: String,
     /// TUN MTU.
     pub mtu: u16,
-    /// Overlay address.
-    pub address: Option<std::net::IpAddr>,
     /// Own subnets.
     pub subnets: Vec<IpNet>,
     /// TUN offload in use.
@@ -156,7 +155,8 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<Status> {
         listen_port: s.listen_port,
         tun_name: s.tun_name.clone(),
         mtu: s.mtu,
-        address: s.address,
+        // The effective address: the config's, or the member's default from its subnet.
+        address: s.control.ctx.address(),
         subnets,
         tun_offload: s.tun_offload,
         udp_gso: s.udp.gso(),
@@ -180,12 +180,14 @@ async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
         .map(|p| {
             let (age, endpoint) = p.handshake_age_and_endpoint();
             let member = members.iter().find(|m| m.public_key == p.public_key);
+            let subnets = p.subnets();
             PeerStatus {
                 name: member.map(|m| m.name.clone()).or_else(|| p.name()),
                 state: member.map(|m| m.state),
+                address: subnets.first().map(|n| first_host(*n)),
                 public_key: p.public_key,
                 endpoint,
-                subnets: p.subnets(),
+                subnets,
                 last_handshake_s: age.map(|d| d.as_secs_f64()),
                 rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
                 tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
@@ -200,6 +202,7 @@ async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
             list.push(PeerStatus {
                 name: Some(m.name),
                 state: Some(m.state),
+                address: m.subnets.first().map(|n| first_host(*n)),
                 public_key: m.public_key,
                 endpoint: m.endpoint,
                 subnets: m.subnets,

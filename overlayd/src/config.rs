@@ -356,7 +356,9 @@ pub struct Config {
     pub tun_name: String,
     /// TUN MTU.
     pub mtu: u16,
-    /// This host's overlay address (on the TUN; preferred source of the routes).
+    /// This host's overlay address (on the TUN; preferred source of the routes), an
+    /// override: without it a member takes the first address of its certificate's first
+    /// subnet ([`crate::address::effective`]), and a host in no network has none.
     pub address: Option<IpAddr>,
     /// This host's container subnets.
     pub subnets: Vec<IpNet>,

@@ -4,8 +4,10 @@
 //! Seams: [`router`] is the I/O-free tunnel logic; [`datapath`] the threads that move
 //! batches between the TUN and the UDP socket; [`udp`] the batched socket calls;
 //! [`netlink`] routes; [`api`] the local API; [`docker`] the Docker network and IPAM plugin;
-//! [`config`] the file. [`run`] wires them.
+//! [`config`] the file; [`address`] which overlay address this host takes. [`run`] wires
+//! them.
 
+pub mod address;
 pub mod api;
 pub mod config;
 pub mod control;
@@ -72,7 +74,8 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         .if_index()
         .with_context(|| format!("cannot read the index of TUN device {}", config.tun_name))?;
     let mut routes = netlink::Routes::connect()?;
-    let address = config.address;
+    // The config's address, if any, from the start; a member's default address comes when
+    // the control plane knows its subnet (`control::Ctx::apply_address`).
     routes
         .configure_link(if_index, config.mtu, config.address)
         .await?;
@@ -117,7 +120,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         router: router.clone(),
         routes: routes.clone(),
         if_index,
-        address,
+        address: std::sync::Mutex::new(config.address),
         udp: udp.clone(),
         state,
         control_socket: std::sync::Mutex::new(Some(control_socket)),
@@ -163,7 +166,6 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         listen_port: config.listen_port,
         tun_name: config.tun_name.clone(),
         mtu: config.mtu,
-        address: config.address,
         subnets: config.subnets.clone(),
         tun_offload,
         started: Instant::now(),

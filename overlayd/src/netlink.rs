@@ -1,6 +1,6 @@
-//! Routes through netlink (rtnetlink), never by running `ip`. The daemon adds one route
-//! per peer subnet through its TUN, remembers what it added, and removes exactly that on
-//! shutdown.
+//! Routes and the TUN's address through netlink (rtnetlink), never by running `ip`. The
+//! daemon adds one route per peer subnet through its TUN, remembers what it added, and
+//! removes exactly that on shutdown.
 
 use std::net::IpAddr;
 
@@ -13,7 +13,15 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 /// Routes this daemon installed, for removal on shutdown.
 pub struct Routes {
     handle: Handle,
-    installed: Vec<(IpNet, RouteMessage)>,
+    installed: Vec<Installed>,
+}
+
+/// One route this daemon installed: what it routes, through which interface, and the
+/// message that made it (the one that deletes it: the kernel matches the preferred source).
+struct Installed {
+    net: IpNet,
+    if_index: u32,
+    message: RouteMessage,
 }
 
 fn message(net: IpNet, if_index: u32, source: Option<IpAddr>) -> RouteMessage {
@@ -70,14 +78,44 @@ impl Routes {
             .await
             .with_context(|| format!("cannot set MTU {mtu} and bring the TUN up (netlink)"))?;
         if let Some(addr) = address {
-            let len = if addr.is_ipv4() { 32 } else { 128 };
+            self.add_address(if_index, addr).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts `addr` on interface `if_index` as a /32 (or /128); one already there is kept.
+    pub async fn add_address(&self, if_index: u32, addr: IpAddr) -> anyhow::Result<()> {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        self.handle
+            .address()
+            .add(if_index, addr, len)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("cannot put address {addr} on the TUN (netlink)"))
+    }
+
+    /// Removes `addr` from interface `if_index`, if it is there. The kernel also removes the
+    /// routes that prefer it as source, unless another interface holds it too: move them
+    /// first ([`Routes::set_source`]).
+    pub async fn remove_address(&self, if_index: u32, addr: IpAddr) -> anyhow::Result<()> {
+        let found: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(if_index)
+            .set_address_filter(addr)
+            .execute()
+            .try_collect()
+            .await
+            .context("cannot list the addresses of the TUN (netlink)")?;
+        for message in found {
             self.handle
                 .address()
-                .add(if_index, addr, len)
-                .replace()
+                .del(message)
                 .execute()
                 .await
-                .with_context(|| format!("cannot put address {addr} on the TUN (netlink)"))?;
+                .with_context(|| format!("cannot remove address {addr} from the TUN (netlink)"))?;
         }
         Ok(())
     }
@@ -98,19 +136,48 @@ impl Routes {
             .execute()
             .await
             .with_context(|| format!("cannot add route {net} via the TUN (netlink)"))?;
-        self.installed.retain(|(n, _)| *n != net.trunc());
-        self.installed.push((net.trunc(), msg));
+        self.installed.retain(|r| r.net != net.trunc());
+        self.installed.push(Installed {
+            net: net.trunc(),
+            if_index,
+            message: msg,
+        });
         Ok(())
+    }
+
+    /// Makes `source` the preferred source of every route this daemon installed (replacing
+    /// each), e.g. once this host has an overlay address, for the routes added before it.
+    /// Returns whether all were changed; a failure is logged and leaves that route as it was.
+    pub async fn set_source(&mut self, source: Option<IpAddr>) -> bool {
+        let mut all = true;
+        for route in &mut self.installed {
+            let msg = message(route.net, route.if_index, source);
+            let replaced = self
+                .handle
+                .route()
+                .add(msg.clone())
+                .replace()
+                .execute()
+                .await;
+            match replaced {
+                Ok(()) => route.message = msg,
+                Err(e) => {
+                    all = false;
+                    tracing::warn!(error = %e, route = %route.net, "cannot change the source address of a route");
+                }
+            }
+        }
+        all
     }
 
     /// Removes the route to `net` this daemon added, if any; errors are logged.
     pub async fn remove(&mut self, net: IpNet) {
         let net = net.trunc();
-        let Some(i) = self.installed.iter().position(|(n, _)| *n == net) else {
+        let Some(i) = self.installed.iter().position(|r| r.net == net) else {
             return;
         };
-        let (_, msg) = self.installed.remove(i);
-        if let Err(e) = self.handle.route().del(msg).execute().await {
+        let route = self.installed.remove(i);
+        if let Err(e) = self.handle.route().del(route.message).execute().await {
             tracing::warn!(error = %e, route = %net, "could not remove a route");
         }
     }
@@ -118,8 +185,8 @@ impl Routes {
     /// Removes every route this daemon added; errors are logged, not returned, so that
     /// shutdown always finishes.
     pub async fn remove_all(&mut self) {
-        for (_, msg) in self.installed.drain(..) {
-            if let Err(e) = self.handle.route().del(msg).execute().await {
+        for route in self.installed.drain(..) {
+            if let Err(e) = self.handle.route().del(route.message).execute().await {
                 tracing::warn!(error = %e, "could not remove a route on shutdown");
             }
         }

@@ -224,6 +224,13 @@ pub struct PeerStatus {
     /// The member's state; `None` for a static peer.
     #[serde(default)]
     pub state: Option<MemberState>,
+    /// Its overlay address by the network's convention: the first address of its first
+    /// subnet (`10.42.2.1` for `10.42.2.0/24`), which a member puts on its TUN by default;
+    /// the same rule for a static peer. A host's `address` in its own config overrides
+    /// that on the host only (it is in no record), so it is not shown here. `None` when it
+    /// has no subnet (e.g. revoked). Absent in answers of daemons before it: `None`.
+    #[serde(default)]
+    pub address: Option<IpAddr>,
     /// The peer's WireGuard public key.
     pub public_key: PublicKey,
     /// Where its packets go now: configured, or learnt from its latest authenticated packet.
@@ -247,4 +254,28 @@ pub struct PeerStatus {
 pub struct ApiError {
     /// One sentence saying what went wrong and what to do.
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer as a daemon from before `address` answers it.
+    const OLD_PEER: &str = r#"{"name":"h2","state":"alive","public_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","endpoint":null,"subnets":["10.42.2.0/24"],"last_handshake_s":null,"rx_bytes":0,"tx_bytes":0,"persistent_keepalive":null,"drops":{}}"#;
+
+    #[test]
+    fn a_peer_without_address_still_parses() {
+        let peer: PeerStatus = serde_json::from_str(OLD_PEER).unwrap();
+        assert_eq!(peer.name.as_deref(), Some("h2"));
+        assert_eq!(peer.address, None);
+    }
+
+    #[test]
+    fn a_peer_address_round_trips() {
+        let mut peer: PeerStatus = serde_json::from_str(OLD_PEER).unwrap();
+        peer.address = Some("10.42.2.1".parse().unwrap());
+        let json = serde_json::to_string(&peer).unwrap();
+        assert!(json.contains(r#""address":"10.42.2.1""#), "{json}");
+        assert_eq!(serde_json::from_str::<PeerStatus>(&json).unwrap(), peer);
+    }
 }

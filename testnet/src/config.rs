@@ -24,8 +24,10 @@ pub struct HostConfig {
     pub tun_name: String,
     /// `mtu`.
     pub mtu: u32,
-    /// `address`: the host's overlay address, `10.42.I.1`.
-    pub address: Ipv4Addr,
+    /// `address`: the host's overlay address, `10.42.I.1`, in static mode; `None` (not
+    /// written) in gossip mode, where the daemon takes the same address from its certificate
+    /// subnet by default, so every gossip-mode run exercises that default.
+    pub address: Option<Ipv4Addr>,
     /// `subnets`: the host's container subnet, `10.42.I.0/24`, in static mode; empty (not
     /// written) in gossip mode, where the subnet comes from the host's certificate.
     pub subnets: Vec<String>,
@@ -88,7 +90,9 @@ impl HostConfig {
         let _ = writeln!(out, "listen_port = {}", self.listen_port);
         let _ = writeln!(out, "tun_name = {}", toml_str(&self.tun_name));
         let _ = writeln!(out, "mtu = {}", self.mtu);
-        let _ = writeln!(out, "address = \"{}\"", self.address);
+        if let Some(address) = self.address {
+            let _ = writeln!(out, "address = \"{address}\"");
+        }
         if !self.subnets.is_empty() {
             let _ = writeln!(out, "subnets = {}", toml_list(&self.subnets));
         }
@@ -140,9 +144,9 @@ impl Testnet {
         }
     }
 
-    /// Host `i`'s gossip-mode config: its key, address, state directory and `[control]`
-    /// table (port [`CONTROL_PORT`], advertising its current underlay address); no subnets
-    /// and no peers.
+    /// Host `i`'s gossip-mode config: its key, state directory and `[control]` table (port
+    /// [`CONTROL_PORT`], advertising its current underlay address); no address (the daemon
+    /// takes `10.42.I.1`, the first of its certificate subnet), no subnets and no peers.
     pub fn gossip_config(&self, i: usize) -> Result<HostConfig> {
         let host = self.host(i)?;
         Ok(HostConfig {
@@ -150,7 +154,7 @@ impl Testnet {
             listen_port: LISTEN_PORT,
             tun_name: "ovl0".to_owned(),
             mtu: MTU,
-            address: host.overlay,
+            address: None,
             subnets: Vec::new(),
             api_socket: self.socket_path(i),
             offload: None,
@@ -190,7 +194,7 @@ impl Testnet {
             listen_port: LISTEN_PORT,
             tun_name: "ovl0".to_owned(),
             mtu: MTU,
-            address: host.overlay,
+            address: Some(host.overlay),
             subnets: vec![host.subnet.clone()],
             api_socket: self.socket_path(i),
             offload: None,
@@ -275,7 +279,7 @@ mod tests {
             listen_port: 51820,
             tun_name: "ovl0".into(),
             mtu: 1420,
-            address: Ipv4Addr::new(10, 42, 1, 1),
+            address: Some(Ipv4Addr::new(10, 42, 1, 1)),
             subnets: vec!["10.42.1.0/24".into()],
             api_socket: "/run/testnet/tn/h1/overlayd.sock".into(),
             offload: None,
@@ -318,13 +322,13 @@ subnets = ["10.42.2.0/24"]
     }
 
     #[test]
-    fn gossip_mode_has_state_dir_and_control_but_no_subnets_or_peers() {
+    fn gossip_mode_has_state_dir_and_control_but_no_address_subnets_or_peers() {
         let cfg = HostConfig {
             private_key_file: "/run/testnet/tn/h2/private.key".into(),
             listen_port: 51820,
             tun_name: "ovl0".into(),
             mtu: 1420,
-            address: Ipv4Addr::new(10, 42, 2, 1),
+            address: None,
             subnets: vec![],
             api_socket: "/run/testnet/tn/h2/overlayd.sock".into(),
             offload: Some(false),
@@ -341,7 +345,6 @@ subnets = ["10.42.2.0/24"]
 listen_port = 51820
 tun_name = "ovl0"
 mtu = 1420
-address = "10.42.2.1"
 api_socket = "/run/testnet/tn/h2/overlayd.sock"
 offload = false
 state_dir = "/run/testnet/tn/h2/state"

@@ -103,7 +103,8 @@ fn assert_pings_both_ways(net: &Testnet, a: usize, b: usize, when: &str) {
 }
 
 /// Asserts h1 lists h4 as a static peer: in the raw `peers --json`, `name` and `state` are
-/// null, the key is h4's, the subnet 10.42.4.0/24, the endpoint 198.18.0.14:51820.
+/// null, the key is h4's, the subnet 10.42.4.0/24, the endpoint 198.18.0.14:51820, the
+/// overlay address 10.42.4.1 (the first of its subnet).
 fn assert_h4_static_on_h1(net: &Testnet, when: &str) {
     let out = net
         .overlayctl_ok(1, &["peers", "--json"])
@@ -131,6 +132,7 @@ fn assert_h4_static_on_h1(net: &Testnet, when: &str) {
         Some("198.18.0.14:51820"),
         "{when}: {h4}"
     );
+    assert_eq!(h4["address"].as_str(), Some("10.42.4.1"), "{when}: {h4}");
 }
 
 /// Asserts host `i` (a member other than h1) neither lists h4's key nor routes 10.42.4.0/24,
@@ -202,6 +204,25 @@ fn static_peer_works_beside_gossiped_members() {
     assert_pings_both_ways(&net, 1, 4, "static tunnel");
     assert_pings_both_ways(&net, 1, 2, "gossiped tunnel");
     assert_pings_both_ways(&net, 1, 3, "gossiped tunnel");
+    // h1 has no `address` in its config: it got 10.42.1.1 from its certificate after its
+    // route to the static peer was made, and that route prefers it as source too, so the
+    // hosts themselves reach each other (h4 has `address = 10.42.4.1`, static mode).
+    let route = net
+        .exec("h1", &["ip", "route", "get", "10.42.4.1"])
+        .expect("ip route get");
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(
+        route.contains(" dev ovl0 ") && route.contains(" src 10.42.1.1 "),
+        "h1's route to h4 does not prefer h1's overlay address: {route}"
+    );
+    assert!(
+        pings(&net, "h1", "10.42.4.1"),
+        "h1 cannot ping h4's overlay address"
+    );
+    assert!(
+        pings(&net, "h4", "10.42.1.1"),
+        "h4 cannot ping h1's overlay address"
+    );
 
     // h1 lists h4 as static, h2 and h3 as alive members.
     assert_h4_static_on_h1(&net, "after up");

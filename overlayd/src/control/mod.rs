@@ -48,8 +48,11 @@ pub struct Ctx {
     pub routes: Arc<tokio::sync::Mutex<Routes>>,
     /// The TUN's index.
     pub if_index: u32,
-    /// This host's overlay address (preferred source of routes).
-    pub address: Option<IpAddr>,
+    /// This host's overlay address now, as on the TUN and preferred source of the routes
+    /// through it: start it at the config's `address`; [`Ctx::apply_address`] changes it,
+    /// holding the `routes` lock, so a route is never added with a stale source. Read it
+    /// with [`Ctx::address`].
+    pub address: Mutex<Option<IpAddr>>,
     /// The tunnels' socket (handshakes to new members go out at once).
     pub udp: Arc<Udp>,
     /// The state directory.
@@ -84,6 +87,50 @@ impl Ctx {
         .context("cannot start the QUIC endpoint")?;
         let _ = self.endpoint.set(endpoint.clone());
         Ok(endpoint)
+    }
+
+    /// This host's overlay address now (see [`crate::address::effective`]).
+    pub fn address(&self) -> Option<IpAddr> {
+        *self.address.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes this host's overlay address the one its config and `subnets` (its certificate's
+    /// as a member, none otherwise) give ([`crate::address::effective`]): puts it on the TUN,
+    /// makes it the preferred source of every route through the TUN (those added before it
+    /// too: the static peers' at start, the members' of an earlier membership), then takes
+    /// the old one off. Does nothing when it is unchanged, so it is called whenever the
+    /// subnets may have changed (start as a member, after `init` or `join`, after `leave`).
+    /// Failures are logged: the tunnels work without the address, only this host's own
+    /// packets into the overlay lack a source the peers accept.
+    pub async fn apply_address(&self, subnets: &[IpNet]) {
+        let wanted = crate::address::effective(self.config.address, subnets);
+        let mut routes = self.routes.lock().await;
+        let current = self.address();
+        if wanted == current {
+            return;
+        }
+        if let Some(new) = wanted
+            && let Err(e) = routes.add_address(self.if_index, new).await
+        {
+            tracing::warn!(error = %format!("{e:#}"), overlay_ip = %new, "cannot give this host its overlay address; its own packets into the overlay will be dropped by the peers");
+            return;
+        }
+        let moved = routes.set_source(wanted).await;
+        *self.address.lock().unwrap_or_else(|e| e.into_inner()) = wanted;
+        if let Some(old) = current {
+            if !moved {
+                // Routes that still prefer it would go with it (the kernel removes them).
+                tracing::warn!(overlay_ip = %old, "the old overlay address stays on the TUN: some routes still use it");
+            } else if let Err(e) = routes.remove_address(self.if_index, old).await {
+                tracing::warn!(error = %format!("{e:#}"), overlay_ip = %old, "cannot remove the old overlay address from the TUN");
+            }
+        }
+        match wanted {
+            Some(ip) => {
+                tracing::info!(overlay_ip = %ip, "this host's overlay address is on the TUN")
+            }
+            None => tracing::info!("this host has no overlay address any more"),
+        }
     }
 
     /// Closes the QUIC endpoint, if one was made (shutdown).
@@ -245,8 +292,9 @@ pub fn now_unix() -> u64 {
 }
 
 /// The address this host is reached at: the kernel's source address towards `towards`
-/// (no packet is sent), or the first global address of an interface that is up.
-pub fn detect_address(towards: Option<SocketAddr>) -> anyhow::Result<IpAddr> {
+/// (no packet is sent), or the first global address of an interface that is up, other than
+/// `tun` (this host's overlay address, on the TUN, is no underlay address).
+pub fn detect_address(towards: Option<SocketAddr>, tun: &str) -> anyhow::Result<IpAddr> {
     if let Some(target) = towards {
         let bind: SocketAddr = if target.is_ipv4() {
             "0.0.0.0:0".parse()?
@@ -261,12 +309,12 @@ pub fn detect_address(towards: Option<SocketAddr>) -> anyhow::Result<IpAddr> {
             return Ok(local.ip());
         }
     }
-    first_global_address().context(
+    first_global_address(tun).context(
         "cannot find this host's underlay address; set advertise = \"IP\" under [control] in the config",
     )
 }
 
-fn first_global_address() -> Option<IpAddr> {
+fn first_global_address(skip: &str) -> Option<IpAddr> {
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `addrs` with a list we free below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
@@ -281,6 +329,12 @@ fn first_global_address() -> Option<IpAddr> {
         let up = ifa.ifa_flags & (libc::IFF_UP as u32) != 0;
         let loopback = ifa.ifa_flags & (libc::IFF_LOOPBACK as u32) != 0;
         if !up || loopback || ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string valid until the list is freed.
+        if !ifa.ifa_name.is_null()
+            && unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_bytes() == skip.as_bytes()
+        {
             continue;
         }
         // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it names.
@@ -348,6 +402,8 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
             Ok(_) => {}
             Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot read the state directory"),
         }
+        // Not a member (any more): no subnet, so only the config's address, if any.
+        ctx.apply_address(&[]).await;
         // Not a member: only init and join do anything.
         let Some(cmd) = commands.recv().await else {
             return;

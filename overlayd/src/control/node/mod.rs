@@ -150,7 +150,7 @@ impl Member {
                     .filter(|m| *m.name != me.node)
                     .find_map(|m| m.endpoints.first().copied())
                     .or_else(|| net.bootstrap.first().copied());
-                super::detect_address(towards)?
+                super::detect_address(towards, &ctx.config.tun_name)?
             }
         };
         let own = own_record(&net, &ctx, advertise, MemberState::Alive, &control_key)?;
@@ -246,6 +246,9 @@ impl Member {
         {
             tracing::warn!(error = %e, "cannot gossip this host's record");
         }
+        // This host's overlay address comes from its certificate unless the config sets one;
+        // before the routes to the members, which prefer it as source.
+        member.ctx.apply_address(&member.me.subnets).await;
         member.sync_peers().await;
         member.save();
         member.update_view();

@@ -26,7 +26,8 @@ impl Member {
                 .find_map(|m| m.endpoints.first().copied())
         };
         let Some(towards) = towards else { return };
-        let Ok(ip) = crate::control::detect_address(Some(towards)) else {
+        let Ok(ip) = crate::control::detect_address(Some(towards), &self.ctx.config.tun_name)
+        else {
             return;
         };
         if ip == self.advertise {
@@ -128,8 +129,10 @@ impl Member {
 
     async fn route(&mut self, key: &PublicKey, subnets: &[IpNet]) {
         let mut routes = self.ctx.routes.lock().await;
+        // Read under the routes lock, which `Ctx::apply_address` holds while it changes it.
+        let source = self.ctx.address();
         for net in subnets {
-            if let Err(e) = routes.add(*net, self.ctx.if_index, self.ctx.address).await {
+            if let Err(e) = routes.add(*net, self.ctx.if_index, source).await {
                 tracing::warn!(error = %format!("{e:#}"), "cannot add a member's route");
             }
         }
