@@ -3,6 +3,7 @@
 
 mod client;
 mod control;
+mod generate;
 mod parse;
 mod show;
 mod when;
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::error::ErrorKind;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use protocol::api::{PEERS_PATH, PeerStatus, STATUS_PATH, Status};
 
 /// Control the encrypted container overlay on this host.
@@ -55,6 +56,9 @@ enum Command {
     Revoke(control::RevokeArgs),
     /// Leave the network: the other members drop this host and close their tunnels to it.
     Leave(control::LeaveArgs),
+    /// Shell completions and man pages, for packaging.
+    #[command(subcommand, hide = true)]
+    Generate(generate::GenerateCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -148,5 +152,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Revoke(args) => control::revoke(&cli.socket, args),
         Command::Leave(args) => control::leave(&cli.socket, args),
+        Command::Generate(command) => generate::run(command, Cli::command()),
     }
 }
