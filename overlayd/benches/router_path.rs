@@ -52,6 +52,10 @@ fn routers() -> (Router, Router) {
     let mut b_peers = with(peer(&ka, 0));
     b_peers[0].endpoint = Some("198.18.1.100:51820".parse().unwrap());
     let b = Router::new(&kb, &b_peers);
+    // the packets go to 10.42.1.2: each side's own address (the destination check runs)
+    for r in [&a, &b] {
+        r.set_local_networks(&["10.42.1.2/32".parse().unwrap()]);
+    }
     let a_addr: SocketAddr = "198.18.1.100:51820".parse().unwrap();
     let b_addr: SocketAddr = "198.18.1.1:51820".parse().unwrap();
     let mut wire = Vec::new();

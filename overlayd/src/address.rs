@@ -34,6 +34,22 @@ pub fn effective(configured: Option<IpAddr>, subnets: &[IpNet]) -> Option<IpAddr
     configured.or_else(|| subnets.first().map(|n| first_host(*n)))
 }
 
+/// This host's own networks: the only destinations a decrypted packet may have (the
+/// router drops the rest as `destination_not_allowed`). Its overlay `address` (a /32 or
+/// /128: an override may lie outside every subnet), the config's static `subnets` and a
+/// member's certificate subnets.
+pub fn local_networks(
+    address: Option<IpAddr>,
+    configured: &[IpNet],
+    certified: &[IpNet],
+) -> Vec<IpNet> {
+    let own = address.map(IpNet::from);
+    own.into_iter()
+        .chain(configured.iter().copied())
+        .chain(certified.iter().copied())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +106,26 @@ mod tests {
     #[test]
     fn no_override_and_no_subnet_is_no_address() {
         assert_eq!(effective(None, &[]), None);
+    }
+
+    #[test]
+    fn local_networks_are_the_address_and_every_subnet() {
+        assert_eq!(
+            local_networks(
+                Some(ip("10.99.0.1")),
+                &[net("10.42.1.0/24")],
+                &[net("10.43.1.0/24")]
+            ),
+            vec![
+                net("10.99.0.1/32"),
+                net("10.42.1.0/24"),
+                net("10.43.1.0/24")
+            ]
+        );
+        assert_eq!(local_networks(None, &[], &[]), Vec::<IpNet>::new());
+        assert_eq!(
+            local_networks(Some(ip("fd00::1")), &[], &[]),
+            vec![net("fd00::1/128")]
+        );
     }
 }

@@ -440,9 +440,18 @@ impl Config {
                 raw.mtu
             )));
         }
-        if raw.tun_name.is_empty() || raw.tun_name.len() > 15 {
+        // The name goes into nft scripts and netlink: letters, digits, '_', '-', '.' only
+        // (what `ip link` names usually are; quotes, spaces or '/' could break out of them).
+        if raw.tun_name.is_empty()
+            || raw.tun_name.len() > 15
+            || raw.tun_name.starts_with(['.', '-'])
+            || !raw
+                .tun_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
             return Err(invalid(format!(
-                "tun_name {:?} must be 1 to 15 characters (a Linux interface name)",
+                "tun_name {:?} is not an interface name: use 1 to 15 letters, digits, '_', '-' or '.' (default \"ovl0\")",
                 raw.tun_name
             )));
         }
@@ -811,5 +820,19 @@ mod tests {
                 .contains("mtu")
         );
         assert!(parse(&f, "tun_name = \"waytoolonganame0\"\n").is_err());
+        // the name goes into nft scripts: nothing that could break out of a quoted word
+        for bad in ["ovl0\\\" drop", "a b", "ovl/0", "-ovl", ".", "ovl;0", ""] {
+            let err = parse(&f, &format!("tun_name = {bad:?}\n")).unwrap_err();
+            assert!(
+                err.to_string().contains("not an interface name"),
+                "{bad:?}: {err}"
+            );
+        }
+        for good in ["ovl0", "wg-overlay", "tun_1.2"] {
+            assert!(
+                parse(&f, &format!("tun_name = {good:?}\n")).is_ok(),
+                "{good}"
+            );
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod docker;
+pub mod firewall;
 pub mod netlink;
 pub mod router;
 pub mod sched;
@@ -88,6 +89,11 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         }
     }
     let router = Arc::new(router::Router::new(&config.private_key, &config.peers));
+    // Until the control plane knows more (a member's subnets): the config's own networks,
+    // in the router and in nftables.
+    let local = address::local_networks(config.address, &config.subnets, &[]);
+    router.set_local_networks(&local);
+    firewall::apply(&config.tun_name, &local).await;
     let tun = Arc::new(tun);
     if let Err(e) = datapath::spawn(
         tun,
@@ -97,6 +103,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         tuning.sched_batch,
     ) {
         routes.remove_all().await;
+        firewall::remove().await;
         return Err(anyhow::Error::new(e).context("cannot start the data plane threads"));
     }
     {
@@ -142,6 +149,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
                 Err(e) => {
                     ctx_for_close.close_endpoint();
                     routes.lock().await.remove_all().await;
+                    firewall::remove().await;
                     return Err(e.context("cannot start the Docker plugin"));
                 }
             }
@@ -177,6 +185,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: removing routes");
     ctx_for_close.close_endpoint();
     routes.lock().await.remove_all().await;
+    firewall::remove().await;
     served
 }
 

@@ -420,12 +420,12 @@ impl Router {
                 Inbound::Consumed
             }
             TunnResult::WriteToTunnelV4(b, addr) => {
-                let len = b.len();
-                self.accept(table, peer, &mut st, src, IpAddr::V4(addr), len)
+                let (len, dst) = (b.len(), destination(b));
+                self.accept(table, peer, &mut st, src, (IpAddr::V4(addr), dst), len)
             }
             TunnResult::WriteToTunnelV6(b, addr) => {
-                let len = b.len();
-                self.accept(table, peer, &mut st, src, IpAddr::V6(addr), len)
+                let (len, dst) = (b.len(), destination(b));
+                self.accept(table, peer, &mut st, src, (IpAddr::V6(addr), dst), len)
             }
             TunnResult::Done => {
                 if is_data {
@@ -465,14 +465,16 @@ impl Router {
         }
     }
 
-    /// Inbound check: the decrypted packet's source must belong to the peer that sent it.
+    /// Inbound checks: the decrypted packet's source must belong to the peer that sent it,
+    /// and its destination to this host (its own subnets and addresses): a member may not
+    /// use this host as a gateway to its LAN, other bridges or the internet.
     fn accept(
         &self,
         table: &PeerTable,
         peer: &Peer,
         st: &mut PeerState,
         src: SocketAddr,
-        inner_source: IpAddr,
+        (inner_source, inner_destination): (IpAddr, Option<IpAddr>),
         len: usize,
     ) -> Inbound {
         // It decrypted under this peer's session: authenticated, so it may roam.
@@ -480,6 +482,10 @@ impl Router {
         if table.routes.lookup(inner_source) != Some(peer.index) {
             self.drop_peer(peer, DropReason::SourceNotAllowed, Some(src));
             return Inbound::Dropped(DropReason::SourceNotAllowed);
+        }
+        if !inner_destination.is_some_and(|d| table.is_local(d)) {
+            self.drop_peer(peer, DropReason::DestinationNotAllowed, Some(src));
+            return Inbound::Dropped(DropReason::DestinationNotAllowed);
         }
         peer.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
         Inbound::ToTun { len }

@@ -168,6 +168,9 @@ pub struct PeerTable {
     peers: Vec<Option<Arc<Peer>>>,
     by_key: HashMap<[u8; 32], usize>,
     pub(super) routes: RoutingTable<usize>,
+    /// This host's own subnets and addresses: the only destinations a decrypted packet
+    /// may have ([`Router::set_local_networks`]).
+    local: Arc<[IpNet]>,
 }
 
 impl PeerTable {
@@ -190,6 +193,11 @@ impl PeerTable {
         self.peers
             .get((receiver_index >> 8) as usize)
             .and_then(Option::as_ref)
+    }
+
+    /// Whether `dst` is one of this host's own subnets or addresses.
+    pub(super) fn is_local(&self, dst: IpAddr) -> bool {
+        self.local.iter().any(|n| n.contains(&dst))
     }
 
     /// The peer that `dst` routes to.
@@ -222,6 +230,29 @@ fn overlaps(a: &IpNet, b: &IpNet) -> bool {
 }
 
 impl Router {
+    /// Sets this host's own subnets and addresses (its container subnets, its overlay
+    /// address): a decrypted packet is delivered only if its destination lies in one of
+    /// them. Until they are set, nothing is delivered. Returns whether they changed.
+    pub fn set_local_networks(&self, nets: &[IpNet]) -> bool {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut local: Vec<IpNet> = nets.iter().map(IpNet::trunc).collect();
+        local.sort();
+        local.dedup();
+        let current = self.table.load_full();
+        if *current.local == *local {
+            return false;
+        }
+        let mut next = PeerTable::clone(&current);
+        next.local = local.into();
+        self.table.store(Arc::new(next));
+        true
+    }
+
+    /// This host's own subnets and addresses, as last set.
+    pub fn local_networks(&self) -> Vec<IpNet> {
+        self.table.load().local.to_vec()
+    }
+
     /// Adds a peer, or updates the one with the same key in place (its tunnel, sessions
     /// and counters stay): name, subnets (routes rebuilt), and endpoint when it differs
     /// from the one last given for this peer, so that an endpoint learnt from the peer's

@@ -36,6 +36,10 @@ fn empty_pair_then_added() -> (Pair, Keys) {
         b: Router::new(&keys.b, &[]),
     };
     assert!(pair.a.peers().is_empty());
+    // A moves to other subnets in some tests: both take the whole range as their own
+    for r in [&pair.a, &pair.b] {
+        r.set_local_networks(&["10.42.0.0/16".parse().unwrap()]);
+    }
     let added = pair
         .a
         .upsert_peer(spec(&keys.b, "b", &["10.42.2.0/24"], Some(B_ADDR)))

@@ -28,10 +28,15 @@ pub(super) fn peer(key: &PrivateKey, subnet: &str, endpoint: Option<&str>) -> Pe
 pub(super) fn pair() -> Pair {
     let ka = PrivateKey::generate();
     let kb = PrivateKey::generate();
-    Pair {
+    let pair = Pair {
         a: Router::new(&ka, &[peer(&kb, "10.42.2.0/24", Some(B_ADDR))]),
         b: Router::new(&kb, &[peer(&ka, "10.42.1.0/24", Some(A_ADDR))]),
-    }
+    };
+    pair.a
+        .set_local_networks(&["10.42.1.0/24".parse().unwrap()]);
+    pair.b
+        .set_local_networks(&["10.42.2.0/24".parse().unwrap()]);
+    pair
 }
 
 /// An IPv4 header (no payload checks are made by the tunnel) plus `payload`.
@@ -469,4 +474,66 @@ fn cookie_secret_rotates_every_two_minutes() {
         3,
         "after two minutes the secret changed: a new cookie is needed"
     );
+}
+
+// ---- issue 14, item 6: a member cannot use a host as a gateway ----
+
+#[test]
+fn packets_for_anything_but_this_hosts_own_networks_are_dropped_and_counted() {
+    // A is hostile: it routes everything to B (wg's allowed-ips 0.0.0.0/0)
+    let ka = PrivateKey::generate();
+    let kb = PrivateKey::generate();
+    let pair = Pair {
+        a: Router::new(&ka, &[peer(&kb, "0.0.0.0/0", Some(B_ADDR))]),
+        b: Router::new(&kb, &[peer(&ka, "10.42.1.0/24", Some(A_ADDR))]),
+    };
+    pair.b
+        .set_local_networks(&["10.42.2.0/24".parse().unwrap()]);
+    handshake(&pair);
+    // from A's own subnet, so the source check passes: to B's LAN, the internet, B's
+    // underlay address, a broadcast, another member's subnet
+    for dst in [
+        "192.168.1.10",
+        "8.8.8.8",
+        "198.18.0.12",
+        "255.255.255.255",
+        "10.42.3.2",
+    ] {
+        let (_, to_b) = pump(&pair, send(&pair.a, A_ADDR, &ipv4("10.42.1.2", dst, b"x")));
+        assert!(to_b.is_empty(), "a packet for {dst} reached B's TUN");
+    }
+    assert_eq!(
+        pair.b.total_drops().get(&DropReason::DestinationNotAllowed),
+        Some(&5)
+    );
+    // B's own subnet still gets through
+    let (_, to_b) = pump(
+        &pair,
+        send(&pair.a, A_ADDR, &ipv4("10.42.1.2", "10.42.2.2", b"x")),
+    );
+    assert_eq!(to_b.len(), 1);
+}
+
+#[test]
+fn nothing_is_delivered_before_the_local_networks_are_known() {
+    let pair = pair();
+    pair.b.set_local_networks(&[]);
+    handshake(&pair);
+    let (_, to_b) = pump(
+        &pair,
+        send(&pair.a, A_ADDR, &ipv4("10.42.1.2", "10.42.2.2", b"x")),
+    );
+    assert!(to_b.is_empty());
+    pair.b
+        .set_local_networks(&["10.42.2.1/32".parse().unwrap()]);
+    let (_, to_b) = pump(
+        &pair,
+        send(&pair.a, A_ADDR, &ipv4("10.42.1.2", "10.42.2.1", b"x")),
+    );
+    assert_eq!(to_b.len(), 1, "the host's own address is local");
+    let (_, to_b) = pump(
+        &pair,
+        send(&pair.a, A_ADDR, &ipv4("10.42.1.2", "10.42.2.2", b"x")),
+    );
+    assert!(to_b.is_empty(), "but not the rest of its subnet");
 }

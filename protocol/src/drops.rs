@@ -27,11 +27,15 @@ pub enum DropReason {
     NoEndpoint,
     /// Either way: the kernel refused to take the packet (TUN or UDP write failed).
     WriteFailed,
+    /// Inbound: the decrypted packet's destination is none of this host's own subnets or
+    /// addresses (a peer tried to reach the host's LAN, other bridges or the internet
+    /// through it).
+    DestinationNotAllowed,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (the order of counter arrays).
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::NoRoute,
         DropReason::SourceNotAllowed,
         DropReason::UnknownPeer,
@@ -42,6 +46,7 @@ impl DropReason {
         DropReason::NotIp,
         DropReason::NoEndpoint,
         DropReason::WriteFailed,
+        DropReason::DestinationNotAllowed,
     ];
 
     /// Position of this reason in [`DropReason::ALL`].
@@ -62,6 +67,7 @@ impl DropReason {
             DropReason::NotIp => "not_ip",
             DropReason::NoEndpoint => "no_endpoint",
             DropReason::WriteFailed => "write_failed",
+            DropReason::DestinationNotAllowed => "destination_not_allowed",
         }
     }
 }

@@ -104,6 +104,11 @@ impl Ctx {
     /// packets into the overlay lack a source the peers accept.
     pub async fn apply_address(&self, subnets: &[IpNet]) {
         let wanted = crate::address::effective(self.config.address, subnets);
+        // What a decrypted packet may be addressed to: this host's subnets and address.
+        let local = crate::address::local_networks(wanted, &self.config.subnets, subnets);
+        if self.router.set_local_networks(&local) {
+            crate::firewall::apply(&self.config.tun_name, &local).await;
+        }
         let mut routes = self.routes.lock().await;
         let current = self.address();
         if wanted == current {
