@@ -32,6 +32,9 @@ pub struct UsageError(pub String);
 /// Runs the daemon with a validated config until SIGTERM or SIGINT, then removes the
 /// routes it added and returns. Whatever it made before a failure is removed too.
 pub async fn run(config: config::Config) -> anyhow::Result<()> {
+    // First of all, so that a SIGTERM during start-up (nft, netlink, the control plane's
+    // state) is held until the daemon can clean up, instead of killing it half made.
+    let shutdown = shutdown_signal();
     let api_socket = api::ApiSocket::bind(&config.api_socket)?;
     let plugin_socket = if config.docker.enabled {
         Some(docker::PluginSocket::bind(&config.docker.socket)?)
@@ -179,7 +182,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         started: Instant::now(),
         control,
     });
-    let served = api_socket.serve(state, shutdown_signal()).await;
+    let served = api_socket.serve(state, shutdown).await;
     // Bridges and veths stay: running containers keep their interfaces across a restart.
     drop(plugin);
     tracing::info!("shutting down: removing routes");
@@ -189,17 +192,22 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     served
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now and returns the future that ends when one
+/// of them arrives (also one that arrived before it is first polled).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop overlayd with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            tracing::error!("cannot install signal handlers; stop overlayd with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }
