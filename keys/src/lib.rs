@@ -14,7 +14,8 @@
 //! - [`CaKey`] (module `ca`): the network CA, which signs [`NodeCertificate`]s into
 //!   [`SignedCertificate`]s (module `cert`).
 //! - [`JoinToken`] (module `token`): single-use, expiring invitations; the admin keeps only
-//!   their [`SecretHash`].
+//!   their [`SecretHash`]; a joining host proves it holds its WireGuard key with a
+//!   [`JoinProof`].
 //! - [`Name`] (module `name`): the one validated form of network, node and group names.
 //!
 //! Everything here is pure: time comes in as `now_unix` arguments, randomness only from
@@ -40,7 +41,10 @@ pub use ed25519::{
 };
 pub use name::{InvalidName, Name};
 pub use time::Utc;
-pub use token::{JoinToken, MAX_ENDPOINTS, SECRET_LEN, SecretHash, TokenError, TokenSecret};
+pub use token::{
+    JoinClaim, JoinProof, JoinToken, MAX_ENDPOINTS, PROOF_LEN, ProofError, SECRET_LEN, SecretHash,
+    TokenError, TokenSecret,
+};
 
 use std::fmt;
 use std::fs;

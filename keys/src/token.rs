@@ -4,7 +4,8 @@
 //! the CA's fingerprint, a fresh 32-byte [`TokenSecret`], an expiry, the groups the new
 //! host gets) and prints [`JoinToken::to_text`]; the admin host stores only the
 //! [`SecretHash`], so its token file never holds the secret. `overlayctl join TOKEN`
-//! parses the text, pins the CA by its fingerprint and proves the secret; the admin checks
+//! parses the text, pins the CA by its fingerprint and proves the secret (and, with a
+//! [`JoinProof`], that it holds its WireGuard key: module `proof`); the admin checks
 //! the presented secret with [`SecretHash::matches`] (constant time), the expiry with
 //! [`JoinToken::check_expiry`], and that the token is unused (its own state).
 //!
@@ -37,6 +38,9 @@ use crate::ed25519::{FINGERPRINT_LEN, Fingerprint, decode_hex, serde_as_string};
 use crate::name::{MAX_NAME_LEN, Name};
 use crate::time::Utc;
 use crate::wire::{Reader, WireError, Writer, decode_base64url};
+
+mod proof;
+pub use proof::{JoinClaim, JoinProof, PROOF_LEN, ProofError};
 
 /// The most bootstrap endpoints one token holds.
 pub const MAX_ENDPOINTS: usize = 8;

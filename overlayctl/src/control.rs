@@ -77,8 +77,9 @@ pub struct JoinArgs {
     /// keeps it out of the shell history and `ps`.
     #[arg(value_name = "TOKEN")]
     token: String,
-    /// This host's node name, unique in the network [default: this machine's host name,
-    /// made valid].
+    /// This host's node name, unique in the network: a name a current member holds is
+    /// refused until an admin revokes that member [default: this machine's host name, made
+    /// valid].
     #[arg(long, value_name = "NODE", value_parser = parse::name)]
     name: Option<String>,
     /// The container subnet this host asks for [default: the admin picks a free one].
@@ -92,7 +93,8 @@ pub struct JoinArgs {
 /// `overlayctl revoke`.
 #[derive(Args, Debug)]
 pub struct RevokeArgs {
-    /// The member's node name.
+    /// The member's node name. Its WireGuard key can never join again; the name can, with a
+    /// new token and another key.
     #[arg(value_name = "NAME", value_parser = parse::name)]
     name: String,
     /// Print overlayd's answer as JSON.

@@ -1,6 +1,17 @@
 //! What only an admin (a holder of the CA key) does: issue join tokens, admit a joining
-//! host (check its token, give it a subnet no one else has, sign its certificate), and
-//! revoke a member. No I/O: the caller persists [`AdminState`] before it answers anyone.
+//! host (check its token and its proof of its WireGuard key, give it a subnet no one else
+//! has, sign its certificate), and revoke a member. No I/O: the caller persists
+//! [`AdminState`] before it answers anyone.
+//!
+//! A token never admits a name or a WireGuard key that a current member holds
+//! ([`Issuer::admit`]): a member that is alive or down, or was admitted and has not been
+//! heard of yet, keeps both until it is revoked, leaves, or its certificate expires. A
+//! higher serial replaces a member's records everywhere, so admitting a held name would
+//! hand the member over to the token holder. Giving a name to another host is an explicit
+//! admin action: `overlayctl revoke NAME`, then a join (a revoked WireGuard key never
+//! joins again). A member that left gave its name up itself, with a record signed by its
+//! own key, so a token may admit the name again (as Tailscale lets a new device take the
+//! name of a removed one); a revoked member's name only after the revocation.
 //!
 //! A network may have extra ranges beside its main one (`init --range`), each of the main
 //! range's size: a member whose subnet is at offset k of the main range gets the subnet at
@@ -11,12 +22,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use keys::{
-    CaKey, JoinToken, Name, NodeCertificate, PublicKey, SignedCertificate, TokenSecret,
-    VerifyingKey,
+    CaKey, JoinClaim, JoinProof, JoinToken, Name, NodeCertificate, PrivateKey, PublicKey,
+    SignedCertificate, TokenSecret, VerifyingKey,
 };
 use protocol::records::{Directory, Revocation, SignedRevocation};
 
-use super::state::{AdminState, TokenEntry};
+use super::state::{AdminState, Issued, TokenEntry};
 
 /// The most tokens kept; used and expired ones are dropped first.
 const MAX_TOKENS: usize = 10_000;
@@ -39,6 +50,23 @@ pub struct JoinAsk {
     pub control_key: VerifyingKey,
     /// The subnet it asks for, if any.
     pub subnet: Option<IpNet>,
+    /// Its proof that it holds the private half of `wireguard_key`, made for this admin's
+    /// WireGuard key and everything above.
+    pub proof: JoinProof,
+}
+
+impl JoinAsk {
+    /// What `proof` covers, for `network` and its CA.
+    pub fn claim<'a>(&'a self, network: &'a Name, ca: keys::Fingerprint) -> JoinClaim<'a> {
+        JoinClaim {
+            network,
+            ca,
+            secret: &self.secret,
+            name: &self.name,
+            control_key: &self.control_key,
+            subnet: self.subnet,
+        }
+    }
 }
 
 /// The network an admin issues for.
@@ -99,13 +127,19 @@ impl Issuer<'_> {
         Ok(token)
     }
 
-    /// Checks a join and, if it passes, signs the new member's certificate and marks the
-    /// token used. `dir` is this admin's view of the members.
+    /// Checks a join and, if it passes, signs the new member's certificate, marks the token
+    /// used and remembers what was issued ([`AdminState::issued`]). `dir` is this admin's
+    /// view of the members; `wireguard_key` its own WireGuard key (the one its certificate
+    /// carries), which the joiner's proof was made for. In order: the token (issued here,
+    /// unused, unexpired), the proof that the joiner holds its WireGuard key, that the key
+    /// was never revoked, that no current member holds the name or the key, the subnet. A
+    /// refusal changes nothing (the token stays usable).
     pub fn admit(
         &self,
         admin: &mut AdminState,
         dir: &Directory,
         ask: &JoinAsk,
+        wireguard_key: &PrivateKey,
         now: u64,
     ) -> Result<SignedCertificate, Refused> {
         let index = admin
@@ -129,27 +163,40 @@ impl Issuer<'_> {
                 keys::Utc(entry.expires_unix)
             )));
         }
+        ask.proof
+            .verify(
+                &ask.claim(self.network, self.ca.fingerprint()),
+                &ask.wireguard_key,
+                wireguard_key,
+            )
+            .map_err(|e| Refused(format!("join refused: {e}")))?;
         if dir.is_revoked(&ask.wireguard_key) {
             return Err(Refused(format!(
                 "join refused: WireGuard key {} was revoked; a revoked host cannot join again with the same key",
                 ask.wireguard_key
             )));
         }
-        if let Some(live) = dir.live_member(&ask.name)
-            && *live.wireguard_key != ask.wireguard_key
-        {
+        let holders = holders(admin, dir, now);
+        if let Some((_, key)) = holders.iter().find(|(name, _)| **name == ask.name) {
+            let name = &ask.name;
+            if **key == wireguard_key.public_key() {
+                return Err(Refused(format!(
+                    "join refused: the name {name} is held by a current member, this admin itself; choose another --name"
+                )));
+            }
+            let same_key = if **key == ask.wireguard_key {
+                " (with this WireGuard key, which cannot join again once revoked: give the host a new one)"
+            } else {
+                ""
+            };
             return Err(Refused(format!(
-                "join refused: the name {} is taken by a live member; pick another --name (or revoke or remove the old {} first)",
-                ask.name, ask.name
+                "join refused: the name {name} is held by a current member{same_key}; revoke it first (overlayctl revoke {name}) or choose another --name"
             )));
         }
-        if let Some(other) = dir
-            .live_members()
-            .find(|m| *m.wireguard_key == ask.wireguard_key && *m.name != ask.name)
-        {
+        if let Some((other, _)) = holders.iter().find(|(_, key)| **key == ask.wireguard_key) {
             return Err(Refused(format!(
-                "join refused: member {} already uses WireGuard key {}; every host needs its own key",
-                other.name, ask.wireguard_key
+                "join refused: WireGuard key {} is held by member {other}; every host needs its own key (make one with `wg genkey`)",
+                ask.wireguard_key
             )));
         }
         let subnets = self.allocate(admin, dir, &ask.name, ask.subnet)?;
@@ -165,13 +212,12 @@ impl Issuer<'_> {
             serial,
             now,
         )?;
-        admin.next_serial = serial + 1;
-        admin.allocations.insert(ask.name.clone(), main);
+        self.remember(admin, &ask.name, ask.wireguard_key, main, serial, now);
         admin.tokens[index].used_by = Some(ask.name.clone());
         Ok(certificate)
     }
 
-    /// Signs a certificate.
+    /// Signs a certificate (then [`Issuer::remember`] it).
     #[allow(clippy::too_many_arguments)]
     pub fn issue(
         &self,
@@ -192,13 +238,42 @@ impl Issuer<'_> {
             groups,
             // An hour of slack for hosts whose clocks run behind.
             not_before: now.saturating_sub(3600),
-            not_after: now.saturating_add(u64::from(self.certificate_days) * 86_400),
+            not_after: self.not_after(now),
             serial,
             ca_fingerprint: self.ca.fingerprint(),
         };
         self.ca
             .sign(&cert)
             .map_err(|e| Refused(format!("cannot sign the certificate: {e}")))
+    }
+
+    /// Remembers in `admin` that a certificate with `serial`, issued at `now`, gave `name`
+    /// the WireGuard key `wireguard_key` and the subnets at `main`: the next serial, the
+    /// allocation, and the name and key it holds from now on (see [`AdminState::issued`]).
+    pub fn remember(
+        &self,
+        admin: &mut AdminState,
+        name: &Name,
+        wireguard_key: PublicKey,
+        main: IpNet,
+        serial: u64,
+        now: u64,
+    ) {
+        admin.next_serial = admin.next_serial.max(serial + 1);
+        admin.allocations.insert(name.clone(), main);
+        admin.issued.insert(
+            name.clone(),
+            Issued {
+                wireguard_key,
+                serial,
+                not_after: self.not_after(now),
+            },
+        );
+    }
+
+    /// The last valid second of a certificate issued at `now`.
+    fn not_after(&self, now: u64) -> u64 {
+        now.saturating_add(u64::from(self.certificate_days) * 86_400)
     }
 
     /// The main range's subnet `main` and its parallels in the extra ranges, in order.
@@ -297,41 +372,72 @@ impl Issuer<'_> {
         )))
     }
 
-    /// A revocation of member `name`'s certificate and key, as held in `dir`.
+    /// A revocation of member `name`'s latest certificate and its key: the one in its
+    /// record in `dir`, or a later one this admin issued (`admin`) whose member has not been
+    /// heard of yet.
     pub fn revoke(
         &self,
+        admin: &AdminState,
         dir: &Directory,
         name: &Name,
         now: u64,
     ) -> Result<SignedRevocation, Refused> {
-        let record = dir
-            .member_records()
-            .find(|r| {
-                r.record()
-                    .certificate
-                    .verify(&self.ca.verifying_key(), now)
-                    .map(|c| &c.node == name)
-                    .unwrap_or(false)
-            })
+        let recorded = dir.member_records().find_map(|r| {
+            r.record()
+                .certificate
+                .verify(&self.ca.verifying_key(), now)
+                .ok()
+                .filter(|c| &c.node == name)
+                .map(|c| (c.serial, c.wireguard_key))
+        });
+        let issued = admin
+            .issued
+            .get(name)
+            .filter(|i| !dir.is_revoked(&i.wireguard_key))
+            .map(|i| (i.serial, i.wireguard_key));
+        let (serial, wireguard_key) = recorded
+            .into_iter()
+            .chain(issued)
+            .max_by_key(|(serial, _)| *serial)
             .ok_or_else(|| {
                 Refused(format!(
                     "no member named {name} is known; `overlayctl peers` lists the members"
                 ))
             })?;
-        let cert = record
-            .record()
-            .certificate
-            .verify(&self.ca.verifying_key(), now)
-            .map_err(|e| Refused(format!("cannot read {name}'s certificate: {e}")))?;
         Ok(Revocation {
             network: self.network.clone(),
             node: name.clone(),
-            serial: cert.serial,
-            wireguard_key: cert.wireguard_key,
+            serial,
+            wireguard_key,
             revoked_at: now,
         }
         .sign(self.ca))
     }
+}
+
+/// The names and WireGuard keys current members hold, as far as this admin knows: those of
+/// every live record in `dir` (alive, or down: the failure detector does not free a name),
+/// and those of every certificate it issued that is valid at `now`, not revoked, and not
+/// yet followed by a record in `dir` (a member is there only once its first record has
+/// arrived, seconds after its join; if that record says it left, the name is free).
+fn holders<'a>(
+    admin: &'a AdminState,
+    dir: &'a Directory,
+    now: u64,
+) -> Vec<(&'a Name, &'a PublicKey)> {
+    let mut held: Vec<(&Name, &PublicKey)> = dir
+        .live_members()
+        .map(|m| (m.name, m.wireguard_key))
+        .collect();
+    for (name, issued) in &admin.issued {
+        let recorded = dir
+            .all_members()
+            .any(|(m, _)| m.name == name && m.serial >= issued.serial);
+        if !recorded && issued.not_after >= now && !dir.is_revoked(&issued.wireguard_key) {
+            held.push((name, &issued.wireguard_key));
+        }
+    }
+    held
 }
 
 /// The most extra ranges: a certificate holds at most [`keys::MAX_SUBNETS`] subnets, one
@@ -399,268 +505,4 @@ fn as_number(ip: IpAddr) -> u128 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const NOW: u64 = 1_800_000_000;
-
-    struct Fixture {
-        ca: CaKey,
-        network: Name,
-        admin: AdminState,
-        dir: Directory,
-        ranges: Vec<IpNet>,
-    }
-
-    impl Fixture {
-        fn new() -> Fixture {
-            let ca = CaKey::generate();
-            let network = Name::new("testnet").unwrap();
-            let dir = Directory::new(ca.verifying_key(), network.clone());
-            Fixture {
-                ca,
-                network,
-                admin: AdminState::default(),
-                dir,
-                ranges: Vec::new(),
-            }
-        }
-
-        fn issuer(&self) -> Issuer<'_> {
-            Issuer {
-                ca: &self.ca,
-                network: &self.network,
-                cidr: "10.42.0.0/16".parse().unwrap(),
-                ranges: &self.ranges,
-                subnet_prefix: 24,
-                certificate_days: 365,
-            }
-        }
-
-        fn token(&mut self, ttl: u64) -> JoinToken {
-            let mut admin = std::mem::take(&mut self.admin);
-            let t = self
-                .issuer()
-                .create_token(
-                    &mut admin,
-                    vec!["198.18.0.11:51821".parse().unwrap()],
-                    ttl,
-                    vec![],
-                    NOW,
-                )
-                .unwrap();
-            self.admin = admin;
-            t
-        }
-
-        fn join(
-            &mut self,
-            token: &JoinToken,
-            name: &str,
-            subnet: Option<&str>,
-            now: u64,
-        ) -> Result<NodeCertificate, Refused> {
-            let ask = JoinAsk {
-                secret: token.secret().clone(),
-                name: Name::new(name).unwrap(),
-                wireguard_key: keys::PrivateKey::generate().public_key(),
-                control_key: keys::SigningKey::generate().verifying_key(),
-                subnet: subnet.map(|s| s.parse().unwrap()),
-            };
-            let mut admin = std::mem::take(&mut self.admin);
-            let r = self.issuer().admit(&mut admin, &self.dir, &ask, now);
-            self.admin = admin;
-            r.map(|c| c.verify(&self.ca.verifying_key(), now).unwrap())
-        }
-    }
-
-    #[test]
-    fn a_token_admits_once_and_subnets_never_collide() {
-        let mut f = Fixture::new();
-        let t = f.token(3600);
-        let a = f.join(&t, "h2", Some("10.42.2.0/24"), NOW).unwrap();
-        assert_eq!(a.subnets, vec!["10.42.2.0/24".parse::<IpNet>().unwrap()]);
-        let again = f.join(&t, "h3", None, NOW).unwrap_err();
-        assert!(again.0.contains("already used (by h2)"), "{again}");
-        let t = f.token(3600);
-        let clash = f.join(&t, "h3", Some("10.42.2.0/24"), NOW).unwrap_err();
-        assert!(
-            clash.0.contains("overlaps 10.42.2.0/24 of member h2"),
-            "{clash}"
-        );
-        let b = f.join(&t, "h3", None, NOW).unwrap();
-        assert_eq!(b.subnets, vec!["10.42.0.0/24".parse::<IpNet>().unwrap()]);
-        assert!(b.serial > a.serial);
-    }
-
-    #[test]
-    fn bad_tokens_and_subnets_are_refused_with_a_reason() {
-        let mut f = Fixture::new();
-        let t = f.token(10);
-        let e = f.join(&t, "h2", None, NOW + 10).unwrap_err();
-        assert!(e.0.contains("expired"), "{e}");
-        let other = Fixture::new().token(10);
-        let mut other_fixture = Fixture::new();
-        std::mem::swap(&mut other_fixture.admin, &mut f.admin);
-        let e = f.join(&other, "h2", None, NOW).unwrap_err();
-        assert!(e.0.contains("never issued"), "{e}");
-        let mut f = Fixture::new();
-        let t = f.token(10);
-        for (subnet, needle) in [
-            ("10.43.0.0/24", "outside the network's range"),
-            ("10.42.2.0/25", "is not a /24"),
-        ] {
-            let e = f.join(&t, "h2", Some(subnet), NOW).unwrap_err();
-            assert!(e.0.contains(needle), "{e}");
-        }
-        assert!(
-            f.issuer()
-                .create_token(
-                    &mut AdminState::default(),
-                    vec!["198.18.0.11:1".parse().unwrap()],
-                    0,
-                    vec![],
-                    NOW
-                )
-                .is_err()
-        );
-    }
-
-    fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter().map(|s| s.parse().unwrap()).collect()
-    }
-
-    #[test]
-    fn every_member_gets_the_same_offset_in_every_range() {
-        let mut f = Fixture::new();
-        f.ranges = nets(&["10.43.0.0/16", "10.50.0.0/16"]);
-        let t = f.token(3600);
-        let a = f.join(&t, "h2", Some("10.42.2.0/24"), NOW).unwrap();
-        assert_eq!(
-            a.subnets,
-            nets(&["10.42.2.0/24", "10.43.2.0/24", "10.50.2.0/24"])
-        );
-        // Asked for in an extra range: mapped to the same offset everywhere.
-        let t = f.token(3600);
-        let b = f.join(&t, "h3", Some("10.50.7.0/24"), NOW).unwrap();
-        assert_eq!(
-            b.subnets,
-            nets(&["10.42.7.0/24", "10.43.7.0/24", "10.50.7.0/24"])
-        );
-        assert_eq!(
-            f.admin.allocations[&Name::new("h3").unwrap()].to_string(),
-            "10.42.7.0/24",
-            "the admin remembers the main subnet"
-        );
-        // The parallel of a taken offset is taken too.
-        let t = f.token(3600);
-        let e = f.join(&t, "h4", Some("10.43.2.0/24"), NOW).unwrap_err();
-        assert!(e.0.contains("of member h2"), "{e}");
-        // The admin's pick is free in every range.
-        let c = f.join(&t, "h4", None, NOW).unwrap();
-        assert_eq!(
-            c.subnets,
-            nets(&["10.42.0.0/24", "10.43.0.0/24", "10.50.0.0/24"])
-        );
-        let t = f.token(60);
-        let e = f.join(&t, "h5", Some("10.44.1.0/24"), NOW).unwrap_err();
-        assert!(
-            e.0.contains("outside the network's range 10.42.0.0/16, 10.43.0.0/16, 10.50.0.0/16"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn a_member_keeps_its_offset_and_offsets_run_out() {
-        let f = Fixture::new();
-        let ranges = nets(&["10.43.0.0/23"]);
-        let issuer = Issuer {
-            cidr: "10.42.0.0/23".parse().unwrap(),
-            ranges: &ranges,
-            ..f.issuer()
-        };
-        let mut admin = AdminState::default();
-        let name = |n: &str| Name::new(n).unwrap();
-        admin
-            .allocations
-            .insert(name("a"), "10.42.1.0/24".parse().unwrap());
-        assert_eq!(
-            issuer.allocate(&admin, &f.dir, &name("a"), None).unwrap(),
-            nets(&["10.42.1.0/24", "10.43.1.0/24"]),
-            "a member that comes back keeps its offset"
-        );
-        assert_eq!(
-            issuer.allocate(&admin, &f.dir, &name("b"), None).unwrap(),
-            nets(&["10.42.0.0/24", "10.43.0.0/24"])
-        );
-        admin
-            .allocations
-            .insert(name("b"), "10.42.0.0/24".parse().unwrap());
-        let e = issuer
-            .allocate(&admin, &f.dir, &name("c"), None)
-            .unwrap_err();
-        assert!(
-            e.0.contains("no /24 is left free at the same offset"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn extra_ranges_must_match_the_main_one_and_not_overlap() {
-        let cidr: IpNet = "10.42.0.0/16".parse().unwrap();
-        assert_eq!(
-            check_ranges(cidr, &nets(&["10.43.0.5/16"])).unwrap(),
-            nets(&["10.43.0.0/16"])
-        );
-        for (ranges, needle) in [
-            (vec!["10.43.0.0/24"], "not the size of the main range"),
-            (vec!["fd00::/16"], "same address family"),
-            (vec!["10.42.0.0/16"], "overlaps 10.42.0.0/16"),
-            (
-                vec!["10.43.0.0/16", "10.43.0.0/16"],
-                "overlaps 10.43.0.0/16",
-            ),
-            (
-                vec![
-                    "10.43.0.0/16",
-                    "10.44.0.0/16",
-                    "10.45.0.0/16",
-                    "10.46.0.0/16",
-                    "10.47.0.0/16",
-                    "10.48.0.0/16",
-                    "10.49.0.0/16",
-                    "10.50.0.0/16",
-                ],
-                "at most 7",
-            ),
-        ] {
-            let e = check_ranges(cidr, &nets(&ranges)).unwrap_err();
-            assert!(e.0.contains(needle), "{ranges:?}: {e}");
-        }
-        assert_eq!(
-            check_ranges(cidr, &nets(&["10.43.0.0/16"; 1]))
-                .unwrap()
-                .len(),
-            1
-        );
-        let v6: IpNet = "fd00:1::/48".parse().unwrap();
-        assert_eq!(
-            parallel(
-                "fd00:1:0:5::/64".parse().unwrap(),
-                v6,
-                "fd00:2::/48".parse().unwrap()
-            )
-            .unwrap()
-            .to_string(),
-            "fd00:2:0:5::/64"
-        );
-        assert!(
-            parallel(
-                "10.9.0.0/24".parse().unwrap(),
-                cidr,
-                "10.43.0.0/16".parse().unwrap()
-            )
-            .is_none()
-        );
-    }
-}
+mod tests;

@@ -478,20 +478,19 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(), ApiFailure> {
     let subnets = issuer
         .allocate(&admin, &empty, &node, req.subnet)
         .map_err(|e| ApiFailure::bad(e.0))?;
-    let subnet = subnets[0];
+    let (wireguard_key, now) = (ctx.config.private_key.public_key(), now_unix());
     let certificate = issuer
         .issue(
             &node,
-            ctx.config.private_key.public_key(),
+            wireguard_key,
             control_key.verifying_key(),
             subnets.clone(),
             Vec::new(),
             1,
-            now_unix(),
+            now,
         )
         .map_err(|e| ApiFailure::internal(e.0))?;
-    admin.next_serial = 2;
-    admin.allocations.insert(node.clone(), subnet);
+    issuer.remember(&mut admin, &node, wireguard_key, subnets[0], 1, now);
     ctx.state.save_ca_key(&ca).map_err(internal)?;
     ctx.state.save_admin(&admin).map_err(internal)?;
     ctx.state.save_directory(&empty).map_err(internal)?;
@@ -535,11 +534,12 @@ async fn join(ctx: &Ctx, req: JoinRequest) -> Result<(), ApiFailure> {
     let client =
         tls::join_client_config(token.ca_fingerprint(), token.network().clone(), transport)
             .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
-    let request = Request::Join {
-        secret: *token.secret().as_bytes(),
-        name: node.clone(),
-        wireguard_key,
-        control_key: control_key.verifying_key(),
+    let claim = keys::JoinClaim {
+        network: token.network(),
+        ca: token.ca_fingerprint(),
+        secret: token.secret(),
+        name: &node,
+        control_key: &control_key.verifying_key(),
         subnet: req.subnet,
     };
     let endpoint = ctx
@@ -553,6 +553,20 @@ async fn join(ctx: &Ctx, req: JoinRequest) -> Result<(), ApiFailure> {
                 .await?;
             let ca = tls::server_ca(&conn)
                 .context("the bootstrap host did not show its network's CA")?;
+            // The proof is made for the WireGuard key of the host the handshake showed
+            // (certified by the token's CA), and holds only for that host.
+            let admin = tls::remote_node(&conn)
+                .context("the bootstrap host did not show its node certificate")?;
+            let proof =
+                keys::JoinProof::prove(&claim, &ctx.config.private_key, &admin.wireguard_key)?;
+            let request = Request::Join {
+                secret: *token.secret().as_bytes(),
+                name: node.clone(),
+                wireguard_key,
+                control_key: control_key.verifying_key(),
+                subnet: req.subnet,
+                proof: proof.to_bytes(),
+            };
             let (mut send, mut recv) = conn.open_bi().await?;
             msg::write(&mut send, &request).await?;
             send.finish()?;

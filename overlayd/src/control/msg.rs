@@ -41,6 +41,10 @@ pub enum Request {
         control_key: VerifyingKey,
         /// The subnet it asks for.
         subnet: Option<IpNet>,
+        /// `keys::JoinProof`: that it holds the private half of `wireguard_key`, made with
+        /// the admin's WireGuard key (the one in the certificate the admin showed in the TLS
+        /// handshake) over everything above.
+        proof: [u8; keys::PROOF_LEN],
     },
     /// Anti-entropy: the sender's whole directory; the answer is the receiver's.
     Sync(Bundle),

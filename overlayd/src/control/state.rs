@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use ipnet::IpNet;
-use keys::{CaKey, Name, SecretHash, SignedCertificate, SigningKey, VerifyingKey};
+use keys::{CaKey, Name, PublicKey, SecretHash, SignedCertificate, SigningKey, VerifyingKey};
 use protocol::records::Directory;
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +66,23 @@ pub struct AdminState {
     pub allocations: BTreeMap<Name, IpNet>,
     /// Join tokens issued.
     pub tokens: Vec<TokenEntry>,
+    /// The latest certificate issued to each name: it makes the name and its WireGuard key
+    /// a current member's from the moment it is issued, before the member's first record
+    /// arrives (or if it never starts). Absent in files written before it existed.
+    #[serde(default)]
+    pub issued: BTreeMap<Name, Issued>,
+}
+
+/// A certificate an admin issued, as far as admitting others needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issued {
+    /// Its WireGuard key.
+    pub wireguard_key: PublicKey,
+    /// Its serial.
+    pub serial: u64,
+    /// Its last valid second.
+    pub not_after: u64,
 }
 
 /// One join token, by the hash of its secret (the secret itself is not kept).

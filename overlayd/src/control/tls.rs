@@ -67,8 +67,9 @@ use x509_parser::oid_registry::{OID_SIG_ED25519, Oid};
 
 /// The ALPN of member-to-member control connections: both sides present node certificates.
 pub const ALPN_CONTROL: &[u8] = b"ovl-control/1";
-/// The ALPN of a joining host talking to a bootstrap member: no client certificate.
-pub const ALPN_JOIN: &[u8] = b"ovl-join/1";
+/// The ALPN of a joining host talking to a bootstrap member: no client certificate. Version
+/// 2: the join carries a proof of the joiner's WireGuard key (`msg::Request::Join`).
+pub const ALPN_JOIN: &[u8] = b"ovl-join/2";
 /// The server name every client sends and no verifier checks (nodes are named by their
 /// certificates, not by DNS).
 pub const SERVER_NAME: &str = "overlayd";

@@ -80,6 +80,7 @@ impl Member {
                     wireguard_key,
                     control_key,
                     subnet,
+                    proof,
                 },
             ) => {
                 let ask = JoinAsk {
@@ -88,6 +89,7 @@ impl Member {
                     wireguard_key,
                     control_key,
                     subnet,
+                    proof: keys::JoinProof::from_bytes(proof),
                 };
                 match self.admit(&ask) {
                     Ok(certificate) => {
@@ -134,7 +136,8 @@ impl Member {
         let cert = {
             let issuer = self.issuer().ok_or_else(|| Refused("no CA key".into()))?;
             let dir = self.now_dir();
-            issuer.admit(&mut admin, &dir, ask, now_unix())?
+            let wireguard_key = &self.ctx.config.private_key;
+            issuer.admit(&mut admin, &dir, ask, wireguard_key, now_unix())?
         };
         // Remember the token is used before anyone hears of the certificate.
         self.ctx
@@ -224,9 +227,14 @@ impl Member {
                     "this host is not an admin (it has no CA key); revoke on the host that ran `overlayctl init`",
                 )
             })?;
+            let admin = self.admin.as_ref().ok_or_else(|| {
+                ApiFailure::conflict(
+                    "this host is not an admin (it has no admin.json); revoke on the host that ran `overlayctl init`",
+                )
+            })?;
             let dir = self.now_dir();
             issuer
-                .revoke(&dir, &name, now_unix())
+                .revoke(admin, &dir, &name, now_unix())
                 .map_err(|e| ApiFailure::not_found(e.0))?
         };
         let bytes = revocation.to_bytes();
