@@ -15,6 +15,7 @@ use protocol::api::{
     RevokeRequest, RevokeResponse, Status, TOKENS_PATH, TokenRequest, TokenResponse,
 };
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 use crate::client::{LOCAL_TIMEOUT, REMOTE_TIMEOUT};
 use crate::parse::{self, UsageError};
@@ -194,9 +195,12 @@ pub fn token(socket: &Path, command: TokenCommand) -> anyhow::Result<()> {
         ttl_s: args.ttl,
         groups: args.groups,
     };
+    // Zeroized on drop, as is the JSON text made of it.
     let answer: TokenResponse = client::post(socket, TOKENS_PATH, &request, LOCAL_TIMEOUT)?;
     if args.json {
-        return print_json(&answer);
+        let text = Zeroizing::new(serde_json::to_string_pretty(&answer)?);
+        println!("{}", text.as_str());
+        return Ok(());
     }
     // The token alone on stdout, so `T=$(overlayctl token create)` works.
     println!("{}", answer.token);
@@ -213,17 +217,24 @@ fn token_expiry(expires_unix: u64, now_unix: u64) -> String {
     format!("expires {} ({left}); single use", when::utc(expires_unix))
 }
 
-/// `overlayctl join`.
-pub fn join(socket: &Path, args: JoinArgs) -> anyhow::Result<()> {
-    let token = if args.token == "-" {
-        let mut input = zeroize::Zeroizing::new(String::new());
+/// The most of standard input read for a token before the buffer would grow (a token is
+/// at most ~1,100 characters): growing leaves copies behind that are never zeroized.
+const TOKEN_INPUT_CAPACITY: usize = 4096;
+
+/// `overlayctl join`. The token's copies here are zeroized on drop (the command line's
+/// own copy is the process's: `-` keeps the token off it).
+pub fn join(socket: &Path, mut args: JoinArgs) -> anyhow::Result<()> {
+    let input = if args.token == "-" {
+        let mut input = Zeroizing::new(String::with_capacity(TOKEN_INPUT_CAPACITY));
         std::io::stdin()
             .read_to_string(&mut input)
             .context("cannot read the token on standard input")?;
-        input.trim().to_owned()
+        input
     } else {
-        args.token.trim().to_owned()
+        Zeroizing::new(std::mem::take(&mut args.token))
     };
+    // Into a `JoinRequest`, which zeroizes it on drop.
+    let token = input.trim().to_owned();
     if token.is_empty() {
         return Err(UsageError(
             "no token given: pass the output of `overlayctl token create` (or `-` and the token on standard input)".to_owned(),

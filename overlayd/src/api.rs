@@ -1,5 +1,20 @@
 //! The local API: HTTP/1.1 + JSON (axum) on a unix socket that only root can open
-//! (socket 0600 in a 0700 folder). Read-only for now: status and peers.
+//! (socket 0600 in a 0700 folder); `overlayctl` talks to nothing else. The routes and their
+//! types are `protocol::api`'s:
+//!
+//! - `GET /v1/status` and `GET /v1/peers`: read here, from the router (tunnels, counters)
+//!   and the control plane's [`View`](crate::control::View) (membership, members).
+//! - `POST /v1/init`, `/v1/tokens`, `/v1/join`, `/v1/revoke`, `/v1/leave`: handed to the
+//!   control plane's task as a [`Command`] and answered within a bounded time (25 s for a
+//!   join, which waits for the admin host; 10 s for the rest). `init` and `join` answer
+//!   with the status once the new membership shows.
+//!
+//! A failure is an [`ApiFailure`]: its HTTP status (400 the request must change, 404 no
+//! such member, 409 not in this host's state, 502 another host refused or did not answer,
+//! 500 this host failed) and one sentence in an `ApiError` body; a body that does not parse
+//! is a 400 with serde's sentence. The join token crosses this socket twice (the answer to
+//! `tokens`, the body of `join`): the types hold it zeroized on drop, and the answer's body
+//! buffer is zeroized too, once sent.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,8 +22,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ipnet::IpNet;
@@ -22,6 +38,7 @@ use std::time::Duration;
 use crate::address::first_host;
 use crate::control::{ApiFailure, Command, ControlHandle};
 use std::sync::atomic::Ordering;
+use zeroize::Zeroizing;
 
 use crate::router::Router;
 use crate::udp::Udp;
@@ -68,13 +85,14 @@ fn bad_body(e: axum::extract::rejection::JsonRejection) -> ApiFailure {
     ApiFailure::bad(format!("malformed request: {}", e.body_text()))
 }
 
-/// Waits (up to 2 s) until the control plane shows a membership after init or join.
+/// Waits (up to 2 s) until the control plane shows a current membership after init or
+/// join (not the one this host left before, which the view keeps showing until then).
 async fn member_status(s: &Arc<ApiState>) -> Json<Status> {
     for _ in 0..40 {
         if s.control
             .view
             .lock()
-            .map(|v| v.membership.is_some())
+            .map(|v| v.membership.as_ref().is_some_and(|m| !m.left))
             .unwrap_or(false)
         {
             break;
@@ -115,7 +133,16 @@ async fn tokens(
         .control
         .ask(|r| Command::Token(req, r), Duration::from_secs(10))
         .await?;
-    Ok(Json(answer).into_response())
+    // The body holds the token: a buffer sized for it (no copy left behind by growing),
+    // zeroized when hyper has sent it and drops it.
+    let mut body = Zeroizing::new(Vec::with_capacity(answer.token.len() + 64));
+    serde_json::to_writer(&mut *body, &answer)
+        .map_err(|e| ApiFailure::internal(format!("cannot encode the token: {e}")))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(Bytes::from_owner(body)),
+    )
+        .into_response())
 }
 
 async fn revoke(

@@ -17,11 +17,13 @@
 //! member), 502 when another host refused or did not answer.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use keys::PublicKey;
 use serde::{Deserialize, Serialize};
+use zeroize::ZeroizeOnDrop;
 
 use crate::drops::DropReason;
 
@@ -172,26 +174,66 @@ pub struct TokenRequest {
     pub groups: Vec<String>,
 }
 
-/// The answer to `POST /v1/tokens`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The answer to `POST /v1/tokens`. The token is zeroized on drop and `Debug` shows only
+/// its format prefix.
+#[derive(Clone, PartialEq, Serialize, Deserialize, ZeroizeOnDrop)]
 pub struct TokenResponse {
     /// The token text (`ovljoin1.`...): a secret, pass it on privately.
     pub token: String,
     /// When it expires (unix seconds).
+    #[zeroize(skip)]
     pub expires_unix: u64,
 }
 
-/// `POST /v1/join`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("token", &Redacted(&self.token))
+            .field("expires_unix", &self.expires_unix)
+            .finish()
+    }
+}
+
+/// `POST /v1/join`. The token is zeroized on drop and `Debug` shows only its format prefix.
+#[derive(Clone, PartialEq, Serialize, Deserialize, ZeroizeOnDrop)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     /// The token from `overlayctl token create`.
     pub token: String,
     /// This host's node name, unique in the network.
+    #[zeroize(skip)]
     pub name: String,
     /// The subnet this host asks for; default: the admin picks a free one.
     #[serde(default)]
+    #[zeroize(skip)]
     pub subnet: Option<IpNet>,
+}
+
+impl fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("token", &Redacted(&self.token))
+            .field("name", &self.name)
+            .field("subnet", &self.subnet)
+            .finish()
+    }
+}
+
+/// A token in `Debug` output: its format prefix (`ovljoin1`) and `…`, never the rest.
+struct Redacted<'a>(&'a str);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let prefix = match self.0.split_once('.') {
+            Some((prefix, _))
+                if prefix.len() <= 16 && prefix.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+            {
+                prefix
+            }
+            _ => "",
+        };
+        write!(f, "\"{prefix}…\"")
+    }
 }
 
 /// `POST /v1/revoke`.
@@ -262,6 +304,39 @@ mod tests {
 
     /// A peer as a daemon from before `address` answers it.
     const OLD_PEER: &str = r#"{"name":"h2","state":"alive","public_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","endpoint":null,"subnets":["10.42.2.0/24"],"last_handshake_s":null,"rx_bytes":0,"tx_bytes":0,"persistent_keepalive":null,"drops":{}}"#;
+
+    #[test]
+    fn tokens_are_zeroized_on_drop_and_never_printed() {
+        fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        zeroized_on_drop::<JoinRequest>();
+        zeroized_on_drop::<TokenResponse>();
+        let join = JoinRequest {
+            token: "ovljoin1.c2VjcmV0".to_owned(),
+            name: "h2".to_owned(),
+            subnet: None,
+        };
+        let shown = format!("{join:?}");
+        assert_eq!(
+            shown,
+            r#"JoinRequest { token: "ovljoin1…", name: "h2", subnet: None }"#
+        );
+        let answer = TokenResponse {
+            token: "ovljoin1.c2VjcmV0".to_owned(),
+            expires_unix: 7,
+        };
+        let shown = format!("{answer:?}");
+        assert_eq!(
+            shown,
+            r#"TokenResponse { token: "ovljoin1…", expires_unix: 7 }"#
+        );
+        // The wire form is unchanged.
+        let json = serde_json::to_string(&answer).unwrap();
+        assert_eq!(json, r#"{"token":"ovljoin1.c2VjcmV0","expires_unix":7}"#);
+        assert_eq!(
+            serde_json::from_str::<TokenResponse>(&json).unwrap(),
+            answer
+        );
+    }
 
     #[test]
     fn a_peer_without_address_still_parses() {

@@ -3,15 +3,18 @@
 //!
 //! - [`state`]: the state directory (what survives a restart).
 //! - [`admin`]: what a CA holder does (tokens, admission, subnets, revocation), no I/O.
+//! - `join`: the join client, what a host in no network does with a token.
 //! - [`tls`]: QUIC with mutual authentication by CA-signed node certificates.
 //! - [`msg`]: messages on QUIC streams (join, full sync, push).
 //! - [`node`]: a running member, kept in step with the router and kernel routes.
 //!
 //! [`spawn`] starts one task that owns all of it. The daemon starts "not in a network"
 //! unless its state directory says otherwise; the local API's `init` and `join` make it a
-//! member, `leave` makes it stop being one. Static `[[peer]]`s work beside members all along.
+//! member, `leave` makes it stop being one and removes what it kept of the network (keys
+//! included, see [`state`]). Static `[[peer]]`s work beside members all along.
 
 pub mod admin;
+mod join;
 pub mod msg;
 pub mod node;
 pub mod state;
@@ -23,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ipnet::IpNet;
-use keys::{CaKey, JoinToken, Name, PublicKey};
+use keys::{CaKey, Name, PublicKey};
 use protocol::api::{
     InitRequest, JoinRequest, MemberState, Membership, RevokeRequest, RevokeResponse, TokenRequest,
     TokenResponse,
@@ -35,7 +38,6 @@ use crate::netlink::Routes;
 use crate::router::Router;
 use crate::udp::Udp;
 use admin::Issuer;
-use msg::{Request, Response};
 use state::{AdminState, NetworkState, StateDir};
 
 /// What the control plane needs from the daemon.
@@ -404,7 +406,19 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
                     }
                 }
             }
-            Ok(_) => {}
+            // Left, but the files were not all removed (a crash half way, or a version that
+            // kept them): remove them now, so that a later join starts from nothing.
+            Ok(Some(net)) => match ctx.state.forget_network() {
+                Ok(_) => {
+                    tracing::info!(network = %net.network, "removed the files of the network this host left")
+                }
+                Err(e) => tracing::error!(
+                    error = %format!("{e:#}"),
+                    network = %net.network,
+                    "cannot remove the files of the network this host left; remove them by hand before joining another"
+                ),
+            },
+            Ok(None) => {}
             Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot read the state directory"),
         }
         // Not a member (any more): no subnet, so only the config's address, if any.
@@ -418,7 +432,7 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
                 let _ = reply.send(init(&ctx, req));
             }
             Command::Join(req, reply) => {
-                let _ = reply.send(join(&ctx, req).await);
+                let _ = reply.send(join::join(&ctx, req).await);
             }
             Command::Token(_, reply) => {
                 let _ = reply.send(Err(not_member()));
@@ -510,140 +524,4 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(), ApiFailure> {
         .map_err(internal)?;
     tracing::info!(%network, name = %node, subnets = ?subnets, ranges = ?ranges, ca = %ca.fingerprint(), "made a new network");
     Ok(())
-}
-
-/// Joins with a token: asks the admins it names, saves what they answer.
-async fn join(ctx: &Ctx, req: JoinRequest) -> Result<(), ApiFailure> {
-    let token: JoinToken = req
-        .token
-        .parse()
-        .map_err(|e| ApiFailure::bad(format!("not a usable join token: {e}")))?;
-    token
-        .check_expiry(now_unix())
-        .map_err(|e| ApiFailure::bad(e.to_string()))?;
-    let node = name(&req.name, "node name")?;
-    let control_key = ctx
-        .state
-        .control_key()
-        .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
-    let wireguard_key = ctx.config.private_key.public_key();
-    let transport = Arc::new(tls::transport_config(
-        Duration::from_secs(2),
-        Duration::from_secs(8),
-    ));
-    let client =
-        tls::join_client_config(token.ca_fingerprint(), token.network().clone(), transport)
-            .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
-    let claim = keys::JoinClaim {
-        network: token.network(),
-        ca: token.ca_fingerprint(),
-        secret: token.secret(),
-        name: &node,
-        control_key: &control_key.verifying_key(),
-        subnet: req.subnet,
-    };
-    let endpoint = ctx
-        .endpoint()
-        .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
-    let mut failures = Vec::new();
-    for &addr in token.endpoints() {
-        let attempt = async {
-            let conn = endpoint
-                .connect_with(client.clone(), addr, tls::SERVER_NAME)?
-                .await?;
-            let ca = tls::server_ca(&conn)
-                .context("the bootstrap host did not show its network's CA")?;
-            // The proof is made for the WireGuard key of the host the handshake showed
-            // (certified by the token's CA), and holds only for that host.
-            let admin = tls::remote_node(&conn)
-                .context("the bootstrap host did not show its node certificate")?;
-            let proof =
-                keys::JoinProof::prove(&claim, &ctx.config.private_key, &admin.wireguard_key)?;
-            let request = Request::Join {
-                secret: *token.secret().as_bytes(),
-                name: node.clone(),
-                wireguard_key,
-                control_key: control_key.verifying_key(),
-                subnet: req.subnet,
-                proof: proof.to_bytes(),
-            };
-            let (mut send, mut recv) = conn.open_bi().await?;
-            msg::write(&mut send, &request).await?;
-            send.finish()?;
-            let response: Response = msg::read(&mut recv).await?;
-            conn.close(0u32.into(), b"joined");
-            anyhow::Ok((ca, response))
-        };
-        let (ca, response) = match tokio::time::timeout(Duration::from_secs(10), attempt).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => {
-                failures.push(format!("{addr}: {e:#}"));
-                continue;
-            }
-            Err(_) => {
-                failures.push(format!("{addr}: no answer within 10 s"));
-                continue;
-            }
-        };
-        match response {
-            Response::Joined {
-                certificate,
-                cidr,
-                ranges,
-                subnet_prefix,
-                bundle,
-            } => {
-                let certificate =
-                    keys::SignedCertificate::from_bytes(&certificate).map_err(|e| {
-                        ApiFailure::remote(format!("the admin sent a bad certificate: {e}"))
-                    })?;
-                let cert = certificate.verify(&ca, now_unix()).map_err(|e| {
-                    ApiFailure::remote(format!("the admin sent a bad certificate: {e}"))
-                })?;
-                if cert.node != node
-                    || cert.wireguard_key != wireguard_key
-                    || cert.control_key != control_key.verifying_key()
-                {
-                    return Err(ApiFailure::remote(
-                        "the admin's certificate is not for this host's name and keys",
-                    ));
-                }
-                let mut dir = protocol::records::Directory::new(ca, token.network().clone());
-                for r in &bundle.revocations {
-                    let _ = dir.apply_revocation_bytes(r);
-                }
-                for m in &bundle.members {
-                    let _ = dir.apply_member_bytes(m, now_unix());
-                }
-                let internal = |e: anyhow::Error| ApiFailure::internal(format!("{e:#}"));
-                ctx.state.save_directory(&dir).map_err(internal)?;
-                ctx.state
-                    .save_network(&NetworkState {
-                        network: token.network().clone(),
-                        cidr,
-                        ranges,
-                        subnet_prefix,
-                        ca,
-                        certificate,
-                        generation: 0,
-                        record_version: 0,
-                        left: false,
-                        bootstrap: token.endpoints().to_vec(),
-                    })
-                    .map_err(internal)?;
-                tracing::info!(network = %token.network(), name = %node, subnets = ?cert.subnets, "joined the network");
-                return Ok(());
-            }
-            Response::Refused(reason) => {
-                return Err(ApiFailure::remote(format!(
-                    "{addr} refused the join: {reason}"
-                )));
-            }
-            other => failures.push(format!("{addr}: unexpected answer {other:?}")),
-        }
-    }
-    Err(ApiFailure::remote(format!(
-        "cannot join through any bootstrap host of the token: {}",
-        failures.join("; ")
-    )))
 }

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use keys::{Name, PublicKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zeroize::Zeroizing;
 
 /// The largest frame accepted: a full sync of ~7,000 members of the largest kind.
 pub const MAX_FRAME: usize = 8 << 20;
@@ -76,12 +77,14 @@ pub enum Response {
     Refused(String),
 }
 
-/// Writes one frame.
+/// Writes one frame. The body is encoded into a buffer of its exact size (no copies left
+/// behind by growing) that is zeroized when dropped: a join carries the token's secret.
 pub async fn write<T: Serialize>(
     stream: &mut (impl tokio::io::AsyncWrite + Unpin),
     value: &T,
 ) -> anyhow::Result<()> {
-    let body = postcard::to_allocvec(value)?;
+    let size = postcard::experimental::serialized_size(value)?;
+    let body = Zeroizing::new(postcard::to_extend(value, Vec::with_capacity(size))?);
     anyhow::ensure!(body.len() <= MAX_FRAME, "message too large to send");
     stream.write_all(&(body.len() as u32).to_be_bytes()).await?;
     stream.write_all(&body).await?;
@@ -107,7 +110,8 @@ pub async fn read_limited<T: serde::de::DeserializeOwned>(
         len <= max,
         "peer sent a {len}-byte message, above the {max}-byte limit"
     );
-    let mut body = vec![0u8; len];
+    // Zeroized when dropped: a join carries the token's secret.
+    let mut body = Zeroizing::new(vec![0u8; len]);
     stream.read_exact(&mut body).await?;
     postcard::from_bytes(&body).map_err(|e| anyhow::anyhow!("malformed message: {e}"))
 }

@@ -12,12 +12,18 @@
 //!
 //! Every file is written to a temporary name and renamed, so a crash never leaves half a
 //! file; the WireGuard key stays where the config's `private_key_file` says.
+//!
+//! The folder must belong to the user the daemon runs as (root): one that another user owns
+//! is refused, as that user could replace the keys in it whatever its mode. `leave` removes
+//! every file above ([`StateDir::forget_network`]), the control key too: the old network's
+//! certificates name it, so it would let whoever reads the folder later speak as the member
+//! that left until its certificate expires. `init` and `join` make a new one.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -25,6 +31,8 @@ use ipnet::IpNet;
 use keys::{CaKey, Name, PublicKey, SecretHash, SignedCertificate, SigningKey, VerifyingKey};
 use protocol::records::Directory;
 use serde::{Deserialize, Serialize};
+
+use crate::UsageError;
 
 /// This host's membership, as persisted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,7 +121,8 @@ const CA_KEY: &str = "ca.key";
 const ADMIN: &str = "admin.json";
 
 impl StateDir {
-    /// Opens `root`, creating it 0700 if missing and narrowing it to 0700 if wider.
+    /// Opens `root`, creating it 0700 if missing and narrowing it to 0700 if wider. Refuses
+    /// (a [`UsageError`]) a folder that another user than this process's effective one owns.
     pub fn open(root: &Path) -> anyhow::Result<StateDir> {
         if !root.exists() {
             fs::DirBuilder::new()
@@ -129,6 +138,11 @@ impl StateDir {
                 "state_dir {} is not a folder; point state_dir at a folder",
                 root.display()
             );
+        }
+        // SAFETY: geteuid(2) has no preconditions.
+        let user = unsafe { libc::geteuid() };
+        if let Some(problem) = foreign_owner(root, meta.uid(), user) {
+            return Err(UsageError(problem).into());
         }
         if meta.permissions().mode() & 0o077 != 0 {
             fs::set_permissions(root, fs::Permissions::from_mode(0o700))
@@ -219,16 +233,52 @@ impl StateDir {
         self.write_json(ADMIN, state)
     }
 
-    /// Forgets the membership (after `leave`): removes everything but the control key.
-    pub fn forget_network(&self) -> anyhow::Result<()> {
-        for name in [DIRECTORY, CA_KEY, ADMIN] {
-            let path = self.path(name);
-            if path.exists() {
-                fs::remove_file(&path)
-                    .with_context(|| format!("cannot remove {}", path.display()))?;
+    /// Forgets the membership (after `leave`): removes every file of the list in the module
+    /// docs and their temporary copies, `network.json` last, so that a crash half way
+    /// leaves a `network.json` that says `left` and the next start finishes the job. An
+    /// admin's CA key and `admin.json` are not destroyed but moved out of the way, into
+    /// `former/` (0700): the host is no admin any more, yet a network whose only admin left
+    /// by mistake can be recovered by hand. Returns where they went, if anywhere.
+    pub fn forget_network(&self) -> anyhow::Result<Option<PathBuf>> {
+        let archived = self.archive_admin()?;
+        for name in [DIRECTORY, CA_KEY, ADMIN, CONTROL_KEY, NETWORK] {
+            for path in [self.path(name), self.path(&format!("{name}.tmp"))] {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot remove {}", path.display()));
+                    }
+                }
             }
         }
-        Ok(())
+        Ok(archived)
+    }
+
+    /// Moves `ca.key` and `admin.json`, if there is a CA key, to `former/ca-UNIX.key` and
+    /// `former/admin-UNIX.json`.
+    fn archive_admin(&self) -> anyhow::Result<Option<PathBuf>> {
+        let ca = self.path(CA_KEY);
+        if !ca.exists() {
+            return Ok(None);
+        }
+        let former = self.path("former");
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&former)
+            .with_context(|| format!("cannot make {}", former.display()))?;
+        let stamp = super::now_unix();
+        let key = former.join(format!("ca-{stamp}.key"));
+        fs::rename(&ca, &key)
+            .with_context(|| format!("cannot move {} to {}", ca.display(), key.display()))?;
+        let admin = self.path(ADMIN);
+        if admin.exists() {
+            let to = former.join(format!("admin-{stamp}.json"));
+            fs::rename(&admin, &to)
+                .with_context(|| format!("cannot move {} to {}", admin.display(), to.display()))?;
+        }
+        Ok(Some(key))
     }
 
     fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> anyhow::Result<Option<T>> {
@@ -264,6 +314,28 @@ impl StateDir {
         };
         write().with_context(|| format!("cannot write {}", path.display()))
     }
+}
+
+/// Why a state directory owned by `owner` may not be used by a process running as `user`;
+/// `None` if it may.
+fn foreign_owner(root: &Path, owner: u32, user: u32) -> Option<String> {
+    if owner == user {
+        return None;
+    }
+    let (who, chown) = if user == 0 {
+        ("root (uid 0)".to_owned(), "root:root".to_owned())
+    } else {
+        (format!("uid {user}"), user.to_string())
+    };
+    let dir = root.display();
+    Some(format!(
+        "state_dir {dir} is owned by uid {owner}, not by {who}, which overlayd runs as: another user could change its keys; run `chown {chown} {dir}` (or point state_dir at a folder of {})",
+        if user == 0 {
+            "root's".to_owned()
+        } else {
+            format!("uid {user}")
+        }
+    ))
 }
 
 /// Serde through `Display` and `FromStr`, for types whose text form is their canonical one.
@@ -321,6 +393,78 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
         assert!(dir.network().unwrap().is_none());
+    }
+
+    #[test]
+    fn forgetting_the_network_leaves_nothing_of_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        dir.control_key().unwrap();
+        dir.save_ca_key(&CaKey::generate()).unwrap();
+        dir.save_admin(&AdminState::default()).unwrap();
+        for name in [NETWORK, DIRECTORY, "network.json.tmp"] {
+            fs::write(tmp.path().join(name), "{}").unwrap();
+        }
+        let archived = dir
+            .forget_network()
+            .unwrap()
+            .expect("the CA key is kept aside");
+        let left: Vec<String> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["former"], "the state dir still holds {left:?}");
+        assert!(archived.starts_with(tmp.path().join("former")));
+        assert_eq!(
+            fs::metadata(tmp.path().join("former")).unwrap().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(fs::metadata(&archived).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(tmp.path().join("former")).unwrap().count(), 2);
+        assert_eq!(dir.forget_network().unwrap(), None);
+        assert!(dir.network().unwrap().is_none());
+        assert!(dir.ca_key().unwrap().is_none());
+    }
+
+    #[test]
+    fn the_owner_must_be_the_user_overlayd_runs_as() {
+        let root = Path::new("/var/lib/overlayd");
+        assert_eq!(foreign_owner(root, 0, 0), None);
+        assert_eq!(foreign_owner(root, 1000, 1000), None);
+        assert_eq!(
+            foreign_owner(root, 0, 1000).unwrap(),
+            "state_dir /var/lib/overlayd is owned by uid 0, not by uid 1000, which overlayd runs as: another user could change its keys; run `chown 1000 /var/lib/overlayd` (or point state_dir at a folder of uid 1000)"
+        );
+    }
+
+    #[test]
+    fn a_folder_of_another_user_is_refused() {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: chown to another user needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        fs::DirBuilder::new().mode(0o700).create(&root).unwrap();
+        std::os::unix::fs::chown(&root, Some(4242), Some(4242)).unwrap();
+        let e = StateDir::open(&root).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(
+            e.downcast_ref::<crate::UsageError>().is_some(),
+            "not a usage error (exit 2): {text}"
+        );
+        assert_eq!(
+            text,
+            format!(
+                "state_dir {} is owned by uid 4242, not by root (uid 0), which overlayd runs as: another user could change its keys; run `chown root:root {}` (or point state_dir at a folder of root's)",
+                root.display(),
+                root.display()
+            )
+        );
+        assert_eq!(text.lines().count(), 1);
+        std::os::unix::fs::chown(&root, Some(0), Some(0)).unwrap();
+        StateDir::open(&root).expect("root's own folder");
     }
 
     #[test]

@@ -168,9 +168,9 @@ impl Member {
             }
             Command::Leave(reply) => {
                 let result = self.leave().await;
-                let ok = result.is_ok();
                 let _ = reply.send(result);
-                ok
+                // Left, even if the files could not all be removed (the answer says so).
+                self.net.left
             }
         }
     }
@@ -286,24 +286,44 @@ impl Member {
         for key in keys {
             self.unroute(&key).await;
         }
+        // Saved first: should the files below not all go, the daemon does not rejoin, and
+        // its next start removes them (`control::run`).
         self.net.left = true;
         if let Err(e) = self.ctx.state.save_network(&self.net) {
             tracing::warn!(error = %format!("{e:#}"), "cannot save the state after leaving");
         }
-        self.save();
         if let Some(endpoint) = self.ctx.endpoint.get() {
             endpoint.set_server_config(None);
         }
         for conn in self.conns.values() {
             conn.close(0u32.into(), b"left the network");
         }
-        tracing::info!(network = %self.net.network, "left the network");
+        // Nothing of the network stays in use: not this host's control key, which its
+        // certificates name, and not its CA key (on an admin: moved to `former/`, not
+        // destroyed, see `control::state`).
+        let forgotten = self.ctx.state.forget_network();
         let mut view = lock(&self.view);
         if let Some(m) = view.membership.as_mut() {
             m.left = true;
             m.member_count = 0;
         }
         view.members.clear();
+        let network = &self.net.network;
+        match forgotten {
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), %network, "left the network but cannot remove its files");
+                return Err(ApiFailure::internal(format!(
+                    "left network {network}, but cannot remove its files from {}: {e:#}; remove them by hand",
+                    self.ctx.state.root().display()
+                )));
+            }
+            Ok(Some(ca)) => {
+                tracing::warn!(%network, ca_key = %ca.display(), "left the network; this host was an admin: the network's CA key was moved aside, not destroyed (if no other admin holds it, keep it to recover the network)")
+            }
+            Ok(None) => {
+                tracing::info!(%network, "left the network and removed its files (keys, certificate, directory)")
+            }
+        }
         Ok(view.status_stub())
     }
 }
