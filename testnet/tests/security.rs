@@ -2,7 +2,10 @@
 //! client, run in a host's namespace, speaks the control protocol with stolen, forged or
 //! missing credentials. Each attack must be refused with a clear (rate-limited) log line on
 //! the daemon it targets, and change nobody's routes (`ip -4 route`) nor the endpoints and
-//! subnets of `overlayctl peers --json`. Joins with bad tokens are in `control.rs`.
+//! subnets of `overlayctl peers --json`. Joins with bad tokens are in `control.rs`. A member
+//! whose certificate lapses (revoked, or expired: a short certificate made with h1's CA key)
+//! loses the connections it already has, and nothing more is taken from them or sent on them
+//! (issue 14, item 4).
 //!
 //! ```text
 //!                    P-ul: br0 (underlay switch)
@@ -34,7 +37,7 @@ use hostile::{
 };
 use ipnet::IpNet;
 use keys::{CaKey, Name, NodeCertificate, SignedCertificate, SigningKey};
-use overlayd::control::msg::{Bundle, Request, Response};
+use overlayd::control::msg::{self, Bundle, Request, Response};
 use overlayd::control::tls;
 use protocol::records::{MemberRecord, MemberState as RecordState, SignedMemberRecord};
 use testnet::{CONTROL_PORT, LISTEN_PORT, MemberState, NETWORK, Options, Testnet};
@@ -660,5 +663,398 @@ fn revoked_member_can_neither_connect_nor_push() {
         );
     }
     assert_unchanged("after the revoked member's attempts", &before, &net);
+    net.down().expect("down");
+}
+
+/// What a hostile client saw on one member connection: datagrams and streams the daemon
+/// sent it, and the close, each with when. It answers like a member (an `Ack` to a push, an
+/// empty directory to a sync), so that it looks alive.
+#[derive(Debug, Default)]
+struct Seen {
+    datagrams: Vec<Instant>,
+    /// Streams the daemon opened, and what it asked on them.
+    streams: Vec<(Instant, String)>,
+    /// When the connection closed, and why.
+    closed: Option<(Instant, quinn::ConnectionError)>,
+}
+
+type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records what the daemon sends on `conn` into `seen` until the connection closes.
+async fn observe(conn: quinn::Connection, seen: Shared<Seen>) {
+    let closed = loop {
+        tokio::select! {
+            d = conn.read_datagram() => match d {
+                Ok(_) => locked(&seen).datagrams.push(Instant::now()),
+                Err(e) => break e,
+            },
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => {
+                    let at = Instant::now();
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        let asked = answer(send, recv).await;
+                        locked(&seen).streams.push((at, asked));
+                    });
+                }
+                Err(e) => break e,
+            },
+        }
+    };
+    locked(&seen).closed = Some((Instant::now(), closed));
+}
+
+/// Answers a request the daemon sent as a member would; what it asked.
+async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> String {
+    let asked = match msg::read::<Request>(&mut recv).await {
+        Ok(Request::Push(bundle)) => {
+            let _ = msg::write(&mut send, &Response::Ack).await;
+            format!(
+                "a push of {} records and {} revocations",
+                bundle.members.len(),
+                bundle.revocations.len()
+            )
+        }
+        Ok(Request::Sync(_)) => {
+            let _ = msg::write(&mut send, &Response::Sync(Bundle::default())).await;
+            "a sync".to_owned()
+        }
+        Ok(_) => "another request".to_owned(),
+        Err(e) => format!("an unreadable request ({e:#})"),
+    };
+    let _ = send.finish();
+    asked
+}
+
+/// A `Sync` on `conn`: `Ok(records)` if the daemon answered with its directory.
+async fn sync_on(conn: &quinn::Connection) -> Result<usize, String> {
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        msg::write(&mut send, &Request::Sync(Bundle::default())).await?;
+        send.finish()?;
+        msg::read::<Response>(&mut recv).await
+    };
+    match tokio::time::timeout(Duration::from_secs(3), exchange).await {
+        Ok(Ok(Response::Sync(theirs))) => Ok(theirs.members.len()),
+        Ok(Ok(other)) => Err(format!("answered {other:?}")),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err("no answer within 3 s".to_owned()),
+    }
+}
+
+/// Why `seen`'s connection was closed, if the daemon closed it with an application code:
+/// `(code, reason)`.
+fn closed_by_daemon(seen: &Seen) -> Option<(Instant, quinn::VarInt, String)> {
+    match &seen.closed {
+        Some((at, quinn::ConnectionError::ApplicationClosed(close))) => Some((
+            *at,
+            close.error_code,
+            String::from_utf8_lossy(&close.reason).into_owned(),
+        )),
+        _ => None,
+    }
+}
+
+/// Checks that the daemon closed `seen`'s connection with [`tls::CLOSE_NOT_AUTHORIZED`]
+/// and a reason holding `why`, at most `limit` after `applied` (by when the daemon had the
+/// revocation, or the certificate had expired); prints when, from `began` (the revocation
+/// asked for, or the expiry). Each failure is pushed on `failures`.
+fn check_closed(
+    what: &str,
+    seen: &Seen,
+    (began, applied): (Instant, Instant),
+    limit: Duration,
+    why: &str,
+    failures: &mut Vec<String>,
+) {
+    let Some((at, code, reason)) = closed_by_daemon(seen) else {
+        failures.push(format!(
+            "{what}: the daemon did not close the connection (it ended as {:?})",
+            seen.closed.as_ref().map(|(_, e)| e.to_string())
+        ));
+        return;
+    };
+    let since = |from: Instant| match at.checked_duration_since(from) {
+        Some(after) => format!("{:.3} s after", after.as_secs_f64()),
+        None => format!("{:.3} s before", (from - at).as_secs_f64()),
+    };
+    eprintln!(
+        "{what}: closed {} it lapsed, code {code}: {reason}",
+        since(began)
+    );
+    if code != tls::CLOSE_NOT_AUTHORIZED || !reason.contains(why) {
+        failures.push(format!(
+            "{what}: closed with code {code} and reason {reason:?}, not {} and {why:?}",
+            tls::CLOSE_NOT_AUTHORIZED
+        ));
+    }
+    if at > applied + limit {
+        failures.push(format!(
+            "{what}: closed only {} the daemon had the lapse",
+            since(applied)
+        ));
+    }
+}
+
+/// A certificate of this network for `node` from the network's own CA (the admin's
+/// `ca.key`), valid until `not_after`.
+fn short_certificate(
+    ca: &CaKey,
+    node: &str,
+    serial: u64,
+    control_key: &SigningKey,
+    not_after: u64,
+) -> SignedCertificate {
+    ca.sign(&NodeCertificate {
+        network: Name::new(NETWORK).expect("network name"),
+        node: Name::new(node).expect("node name"),
+        wireguard_key: keys::PrivateKey::generate().public_key(),
+        control_key: control_key.verifying_key(),
+        subnets: vec!["10.42.9.0/24".parse().expect("subnet")],
+        groups: Vec::new(),
+        not_before: now_unix() - 60,
+        not_after,
+        serial,
+        ca_fingerprint: ca.fingerprint(),
+    })
+    .expect("the CA signs")
+}
+
+/// What a client with a lapsing certificate saw on each of its connections.
+struct Probe {
+    /// Answered `Sync`s (records) or why not, before the certificate lapsed.
+    sync_before: Result<usize, String>,
+    /// The same after it lapsed.
+    sync_after: Result<usize, String>,
+    /// The gossip datagram sent after it lapsed: sent, or why not.
+    gossip_after: Result<(), String>,
+    seen: Shared<Seen>,
+}
+
+/// Issue 14, item 4: a member's connections opened before its certificate lapsed (expired,
+/// or revoked) are closed at once by every daemon, which answers nothing on them after.
+#[test]
+fn lapsed_certificates_lose_their_open_connections() {
+    if !root() {
+        return;
+    }
+    let mut net = up();
+    let h1 = credentials(&net, 1);
+    let h3 = credentials(&net, 3);
+    let limit = Duration::from_secs(2);
+    let mut failures = Vec::new();
+
+    // 1. Expiry: a member "h9" whose certificate (from the network's CA) lasts 4 s more.
+    let ca_key = keys::read_signing_key_file(&net.state_dir(1).join("ca.key"))
+        .map(CaKey::from_signing_key)
+        .expect("h1's ca.key");
+    let h9_key = SigningKey::generate();
+    let not_after = now_unix() + 4;
+    let identity = tls::TlsIdentity {
+        ca: h1.network.ca,
+        network: h1.network.network.clone(),
+        certificate: short_certificate(&ca_key, "h9", 1000, &h9_key, not_after),
+        control_key: h9_key,
+    };
+    let (config, to) = (member_config(&identity), control_addr(&net, 1));
+    let (probe, expired) = run_in_netns(&net.host_ns(3), move || async move {
+        let link = Link::open(config, to).await.expect("h9's connection to h1");
+        let seen = Shared::default();
+        tokio::spawn(observe(link.conn.clone(), seen.clone()));
+        let sync_before = sync_on(&link.conn).await;
+        while now_unix() <= not_after {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let expired = Instant::now();
+        let sync_after = sync_on(&link.conn).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), link.conn.closed()).await;
+        let probe = Probe {
+            sync_before,
+            sync_after,
+            gossip_after: Ok(()),
+            seen,
+        };
+        link.close().await;
+        (probe, expired)
+    });
+    let seen = locked(&probe.seen);
+    eprintln!(
+        "h9 (expiring): sync before {:?}, after {:?}; h1 sent {} datagrams, streams {:?}",
+        probe.sync_before,
+        probe.sync_after,
+        seen.datagrams.len(),
+        seen.streams
+            .iter()
+            .map(|(_, what)| what.as_str())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        probe.sync_before.is_ok(),
+        "h1 did not serve h9 while its certificate was valid: {:?}",
+        probe.sync_before
+    );
+    check_closed(
+        "h9's connection to h1",
+        &seen,
+        (expired, expired),
+        limit,
+        "expired",
+        &mut failures,
+    );
+    if let Ok(records) = probe.sync_after {
+        failures.push(format!(
+            "h1 answered a Sync from h9 after its certificate expired, with {records} records"
+        ));
+    }
+    drop(seen);
+
+    // 2. Revocation: h3's credentials on h3's own control port (its daemon stopped), so
+    // that h1 and h2 take the client for h3 and send it what they send h3.
+    net.stop_daemon(3).expect("stop h3");
+    let targets = [(1, control_addr(&net, 1)), (2, control_addr(&net, 2))];
+    // A SWIM datagram on h3's link that names the other target as its sender: the member
+    // task logs it ("dropped gossip sent in another member's name") as soon as it takes it,
+    // before foca, so the log shows whether a datagram from h3's link was still taken.
+    let (h1_id, h2_id) = (h1.node_id(), credentials(&net, 2).node_id());
+    let datagrams = vec![
+        gossip_datagram(h2_id, h1_id, &[]),
+        gossip_datagram(h1_id, h2_id, &[]),
+    ];
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (config, ns) = (member_config(&h3.identity()), net.host_ns(3));
+    let client = std::thread::spawn(move || {
+        run_in_netns(&ns, move || async move {
+            let bind = SocketAddr::from(([0, 0, 0, 0], CONTROL_PORT));
+            let endpoint = quinn::Endpoint::client(bind).expect("h3's control port");
+            let mut links = Vec::new();
+            for (_, to) in targets {
+                let conn = endpoint
+                    .connect_with(config.clone(), to, tls::SERVER_NAME)
+                    .expect("connect")
+                    .await
+                    .expect("h3's connection");
+                let seen = Shared::default();
+                tokio::spawn(observe(conn.clone(), seen.clone()));
+                links.push((conn, seen));
+            }
+            let mut before = Vec::new();
+            for (conn, _) in &links {
+                before.push(sync_on(conn).await);
+            }
+            // Let the daemons talk SWIM to "h3" for a moment.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let _ = ready_tx.send(());
+            let _ = go_rx.await;
+            let mut probes = Vec::new();
+            for (((conn, seen), sync_before), datagram) in
+                links.into_iter().zip(before).zip(datagrams)
+            {
+                let gossip_after = conn
+                    .send_datagram(datagram.into())
+                    .map_err(|e| e.to_string());
+                let sync_after = sync_on(&conn).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                probes.push(Probe {
+                    sync_before,
+                    sync_after,
+                    gossip_after,
+                    seen,
+                });
+            }
+            endpoint.close(0u32.into(), b"done");
+            probes
+        })
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the client with h3's credentials connects to h1 and h2");
+    let marks: Vec<usize> = [1, 2].iter().map(|&i| log_len(&net, i)).collect();
+    let revoking = Instant::now();
+    net.overlayctl_ok(1, &["revoke", "h3"])
+        .expect("overlayctl revoke h3 on h1");
+    let revoked_on_h1 = Instant::now();
+    net.wait_member_state(2, 3, MemberState::Revoked, Duration::from_secs(10))
+        .expect("h2 learns that h3 is revoked");
+    let revoked_on_h2 = Instant::now();
+    eprintln!(
+        "revoke took {:.2} s on h1; h2 listed h3 revoked {:.2} s after it began",
+        (revoked_on_h1 - revoking).as_secs_f64(),
+        (revoked_on_h2 - revoking).as_secs_f64()
+    );
+    let _ = go_tx.send(());
+    let probes = client
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    for (((target, probe), applied), mark) in [1, 2]
+        .into_iter()
+        .zip(&probes)
+        .zip([revoked_on_h1, revoked_on_h2])
+        .zip(marks)
+    {
+        let what = format!("h3's connection to h{target}, opened before the revocation");
+        let seen = locked(&probe.seen);
+        let datagrams_after = seen.datagrams.iter().filter(|t| **t > applied).count();
+        let streams_after: Vec<&str> = seen
+            .streams
+            .iter()
+            .filter(|(t, _)| *t > revoking)
+            .map(|(_, what)| what.as_str())
+            .collect();
+        eprintln!(
+            "{what}: sync before {:?}, after {:?}; datagrams from h{target} {} before, {datagrams_after} after; streams h{target} opened after the revoke began {streams_after:?}; gossip sent after: {:?}",
+            probe.sync_before,
+            probe.sync_after,
+            seen.datagrams.len() - datagrams_after,
+            probe.gossip_after
+        );
+        assert!(
+            probe.sync_before.is_ok(),
+            "h{target} did not serve h3 before its revocation: {:?}",
+            probe.sync_before
+        );
+        check_closed(
+            &what,
+            &seen,
+            (revoking, applied),
+            limit,
+            "revoked",
+            &mut failures,
+        );
+        if let Ok(records) = probe.sync_after {
+            failures.push(format!(
+                "{what}: h{target} answered a Sync after the revocation, with {records} records"
+            ));
+        }
+        if datagrams_after > 0 {
+            failures.push(format!(
+                "{what}: h{target} sent {datagrams_after} datagrams after the revocation"
+            ));
+        }
+        if !streams_after.is_empty() {
+            failures.push(format!(
+                "{what}: h{target} opened streams after the revocation: {streams_after:?}"
+            ));
+        }
+        let log = log_since(&net, target, mark);
+        let from_h3 = format!("the connection of node {} sent", h3.certificate.serial);
+        if let Some(line) = log.lines().find(|l| {
+            l.contains("dropped gossip sent in another member's name") && l.contains(&from_h3)
+        }) {
+            failures.push(format!(
+                "{what}: h{target} took a gossip datagram after the revocation: {}",
+                line.trim()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "a lapsed certificate kept its connections:\n{}",
+        failures.join("\n")
+    );
     net.down().expect("down");
 }

@@ -7,6 +7,11 @@
 //! shared but the directory (read by the TLS revocation check and by foca's broadcast
 //! handler, both on paths this task drives or that only read).
 //!
+//! A certificate is checked at every turn, not only in the handshake: this task keeps a
+//! registry of the member connections being served (`links`, with the certificate each
+//! peer proved), closes those whose certificate a revocation or expiry has made void as
+//! soon as it applies one, and takes a datagram or request only from a link still current.
+//!
 //! A member is routed when its record in the directory is alive, it is not this host, and
 //! the failure detector has not declared its current identity down. A member that the
 //! detector never heard of is routed too: after a restart, tunnels come back from the saved
@@ -17,13 +22,17 @@
 //!
 //! - `gossip`: the records piggy-backed on SWIM (tags, keys, foca's broadcast handler),
 //!   foca's timers, and throttled warnings.
-//! - `net`: QUIC connections, streams and the accept loop; pushes, full syncs, rejoins.
+//! - `accept`: the accept loop; handshakes, each in a task of its own with a deadline,
+//!   capped in all and per source address, with QUIC address validation over the caps.
+//! - `net`: QUIC connections and streams, the registry of member connections (closed when
+//!   a certificate is revoked or expires); pushes, full syncs, rejoins.
 //! - `actions`: API commands (token, revoke, leave) and requests from other hosts (join,
 //!   sync, push).
 //! - `peers`: the router and kernel routes kept in step with the directory; this host's
 //!   own address followed.
 //! - `view`: what the API shows.
 
+mod accept;
 mod actions;
 mod gossip;
 mod net;
@@ -49,9 +58,13 @@ use super::msg::{Bundle, Request, Response};
 use super::state::{AdminState, NetworkState};
 use super::tls::{self, Remote, TlsIdentity};
 use super::{Command, Ctx, View, now_unix};
+use accept::accept_loop;
 use gossip::{Changes, TAG_MEMBER, Timers, tagged};
 pub use gossip::{RecordHandler, RecordKey, Throttle};
-use net::{IDLE_TIMEOUT, KEEPALIVE, QUEUED_DATAGRAMS, accept_loop, push, serve_connection};
+use net::{
+    Gossip, IDLE_TIMEOUT, KEEPALIVE, Link, LinkId, QUEUED_DATAGRAMS, push, revoked_reason,
+    serve_connection,
+};
 
 type Agent = Foca<NodeId, PostcardCodec, Pcg64Mcg, RecordHandler>;
 
@@ -62,8 +75,15 @@ enum Event {
     Datagram(u32, Bytes),
     Connected(SocketAddr, quinn::Connection),
     ConnectFailed(SocketAddr),
-    Closed(SocketAddr, usize),
-    Request(Remote, Box<Request>, oneshot::Sender<Response>),
+    /// A connection's serving task ended: its address, `stable_id` and member link.
+    Closed(SocketAddr, usize, Option<LinkId>),
+    /// A request on a stream, from the member link it came on (`None`: a joiner).
+    Request(
+        Option<LinkId>,
+        Remote,
+        Box<Request>,
+        oneshot::Sender<Response>,
+    ),
     Bundle(Bundle),
 }
 
@@ -88,11 +108,15 @@ pub struct Member {
     timers: Timers,
     conns: HashMap<SocketAddr, quinn::Connection>,
     connecting: HashSet<SocketAddr>,
+    /// Every member connection being served (also those `conns` no longer names), with the
+    /// certificate its peer proved: closed when that certificate is revoked or expires.
+    links: HashMap<LinkId, Link>,
+    next_link: u64,
     events_tx: mpsc::UnboundedSender<Event>,
     /// Gossip datagrams from every connection, bounded: a member that sends faster than
     /// this host handles loses datagrams (SWIM tolerates loss), not memory.
-    datagrams_tx: mpsc::Sender<(u32, Bytes)>,
-    datagrams_rx: mpsc::Receiver<(u32, Bytes)>,
+    datagrams_tx: mpsc::Sender<Gossip>,
+    datagrams_rx: mpsc::Receiver<Gossip>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     client_config: quinn::ClientConfig,
     /// foca's latest identity per node number, and whether it is up.
@@ -168,10 +192,7 @@ impl Member {
             let dir = dir.clone();
             Arc::new(move |cert: &NodeCertificate| {
                 if lock(&dir).is_certificate_revoked(cert) {
-                    Err(format!(
-                        "the certificate of {} (serial {}) is revoked by the network's CA",
-                        cert.node, cert.serial
-                    ))
+                    Err(revoked_reason(cert))
                 } else {
                     Ok(())
                 }
@@ -229,6 +250,8 @@ impl Member {
             timers: Timers::default(),
             conns: HashMap::new(),
             connecting: HashSet::new(),
+            links: HashMap::new(),
+            next_link: 0,
             events_tx,
             datagrams_tx,
             datagrams_rx,
@@ -290,8 +313,11 @@ impl Member {
                     }
                 }
                 Some(ev) = self.events_rx.recv() => self.event(ev),
-                Some((sender, bytes)) = self.datagrams_rx.recv() => {
-                    self.event(Event::Datagram(sender, bytes));
+                Some(gossip) = self.datagrams_rx.recv() => {
+                    // Queued before its link lapsed: dropped with the link.
+                    if self.is_current(gossip.link) {
+                        self.event(Event::Datagram(gossip.node, gossip.bytes));
+                    }
                 }
                 _ = sleep_until(next_timer) => {
                     for timer in self.timers.due() {
@@ -309,6 +335,8 @@ impl Member {
                 self.dirty = true;
             }
             if std::mem::take(&mut self.dirty) {
+                // A revocation may have come in: its member's connections go at once.
+                self.close_lapsed();
                 self.sync_peers().await;
                 self.save();
                 self.update_view();
@@ -349,14 +377,17 @@ impl Member {
             }
             Event::Connected(addr, conn) => {
                 self.connecting.remove(&addr);
+                // Revoked or expired since its handshake: closed, not served.
+                let Some(peer) = self.register(addr, &conn) else {
+                    return;
+                };
                 let fresh = !self.conns.contains_key(&addr);
                 tokio::spawn(serve_connection(
                     conn.clone(),
                     addr,
-                    Remote::Member(Box::new(self.me.clone())),
+                    peer,
                     self.events_tx.clone(),
                     self.datagrams_tx.clone(),
-                    false,
                 ));
                 self.conns.insert(addr, conn.clone());
                 if fresh {
@@ -380,12 +411,23 @@ impl Member {
             Event::ConnectFailed(addr) => {
                 self.connecting.remove(&addr);
             }
-            Event::Closed(addr, id) => {
+            Event::Closed(addr, id, link) => {
                 if self.conns.get(&addr).map(|c| c.stable_id()) == Some(id) {
                     self.conns.remove(&addr);
                 }
+                if let Some(link) = link {
+                    self.links.remove(&link);
+                }
             }
-            Event::Request(remote, request, reply) => {
+            Event::Request(link, remote, request, reply) => {
+                // From a member whose certificate lapsed after the request was sent: no
+                // answer (the reply is dropped), and its connections are closed.
+                if let Some(link) = link
+                    && !self.is_current(link)
+                {
+                    self.close_lapsed();
+                    return;
+                }
                 let response = self.request(remote, *request);
                 let _ = reply.send(response);
             }
@@ -468,6 +510,8 @@ impl Member {
             tracing::info!(members = ?expired, "certificates expired; their tunnels are closed");
             self.dirty = true;
         }
+        // A certificate expires on its own clock, record or not: its connections go.
+        self.close_lapsed();
         self.update_view();
     }
 

@@ -1,22 +1,31 @@
-//! The member's QUIC side: opening connections, the accept loop, serving one connection
-//! (datagrams to foca, streams to requests), pushing records, the periodic full sync
-//! (anti-entropy) and rejoin, and the directory lookups that map members to control
-//! addresses. These tasks only move bytes and hand [`Event`]s to the member task.
+//! The member's QUIC side: opening connections, serving one connection (datagrams to foca,
+//! streams to requests), pushing records, the periodic full sync (anti-entropy) and rejoin,
+//! and the directory lookups that map members to control addresses. These tasks only move
+//! bytes and hand [`Event`]s to the member task. Accepting connections is in `accept`.
+//!
+//! # Member connections
+//!
+//! Every member connection being served is registered with the member task (a
+//! [`LinkId`]) with the certificate its peer proved. When a revocation or an expiry is
+//! applied the member task closes the connections of that certificate at once
+//! (`Member::close_lapsed`), and it drops any datagram or request still queued from them.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use keys::{CertError, NodeCertificate};
 use protocol::membership::NodeId;
+use protocol::records::Directory;
 use tokio::sync::{mpsc, oneshot};
 
-use super::gossip::Throttle;
 use super::{Event, Member};
 use crate::control::msg::{self, Bundle, Request, Response};
+use crate::control::now_unix;
 use crate::control::tls::{self, Remote};
 
 /// How long a push or sync may take before it is given up.
-const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// QUIC keepalive and idle timeout of control connections.
 pub(super) const KEEPALIVE: Duration = Duration::from_secs(2);
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
@@ -24,6 +33,34 @@ pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
 pub(super) const QUEUED_DATAGRAMS: usize = 1024;
 /// The largest request a joining host (no certificate yet) may send: a join is ~200 bytes.
 const JOIN_MAX_FRAME: usize = 16 << 10;
+
+/// A member connection being served, as the member task knows it (see the module docs).
+/// Never reused: a datagram or request queued from a closed link finds no link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct LinkId(u64);
+
+/// A member connection being served, and the certificate its peer proved.
+pub(super) struct Link {
+    conn: quinn::Connection,
+    addr: SocketAddr,
+    peer: NodeCertificate,
+}
+
+/// Who is on the other end of a connection being served.
+pub(super) enum Peer {
+    /// A member, registered as this link, with the certificate it proved.
+    Member(LinkId, Box<NodeCertificate>),
+    /// A host that came to join; it has proven nothing yet.
+    Joiner,
+}
+
+/// A gossip datagram, and the member link it came on.
+pub(super) struct Gossip {
+    pub(super) link: LinkId,
+    /// The SWIM node number (certificate serial) the link's certificate proved.
+    pub(super) node: u32,
+    pub(super) bytes: Bytes,
+}
 
 impl Member {
     /// Control addresses of the other members with a record.
@@ -89,8 +126,10 @@ impl Member {
         });
     }
 
-    /// Sends `bundle` to every connected member and waits (bounded) for their acks.
+    /// Sends `bundle` to every connected member and waits (bounded) for their acks; first
+    /// closes the connections of members revoked or expired, which get nothing more.
     pub(super) async fn push_all(&mut self, bundle: Bundle) {
+        self.close_lapsed();
         for addr in self.control_addrs() {
             self.connect(addr);
         }
@@ -169,6 +208,108 @@ impl Member {
     }
 }
 
+/// The registry of member connections (see the module docs).
+impl Member {
+    /// Registers a member connection about to be served; `None` (and the connection closed
+    /// with the reason) if its peer's certificate has lapsed since the handshake.
+    pub(super) fn register(&mut self, addr: SocketAddr, conn: &quinn::Connection) -> Option<Peer> {
+        let peer = tls::remote_node(conn);
+        let lapse = match &peer {
+            Some(peer) => lapsed(&self.now_dir(), peer, now_unix()),
+            None => Some("the peer's certificate is no longer valid".to_owned()),
+        };
+        match (peer, lapse) {
+            (Some(peer), None) => {
+                self.next_link += 1;
+                let id = LinkId(self.next_link);
+                let link = Link {
+                    conn: conn.clone(),
+                    addr,
+                    peer: peer.clone(),
+                };
+                self.links.insert(id, link);
+                Some(Peer::Member(id, Box::new(peer)))
+            }
+            (_, reason) => {
+                let reason = reason.unwrap_or_default();
+                tracing::info!(endpoint = %addr, reason = %reason, "closed a member connection");
+                conn.close(tls::CLOSE_NOT_AUTHORIZED, reason.as_bytes());
+                None
+            }
+        }
+    }
+
+    /// Whether the member connection `id` is still served and its peer's certificate
+    /// neither revoked nor expired: a datagram or request that came on it is taken only then.
+    pub(super) fn is_current(&self, id: LinkId) -> bool {
+        self.links
+            .get(&id)
+            .is_some_and(|link| lapsed(&self.now_dir(), &link.peer, now_unix()).is_none())
+    }
+
+    /// Closes every member connection whose peer's certificate is revoked or has expired,
+    /// with [`tls::CLOSE_NOT_AUTHORIZED`] and the reason (the same sentence a new handshake
+    /// would be refused with). Call it whenever a revocation may have been applied and once
+    /// a second for expiry.
+    pub(super) fn close_lapsed(&mut self) {
+        let now = now_unix();
+        let gone: Vec<(LinkId, String)> = {
+            let dir = self.now_dir();
+            self.links
+                .iter()
+                .filter_map(|(id, link)| lapsed(&dir, &link.peer, now).map(|why| (*id, why)))
+                .collect()
+        };
+        for (id, reason) in gone {
+            let Some(link) = self.links.remove(&id) else {
+                continue;
+            };
+            tracing::info!(
+                peer = %link.peer.node,
+                endpoint = %link.addr,
+                reason = %reason,
+                "closed a member connection"
+            );
+            link.conn
+                .close(tls::CLOSE_NOT_AUTHORIZED, reason.as_bytes());
+            if self
+                .conns
+                .get(&link.addr)
+                .is_some_and(|c| c.stable_id() == link.conn.stable_id())
+            {
+                self.conns.remove(&link.addr);
+            }
+        }
+    }
+}
+
+/// Why a member whose certificate is `peer` may no longer be served at `now` (unix s):
+/// revoked by the network's CA, or expired; `None` while it is current.
+pub(super) fn lapsed(dir: &Directory, peer: &NodeCertificate, now: u64) -> Option<String> {
+    if dir.is_certificate_revoked(peer) {
+        Some(revoked_reason(peer))
+    } else if now > peer.not_after {
+        Some(
+            CertError::Expired {
+                node: peer.node.clone(),
+                not_after: peer.not_after,
+            }
+            .to_string(),
+        )
+    } else {
+        None
+    }
+}
+
+/// The sentence a revoked member is refused with, in a handshake or when its connection is
+/// closed.
+pub(super) fn revoked_reason(cert: &NodeCertificate) -> String {
+    format!(
+        "the certificate of {} (serial {}) is revoked by the network's CA",
+        cert.node, cert.serial
+    )
+}
+
 fn random_index(len: usize) -> usize {
     let mut b = [0u8; 8];
     let _ = getrandom::getrandom(&mut b);
@@ -192,74 +333,32 @@ pub(super) async fn push(
     }
 }
 
-/// Accepts control connections: members are served, joiners may only ask to join, and a
-/// client without a certificate of this network is closed with the reason.
-pub(super) async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    tx: mpsc::UnboundedSender<Event>,
-    datagrams: mpsc::Sender<(u32, Bytes)>,
-) {
-    let mut throttle = Throttle::default();
-    while let Some(incoming) = endpoint.accept().await {
-        let conn = match incoming.await {
-            Ok(conn) => conn,
-            Err(e) => {
-                throttle.warn("refused a control connection", &e);
-                continue;
-            }
-        };
-        let addr = conn.remote_address();
-        match tls::authorize(&conn) {
-            Ok(Remote::Member(cert)) => {
-                tracing::debug!(%addr, node = %cert.node, "member connected");
-                let _ = tx.send(Event::Connected(addr, conn));
-            }
-            Ok(Remote::Joiner) => {
-                tokio::spawn(serve_connection(
-                    conn,
-                    addr,
-                    Remote::Joiner,
-                    tx.clone(),
-                    datagrams.clone(),
-                    true,
-                ));
-            }
-            Err(refusal) => {
-                throttle.warn("refused a control connection", &refusal.reason);
-                conn.close(refusal.code, refusal.reason.as_bytes());
-            }
-        }
-    }
-}
-
-/// Reads datagrams and requests on one connection until it closes.
+/// Reads datagrams and requests on one connection until it closes. A member's datagrams
+/// and requests go to the member task tagged with its link, which drops them if the link
+/// has lapsed meanwhile; a joiner sends no datagrams and only small requests.
 pub(super) async fn serve_connection(
     conn: quinn::Connection,
     addr: SocketAddr,
-    remote: Remote,
+    peer: Peer,
     tx: mpsc::UnboundedSender<Event>,
-    datagrams: mpsc::Sender<(u32, Bytes)>,
-    joiner: bool,
+    datagrams: mpsc::Sender<Gossip>,
 ) {
     // A joiner has proven nothing yet: its one request (a join) is small.
-    let max_frame = if joiner {
-        JOIN_MAX_FRAME
-    } else {
-        msg::MAX_FRAME
+    let (link, remote, max_frame) = match peer {
+        Peer::Member(link, cert) => (Some(link), Remote::Member(cert), msg::MAX_FRAME),
+        Peer::Joiner => (None, Remote::Joiner, JOIN_MAX_FRAME),
     };
-    let proven = tls::remote_node(&conn).filter(|_| !joiner);
     // Gossip is only taken from a connection whose certificate names its sender.
-    let sender = proven.as_ref().map(|cert| cert.serial as u32);
-    let remote = match proven {
-        Some(cert) => Remote::Member(Box::new(cert)),
-        None => remote,
+    let node = match &remote {
+        Remote::Member(cert) => Some(cert.serial as u32),
+        Remote::Joiner => None,
     };
     loop {
         tokio::select! {
-            d = conn.read_datagram(), if sender.is_some() => match d {
+            d = conn.read_datagram(), if link.is_some() => match d {
                 Ok(bytes) => {
-                    let Some(sender) = sender else { break };
-                    match datagrams.try_send((sender, bytes)) {
+                    let (Some(link), Some(node)) = (link, node) else { break };
+                    match datagrams.try_send(Gossip { link, node, bytes }) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             tracing::debug!(%addr, "gossip queue full; datagram dropped");
@@ -277,8 +376,9 @@ pub(super) async fn serve_connection(
                         let serve = async {
                             let request: Request = msg::read_limited(&mut recv, max_frame).await?;
                             let (reply_tx, reply_rx) = oneshot::channel();
-                            tx.send(Event::Request(remote, Box::new(request), reply_tx))
+                            tx.send(Event::Request(link, remote, Box::new(request), reply_tx))
                                 .map_err(|_| anyhow::anyhow!("member stopped"))?;
+                            // No answer (the sender dropped) when the link has lapsed.
                             let response = reply_rx.await?;
                             msg::write(&mut send, &response).await?;
                             send.finish()?;
@@ -293,5 +393,5 @@ pub(super) async fn serve_connection(
             },
         }
     }
-    let _ = tx.send(Event::Closed(addr, conn.stable_id()));
+    let _ = tx.send(Event::Closed(addr, conn.stable_id(), link));
 }
