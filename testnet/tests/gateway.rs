@@ -39,7 +39,6 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -78,18 +77,9 @@ const SECOND_WARMUP: Duration = Duration::from_secs(10);
 /// Runs `f` on a thread that entered network namespace `ns`, and returns what it returns:
 /// a socket made there stays in `ns` whichever thread uses it.
 fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
+    let netns_name = ns.to_owned();
     std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        // SAFETY: setns(2) on a namespace file we hold open; it changes only this thread.
-        let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(
-            entered,
-            0,
-            "cannot enter {path}: {}",
-            std::io::Error::last_os_error()
-        );
-        drop(file);
+        common::enter_netns(&netns_name);
         f()
     })
     .join()

@@ -29,7 +29,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,19 +130,10 @@ impl Flood {
     /// Starts flooding `target` from namespace `netns` with messages for public key `key`.
     fn start(netns: &str, target: SocketAddr, key: [u8; 32]) -> Flood {
         let stop = Arc::new(AtomicBool::new(false));
-        let path = format!("/run/netns/{netns}");
+        let netns_name = netns.to_owned();
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns(2) on a namespace file we hold open; it changes only this thread.
-            let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(
-                entered,
-                0,
-                "cannot enter {path}: {}",
-                std::io::Error::last_os_error()
-            );
-            drop(file);
+            common::enter_netns(&netns_name);
             flood(target, &mac1_key(&key), &flag)
         });
         Flood {

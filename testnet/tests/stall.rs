@@ -31,7 +31,6 @@ mod common;
 mod hostile;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -165,18 +164,9 @@ impl Stall {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let (burst_tx, burst_rx) = std::sync::mpsc::channel();
-        let path = format!("/run/netns/{netns}");
+        let netns_name = netns.to_owned();
         let thread = std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns(2) on a namespace file we hold open; it changes only this thread.
-            let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(
-                entered,
-                0,
-                "cannot enter {path}: {}",
-                std::io::Error::last_os_error()
-            );
-            drop(file);
+            common::enter_netns(&netns_name);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -20,6 +20,23 @@ pub fn root() -> bool {
     root
 }
 
+/// Moves the calling thread into network namespace `netns` (`/run/netns/NAME`): every
+/// socket it opens from then on lives there. Only this thread changes namespace; call it
+/// on a thread of its own.
+pub fn enter_netns(netns: &str) {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{netns}");
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: setns(2) on a namespace file we hold open; it changes only this thread.
+    let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(
+        entered,
+        0,
+        "cannot enter {path}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 /// A prefix for runs whose name a test must know before `up` (`<letter><pid in hex>`).
 pub fn prefix(letter: char) -> String {
     format!("{letter}{:x}", std::process::id())
