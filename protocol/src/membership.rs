@@ -1,15 +1,20 @@
 //! Membership: who is in the network and who is alive, by SWIM (`foca`).
 //!
-//! This module owns two things the daemon and the simulator ([`crate::sim`]) share:
+//! This module owns what the daemon and the simulator ([`crate::sim`]) share, and one
+//! thing only the daemon needs:
 //!
-//! - [`NodeId`], the identity a member has in the SWIM protocol;
+//! - [`NodeId`], the identity a member has in the SWIM protocol (shared);
 //! - [`Config`], our timings for it (memberlist's LAN profile, tuned by the simulator), a
 //!   plain struct the daemon can fill from its config file and turn into a
-//!   [`foca::Config`] with [`Config::to_foca`].
+//!   [`foca::Config`] with [`Config::to_foca`] (shared);
+//! - [`screen`], the check every SWIM datagram passes before foca sees it: its sender is
+//!   the member whose connection it came on, and the updates it carries about others name
+//!   only generations those members signed.
 //!
 //! It must not do I/O: foca is sans-IO, its `Runtime` (sockets, timers) belongs to the
 //! caller. It does not verify records either: the daemon checks the CA signature of a
-//! member's certificate before it hands anything to foca.
+//! member's certificate before it hands anything to foca, and tells [`screen`] which record
+//! versions it holds.
 
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::Duration;
@@ -28,16 +33,23 @@ use serde::{Deserialize, Serialize};
 /// SWIM never lets an identity that was declared down become alive again, so the member
 /// takes a new one with the same `node` and `generation + 1` ([`foca::Identity::renew`],
 /// which foca calls by itself when it learns it was declared down), and the higher
-/// generation wins wherever both are known. The daemon persists the generation and bumps it
-/// on every start. Generations compare by serial-number arithmetic (RFC 1982), so wrapping
-/// past `u16::MAX` is harmless as long as two live generations of one node are less than
-/// 32,768 apart.
+/// generation wins wherever both are known.
+///
+/// A generation is bound to the member's own signed record: a member takes generation `g`
+/// only once it has signed a record of version `g` or later (on start, the new record's
+/// version; after a renewal, it signs a new record before anything else), and a host takes
+/// an update about another member's identity only if that member's latest record it holds
+/// allows the generation ([`screen`]). So no member can declare another down at a
+/// generation the victim never reached, which would leave the victim unable to come back
+/// (a `Down` is final for its identity and every renewal would lose to it). Generations are
+/// plain `u64` counters (postcard writes them as varints: the same bytes as the `u16` of
+/// earlier versions for values below 65,536).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NodeId {
     /// The member's number in the network (unique, allocated by the CA holder).
     pub node: u32,
-    /// Bumped on every restart and every rejoin after being declared down.
-    pub generation: u16,
+    /// The version of the member's own record when it took this identity (see above).
+    pub generation: u64,
 }
 
 impl NodeId {
@@ -49,10 +61,9 @@ impl NodeId {
         }
     }
 
-    /// Whether `self` is a later generation than `other` (serial-number arithmetic).
+    /// Whether `self` is a later generation than `other`.
     pub const fn is_newer_than(&self, other: &Self) -> bool {
-        // Reinterpreting the wrapped difference as signed is the point of RFC 1982.
-        (self.generation.wrapping_sub(other.generation) as i16) > 0
+        self.generation > other.generation
     }
 }
 
@@ -60,9 +71,10 @@ impl foca::Identity for NodeId {
     type Addr = u32;
 
     fn renew(&self) -> Option<Self> {
+        // `None` (cannot renew) only after 2^64 generations.
         Some(Self {
             node: self.node,
-            generation: self.generation.wrapping_add(1),
+            generation: self.generation.checked_add(1)?,
         })
     }
 
@@ -73,6 +85,108 @@ impl foca::Identity for NodeId {
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
         self.is_newer_than(adversary)
     }
+}
+
+/// Why [`screen`] refused a whole SWIM datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ScreenError {
+    /// The header or an update does not decode (foca would refuse it too).
+    #[error("the SWIM message does not decode")]
+    Malformed,
+    /// The message names another member as its sender than the one whose certificate the
+    /// connection proved.
+    #[error("the connection of node {sender} sent a message from node {claimed}")]
+    ForeignSender {
+        /// The node the connection's certificate proved.
+        sender: u32,
+        /// The node the message claims to be from.
+        claimed: u32,
+    },
+}
+
+/// A SWIM datagram [`screen`] let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Screened<'a> {
+    /// What to hand to foca: the datagram itself, or a copy without the refused updates.
+    pub datagram: std::borrow::Cow<'a, [u8]>,
+    /// The identities of the updates taken out (at most what the datagram carried).
+    pub refused: Vec<NodeId>,
+}
+
+/// Checks a SWIM datagram (foca's wire format, [`foca::PostcardCodec`]) that came over the
+/// connection of member `sender` before it reaches foca, which trusts whatever updates a
+/// message carries.
+///
+/// The message must name `sender` as its source (or one member could suspect, refute or
+/// leave in another's name), and each update it carries about another member's identity
+/// must be at a generation that member has signed: `signed(node)` is the version of the
+/// latest record of `node` this host holds (`None`: no record), and an update at a
+/// generation above it, or about a member with no record, is taken out. What a sender
+/// says about itself is its own word and passes. Everything else (custom broadcasts, the
+/// message) is left as it is, for foca and the broadcast handler.
+///
+/// A `Down` or `Suspect` for a generation the victim did sign still passes: foca's
+/// refutation answers it (the victim takes a new generation, which its next record
+/// allows).
+pub fn screen<'a>(
+    datagram: &'a [u8],
+    sender: u32,
+    signed: impl Fn(u32) -> Option<u64>,
+) -> Result<Screened<'a>, ScreenError> {
+    use foca::Codec as _;
+    let mut rest = datagram;
+    let header: foca::Header<NodeId> = foca::PostcardCodec
+        .decode_header(&mut rest)
+        .map_err(|_| ScreenError::Malformed)?;
+    if header.src.node != sender {
+        return Err(ScreenError::ForeignSender {
+            sender,
+            claimed: header.src.node,
+        });
+    }
+    let unchanged = Screened {
+        datagram: std::borrow::Cow::Borrowed(datagram),
+        refused: Vec::new(),
+    };
+    // Where foca reads updates: a count (u16, big-endian) then each update, unless the
+    // message is a `Broadcast` or fewer than two bytes follow (which foca handles itself).
+    if rest.len() < 2 || header.message == foca::Message::Broadcast {
+        return Ok(unchanged);
+    }
+    let header_len = datagram.len() - rest.len();
+    let count = u16::from_be_bytes([rest[0], rest[1]]);
+    rest = &rest[2..];
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..count {
+        let before = rest;
+        let update: foca::Member<NodeId> = foca::PostcardCodec
+            .decode_member(&mut rest)
+            .map_err(|_| ScreenError::Malformed)?;
+        let encoded = &before[..before.len() - rest.len()];
+        let id = update.id();
+        if id.node == sender || signed(id.node).is_some_and(|version| id.generation <= version) {
+            kept.push(encoded);
+        } else {
+            refused.push(*id);
+        }
+    }
+    if refused.is_empty() {
+        return Ok(unchanged);
+    }
+    // `kept` is shorter than `count`, so its length fits the u16.
+    let kept_count = kept.len() as u16;
+    let mut out = Vec::with_capacity(datagram.len());
+    out.extend_from_slice(&datagram[..header_len]);
+    out.extend_from_slice(&kept_count.to_be_bytes());
+    for update in kept {
+        out.extend_from_slice(update);
+    }
+    out.extend_from_slice(rest);
+    Ok(Screened {
+        datagram: std::borrow::Cow::Owned(out),
+        refused,
+    })
 }
 
 /// Why a [`Config`] cannot be used.
@@ -252,19 +366,153 @@ mod tests {
     use foca::Identity;
 
     #[test]
-    fn renew_wins_even_across_wrap() {
+    fn renew_wins_and_keeps_the_node() {
         let id = NodeId::new(7);
-        let next = id.renew().expect("NodeId always renews");
+        let next = id.renew().expect("NodeId renews");
         assert_eq!(next.addr(), 7);
+        assert_eq!(next.generation, 1);
         assert!(next.win_addr_conflict(&id));
         assert!(!id.win_addr_conflict(&next));
+        // Past what postcard's u16 held before, still newer; never wraps.
+        let big = NodeId {
+            node: 7,
+            generation: u64::from(u16::MAX),
+        };
+        assert!(big.renew().unwrap().win_addr_conflict(&big));
         let last = NodeId {
             node: 7,
-            generation: u16::MAX,
+            generation: u64::MAX,
         };
-        let wrapped = last.renew().expect("NodeId always renews");
-        assert_eq!(wrapped.generation, 0);
-        assert!(wrapped.win_addr_conflict(&last));
+        assert_eq!(last.renew(), None);
+    }
+
+    fn id(node: u32, generation: u64) -> NodeId {
+        NodeId { node, generation }
+    }
+
+    /// A datagram as foca writes it: header, update count, updates, then `tail` (custom
+    /// broadcasts).
+    fn datagram(
+        src: NodeId,
+        message: foca::Message<NodeId>,
+        updates: &[foca::Member<NodeId>],
+        tail: &[u8],
+    ) -> Vec<u8> {
+        use foca::Codec as _;
+        let header = foca::Header {
+            src,
+            src_incarnation: 0,
+            dst: id(1, 4),
+            message,
+        };
+        let mut out = Vec::new();
+        foca::PostcardCodec
+            .encode_header(&header, &mut out)
+            .unwrap();
+        if !updates.is_empty() {
+            out.extend_from_slice(&(updates.len() as u16).to_be_bytes());
+            for update in updates {
+                foca::PostcardCodec.encode_member(update, &mut out).unwrap();
+            }
+        }
+        out.extend_from_slice(tail);
+        out
+    }
+
+    /// Record versions held: node 2 at 5, node 3 at 9; no record of node 4.
+    fn signed(node: u32) -> Option<u64> {
+        match node {
+            2 => Some(5),
+            3 => Some(9),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_update_for_an_unsigned_generation_is_taken_out() {
+        use foca::{Member, Message, State};
+        let tail = [0, 3, 7, 7, 7];
+        let forged = Member::new(id(2, 1005), 0, State::Down);
+        let current = Member::new(id(2, 5), 0, State::Down);
+        let other = Member::new(id(3, 9), 2, State::Suspect);
+        let unknown = Member::new(id(4, 0), 0, State::Alive);
+        let own = Member::new(id(3, 70), 0, State::Alive);
+        let input = datagram(
+            id(3, 9),
+            Message::Gossip,
+            &[
+                forged.clone(),
+                current.clone(),
+                other.clone(),
+                unknown,
+                own.clone(),
+            ],
+            &tail,
+        );
+        let screened = screen(&input, 3, signed).unwrap();
+        assert_eq!(screened.refused, vec![id(2, 1005), id(4, 0)]);
+        // The same message with only what passed, the custom broadcasts untouched.
+        let expected = datagram(id(3, 9), Message::Gossip, &[current, other, own], &tail);
+        assert_eq!(&*screened.datagram, &expected[..]);
+        // And it passes as it is now.
+        let again = screen(&expected, 3, signed).unwrap();
+        assert!(again.refused.is_empty());
+        assert!(matches!(again.datagram, std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn updates_of_every_message_kind_are_screened_but_broadcasts_are_not() {
+        use foca::{Member, Message, State};
+        let forged = Member::new(id(2, 6), 0, State::Down);
+        for message in [
+            Message::Ping(1),
+            Message::Ack(1),
+            Message::Feed,
+            Message::Gossip,
+        ] {
+            let input = datagram(
+                id(3, 9),
+                message.clone(),
+                std::slice::from_ref(&forged),
+                &[],
+            );
+            let screened = screen(&input, 3, signed).unwrap();
+            assert_eq!(screened.refused, vec![id(2, 6)], "{message:?}");
+            // Every update out: a count of zero, which foca reads as none.
+            assert_eq!(
+                &screened.datagram[screened.datagram.len() - 2..],
+                &[0, 0],
+                "{message:?}"
+            );
+        }
+        // A `Broadcast` carries no updates: left to foca and the broadcast handler.
+        let input = datagram(id(3, 9), Message::Broadcast, &[], &[0, 2, 1, 2]);
+        assert_eq!(&*screen(&input, 3, signed).unwrap().datagram, &input[..]);
+    }
+
+    #[test]
+    fn a_datagram_in_another_members_name_or_malformed_is_refused() {
+        use foca::{Member, Message, State};
+        let input = datagram(id(2, 5), Message::Gossip, &[], &[]);
+        assert_eq!(
+            screen(&input, 3, signed),
+            Err(ScreenError::ForeignSender {
+                sender: 3,
+                claimed: 2
+            })
+        );
+        let input = datagram(
+            id(3, 9),
+            Message::Gossip,
+            &[Member::new(id(2, 5), 0, State::Down)],
+            &[],
+        );
+        assert_eq!(
+            screen(&input[..input.len() - 1], 3, signed),
+            Err(ScreenError::Malformed)
+        );
+        assert_eq!(screen(&[], 3, signed), Err(ScreenError::Malformed));
+        assert_eq!(screen(&[0xff; 3], 3, signed), Err(ScreenError::Malformed));
     }
 
     #[test]

@@ -103,6 +103,66 @@ pub async fn read_limited<T: serde::de::DeserializeOwned>(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
     max: usize,
 ) -> anyhow::Result<T> {
+    let len = read_length(stream, max).await?;
+    let body = read_body(stream, Vec::new(), len).await?;
+    postcard::from_bytes(&body).map_err(|e| anyhow::anyhow!("malformed message: {e}"))
+}
+
+/// Frames up to this size are read into a buffer of their announced size at once; above
+/// it the buffer grows with what arrives, so a length alone reserves no memory.
+pub const SMALL_FRAME: usize = 64 << 10;
+
+/// The largest request of each kind, by the first byte of its body (postcard writes an
+/// enum's variant index as a varint: one byte for the three variants of [`Request`]). A
+/// join and a push carry a few records; only a sync carries a whole directory.
+pub fn request_limit(tag: u8) -> usize {
+    match tag {
+        0 => 16 << 10,    // Join: ~200 bytes
+        1 => MAX_FRAME,   // Sync: the sender's directory
+        2 => SMALL_FRAME, // Push: a member's own record, a revocation
+        _ => 0,
+    }
+}
+
+/// The start of a request frame: its length, checked against [`request_limit`] for its
+/// kind and against `max`, and the first byte of the body (already read).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHeader {
+    /// The body's length in bytes.
+    pub len: usize,
+    tag: u8,
+}
+
+/// Reads a request's length and the first byte of its body; refuses a length its kind
+/// cannot need before anything more is read.
+pub async fn read_request_header(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    max: usize,
+) -> anyhow::Result<RequestHeader> {
+    let len = read_length(stream, max).await?;
+    anyhow::ensure!(len > 0, "peer sent an empty message");
+    let tag = stream.read_u8().await?;
+    let limit = request_limit(tag).min(max);
+    anyhow::ensure!(
+        len <= limit,
+        "peer sent a {len}-byte request of kind {tag}, above the {limit}-byte limit"
+    );
+    Ok(RequestHeader { len, tag })
+}
+
+/// Reads the rest of the request `header` announced.
+pub async fn read_request_body(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    header: RequestHeader,
+) -> anyhow::Result<Request> {
+    let body = read_body(stream, vec![header.tag], header.len).await?;
+    postcard::from_bytes(&body).map_err(|e| anyhow::anyhow!("malformed message: {e}"))
+}
+
+async fn read_length(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    max: usize,
+) -> anyhow::Result<usize> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -110,10 +170,36 @@ pub async fn read_limited<T: serde::de::DeserializeOwned>(
         len <= max,
         "peer sent a {len}-byte message, above the {max}-byte limit"
     );
-    // Zeroized when dropped: a join carries the token's secret.
-    let mut body = Zeroizing::new(vec![0u8; len]);
-    stream.read_exact(&mut body).await?;
-    postcard::from_bytes(&body).map_err(|e| anyhow::anyhow!("malformed message: {e}"))
+    Ok(len)
+}
+
+/// Reads the body of a `len`-byte frame of which `start` has been read. Up to
+/// [`SMALL_FRAME`] the buffer has its exact size from the start and is zeroized when dropped
+/// (a join carries the token's secret; growing would leave copies behind). Above it, it
+/// grows with what arrives: a peer that announces 8 MiB and sends a trickle holds only the
+/// trickle.
+async fn read_body(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    mut start: Vec<u8>,
+    len: usize,
+) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    if len <= SMALL_FRAME {
+        let mut body = Zeroizing::new(vec![0u8; len]);
+        let have = start.len().min(len);
+        body[..have].copy_from_slice(&start[..have]);
+        start.fill(0);
+        stream.read_exact(&mut body[have..]).await?;
+        return Ok(body);
+    }
+    let mut body = start;
+    let mut chunk = [0u8; 16 << 10];
+    while body.len() < len {
+        let want = (len - body.len()).min(chunk.len());
+        let n = stream.read(&mut chunk[..want]).await?;
+        anyhow::ensure!(n > 0, "the stream ended inside a message");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Zeroizing::new(body))
 }
 
 #[cfg(test)]
@@ -149,5 +235,52 @@ mod tests {
         assert!(e.to_string().contains("above the 50-byte limit"), "{e}");
         let junk = [0, 0, 0, 3, 0xff, 0xff, 0xff];
         assert!(read::<Request>(&mut &junk[..]).await.is_err());
+    }
+
+    /// The tag [`read_request_header`] looks at is postcard's variant index.
+    #[tokio::test]
+    async fn each_kind_of_request_has_its_own_limit() {
+        let sync = Request::Sync(Bundle {
+            members: vec![vec![1; 100 << 10]],
+            revocations: vec![],
+        });
+        let push = Request::Push(Bundle {
+            members: vec![vec![1; 100 << 10]],
+            revocations: vec![],
+        });
+        let mut buf = Vec::new();
+        write(&mut buf, &sync).await.unwrap();
+        let mut r = buf.as_slice();
+        let header = read_request_header(&mut r, MAX_FRAME).await.unwrap();
+        assert_eq!(read_request_body(&mut r, header).await.unwrap(), sync);
+        let mut buf = Vec::new();
+        write(&mut buf, &push).await.unwrap();
+        let e = read_request_header(&mut buf.as_slice(), MAX_FRAME)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("kind 2"), "{e}");
+        let small = Request::Push(Bundle::default());
+        let mut buf = Vec::new();
+        write(&mut buf, &small).await.unwrap();
+        let mut r = buf.as_slice();
+        let header = read_request_header(&mut r, MAX_FRAME).await.unwrap();
+        assert_eq!(read_request_body(&mut r, header).await.unwrap(), small);
+        // A join above 16 KiB, or an unknown kind, is refused from its header.
+        let unknown = [0, 0, 0, 5, 9, 0, 0, 0, 0];
+        assert!(
+            read_request_header(&mut &unknown[..], MAX_FRAME)
+                .await
+                .is_err()
+        );
+    }
+
+    /// A length alone reserves nothing: 8 MiB announced and 10 bytes sent fail without an
+    /// 8 MiB buffer (the growing path).
+    #[tokio::test]
+    async fn an_announced_length_is_not_allocated_up_front() {
+        let mut frame = (MAX_FRAME as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&[1; 10]);
+        let e = read::<Request>(&mut frame.as_slice()).await.unwrap_err();
+        assert!(e.to_string().contains("ended inside"), "{e}");
     }
 }

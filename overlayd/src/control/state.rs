@@ -53,8 +53,9 @@ pub struct NetworkState {
     /// This host's certificate.
     #[serde(with = "text")]
     pub certificate: SignedCertificate,
-    /// SWIM generation: bumped on every start so a restarted member is new to the others.
-    pub generation: u16,
+    /// SWIM generation: the record version it was taken at (on every start, and on rejoining
+    /// after being declared down), so a restarted member is new to the others.
+    pub generation: u64,
     /// Version of this host's latest member record: bumped on every change.
     pub record_version: u64,
     /// Set by `leave`: the daemon does not rejoin on restart.

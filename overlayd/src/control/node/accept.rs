@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::gossip::Throttle;
-use super::net::{Gossip, Peer, STREAM_TIMEOUT, serve_connection};
+use super::net::{Inbound, Peer, STREAM_TIMEOUT, serve_connection};
 use super::{Event, lock};
 use crate::control::tls::{self, Remote};
 
@@ -37,6 +37,13 @@ const UNVALIDATED: HandshakeCaps = HandshakeCaps {
     total: 16,
     per_source: 4,
 };
+/// Joining hosts served at once (connections on the join ALPN, which have proven nothing);
+/// over it a joiner is closed with the reason and tries again.
+const JOINERS: usize = 16;
+/// How long a joiner's connection is served: a join is one request.
+const JOIN_DEADLINE: Duration = Duration::from_secs(10);
+/// The QUIC close code of a joiner turned away because [`JOINERS`] are being served.
+const CLOSE_BUSY: u32 = 0x12;
 /// Handshakes in flight from validated addresses; over these a client is refused.
 const VALIDATED: HandshakeCaps = HandshakeCaps {
     total: 256,
@@ -49,9 +56,10 @@ const VALIDATED: HandshakeCaps = HandshakeCaps {
 pub(super) async fn accept_loop(
     endpoint: quinn::Endpoint,
     tx: mpsc::UnboundedSender<Event>,
-    datagrams: mpsc::Sender<Gossip>,
+    datagrams: Inbound,
 ) {
     let handshakes = Handshakes::new(UNVALIDATED, VALIDATED);
+    let joiners = Arc::new(tokio::sync::Semaphore::new(JOINERS));
     // Shared by the handshake tasks: one line a second per kind of failure in all.
     let throttle = Arc::new(Mutex::new(Throttle::default()));
     while let Some(incoming) = endpoint.accept().await {
@@ -65,6 +73,7 @@ pub(super) async fn accept_loop(
                     tx.clone(),
                     datagrams.clone(),
                     throttle.clone(),
+                    joiners.clone(),
                 ));
             }
             // quinn: an unvalidated address may always be sent a Retry; the fallback
@@ -91,8 +100,9 @@ async fn handshake(
     incoming: quinn::Incoming,
     slot: HandshakeSlot,
     tx: mpsc::UnboundedSender<Event>,
-    datagrams: mpsc::Sender<Gossip>,
+    datagrams: Inbound,
     throttle: Arc<Mutex<Throttle>>,
+    joiners: Arc<tokio::sync::Semaphore>,
 ) {
     let from = incoming.remote_address();
     let attempt = async { incoming.accept()?.await };
@@ -122,7 +132,18 @@ async fn handshake(
             let _ = tx.send(Event::Connected(addr, conn));
         }
         Ok(Remote::Joiner) => {
-            serve_connection(conn, addr, Peer::Joiner, tx, datagrams).await;
+            let Ok(_joiner) = joiners.try_acquire_owned() else {
+                lock(&throttle).warn(
+                    "turned a joiner away",
+                    &format_args!("{JOINERS} joins are in flight"),
+                );
+                conn.close(CLOSE_BUSY.into(), b"too many joins in flight; try again");
+                return;
+            };
+            let serve = serve_connection(conn.clone(), addr, Peer::Joiner, tx, datagrams);
+            if tokio::time::timeout(JOIN_DEADLINE, serve).await.is_err() {
+                conn.close(CLOSE_BUSY.into(), b"the join took too long");
+            }
         }
         Err(refusal) => {
             lock(&throttle).warn("refused a control connection", &refusal.reason);

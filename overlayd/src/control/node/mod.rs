@@ -35,6 +35,7 @@
 mod accept;
 mod actions;
 mod gossip;
+mod inbound;
 mod net;
 mod peers;
 mod view;
@@ -48,7 +49,7 @@ use bytes::Bytes;
 use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec};
 use ipnet::IpNet;
 use keys::{CaKey, NodeCertificate, PublicKey, SigningKey};
-use protocol::membership::NodeId;
+use protocol::membership::{self, NodeId};
 use protocol::records::{Directory, MemberRecord, MemberState, SignedMemberRecord};
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
@@ -61,9 +62,9 @@ use super::{Command, Ctx, View, now_unix};
 use accept::accept_loop;
 use gossip::{Changes, TAG_MEMBER, Timers, tagged};
 pub use gossip::{RecordHandler, RecordKey, Throttle};
+use inbound::FairQueue;
 use net::{
-    Gossip, IDLE_TIMEOUT, KEEPALIVE, Link, LinkId, QUEUED_DATAGRAMS, push, revoked_reason,
-    serve_connection,
+    Gossip, IDLE_TIMEOUT, Inbound, KEEPALIVE, Link, LinkId, push, revoked_reason, serve_connection,
 };
 
 type Agent = Foca<NodeId, PostcardCodec, Pcg64Mcg, RecordHandler>;
@@ -113,10 +114,11 @@ pub struct Member {
     links: HashMap<LinkId, Link>,
     next_link: u64,
     events_tx: mpsc::UnboundedSender<Event>,
-    /// Gossip datagrams from every connection, bounded: a member that sends faster than
-    /// this host handles loses datagrams (SWIM tolerates loss), not memory.
-    datagrams_tx: mpsc::Sender<Gossip>,
-    datagrams_rx: mpsc::Receiver<Gossip>,
+    /// Gossip datagrams from every connection, in a bounded queue per member drained in
+    /// turn: a member that sends faster than this host handles loses its own datagrams
+    /// (SWIM tolerates loss), not memory, and not the others' turn.
+    datagrams_tx: Inbound,
+    datagrams_rx: FairQueue<Gossip>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     client_config: quinn::ClientConfig,
     /// foca's latest identity per node number, and whether it is up.
@@ -125,6 +127,8 @@ pub struct Member {
     routed: HashMap<PublicKey, Vec<IpNet>>,
     accept_task: tokio::task::JoinHandle<()>,
     throttle: Throttle,
+    /// SWIM updates taken out of datagrams for naming a generation its member never signed.
+    refused_updates: u64,
     dirty: bool,
 }
 
@@ -163,8 +167,10 @@ impl Member {
             None => None,
         };
         let mut dir = ctx.state.directory(&net.ca, &net.network)?;
-        net.generation = net.generation.wrapping_add(1);
-        net.record_version += 1;
+        // A new SWIM generation on every start, which this host's new record allows: its
+        // version (see `NodeId`; others ignore updates for generations nobody signed).
+        net.record_version = net.record_version.max(net.generation) + 1;
+        net.generation = net.record_version;
         ctx.state.save_network(&net)?;
         let advertise = match ctx.config.control.advertise {
             Some(ip) => ip,
@@ -204,7 +210,8 @@ impl Member {
         let endpoint = ctx.endpoint()?;
         endpoint.set_server_config(Some(server));
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let (datagrams_tx, datagrams_rx) = mpsc::channel(QUEUED_DATAGRAMS);
+        let datagrams_tx = Inbound::new(dir.clone());
+        let datagrams_rx = datagrams_tx.gossip.clone();
         let accept_task = tokio::spawn(accept_loop(
             endpoint.clone(),
             events_tx.clone(),
@@ -261,6 +268,7 @@ impl Member {
             routed: HashMap::new(),
             accept_task,
             throttle: Throttle::default(),
+            refused_updates: 0,
             dirty: true,
         };
         if let Err(e) = member
@@ -313,7 +321,7 @@ impl Member {
                     }
                 }
                 Some(ev) = self.events_rx.recv() => self.event(ev),
-                Some(gossip) = self.datagrams_rx.recv() => {
+                gossip = self.datagrams_rx.recv() => {
                     // Queued before its link lapsed: dropped with the link.
                     if self.is_current(gossip.link) {
                         self.event(Event::Datagram(gossip.node, gossip.bytes));
@@ -353,25 +361,39 @@ impl Member {
             Event::Datagram(sender, bytes) => {
                 // SWIM messages name their sender; it must be the member the connection's
                 // certificate proved, or one member could speak (suspect, refute, leave)
-                // in another's name.
-                match foca::Codec::<NodeId>::decode_header(&mut PostcardCodec, &bytes[..]) {
-                    Ok(header) if header.src.node == sender => {}
-                    Ok(header) => {
-                        self.throttle.warn(
-                            "dropped gossip sent in another member's name",
-                            &format_args!(
-                                "the connection of node {sender} sent a message from node {}",
-                                header.src.node
-                            ),
-                        );
+                // in another's name. What they say about others must name generations
+                // those members signed, or one member could declare another down for good.
+                let screened = {
+                    let dir = lock(&self.dir);
+                    membership::screen(&bytes, sender, |node| {
+                        dir.all_members()
+                            .find(|(m, _)| m.serial == u64::from(node))
+                            .map(|(m, _)| m.version)
+                    })
+                };
+                let screened = match screened {
+                    Ok(screened) => screened,
+                    Err(e @ membership::ScreenError::ForeignSender { .. }) => {
+                        self.throttle
+                            .warn("dropped gossip sent in another member's name", &e);
                         return;
                     }
                     Err(e) => {
                         self.throttle.warn("dropped a gossip datagram", &e);
                         return;
                     }
+                };
+                if !screened.refused.is_empty() {
+                    self.refused_updates += screened.refused.len() as u64;
+                    self.throttle.warn(
+                        "ignored a SWIM update for a generation its member never signed",
+                        &format_args!(
+                            "node {sender} sent {:?} ({} so far)",
+                            screened.refused, self.refused_updates
+                        ),
+                    );
                 }
-                if let Err(e) = self.foca.handle_data(&bytes, &mut self.rt) {
+                if let Err(e) = self.foca.handle_data(&screened.datagram, &mut self.rt) {
                     self.throttle.warn("dropped a gossip datagram", &e);
                 }
             }
@@ -490,6 +512,11 @@ impl Member {
                         generation = id.generation,
                         "declared down by the others; rejoined"
                     );
+                    // The others take the new generation from third parties only once a
+                    // record of ours allows it: sign one at once and spread it.
+                    self.net.generation = id.generation;
+                    self.net.record_version = self.net.record_version.max(id.generation - 1) + 1;
+                    self.publish_own_record();
                 }
                 OwnedNotification::Defunct => {
                     tracing::warn!(
@@ -499,6 +526,38 @@ impl Member {
                 _ => {}
             }
         }
+    }
+
+    /// Signs this host's record at the current `record_version` (saved first), applies it
+    /// and spreads it: piggy-backed on SWIM, and pushed to every connected member.
+    fn publish_own_record(&mut self) {
+        if let Err(e) = self.ctx.state.save_network(&self.net) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot save the state");
+        }
+        let record = match own_record(
+            &self.net,
+            &self.ctx,
+            self.advertise,
+            MemberState::Alive,
+            &self.control_key,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot publish this host's record");
+                return;
+            }
+        };
+        let _ = lock(&self.dir).apply_member(&record, now_unix());
+        let bytes = record.to_bytes();
+        let _ = self.foca.add_broadcast(&tagged(TAG_MEMBER, &bytes));
+        let bundle = Bundle {
+            members: vec![bytes],
+            revocations: Vec::new(),
+        };
+        for conn in self.conns.values() {
+            tokio::spawn(push(conn.clone(), bundle.clone(), self.events_tx.clone()));
+        }
+        self.dirty = true;
     }
 
     fn housekeeping(&mut self) {

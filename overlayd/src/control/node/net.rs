@@ -11,6 +11,7 @@
 //! (`Member::close_lapsed`), and it drops any datagram or request still queued from them.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +20,8 @@ use protocol::membership::NodeId;
 use protocol::records::Directory;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Event, Member};
+use super::inbound::{FairQueue, LargeFrames, QUEUED_PER_MEMBER, prefilter};
+use super::{Event, Member, Throttle};
 use crate::control::msg::{self, Bundle, Request, Response};
 use crate::control::now_unix;
 use crate::control::tls::{self, Remote};
@@ -29,10 +31,37 @@ pub(super) const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// QUIC keepalive and idle timeout of control connections.
 pub(super) const KEEPALIVE: Duration = Duration::from_secs(2);
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
-/// Gossip datagrams queued for the member task at most; more are dropped.
-pub(super) const QUEUED_DATAGRAMS: usize = 1024;
 /// The largest request a joining host (no certificate yet) may send: a join is ~200 bytes.
 const JOIN_MAX_FRAME: usize = 16 << 10;
+/// Connections a member may have open to this host at once (those it opened): one, and one
+/// more while a restarted member's old connection has not timed out. Over it the oldest is
+/// closed, so a restart never waits and a flood only churns.
+const INBOUND_PER_MEMBER: usize = 2;
+/// The QUIC close code of a connection closed for a newer one of the same member.
+const CLOSE_REPLACED: u32 = 0x11;
+
+/// What every served connection shares (see `inbound`): the per-member gossip queues, the
+/// per-member slot for a large frame, and the directory that bundles are checked against
+/// off the member task.
+#[derive(Clone)]
+pub(super) struct Inbound {
+    pub(super) gossip: FairQueue<Gossip>,
+    large: LargeFrames,
+    dir: Arc<Mutex<Directory>>,
+    /// Refusals found off the member task, rate-limited together.
+    log: Arc<Mutex<Throttle>>,
+}
+
+impl Inbound {
+    pub(super) fn new(dir: Arc<Mutex<Directory>>) -> Inbound {
+        Inbound {
+            gossip: FairQueue::new(QUEUED_PER_MEMBER),
+            large: LargeFrames::default(),
+            dir,
+            log: Arc::default(),
+        }
+    }
+}
 
 /// A member connection being served, as the member task knows it (see the module docs).
 /// Never reused: a datagram or request queued from a closed link finds no link.
@@ -156,6 +185,8 @@ impl Member {
         };
         let bundle = self.bundle();
         let tx = self.events_tx.clone();
+        let dir = self.dir.clone();
+        let log = self.datagrams_tx.log.clone();
         tokio::spawn(async move {
             let exchange = async {
                 let (mut send, mut recv) = conn.open_bi().await?;
@@ -166,7 +197,11 @@ impl Member {
             if let Ok(Ok(Response::Sync(theirs))) =
                 tokio::time::timeout(STREAM_TIMEOUT, exchange).await
             {
-                let _ = tx.send(Event::Bundle(theirs));
+                // Verified here, not on the member task that runs SWIM.
+                let check = tokio::task::spawn_blocking(move || prefilter(theirs, &dir, &log));
+                if let Ok(theirs) = check.await {
+                    let _ = tx.send(Event::Bundle(theirs));
+                }
             }
         });
     }
@@ -220,6 +255,9 @@ impl Member {
         };
         match (peer, lapse) {
             (Some(peer), None) => {
+                if conn.side().is_server() {
+                    self.close_oldest_inbound(peer.serial);
+                }
                 self.next_link += 1;
                 let id = LinkId(self.next_link);
                 let link = Link {
@@ -235,6 +273,40 @@ impl Member {
                 tracing::info!(endpoint = %addr, reason = %reason, "closed a member connection");
                 conn.close(tls::CLOSE_NOT_AUTHORIZED, reason.as_bytes());
                 None
+            }
+        }
+    }
+
+    /// Makes room for one more connection from the member whose certificate serial is
+    /// `serial`: closes its oldest ones beyond [`INBOUND_PER_MEMBER`] - 1.
+    fn close_oldest_inbound(&mut self, serial: u64) {
+        let mut theirs: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.peer.serial == serial && l.conn.side().is_server())
+            .map(|(id, _)| *id)
+            .collect();
+        theirs.sort_by_key(|id| id.0);
+        let excess = (theirs.len() + 1).saturating_sub(INBOUND_PER_MEMBER);
+        for id in theirs.into_iter().take(excess) {
+            let Some(link) = self.links.remove(&id) else {
+                continue;
+            };
+            self.throttle.warn(
+                "closed a member's oldest connection",
+                &format_args!(
+                    "{} opened more than {INBOUND_PER_MEMBER} connections",
+                    link.peer.node
+                ),
+            );
+            link.conn
+                .close(CLOSE_REPLACED.into(), b"replaced by a newer connection");
+            if self
+                .conns
+                .get(&link.addr)
+                .is_some_and(|c| c.stable_id() == link.conn.stable_id())
+            {
+                self.conns.remove(&link.addr);
             }
         }
     }
@@ -335,13 +407,17 @@ pub(super) async fn push(
 
 /// Reads datagrams and requests on one connection until it closes. A member's datagrams
 /// and requests go to the member task tagged with its link, which drops them if the link
-/// has lapsed meanwhile; a joiner sends no datagrams and only small requests.
+/// has lapsed meanwhile; a joiner's datagrams are dropped and it may send only small
+/// requests. A member's datagrams wait in its own queue; a request larger than
+/// [`msg::SMALL_FRAME`] needs the member's one large-frame slot, and a bundle is checked
+/// off the member task (`inbound`). Streams per connection are capped by the transport
+/// config (8 bidirectional, no unidirectional).
 pub(super) async fn serve_connection(
     conn: quinn::Connection,
     addr: SocketAddr,
     peer: Peer,
     tx: mpsc::UnboundedSender<Event>,
-    datagrams: mpsc::Sender<Gossip>,
+    inbound: Inbound,
 ) {
     // A joiner has proven nothing yet: its one request (a join) is small.
     let (link, remote, max_frame) = match peer {
@@ -355,15 +431,15 @@ pub(super) async fn serve_connection(
     };
     loop {
         tokio::select! {
-            d = conn.read_datagram(), if link.is_some() => match d {
+            d = conn.read_datagram() => match d {
                 Ok(bytes) => {
-                    let (Some(link), Some(node)) = (link, node) else { break };
-                    match datagrams.try_send(Gossip { link, node, bytes }) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            tracing::debug!(%addr, "gossip queue full; datagram dropped");
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    // A joiner's are read only so that they do not pile up in quinn.
+                    let (Some(link), Some(node)) = (link, node) else { continue };
+                    if tx.is_closed() {
+                        break;
+                    }
+                    if !inbound.gossip.push(node, Gossip { link, node, bytes }) {
+                        tracing::debug!(%addr, "the member's gossip queue is full; datagram dropped");
                     }
                 }
                 Err(_) => break,
@@ -372,9 +448,29 @@ pub(super) async fn serve_connection(
                 Ok((mut send, mut recv)) => {
                     let tx = tx.clone();
                     let remote = remote.clone();
+                    let inbound = inbound.clone();
                     tokio::spawn(async move {
                         let serve = async {
-                            let request: Request = msg::read_limited(&mut recv, max_frame).await?;
+                            let header = msg::read_request_header(&mut recv, max_frame).await?;
+                            // One large frame per member at a time, held until answered.
+                            let _slot = match node {
+                                Some(node) if header.len > msg::SMALL_FRAME => Some(
+                                    inbound.large.take(node).ok_or_else(|| {
+                                        anyhow::anyhow!("a large request of this member is being read")
+                                    })?,
+                                ),
+                                _ => None,
+                            };
+                            let request = msg::read_request_body(&mut recv, header).await?;
+                            let request = match (node, request) {
+                                (Some(_), Request::Sync(bundle)) => {
+                                    Request::Sync(checked(bundle, &inbound).await?)
+                                }
+                                (Some(_), Request::Push(bundle)) => {
+                                    Request::Push(checked(bundle, &inbound).await?)
+                                }
+                                (_, request) => request,
+                            };
                             let (reply_tx, reply_rx) = oneshot::channel();
                             tx.send(Event::Request(link, remote, Box::new(request), reply_tx))
                                 .map_err(|_| anyhow::anyhow!("member stopped"))?;
@@ -394,4 +490,10 @@ pub(super) async fn serve_connection(
         }
     }
     let _ = tx.send(Event::Closed(addr, conn.stable_id(), link));
+}
+
+/// [`prefilter`] on a blocking thread.
+async fn checked(bundle: Bundle, inbound: &Inbound) -> anyhow::Result<Bundle> {
+    let (dir, log) = (inbound.dir.clone(), inbound.log.clone());
+    Ok(tokio::task::spawn_blocking(move || prefilter(bundle, &dir, &log)).await?)
 }

@@ -6,13 +6,8 @@ use std::collections::HashSet;
 
 use ipnet::IpNet;
 use keys::PublicKey;
-use protocol::records::MemberState;
 
-use super::gossip::{TAG_MEMBER, tagged};
-use super::net::push;
-use super::{Member, lock, own_record};
-use crate::control::msg::Bundle;
-use crate::control::now_unix;
+use super::Member;
 use crate::router::{PeerSpec, Upserted};
 
 impl Member {
@@ -36,33 +31,7 @@ impl Member {
         tracing::info!(old = %self.advertise, new = %ip, "this host's underlay address changed; announcing it");
         self.advertise = ip;
         self.net.record_version += 1;
-        if let Err(e) = self.ctx.state.save_network(&self.net) {
-            tracing::warn!(error = %format!("{e:#}"), "cannot save the state");
-        }
-        let record = match own_record(
-            &self.net,
-            &self.ctx,
-            ip,
-            MemberState::Alive,
-            &self.control_key,
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "cannot announce the new address");
-                return;
-            }
-        };
-        let _ = lock(&self.dir).apply_member(&record, now_unix());
-        let bytes = record.to_bytes();
-        let _ = self.foca.add_broadcast(&tagged(TAG_MEMBER, &bytes));
-        let bundle = Bundle {
-            members: vec![bytes],
-            revocations: Vec::new(),
-        };
-        for conn in self.conns.values() {
-            tokio::spawn(push(conn.clone(), bundle.clone(), self.events_tx.clone()));
-        }
-        self.dirty = true;
+        self.publish_own_record();
     }
 
     /// Brings the router and kernel routes in line with the directory and liveness.
