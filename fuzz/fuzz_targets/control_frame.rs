@@ -1,0 +1,209 @@
+//! Control-plane frames (`overlayd::control::msg`: `length u32 | postcard body`) as a
+//! QUIC stream delivers them, and what a receiver does next with what it decoded.
+//!
+//! The first byte picks what the stream is read as: 0 a `Request` (what a server reads),
+//! 1 a `Response` (what a client reads), 2 a `Request` under a 256-byte limit, 3 a bare
+//! postcard `Bundle`, 4 a `Request` whose `Join` is then proved again by an honest joiner
+//! (its WireGuard key replaced by one the target holds), so that a fuzzed name, subnet or
+//! control key reaches the checks past the proof. Whatever decodes must survive `write`
+//! then `read` unchanged. A `Join` goes to the admin's `Issuer::admit`: the fixture admin
+//! is `h1` (a live member, whose WireGuard key the admin uses) and issued a token whose
+//! secret is [`TOKEN_SECRET`]. A `Sync` or `Push` bundle is applied to a directory, which
+//! must accept only genuine records.
+//!
+//! Checked for an admitted join: its certificate verifies and says what was asked, its
+//! subnets overlap no other member's, it takes neither the name nor the WireGuard key of
+//! a current member (`h1`, the admin), and the token does not admit twice.
+#![no_main]
+
+use futures::executor::block_on;
+use keys::{JoinProof, TokenSecret};
+use libfuzzer_sys::fuzz_target;
+use overlay_fuzz::{NOW, assert_directory_invariants, assert_genuine, fixture, net};
+use overlayd::control::admin::{Issuer, JoinAsk};
+use overlayd::control::msg::{self, Bundle, Request, Response};
+use overlayd::control::state::{AdminState, TokenEntry};
+use protocol::records::{Applied, SignedMemberRecord};
+
+/// The secret of the token the fixture admin issued (the seeds' `Join` carries it).
+const TOKEN_SECRET: [u8; 32] = [0x5a; 32];
+
+fn round_trip<T>(value: &T)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let mut frame = Vec::new();
+    block_on(msg::write(&mut frame, value)).expect("a decoded message encodes");
+    let back: T = block_on(msg::read(&mut frame.as_slice())).expect("an encoded message decodes");
+    assert_eq!(&back, value, "a message changed through write and read");
+}
+
+fn apply_bundle(bundle: &Bundle) {
+    let f = fixture();
+    let mut dir = f.directory();
+    for r in &bundle.revocations {
+        let _ = dir.apply_revocation_bytes(r);
+    }
+    for m in &bundle.members {
+        let before = dir.clone();
+        match dir.apply_member_bytes(m, NOW) {
+            Ok(Applied::Unchanged) | Err(_) => {
+                assert_eq!(
+                    dir, before,
+                    "a refused or known record changed the directory"
+                )
+            }
+            Ok(_) => {
+                let signed = SignedMemberRecord::from_bytes(m).expect("it decoded once");
+                assert_genuine(&dir, &signed, NOW);
+            }
+        }
+    }
+    assert_directory_invariants(&dir);
+}
+
+/// Runs `ask` through the fixture admin's `Issuer::admit`.
+fn admit(ask: JoinAsk) {
+    let f = fixture();
+    let admin_member = &f.members[0];
+    let ranges = [net("10.43.0.0/16")];
+    let issuer = Issuer {
+        ca: &f.ca,
+        network: &f.network,
+        cidr: net(overlay_fuzz::CIDR),
+        ranges: &ranges,
+        subnet_prefix: 24,
+        certificate_days: 365,
+    };
+    let dir = f.directory();
+    let mut admin = AdminState {
+        next_serial: 5,
+        ..AdminState::default()
+    };
+    admin
+        .allocations
+        .insert(admin_member.name.clone(), net("10.42.1.0/24"));
+    admin.tokens.push(TokenEntry {
+        secret_hash: TokenSecret::from_bytes(TOKEN_SECRET).hash(),
+        expires_unix: NOW + 3600,
+        groups: vec![overlay_fuzz::name("web")],
+        used_by: None,
+    });
+    let admin_key = &admin_member.wireguard;
+    let Ok(certificate) = issuer.admit(&mut admin, &dir, &ask, admin_key, NOW) else {
+        return;
+    };
+    let cert = certificate
+        .verify(&f.ca.verifying_key(), NOW)
+        .expect("an admitted host's certificate verifies");
+    assert_eq!(cert.node, ask.name);
+    assert_eq!(cert.wireguard_key, ask.wireguard_key);
+    assert_eq!(cert.control_key, ask.control_key);
+    assert_eq!(cert.serial, 5);
+    assert_eq!(cert.subnets.len(), 2, "one subnet per range");
+    assert_ne!(
+        cert.node, admin_member.name,
+        "a token took over the admin's name"
+    );
+    assert_ne!(
+        cert.wireguard_key,
+        admin_key.public_key(),
+        "a token took over the admin's WireGuard key"
+    );
+    let h1 = net("10.42.1.0/24");
+    for s in &cert.subnets {
+        assert!(!s.contains(&h1) && !h1.contains(s), "admitted {s}, h1's");
+    }
+    assert!(
+        issuer
+            .admit(&mut admin, &dir, &ask, admin_key, NOW)
+            .is_err(),
+        "a token admitted twice"
+    );
+}
+
+/// The `JoinAsk` the admin makes of a `Join` (overlayd/src/control/node/actions.rs);
+/// with `honest`, the WireGuard key is replaced by the target's own (seed from the
+/// subnet's bytes, so the fuzzer picks it) and the proof made for the claim.
+fn ask(request: Request, honest: bool) -> Option<JoinAsk> {
+    let Request::Join {
+        secret,
+        name,
+        wireguard_key,
+        control_key,
+        subnet,
+        proof,
+    } = request
+    else {
+        return None;
+    };
+    let mut ask = JoinAsk {
+        secret: TokenSecret::from_bytes(secret),
+        name,
+        wireguard_key,
+        control_key,
+        subnet,
+        proof: JoinProof::from_bytes(proof),
+    };
+    if honest {
+        let f = fixture();
+        let joiner = overlay_fuzz::wireguard_key(proof[0] | 0x80);
+        ask.wireguard_key = joiner.public_key();
+        let claim = ask.claim(&f.network, f.ca.fingerprint());
+        ask.proof = JoinProof::prove(&claim, &joiner, &f.members[0].wireguard.public_key())
+            .expect("a fixture key is no low-order point");
+    }
+    Some(ask)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, frame)) = data.split_first() else {
+        return;
+    };
+    match mode % 5 {
+        0 | 2 | 4 => {
+            let limit = if mode % 5 == 2 { 256 } else { msg::MAX_FRAME };
+            let Ok(request) = block_on(msg::read_limited::<Request>(&mut &frame[..], limit)) else {
+                return;
+            };
+            round_trip(&request);
+            match request {
+                Request::Sync(bundle) | Request::Push(bundle) => apply_bundle(&bundle),
+                join => {
+                    if let Some(ask) = ask(join, mode % 5 == 4) {
+                        admit(ask);
+                    }
+                }
+            }
+        }
+        1 => {
+            let Ok(response) = block_on(msg::read::<Response>(&mut &frame[..])) else {
+                return;
+            };
+            round_trip(&response);
+            match response {
+                Response::Joined {
+                    certificate,
+                    bundle,
+                    ..
+                } => {
+                    if let Ok(c) = keys::SignedCertificate::from_bytes(&certificate) {
+                        let _ = c.verify(&fixture().ca.verifying_key(), NOW);
+                    }
+                    apply_bundle(&bundle);
+                }
+                Response::Sync(bundle) => apply_bundle(&bundle),
+                Response::Ack | Response::Refused(_) => {}
+            }
+        }
+        _ => {
+            if let Ok(bundle) = postcard::from_bytes::<Bundle>(frame) {
+                let again: Bundle =
+                    postcard::from_bytes(&postcard::to_allocvec(&bundle).expect("encodes"))
+                        .expect("decodes");
+                assert_eq!(again, bundle);
+                apply_bundle(&bundle);
+            }
+        }
+    }
+});
