@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::gossip::Throttle;
+use super::inbound::TokenBucket;
 use super::net::{Inbound, Peer, STREAM_TIMEOUT, serve_connection};
 use super::{Event, lock};
 use crate::control::tls::{self, Remote};
@@ -44,6 +45,13 @@ const JOINERS: usize = 16;
 const JOIN_DEADLINE: Duration = Duration::from_secs(10);
 /// The QUIC close code of a joiner turned away because [`JOINERS`] are being served.
 const CLOSE_BUSY: u32 = 0x12;
+/// New handshakes one source may start, per second and in a burst: a member opens one
+/// connection to each other member and a few more after a restart or a partition; a
+/// source over it is refused (or sent a Retry) before any TLS work is done for it, so a
+/// member that opens connection after connection cannot keep this host's CPUs busy.
+const HANDSHAKE_RATE: (f64, f64) = (2.0, 8.0);
+/// Sources whose handshake rate is remembered at most; full buckets are forgotten first.
+const RATE_SOURCES: usize = 4096;
 /// Handshakes in flight from validated addresses; over these a client is refused.
 const VALIDATED: HandshakeCaps = HandshakeCaps {
     total: 256,
@@ -62,10 +70,36 @@ pub(super) async fn accept_loop(
     let joiners = Arc::new(tokio::sync::Semaphore::new(JOINERS));
     // Shared by the handshake tasks: one line a second per kind of failure in all.
     let throttle = Arc::new(Mutex::new(Throttle::default()));
+    let mut rates: HashMap<IpAddr, TokenBucket> = HashMap::new();
     while let Some(incoming) = endpoint.accept().await {
         let from = incoming.remote_address();
         let validated = incoming.remote_address_validated();
-        match handshakes.admit(from.ip(), validated) {
+        let now = std::time::Instant::now();
+        if rates.len() >= RATE_SOURCES {
+            rates.retain(|_, b| !b.full(now));
+        }
+        let admission = if rates.len() >= RATE_SOURCES && !rates.contains_key(&source_of(from.ip()))
+        {
+            // every remembered source is busy: treat a new one as over its rate
+            if validated {
+                Admission::Refuse
+            } else {
+                Admission::Retry
+            }
+        } else if !rates
+            .entry(source_of(from.ip()))
+            .or_insert_with(|| TokenBucket::new(HANDSHAKE_RATE, now))
+            .take(now)
+        {
+            if validated {
+                Admission::Refuse
+            } else {
+                Admission::Retry
+            }
+        } else {
+            handshakes.admit(from.ip(), validated)
+        };
+        match admission {
             Admission::Admit(slot) => {
                 tokio::spawn(handshake(
                     incoming,
@@ -86,7 +120,7 @@ pub(super) async fn accept_loop(
             Admission::Refuse => {
                 lock(&throttle).warn(
                     "refused a control handshake",
-                    &format_args!("{from} has too many handshakes in flight; it may try again"),
+                    &format_args!("{from} has too many handshakes in flight or started too many of late; it may try again"),
                 );
                 incoming.refuse();
             }

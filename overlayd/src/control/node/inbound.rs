@@ -102,6 +102,52 @@ impl<T> FairQueue<T> {
     }
 }
 
+/// Gossip datagrams one member connection may hand on per second, and in a burst; more are
+/// dropped before they cost the member task anything (SWIM sends a member a few datagrams
+/// per probe period; a full sync is a stream, not gossip).
+pub(super) const GOSSIP_RATE: (f64, f64) = (100.0, 200.0);
+
+/// A token bucket (`rate` tokens a second, at most `burst` saved): what a source may do,
+/// on average and at once. Pure: the caller passes the time.
+#[derive(Debug, Clone)]
+pub(super) struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now`.
+    pub(super) fn new((rate, burst): (f64, f64), now: std::time::Instant) -> TokenBucket {
+        TokenBucket {
+            rate,
+            burst,
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Takes one token at `now`, if there is one.
+    pub(super) fn take(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now.max(self.at);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket is full at `now` (nothing to remember about its source).
+    pub(super) fn full(&self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
+    }
+}
+
 /// Which members have a large frame being read; one each at a time.
 #[derive(Clone, Default)]
 pub(super) struct LargeFrames(Arc<Mutex<HashSet<u32>>>);
@@ -242,5 +288,24 @@ mod tests {
         assert!(frames.take(2).is_some(), "other members have their own");
         drop(first);
         assert!(frames.take(4).is_some());
+    }
+
+    #[test]
+    fn a_token_bucket_allows_its_burst_then_its_rate() {
+        let start = std::time::Instant::now();
+        let mut b = TokenBucket::new((2.0, 4.0), start);
+        assert_eq!((0..10).filter(|_| b.take(start)).count(), 4, "the burst");
+        assert!(!b.full(start));
+        let later = start + std::time::Duration::from_millis(1500);
+        assert_eq!((0..10).filter(|_| b.take(later)).count(), 3, "1.5 s at 2/s");
+        let much_later = later + std::time::Duration::from_secs(60);
+        assert!(b.full(much_later));
+        assert_eq!(
+            (0..10).filter(|_| b.take(much_later)).count(),
+            4,
+            "never more than the burst"
+        );
+        // time going backwards takes nothing and gives nothing
+        assert!(!b.take(start) || b.tokens >= 0.0);
     }
 }

@@ -20,7 +20,9 @@ use protocol::membership::NodeId;
 use protocol::records::Directory;
 use tokio::sync::{mpsc, oneshot};
 
-use super::inbound::{FairQueue, LargeFrames, QUEUED_PER_MEMBER, prefilter};
+use super::inbound::{
+    FairQueue, GOSSIP_RATE, LargeFrames, QUEUED_PER_MEMBER, TokenBucket, prefilter,
+};
 use super::{Event, Member, Throttle};
 use crate::control::msg::{self, Bundle, Request, Response};
 use crate::control::now_unix;
@@ -429,6 +431,8 @@ pub(super) async fn serve_connection(
         Remote::Member(cert) => Some(cert.serial as u32),
         Remote::Joiner => None,
     };
+    // What this connection may hand on to the member task, whatever it sends.
+    let mut gossip_rate = TokenBucket::new(GOSSIP_RATE, std::time::Instant::now());
     loop {
         tokio::select! {
             d = conn.read_datagram() => match d {
@@ -437,6 +441,9 @@ pub(super) async fn serve_connection(
                     let (Some(link), Some(node)) = (link, node) else { continue };
                     if tx.is_closed() {
                         break;
+                    }
+                    if !gossip_rate.take(std::time::Instant::now()) {
+                        continue;
                     }
                     if !inbound.gossip.push(node, Gossip { link, node, bytes }) {
                         tracing::debug!(%addr, "the member's gossip queue is full; datagram dropped");
