@@ -421,6 +421,61 @@ impl Presented {
     }
 }
 
+/// The checks of the module docs that a peer's X.509 certificate `der` passes before the
+/// TLS handshake proves its key, for a peer of `network` whose CA is `ca`, at unix time
+/// `now`: the node certificate it carries, or why not (one sentence). What the verifier of
+/// every control connection runs (but for the caller's own [`PeerCheck`]); public so that
+/// the fuzzer (fuzz/fuzz_targets/tls_certificate.rs) feeds the real code.
+pub fn verify_presented(
+    der: &[u8],
+    ca: VerifyingKey,
+    network: &Name,
+    now: u64,
+) -> Result<NodeCertificate, String> {
+    check_presented(der, TrustedCa::Key(ca), network, now)
+}
+
+fn check_presented(
+    der: &[u8],
+    trusted: TrustedCa,
+    network: &Name,
+    now: u64,
+) -> Result<NodeCertificate, String> {
+    let presented = Presented::parse(der)?;
+    let found = presented.ca.fingerprint();
+    match trusted {
+        TrustedCa::Key(expected) if presented.ca != expected => {
+            return Err(format!(
+                "peer certificate was signed by CA {found}, but this network's CA is {}; the peer belongs to another network, or one of the two hosts has a stale CA key",
+                expected.fingerprint()
+            ));
+        }
+        TrustedCa::Fingerprint(expected) if found != expected => {
+            return Err(format!(
+                "peer certificate was signed by CA {found}, but the join token names CA {expected}; check that the token and the address joined belong to the same network"
+            ));
+        }
+        _ => {}
+    }
+    let cert = presented
+        .signed
+        .verify(&presented.ca, now)
+        .map_err(|e| format!("peer {e}"))?;
+    if cert.network != *network {
+        return Err(format!(
+            "peer node {} belongs to network {}, not {network}; check the peer's address and which network each host was set up for",
+            cert.node, cert.network
+        ));
+    }
+    if presented.key != *cert.control_key.as_bytes() {
+        return Err(format!(
+            "peer's TLS key is not the control key the CA certified for node {}; the peer is misconfigured (its key and certificate files do not match) or is impersonating {}",
+            cert.node, cert.node
+        ));
+    }
+    Ok(cert)
+}
+
 fn node_certificate_oid() -> Oid<'static> {
     // The constant is a valid OID (first arc 1, second below 40), so this cannot fail.
     Oid::from(NODE_CERTIFICATE_OID).expect("NODE_CERTIFICATE_OID is a valid OID")
@@ -451,38 +506,7 @@ impl NodeVerifier {
 
     /// The checks in the module docs, at unix time `now`.
     fn verify(&self, der: &[u8], now: u64) -> Result<NodeCertificate, rustls::Error> {
-        let presented = Presented::parse(der).map_err(refused)?;
-        let found = presented.ca.fingerprint();
-        match self.trusted {
-            TrustedCa::Key(expected) if presented.ca != expected => {
-                return Err(refused(format!(
-                    "peer certificate was signed by CA {found}, but this network's CA is {}; the peer belongs to another network, or one of the two hosts has a stale CA key",
-                    expected.fingerprint()
-                )));
-            }
-            TrustedCa::Fingerprint(expected) if found != expected => {
-                return Err(refused(format!(
-                    "peer certificate was signed by CA {found}, but the join token names CA {expected}; check that the token and the address joined belong to the same network"
-                )));
-            }
-            _ => {}
-        }
-        let cert = presented
-            .signed
-            .verify(&presented.ca, now)
-            .map_err(|e| refused(format!("peer {e}")))?;
-        if cert.network != self.network {
-            return Err(refused(format!(
-                "peer node {} belongs to network {}, not {}; check the peer's address and which network each host was set up for",
-                cert.node, cert.network, self.network
-            )));
-        }
-        if presented.key != *cert.control_key.as_bytes() {
-            return Err(refused(format!(
-                "peer's TLS key is not the control key the CA certified for node {}; the peer is misconfigured (its key and certificate files do not match) or is impersonating {}",
-                cert.node, cert.node
-            )));
-        }
+        let cert = check_presented(der, self.trusted, &self.network, now).map_err(refused)?;
         if let Some(check) = &self.check {
             check(&cert).map_err(refused)?;
         }
