@@ -206,12 +206,9 @@ pub enum ConfigError {
 /// The defaults follow memberlist's `DefaultLANConfig` (probe every 1 s, 500 ms probe
 /// timeout, gossip to 3 members every 200 ms, suspicion scaled by log10 of the cluster
 /// size) with datagrams capped at 1150 bytes to fit a QUIC datagram in a 1280-byte path
-/// MTU. Measured with `scripts/sim` (see [`crate::sim`]; 1,000 members, 1 % loss, 0.5–2 ms
-/// latency, 600 s, seeds 1–3): a join reaches 99.9 % of members in 0.74–0.83 s, a crash is
-/// declared down by 99.9 % in 13.9–15.3 s (12 s of it is `suspect_to_down_after`), about
-/// 63 bytes per member per second (2.4 datagrams) in the steady state, no false down. At
-/// 10 % loss the same settings give 7 false downs in 600 s: raise `suspect_to_down_after`
-/// or `indirect_probes` for a lossy underlay.
+/// MTU. What these settings give at 1,000 members (join spread, time to declare a crash
+/// down, bytes per member, false downs under loss) is measured by `scripts/sim` (see
+/// [`crate::sim`]) and recorded in `docs/performance.md`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// How often each member probes one other member (round-robin over a shuffled list).
