@@ -17,6 +17,7 @@
 pub mod api;
 pub mod drops;
 pub mod membership;
+pub mod policy;
 pub mod records;
 pub mod routing;
 pub mod sim;
