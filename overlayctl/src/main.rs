@@ -5,6 +5,7 @@ mod client;
 mod control;
 mod generate;
 mod parse;
+mod policy;
 mod show;
 mod when;
 
@@ -56,6 +57,9 @@ enum Command {
     Revoke(control::RevokeArgs),
     /// Leave the network: the other members drop this host and close their tunnels to it.
     Leave(control::LeaveArgs),
+    /// The network policy: who may talk to whom, on which ports.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Shell completions and man pages, for packaging.
     #[command(subcommand, hide = true)]
     Generate(generate::GenerateCommand),
@@ -152,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Revoke(args) => control::revoke(&cli.socket, args),
         Command::Leave(args) => control::leave(&cli.socket, args),
+        Command::Policy(command) => policy::run(&cli.socket, command),
         Command::Generate(command) => generate::run(command, Cli::command()),
     }
 }

@@ -41,6 +41,10 @@ pub const JOIN_PATH: &str = "/v1/join";
 pub const REVOKE_PATH: &str = "/v1/revoke";
 /// Path of `leave`.
 pub const LEAVE_PATH: &str = "/v1/leave";
+/// Path of the policy: `GET` the policy in force, `POST` a new one (admins only).
+pub const POLICY_PATH: &str = "/v1/policy";
+/// Path of `policy check`: the verdict of the policy in force for one flow.
+pub const POLICY_CHECK_PATH: &str = "/v1/policy/check";
 /// Default path of the API socket.
 pub const DEFAULT_SOCKET: &str = "/run/overlayd/overlayd.sock";
 
@@ -289,6 +293,55 @@ pub struct PeerStatus {
     pub persistent_keepalive: Option<u16>,
     /// Packets from or to this peer dropped, by reason.
     pub drops: BTreeMap<DropReason, u64>,
+}
+
+/// `POST /v1/policy`: a new network policy (the TOML file's text), for an admin to check,
+/// sign and spread.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySetRequest {
+    /// The policy file as written.
+    pub text: String,
+}
+
+/// The policy in force on a host (`GET /v1/policy`, and the answer to a `POST`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyShown {
+    /// Its version; `None` when the network has no policy (every member may reach every
+    /// other: the behaviour before a policy is set).
+    pub version: Option<u64>,
+    /// When the admin signed it (unix seconds).
+    pub issued_at: Option<u64>,
+    /// How many `[[allow]]` rules it has.
+    pub rules: usize,
+    /// How many `[[test]]`s it passed.
+    pub tests: usize,
+    /// The file as written.
+    pub text: String,
+}
+
+/// `POST /v1/policy/check`: one flow to judge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCheckRequest {
+    /// The side that opens the flow: `node:NAME`, `group:NAME` or an address.
+    pub from: String,
+    /// The other side, the same way.
+    pub to: String,
+    /// `tcp/N`, `udp/N`, `icmp` or `proto/N`.
+    pub port: String,
+}
+
+/// The verdict for a [`PolicyCheckRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyVerdict {
+    /// Whether the flow is allowed.
+    pub allow: bool,
+    /// The line of the `[[allow]]` rule that allows it; `None` when denied, or when no
+    /// policy is in force (everything is allowed).
+    pub rule_line: Option<u32>,
+    /// The policy version judged by; `None` without a policy.
+    pub version: Option<u64>,
 }
 
 /// The body of an error answer.

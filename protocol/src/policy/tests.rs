@@ -645,3 +645,11 @@ proptest! {
         let _ = Policy::parse(&text);
     }
 }
+
+#[test]
+fn the_example_in_the_repository_parses_and_its_tests_hold() {
+    let text = include_str!("../../../examples/policy.toml");
+    let p = Policy::parse(text).unwrap();
+    assert_eq!((p.rules.len(), p.tests.len()), (3, 3));
+    p.check_tests(&Net).unwrap();
+}
