@@ -15,8 +15,11 @@
 //! - [`flows`]: the flow table (5-tuple, timeouts, bounded, oldest idle out first).
 //! - [`packet`]: the flow a packet belongs to (IPv4 and IPv6; TCP, UDP, ICMP echo and
 //!   errors; other protocols by number).
+//! - [`enforce`]: the verdict for one packet between this host and a peer, tracking
+//!   what it allows.
 //! - [`record`]: [`SignedPolicy`], the policy text with a version, signed by the CA.
 
+pub mod enforce;
 pub mod flows;
 pub mod packet;
 mod parse;

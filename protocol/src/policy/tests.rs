@@ -653,3 +653,111 @@ fn the_example_in_the_repository_parses_and_its_tests_hold() {
     assert_eq!((p.rules.len(), p.tests.len()), (3, 3));
     p.check_tests(&Net).unwrap();
 }
+
+// ---- enforcement between two hosts ----
+
+#[test]
+fn web_reaches_db_and_replies_come_back_but_db_cannot_open_to_web() {
+    use super::enforce::{Direction, Judgement, PeerPolicy, PeerRules};
+    let p = Policy::parse(EXAMPLE).unwrap();
+    let (web, db) = ([name("web")], [name("db")]);
+    let (h1, h3) = (name("h1"), name("h3"));
+    let (e1, e3) = (Endpoint::host(&h1, &web), Endpoint::host(&h3, &db));
+    // h1's view (peer h3) and h3's view (peer h1), each with its own table for the other.
+    let (r1, r3) = (PeerRules::new(&p, &e1, &e3), PeerRules::new(&p, &e3, &e1));
+    let at_h1 = PeerPolicy {
+        policy: &p,
+        rules: &r1,
+        local: e1,
+        peer: e3,
+    };
+    let at_h3 = PeerPolicy {
+        policy: &p,
+        rules: &r3,
+        local: e3,
+        peer: e1,
+    };
+    let (mut f1, mut f3) = (
+        FlowTable::new(64, Timeouts::default()),
+        FlowTable::new(64, Timeouts::default()),
+    );
+    let now = Instant::now();
+    let syn = ipv4(proto::TCP, A, B, &tcp_segment(40000, 5432, 0x02));
+    let syn_ack = ipv4(proto::TCP, B, A, &tcp_segment(5432, 40000, 0x12));
+    assert!(
+        matches!(at_h1.judge(&mut f1, Direction::Outbound, &syn, now), Judgement::Opened(r) if r.line == 2)
+    );
+    assert!(matches!(
+        at_h3.judge(&mut f3, Direction::Inbound, &syn, now),
+        Judgement::Opened(_)
+    ));
+    assert_eq!(
+        at_h3.judge(&mut f3, Direction::Outbound, &syn_ack, now),
+        Judgement::Tracked
+    );
+    assert_eq!(
+        at_h1.judge(&mut f1, Direction::Inbound, &syn_ack, now),
+        Judgement::Tracked
+    );
+    // db opening to web: denied at db (sender) and at web (receiver).
+    let back = ipv4(proto::TCP, B, A, &tcp_segment(5000, 80, 0x02));
+    assert_eq!(
+        at_h3.judge(&mut f3, Direction::Outbound, &back, now),
+        Judgement::Denied
+    );
+    assert_eq!(
+        at_h1.judge(&mut f1, Direction::Inbound, &back, now),
+        Judgement::Denied
+    );
+    // web -> db on 22: denied.
+    let ssh = ipv4(proto::TCP, A, B, &tcp_segment(40001, 22, 0x02));
+    assert_eq!(
+        at_h1.judge(&mut f1, Direction::Outbound, &ssh, now),
+        Judgement::Denied
+    );
+    // An ICMP error about the tracked flow passes; about another flow it does not.
+    let mut quote = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    quote.extend_from_slice(&syn[..28]);
+    let err = ipv4(proto::ICMP, B, A, &quote);
+    assert_eq!(
+        at_h1.judge(&mut f1, Direction::Inbound, &err, now),
+        Judgement::Tracked
+    );
+    let mut quote = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    quote.extend_from_slice(&ssh[..28]);
+    let err = ipv4(proto::ICMP, B, A, &quote);
+    assert_eq!(
+        at_h1.judge(&mut f1, Direction::Inbound, &err, now),
+        Judgement::Denied
+    );
+    assert_eq!(
+        at_h1.judge(&mut f1, Direction::Outbound, &[0x45, 0], now),
+        Judgement::Malformed
+    );
+
+    // A new policy without the rule: the flow is cut on both hosts at the recheck.
+    let p2 = Policy::parse(
+        "[[allow]]\nfrom = [\"group:web\"]\nto = [\"group:db\"]\nports = [\"icmp\"]\n",
+    )
+    .unwrap();
+    let (r1, r3) = (PeerRules::new(&p2, &e1, &e3), PeerRules::new(&p2, &e3, &e1));
+    let at_h1 = PeerPolicy {
+        policy: &p2,
+        rules: &r1,
+        local: e1,
+        peer: e3,
+    };
+    let at_h3 = PeerPolicy {
+        policy: &p2,
+        rules: &r3,
+        local: e3,
+        peer: e1,
+    };
+    let h1_net: ipnet::IpNet = "10.42.1.0/24".parse().unwrap();
+    assert_eq!(at_h1.recheck(&mut f1, |k| !h1_net.contains(&k.src)), 1);
+    assert_eq!(at_h3.recheck(&mut f3, |k| h1_net.contains(&k.src)), 1);
+    assert_eq!(
+        at_h1.judge(&mut f1, Direction::Inbound, &syn_ack, now),
+        Judgement::Denied
+    );
+}
