@@ -33,6 +33,7 @@ use keys::{CertError, Name, NodeCertificate, PublicKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use super::{MemberState, RecordError, SignedMemberRecord, SignedRevocation};
+use crate::policy::{Lookup, Policy, PolicyRecordError, SignedPolicy};
 
 /// What applying a record changed, so the daemon knows what to rebuild and what to gossip
 /// on (everything but [`Unchanged`](Applied::Unchanged)).
@@ -112,6 +113,27 @@ pub struct Directory {
     revoked_keys: BTreeSet<PublicKey>,
     /// Derived from `revocations`: per name, the highest revoked certificate serial.
     revoked_serials: BTreeMap<Name, u64>,
+    /// The newest CA-signed network policy, and what it says; `None`: every member may
+    /// reach every other.
+    policy: Option<HeldPolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HeldPolicy {
+    signed: SignedPolicy,
+    policy: Policy,
+}
+
+/// What applying a signed policy changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyApplied {
+    /// The same policy was already held: do not pass it on.
+    Unchanged,
+    /// A newer version is in force: apply it, and pass it on.
+    New {
+        /// Its version.
+        version: u64,
+    },
 }
 
 impl Directory {
@@ -124,7 +146,44 @@ impl Directory {
             revocations: Vec::new(),
             revoked_keys: BTreeSet::new(),
             revoked_serials: BTreeMap::new(),
+            policy: None,
         }
+    }
+
+    /// Checks that this network's CA signed the policy for this network, that it is newer
+    /// than the one held and that it parses, and puts it in force. The same policy again is
+    /// [`PolicyApplied::Unchanged`]; an older or equal version with other bytes is refused
+    /// ([`PolicyRecordError::NotNewer`]): a replay cannot bring back an old policy.
+    pub fn apply_policy(
+        &mut self,
+        signed: &SignedPolicy,
+    ) -> Result<PolicyApplied, PolicyRecordError> {
+        if self
+            .policy
+            .as_ref()
+            .is_some_and(|held| &held.signed == signed)
+        {
+            return Ok(PolicyApplied::Unchanged);
+        }
+        let held = self.policy.as_ref().map(|h| h.signed.version());
+        let policy = signed.verify(&self.ca, &self.network, held)?;
+        self.policy = Some(HeldPolicy {
+            signed: signed.clone(),
+            policy,
+        });
+        Ok(PolicyApplied::New {
+            version: signed.version(),
+        })
+    }
+
+    /// Decodes bytes and [`apply_policy`](Self::apply_policy)s them.
+    pub fn apply_policy_bytes(&mut self, bytes: &[u8]) -> Result<PolicyApplied, PolicyRecordError> {
+        self.apply_policy(&SignedPolicy::from_bytes(bytes)?)
+    }
+
+    /// The policy in force, verified, and its signed form; `None` when the network has none.
+    pub fn policy(&self) -> Option<(&Policy, &SignedPolicy)> {
+        self.policy.as_ref().map(|h| (&h.policy, &h.signed))
     }
 
     /// The network's CA.
@@ -399,6 +458,9 @@ struct Persisted {
     network: Name,
     members: Vec<PersistedMember>,
     revocations: Vec<Vec<u8>>,
+    /// The signed policy; absent in files written before policies existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    policy: Option<Vec<u8>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -424,6 +486,7 @@ impl From<Directory> for Persisted {
                 .iter()
                 .map(SignedRevocation::to_bytes)
                 .collect(),
+            policy: directory.policy.as_ref().map(|h| h.signed.to_bytes()),
             ca: directory.ca,
             network: directory.network,
         }
@@ -443,6 +506,28 @@ impl TryFrom<Persisted> for Directory {
         for member in &persisted.members {
             directory.apply_member_bytes(&member.record, member.applied_at)?;
         }
+        if let Some(bytes) = &persisted.policy {
+            directory
+                .apply_policy_bytes(bytes)
+                .map_err(|_| RecordError::Malformed {
+                    part: "policy: not this network's CA-signed policy",
+                })?;
+        }
         Ok(directory)
+    }
+}
+
+/// What a policy's tests ask of the network: the members this directory holds alive.
+impl Lookup for Directory {
+    fn groups_of(&self, name: &Name) -> Vec<Name> {
+        self.live_member(name)
+            .map(|m| m.groups.to_vec())
+            .unwrap_or_default()
+    }
+
+    fn owner_of(&self, addr: std::net::IpAddr) -> Option<(Name, Vec<Name>)> {
+        self.live_members()
+            .find(|m| m.subnets.iter().any(|s| s.contains(&addr)))
+            .map(|m| (m.name.clone(), m.groups.to_vec()))
     }
 }

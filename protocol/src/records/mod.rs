@@ -51,7 +51,7 @@ use keys::{
     SignedCertificate, SigningKey, VerifyingKey,
 };
 
-pub use directory::{Applied, Directory, LiveMember};
+pub use directory::{Applied, Directory, LiveMember, PolicyApplied};
 use keys::wire::{Reader, WireError, Writer};
 
 /// The most underlay endpoints one member record carries.

@@ -687,3 +687,56 @@ proptest::proptest! {
         let _ = SignedRevocation::from_bytes(&framed);
     }
 }
+
+#[test]
+fn the_directory_holds_the_newest_signed_policy_and_persists_it() {
+    use crate::policy::{Lookup, PolicyRecordError, SignedPolicy};
+    let ca = CaKey::generate();
+    let mut dir = Directory::new(ca.verifying_key(), name("prod"));
+    let h1 = Host::new(&ca, "h1", &["10.42.1.0/24"]);
+    dir.apply_member(&h1.alive(1, "198.18.0.11:51820"), NOW)
+        .unwrap();
+    assert_eq!(dir.groups_of(&name("h1")), vec![name("web")]);
+    assert_eq!(
+        dir.owner_of("10.42.1.9".parse().unwrap()),
+        Some((name("h1"), vec![name("web")]))
+    );
+    assert_eq!(dir.owner_of("10.42.2.9".parse().unwrap()), None);
+
+    // Persisted before any policy: the field is left out, and such a file loads.
+    let json = serde_json::to_string(&dir).unwrap();
+    assert!(!json.contains("policy"), "{json}");
+    assert!(dir.policy().is_none());
+
+    let text = "[[allow]]\nfrom = [\"group:web\"]\nto = [\"any\"]\nports = [\"icmp\"]\n";
+    let v2 = SignedPolicy::sign(&ca, &name("prod"), 2, NOW, text).unwrap();
+    assert_eq!(dir.apply_policy(&v2), Ok(PolicyApplied::New { version: 2 }));
+    assert_eq!(dir.apply_policy(&v2), Ok(PolicyApplied::Unchanged));
+    assert_eq!(dir.policy().unwrap().0.rules.len(), 1);
+    // An older version, a forged one, another network's: refused, nothing changes.
+    let v1 = SignedPolicy::sign(&ca, &name("prod"), 1, NOW, "").unwrap();
+    assert!(matches!(
+        dir.apply_policy(&v1),
+        Err(PolicyRecordError::NotNewer {
+            version: 1,
+            held: 2
+        })
+    ));
+    let forged = SignedPolicy::sign(&CaKey::generate(), &name("prod"), 9, NOW, "").unwrap();
+    assert!(matches!(
+        dir.apply_policy(&forged),
+        Err(PolicyRecordError::Untrusted { .. })
+    ));
+    let other = SignedPolicy::sign(&ca, &name("test"), 9, NOW, "").unwrap();
+    assert!(matches!(
+        dir.apply_policy(&other),
+        Err(PolicyRecordError::WrongNetwork { .. })
+    ));
+    assert!(dir.apply_policy_bytes(&[1, 2, 3]).is_err());
+    assert_eq!(dir.policy().unwrap().1, &v2);
+
+    let json = serde_json::to_string(&dir).unwrap();
+    let loaded: Directory = serde_json::from_str(&json).unwrap();
+    assert_eq!(loaded, dir);
+    assert_eq!(loaded.policy().unwrap().1.version(), 2);
+}
