@@ -14,6 +14,7 @@ pub mod control;
 pub mod datapath;
 pub mod docker;
 pub mod firewall;
+pub mod metrics;
 pub mod netlink;
 pub mod router;
 pub mod sched;
