@@ -14,7 +14,7 @@ use super::packet::{Classified, FlowKey, classify};
 use super::{Endpoint, PairRules, Policy, RuleId, Service, proto};
 
 /// Which way a packet goes between this host and the peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// From this host's containers to the peer (checked before encryption).
     Outbound,

@@ -17,9 +17,11 @@
 //!   errors; other protocols by number).
 //! - [`enforce`]: the verdict for one packet between this host and a peer, tracking
 //!   what it allows.
+//! - [`flowlog`]: packets and bytes per flow over a window, for flow logs.
 //! - [`record`]: [`SignedPolicy`], the policy text with a version, signed by the CA.
 
 pub mod enforce;
+pub mod flowlog;
 pub mod flows;
 pub mod packet;
 mod parse;
