@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod docker;
+pub mod events;
 pub mod firewall;
 pub mod metrics;
 pub mod netlink;

@@ -45,6 +45,8 @@ pub const LEAVE_PATH: &str = "/v1/leave";
 pub const POLICY_PATH: &str = "/v1/policy";
 /// Path of `policy check`: the verdict of the policy in force for one flow.
 pub const POLICY_CHECK_PATH: &str = "/v1/policy/check";
+/// Path of the security events: `GET /v1/events?after=SEQ` answers those after `SEQ`.
+pub const EVENTS_PATH: &str = "/v1/events";
 /// Default path of the API socket.
 pub const DEFAULT_SOCKET: &str = "/run/overlayd/overlayd.sock";
 
@@ -342,6 +344,75 @@ pub struct PolicyVerdict {
     pub rule_line: Option<u32>,
     /// The policy version judged by; `None` without a policy.
     pub version: Option<u64>,
+}
+
+/// What a security event is about: a stable name per kind (the `kind` field of the JSON
+/// and of the log line), for alerting on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A peer sent a packet whose inner source is not one of its addresses.
+    SpoofedSource,
+    /// A handshake from a key that is no peer of this host.
+    UnknownKey,
+    /// Handshakes came faster than the limiter allows: cookie replies from now on.
+    HandshakeFloodStarted,
+    /// The handshake flood is over.
+    HandshakeFloodEnded,
+    /// A revoked member tried to reach this host (tunnel or control plane).
+    RevokedKnocking,
+    /// A member with an expired certificate tried to reach this host.
+    ExpiredKnocking,
+    /// A join was refused (bad, used or expired token; a name or key in use).
+    JoinRefused,
+    /// The policy denied flows (aggregated per peer and second).
+    PolicyDenied,
+    /// A member was declared down.
+    MemberDown,
+    /// A member that was down or new is alive.
+    MemberUp,
+    /// This host's certificate expires within 30 days.
+    CertificateExpiring,
+}
+
+impl EventKind {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::SpoofedSource => "spoofed_source",
+            EventKind::UnknownKey => "unknown_key",
+            EventKind::HandshakeFloodStarted => "handshake_flood_started",
+            EventKind::HandshakeFloodEnded => "handshake_flood_ended",
+            EventKind::RevokedKnocking => "revoked_knocking",
+            EventKind::ExpiredKnocking => "expired_knocking",
+            EventKind::JoinRefused => "join_refused",
+            EventKind::PolicyDenied => "policy_denied",
+            EventKind::MemberDown => "member_down",
+            EventKind::MemberUp => "member_up",
+            EventKind::CertificateExpiring => "certificate_expiring",
+        }
+    }
+}
+
+/// One security event (`overlayctl events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecurityEvent {
+    /// Its number on this host, from 1, in order.
+    pub seq: u64,
+    /// When it happened (unix milliseconds); for an aggregated event, the first time.
+    pub time_unix_ms: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// The member or peer it is about, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The underlay address it came from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<SocketAddr>,
+    /// One sentence with the details.
+    pub detail: String,
+    /// How many times it happened in its second (events of one kind and peer are summed).
+    pub count: u64,
 }
 
 /// The body of an error answer.

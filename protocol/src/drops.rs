@@ -31,11 +31,13 @@ pub enum DropReason {
     /// addresses (a peer tried to reach the host's LAN, other bridges or the internet
     /// through it).
     DestinationNotAllowed,
+    /// Either way: the network policy allows no such flow between the two hosts.
+    PolicyDenied,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (the order of counter arrays).
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::NoRoute,
         DropReason::SourceNotAllowed,
         DropReason::UnknownPeer,
@@ -47,6 +49,7 @@ impl DropReason {
         DropReason::NoEndpoint,
         DropReason::WriteFailed,
         DropReason::DestinationNotAllowed,
+        DropReason::PolicyDenied,
     ];
 
     /// Position of this reason in [`DropReason::ALL`].
@@ -68,6 +71,7 @@ impl DropReason {
             DropReason::NoEndpoint => "no_endpoint",
             DropReason::WriteFailed => "write_failed",
             DropReason::DestinationNotAllowed => "destination_not_allowed",
+            DropReason::PolicyDenied => "policy_denied",
         }
     }
 }
