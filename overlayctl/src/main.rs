@@ -4,6 +4,7 @@
 mod client;
 mod control;
 mod generate;
+mod observe;
 mod parse;
 mod policy;
 mod show;
@@ -57,6 +58,26 @@ enum Command {
     Revoke(control::RevokeArgs),
     /// Leave the network: the other members drop this host and close their tunnels to it.
     Leave(control::LeaveArgs),
+    /// Security events: spoofed sources, unknown keys, handshake floods, revoked hosts
+    /// knocking, refused joins, policy denials, members down and up (the last 1,000).
+    Events {
+        /// Keep printing new events as they come.
+        #[arg(long)]
+        follow: bool,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The flow log: packets and bytes per flow and 5-second window, with the policy's
+    /// verdict (when `[flows]` is on in overlayd's config).
+    Flows {
+        /// Keep printing new records as they come.
+        #[arg(long)]
+        follow: bool,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The network policy: who may talk to whom, on which ports.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -157,6 +178,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Revoke(args) => control::revoke(&cli.socket, args),
         Command::Leave(args) => control::leave(&cli.socket, args),
         Command::Policy(command) => policy::run(&cli.socket, command),
+        Command::Events { follow, json } => observe::events(&cli.socket, follow, json),
+        Command::Flows { follow, json } => observe::flows(&cli.socket, follow, json),
         Command::Generate(command) => generate::run(command, Cli::command()),
     }
 }

@@ -47,6 +47,8 @@ pub const POLICY_PATH: &str = "/v1/policy";
 pub const POLICY_CHECK_PATH: &str = "/v1/policy/check";
 /// Path of the security events: `GET /v1/events?after=SEQ` answers those after `SEQ`.
 pub const EVENTS_PATH: &str = "/v1/events";
+/// Path of the flow log: `GET /v1/flows?after=SEQ` answers the records after `SEQ`.
+pub const FLOWS_PATH: &str = "/v1/flows";
 /// Default path of the API socket.
 pub const DEFAULT_SOCKET: &str = "/run/overlayd/overlayd.sock";
 
@@ -413,6 +415,40 @@ pub struct SecurityEvent {
     pub detail: String,
     /// How many times it happened in its second (events of one kind and peer are summed).
     pub count: u64,
+}
+
+/// One line of the flow log: a flow's packets and bytes one way over one window (5 s).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowLogEntry {
+    /// Its number on this host, from 1, in order.
+    pub seq: u64,
+    /// First packet in the window (unix milliseconds).
+    pub start_unix_ms: u64,
+    /// Last packet in the window.
+    pub end_unix_ms: u64,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6); `None` for the overflow
+    /// line that sums the flows past the window's bound.
+    pub proto: Option<u8>,
+    /// Source address and port (echo identifier for ICMP) as the packets carried them.
+    pub src: Option<SocketAddr>,
+    /// Destination address and port.
+    pub dst: Option<SocketAddr>,
+    /// The peer at the other end of the tunnel: its member name, or its public key for a
+    /// static peer.
+    pub peer: String,
+    /// The peer's groups (from its certificate).
+    pub peer_groups: Vec<String>,
+    /// `in` (from the peer, decrypted) or `out` (to the peer, before encryption).
+    pub direction: String,
+    /// Packets in the window.
+    pub packets: u64,
+    /// Bytes of the inner IP packets.
+    pub bytes: u64,
+    /// `allow` or `deny`.
+    pub verdict: String,
+    /// The line of the policy rule that allowed the flow, when a policy is in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u32>,
 }
 
 /// The body of an error answer.
