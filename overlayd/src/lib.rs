@@ -16,6 +16,7 @@ pub mod docker;
 pub mod events;
 pub mod firewall;
 pub mod metrics;
+pub mod mirror;
 pub mod netlink;
 pub mod router;
 pub mod sched;
