@@ -2,7 +2,7 @@
 //! (boringtun) to every peer, and routes each peer's subnets to it.
 //!
 //! Seams: [`router`] is the I/O-free tunnel logic; [`datapath`] the threads that move
-//! batches between the TUN and the UDP socket; [`udp`] the batched socket calls;
+//! batches between the TUN and the UDP socket ([`datapath::udp`] the batched socket calls);
 //! [`netlink`] routes; [`api`] the local API; [`docker`] the Docker network and IPAM plugin;
 //! [`config`] the file; [`address`] which overlay address this host takes. [`run`] wires
 //! them.
@@ -16,8 +16,6 @@ pub mod docker;
 pub mod firewall;
 pub mod netlink;
 pub mod router;
-pub mod sched;
-pub mod udp;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,7 +42,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let state = control::state::StateDir::open(&config.state_dir)?;
     let control_socket = control::bind_control_socket(config.control.listen_port)?;
     let tuning = config.effective_tuning();
-    let udp = udp::Udp::bind_with(
+    let udp = datapath::udp::Udp::bind_with(
         config.listen_port,
         tuning.udp_gso,
         tuning.udp_gro,

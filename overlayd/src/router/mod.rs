@@ -9,7 +9,7 @@
 //! table with one atomic load (the data path loads it once per batch and passes it to the
 //! `_with` variants), then lock the one peer's mutex around its `Tunn` and endpoint
 //! (boringtun needs `&mut` for every call). Peer changes (`upsert_peer`, `remove_peer`,
-//! in `router_peers.rs`) are serialized by a writer mutex, build the next table from the
+//! in `peers.rs`) are serialized by a writer mutex, build the next table from the
 //! current one and publish it; a removal also marks the peer under its own mutex, so a
 //! batch still holding the old table sends and accepts nothing more for it.
 
@@ -28,7 +28,6 @@ use protocol::drops::DropReason;
 
 use crate::config::PeerConfig;
 
-#[path = "router_peers.rs"]
 mod peers;
 
 pub use peers::{MAX_PEER_INDICES, Peer, PeerSpec, PeerState, PeerTable, RouterError, Upserted};
@@ -580,9 +579,4 @@ pub fn destination(packet: &[u8]) -> Option<IpAddr> {
 }
 
 #[cfg(test)]
-#[path = "router_tests.rs"]
 mod tests;
-
-#[cfg(test)]
-#[path = "router_peers_tests.rs"]
-mod peers_tests;

@@ -21,6 +21,10 @@
 //! mutexes. Each batch loads the router's peer table once (an atomic load, no lock), so
 //! peers added, changed or removed at runtime count from the next batch.
 
+mod poller;
+pub mod sched;
+pub mod udp;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,7 +34,8 @@ use protocol::drops::DropReason;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use crate::router::{Inbound, MIN_BUFFER_LEN, Outbound, Router};
-use crate::udp::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RecvBatch, Udp};
+use poller::Poller;
+use udp::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RecvBatch, Udp};
 
 /// Room kept before each packet written to the TUN, for the virtio-net header.
 const TUN_OFFSET: usize = VIRTIO_NET_HDR_LEN;
@@ -292,83 +297,8 @@ fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     }
 }
 
-/// The epoll set both workers wait in: the TUN and the UDP socket, each armed
-/// `EPOLLONESHOT`, so an event goes to one worker and the fd stays quiet until that
-/// worker has drained it and re-arms it.
-///
-/// Why one set for both directions rather than a thread per direction: a worker that has
-/// just sent a packet and finds the answer already queued when it next looks (the peer,
-/// woken on this CPU, ran and answered first) takes it without sleeping, where a thread
-/// per direction always needs a wake-up, often of a halted vCPU (see docs/performance.md,
-/// "Latency").
-struct Poller {
-    epoll: std::os::fd::OwnedFd,
-    fds: [std::os::fd::RawFd; 2],
-}
-
-impl Poller {
-    const TUN: usize = 0;
-    const UDP: usize = 1;
-
-    fn new(tun: std::os::fd::RawFd, udp: std::os::fd::RawFd) -> io::Result<Poller> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: plain syscall; the fd is owned below.
-        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if ep < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `ep` is a new fd that nothing else owns.
-        let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(ep) };
-        let poller = Poller {
-            epoll,
-            fds: [tun, udp],
-        };
-        poller.ctl(libc::EPOLL_CTL_ADD, Poller::TUN, libc::EPOLLIN as u32)?;
-        poller.ctl(libc::EPOLL_CTL_ADD, Poller::UDP, libc::EPOLLIN as u32)?;
-        Ok(poller)
-    }
-
-    fn ctl(&self, op: i32, which: usize, events: u32) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let mut ev = libc::epoll_event {
-            events: events | libc::EPOLLONESHOT as u32,
-            u64: which as u64,
-        };
-        // SAFETY: valid fds and a valid event for the duration of the call.
-        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, self.fds[which], &mut ev) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Blocks until one fd is readable; which one (`TUN` or `UDP`), or `None` after a
-    /// signal.
-    fn wait(&self) -> Option<usize> {
-        use std::os::fd::AsRawFd;
-        let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: one valid event buffer for the duration of the call.
-        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut ev, 1, -1) };
-        if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            // Not expected on a valid epoll fd; never spin on it.
-            tracing::debug!(error = %io::Error::last_os_error(), "epoll_wait failed");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        (n == 1).then_some(ev.u64 as usize)
-    }
-
-    /// Wakes one waiting worker when the fd is (or becomes) readable.
-    fn arm(&self, which: usize) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, which, libc::EPOLLIN as u32)
-    }
-
-    /// Keeps the workers asleep whatever the fd gets, until the next `arm`.
-    fn disarm(&self, which: usize) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, which, 0)
-    }
-}
-
 fn worker(shared: &Shared, sched_batch: bool) {
-    let mut handoff = crate::sched::Handoff::new(sched_batch);
+    let mut handoff = sched::Handoff::new(sched_batch);
     loop {
         let Some(which) = shared.poller.wait() else {
             continue;
