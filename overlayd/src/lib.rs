@@ -59,7 +59,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         }
     })?;
     let udp = Arc::new(udp);
-    let tun = datapath::open_tun(&config.tun_name, tuning.tun_offload)
+    let tun = datapath::tun::open_tun(&config.tun_name, tuning.tun_offload)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => anyhow::Error::new(UsageError(format!(
                 "cannot create TUN device {}: permission denied; run overlayd as root (it needs CAP_NET_ADMIN)",
