@@ -110,12 +110,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     {
         let (router, udp) = (router.clone(), udp.clone());
         let watched = netlink::watch_addresses(move || {
-            let mut buf = [0u8; router::MIN_BUFFER_LEN];
-            router.initiate_all(&mut buf, &mut |dst, bytes| {
-                if let Err(e) = udp.send_to(dst, bytes) {
-                    tracing::debug!(error = %e, endpoint = %dst, "handshake send failed");
-                }
-            });
+            router.initiate_and_send(crate::router::Initiate::All, &*udp)
         });
         if let Err(e) = watched {
             tracing::warn!(error = %format!("{e:#}"), "roaming of this host will wait for keepalives");

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use protocol::drops::DropReason;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use crate::router::{Inbound, MIN_BUFFER_LEN, Outbound, Router};
+use crate::router::{Inbound, Initiate, MIN_BUFFER_LEN, Outbound, Router};
 use poller::Poller;
 use tun::Tun;
 use udp::{Bind, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RecvBatch};
@@ -183,11 +183,7 @@ impl Inside {
     /// caller re-arms the socket, which reports anything that arrives after the last read.
     fn drain<T: Tun, U: Bind>(&mut self, shared: &Shared<T, U>) {
         let (tun, udp, router) = (&*shared.tun, &*shared.udp, &*shared.router);
-        let mut reply = |dst: SocketAddr, bytes: &[u8]| {
-            if let Err(e) = udp.send_to(dst, bytes) {
-                tracing::debug!(error = %e, endpoint = %dst, "UDP send of a handshake message failed");
-            }
-        };
+        let mut reply = |dst: SocketAddr, bytes: &[u8]| udp.send_message(dst, bytes);
         loop {
             let n = match udp.try_recv(&mut self.batch) {
                 Ok(n) => n,
@@ -401,12 +397,8 @@ fn write_tun(tun: &impl Tun, router: &Router, gro: &mut GROTable, bufs: &mut [Ve
 fn timers(udp: &impl Bind, router: &Router) {
     let mut buf = vec![0u8; 2048];
     let mut last_reset = Instant::now();
-    let mut send = |dst: SocketAddr, bytes: &[u8]| {
-        if let Err(e) = udp.send_to(dst, bytes) {
-            tracing::debug!(error = %e, endpoint = %dst, "UDP send of a timer message failed");
-        }
-    };
-    router.initiate_all(&mut buf, &mut send);
+    let mut send = |dst: SocketAddr, bytes: &[u8]| udp.send_message(dst, bytes);
+    router.initiate_and_send(Initiate::All, udp);
     loop {
         std::thread::sleep(Duration::from_millis(250));
         router.tick(&mut buf, &mut send);
