@@ -9,7 +9,8 @@
 //! - timers: every 250 ms the router's timers; every second the rate limiter's reset.
 //!
 //! The workers see the TUN through [`tun::Tun`] and the socket through [`udp::Bind`], as
-//! generic parameters (monomorphised: no `dyn` per packet).
+//! generic parameters (monomorphised: no `dyn` per packet); [`fake`] has in-memory ones,
+//! on which `tests.rs` runs the workers' logic without root.
 //!
 //! Two worker threads wait in one epoll set holding the TUN and the UDP socket, each
 //! armed `EPOLLONESHOT` (`Poller`): an event goes to one worker, which drains that fd
@@ -24,6 +25,8 @@
 //! mutexes. Each batch loads the router's peer table once (an atomic load, no lock), so
 //! peers added, changed or removed at runtime count from the next batch.
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
 mod poller;
 pub mod sched;
 pub mod tun;
@@ -408,3 +411,6 @@ fn timers(udp: &impl Bind, router: &Router) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -60,10 +60,16 @@ impl Poller {
     /// Blocks until one fd is readable; which one (`TUN` or `UDP`), or `None` after a
     /// signal.
     pub(super) fn wait(&self) -> Option<usize> {
+        self.wait_for(-1)
+    }
+
+    /// As [`Poller::wait`], for at most `timeout_ms` (-1: no limit); `None` also when the
+    /// time is up.
+    pub(super) fn wait_for(&self, timeout_ms: libc::c_int) -> Option<usize> {
         use std::os::fd::AsRawFd;
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: one valid event buffer for the duration of the call.
-        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut ev, 1, -1) };
+        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut ev, 1, timeout_ms) };
         if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
             // Not expected on a valid epoll fd; never spin on it.
             tracing::debug!(error = %io::Error::last_os_error(), "epoll_wait failed");
@@ -80,5 +86,51 @@ impl Poller {
     /// Keeps the workers asleep whatever the fd gets, until the next `arm`.
     pub(super) fn disarm(&self, which: usize) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_MOD, which, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::Poller;
+    use crate::datapath::fake::{FakeTun, FakeUdp};
+
+    /// The fakes' fds stand in for the TUN and the socket: readable while they hold
+    /// something.
+    fn fakes() -> (FakeTun, FakeUdp, Poller) {
+        let tun = FakeTun::new();
+        let udp = FakeUdp::new("198.18.0.11:51820".parse().unwrap());
+        let poller = Poller::new(tun.as_raw_fd(), udp.as_raw_fd()).unwrap();
+        (tun, udp, poller)
+    }
+
+    #[test]
+    fn one_event_per_arming() {
+        let (tun, _udp, poller) = fakes();
+        assert_eq!(poller.wait_for(0), None, "nothing readable yet");
+        tun.push(b"packet");
+        assert_eq!(poller.wait_for(0), Some(Poller::TUN));
+        // Still readable, but the event went to one waiter: quiet until re-armed.
+        assert_eq!(poller.wait_for(0), None);
+        // Re-arming reports what is still there.
+        poller.arm(Poller::TUN).unwrap();
+        assert_eq!(poller.wait_for(0), Some(Poller::TUN));
+    }
+
+    #[test]
+    fn a_disarmed_fd_stays_quiet_until_armed() {
+        let (tun, udp, poller) = fakes();
+        poller.disarm(Poller::TUN).unwrap();
+        tun.push(b"packet");
+        udp.deliver("198.18.0.12:51820".parse().unwrap(), b"datagram");
+        assert_eq!(
+            poller.wait_for(0),
+            Some(Poller::UDP),
+            "the socket still wakes"
+        );
+        assert_eq!(poller.wait_for(0), None, "the TUN does not");
+        poller.arm(Poller::TUN).unwrap();
+        assert_eq!(poller.wait_for(0), Some(Poller::TUN));
     }
 }

@@ -401,6 +401,19 @@ impl RecvBatch {
         self.bufs.len()
     }
 
+    /// Fills entry `i` as a receive of one `datagram` from `src` would (the in-memory
+    /// fake socket's receive); a datagram longer than a buffer is cut, as the kernel does.
+    #[cfg(any(test, feature = "test-util"))]
+    pub(super) fn put(&mut self, i: usize, src: SocketAddr, datagram: &[u8]) {
+        let len = datagram.len().min(RECV_BUFFER_LEN);
+        self.bufs[i][..len].copy_from_slice(&datagram[..len]);
+        self.meta[i] = RecvMeta {
+            len,
+            src: Some(src),
+            segment_len: len.max(1),
+        };
+    }
+
     /// Entry `i` of the last receive: its metadata and the datagrams in it.
     pub fn datagrams(&self, i: usize) -> (Option<SocketAddr>, std::slice::Chunks<'_, u8>) {
         let m = self.meta[i];

@@ -532,5 +532,6 @@ pub fn destination(packet: &[u8]) -> Option<IpAddr> {
     }
 }
 
+// `pub(crate)`: the data path's tests reuse its two routers.
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
