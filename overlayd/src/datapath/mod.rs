@@ -9,7 +9,7 @@
 //! - timers: every 250 ms the router's timers; every second the rate limiter's reset.
 //!
 //! The workers see the TUN through [`tun::Tun`] and the socket through [`udp::Bind`], as
-//! generic parameters (monomorphised: no `dyn` per packet); [`fake`] has in-memory ones,
+//! generic parameters (monomorphised: no `dyn` per packet); `fake` has in-memory ones,
 //! on which `tests.rs` runs the workers' logic without root.
 //!
 //! Two worker threads wait in one epoll set holding the TUN and the UDP socket, each
@@ -215,7 +215,8 @@ impl Inside {
                     }
                     let buf = &mut self.bufs[filled];
                     // No clear first: resize only zero-fills what the last packet left
-                    // short (perf: zero-filling whole buffers was 2.2 % of the receiver).
+                    // short (zero-filling whole buffers showed in the receiver's profile,
+                    // docs/performance.md).
                     // The header room is written by tun-rs and the plaintext by the router.
                     buf.resize(TUN_OFFSET + datagram.len().max(MIN_BUFFER_LEN), 0);
                     if let Inbound::ToTun { len } = router.decapsulate_with(
@@ -240,9 +241,9 @@ impl Inside {
             // a TCP ACK) may already wait in the TUN. Send it now from this thread, which
             // is awake, rather than wake the other worker: one wake-up less per round
             // trip. Only when no one else reads the TUN, so flows keep their order; and
-            // then the TUN is disarmed meanwhile, so its answers wake no one (perf: 46k
-            // such wake-ups, 9.5 % of a vCPU, in 8 s of one TCP stream). Re-arming
-            // re-checks readiness, so no packet waits unnoticed.
+            // then the TUN is disarmed meanwhile, so its answers wake no one (under one TCP
+            // stream those wake-ups cost a good share of a vCPU). Re-arming re-checks
+            // readiness, so no packet waits unnoticed.
             // (A gone TUN is left alone: even disarmed, epoll reports its error state.)
             let out = if shared.tun_gone.load(std::sync::atomic::Ordering::Relaxed) {
                 None
