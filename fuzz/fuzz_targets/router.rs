@@ -6,7 +6,7 @@
 //!                                   stranger @198.18.0.66:4000 ==> B
 //! ```
 //!
-//! Inputs run on a pair with a completed handshake (as in overlayd/src/router_tests.rs),
+//! Inputs run on a pair with a completed handshake (as in overlayd/src/router/tests.rs),
 //! made fresh for the first input of a process and reused for up to 500 inputs or 60 s
 //! while both endpoints stay where they started (the handshake is most of the cost of an
 //! input); every property checked holds whatever the pair went through before, so a crash

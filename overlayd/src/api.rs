@@ -40,8 +40,8 @@ use crate::control::{ApiFailure, Command, ControlHandle};
 use std::sync::atomic::Ordering;
 use zeroize::Zeroizing;
 
+use crate::datapath::udp::Udp;
 use crate::router::Router;
-use crate::udp::Udp;
 
 /// What the API reads.
 pub struct ApiState {

@@ -295,7 +295,7 @@ pub struct Tuning {
     /// UDP socket buffer size in bytes, each way; 0 keeps the kernel's default.
     pub socket_buffer: usize,
     /// Data-plane workers run `SCHED_BATCH` while the CPU is not contended (hand-offs
-    /// instead of wake-up preemption; see `sched.rs`).
+    /// instead of wake-up preemption; see `datapath/sched.rs`).
     pub sched_batch: bool,
 }
 
@@ -305,7 +305,7 @@ impl Default for Tuning {
             tun_offload: true,
             udp_gso: true,
             udp_gro: true,
-            socket_buffer: crate::udp::SOCKET_BUFFER_LEN,
+            socket_buffer: crate::datapath::udp::SOCKET_BUFFER_LEN,
             sched_batch: true,
         }
     }

@@ -2,7 +2,7 @@
 //! (boringtun) to every peer, and routes each peer's subnets to it.
 //!
 //! Seams: [`router`] is the I/O-free tunnel logic; [`datapath`] the threads that move
-//! batches between the TUN and the UDP socket; [`udp`] the batched socket calls;
+//! batches between the TUN and the UDP socket ([`datapath::udp`] the batched socket calls);
 //! [`netlink`] routes; [`api`] the local API; [`docker`] the Docker network and IPAM plugin;
 //! [`config`] the file; [`address`] which overlay address this host takes. [`run`] wires
 //! them.
@@ -19,8 +19,6 @@ pub mod metrics;
 pub mod mirror;
 pub mod netlink;
 pub mod router;
-pub mod sched;
-pub mod udp;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,7 +45,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let state = control::state::StateDir::open(&config.state_dir)?;
     let control_socket = control::bind_control_socket(config.control.listen_port)?;
     let tuning = config.effective_tuning();
-    let udp = udp::Udp::bind_with(
+    let udp = datapath::udp::Udp::bind_with(
         config.listen_port,
         tuning.udp_gso,
         tuning.udp_gro,
@@ -64,7 +62,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         }
     })?;
     let udp = Arc::new(udp);
-    let tun = datapath::open_tun(&config.tun_name, tuning.tun_offload)
+    let tun = datapath::tun::open_tun(&config.tun_name, tuning.tun_offload)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => anyhow::Error::new(UsageError(format!(
                 "cannot create TUN device {}: permission denied; run overlayd as root (it needs CAP_NET_ADMIN)",
@@ -115,12 +113,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     {
         let (router, udp) = (router.clone(), udp.clone());
         let watched = netlink::watch_addresses(move || {
-            let mut buf = [0u8; router::MIN_BUFFER_LEN];
-            router.initiate_all(&mut buf, &mut |dst, bytes| {
-                if let Err(e) = udp.send_to(dst, bytes) {
-                    tracing::debug!(error = %e, endpoint = %dst, "handshake send failed");
-                }
-            });
+            router.initiate_and_send(crate::router::Initiate::All, &*udp)
         });
         if let Err(e) = watched {
             tracing::warn!(error = %format!("{e:#}"), "roaming of this host will wait for keepalives");

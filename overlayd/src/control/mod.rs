@@ -34,9 +34,9 @@ use protocol::api::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
+use crate::datapath::udp::Udp;
 use crate::netlink::Routes;
 use crate::router::Router;
-use crate::udp::Udp;
 use admin::Issuer;
 use state::{AdminState, NetworkState, StateDir};
 

@@ -8,15 +8,15 @@ use super::*;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-pub(super) const A_ADDR: &str = "198.18.0.11:51820";
-pub(super) const B_ADDR: &str = "198.18.0.12:51820";
+pub(crate) const A_ADDR: &str = "198.18.0.11:51820";
+pub(crate) const B_ADDR: &str = "198.18.0.12:51820";
 
-pub(super) struct Pair {
-    pub(super) a: Router,
-    pub(super) b: Router,
+pub(crate) struct Pair {
+    pub(crate) a: Router,
+    pub(crate) b: Router,
 }
 
-pub(super) fn peer(key: &PrivateKey, subnet: &str, endpoint: Option<&str>) -> PeerConfig {
+pub(crate) fn peer(key: &PrivateKey, subnet: &str, endpoint: Option<&str>) -> PeerConfig {
     PeerConfig {
         public_key: key.public_key(),
         endpoint: endpoint.map(|e| e.parse().unwrap()),
@@ -25,7 +25,7 @@ pub(super) fn peer(key: &PrivateKey, subnet: &str, endpoint: Option<&str>) -> Pe
     }
 }
 
-pub(super) fn pair() -> Pair {
+pub(crate) fn pair() -> Pair {
     let ka = PrivateKey::generate();
     let kb = PrivateKey::generate();
     let pair = Pair {
@@ -40,7 +40,7 @@ pub(super) fn pair() -> Pair {
 }
 
 /// An IPv4 header (no payload checks are made by the tunnel) plus `payload`.
-pub(super) fn ipv4(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn ipv4(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
     let mut p = vec![0u8; 20];
     p[0] = 0x45;
     let total = (20 + payload.len()) as u16;
@@ -53,10 +53,10 @@ pub(super) fn ipv4(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
     p
 }
 
-pub(super) type Wire = Vec<(SocketAddr, SocketAddr, Vec<u8>)>; // (from, to, bytes)
+pub(crate) type Wire = Vec<(SocketAddr, SocketAddr, Vec<u8>)>; // (from, to, bytes)
 
 /// Delivers datagrams until none are left; returns plaintext written to each TUN.
-pub(super) fn pump(pair: &Pair, mut wire: Wire) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+pub(crate) fn pump(pair: &Pair, mut wire: Wire) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
     let a_addr: SocketAddr = A_ADDR.parse().unwrap();
     let mut rounds = 0;
@@ -81,7 +81,7 @@ pub(super) fn pump(pair: &Pair, mut wire: Wire) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) 
     (to_a, to_b)
 }
 
-pub(super) fn send(router: &Router, from: &str, packet: &[u8]) -> Wire {
+pub(crate) fn send(router: &Router, from: &str, packet: &[u8]) -> Wire {
     let mut out = vec![0u8; 2048];
     match router.encapsulate(packet, &mut out) {
         Outbound::Send { endpoint, len, .. } => {
@@ -92,7 +92,7 @@ pub(super) fn send(router: &Router, from: &str, packet: &[u8]) -> Wire {
     }
 }
 
-pub(super) fn handshake(pair: &Pair) {
+pub(crate) fn handshake(pair: &Pair) {
     let mut wire = Vec::new();
     let mut buf = vec![0u8; 2048];
     pair.a.initiate_all(&mut buf, &mut |dst, b| {
@@ -124,6 +124,47 @@ fn packet_sent_before_handshake_is_queued_then_delivered() {
     assert_eq!(wire.len(), 1);
     let (_, to_b) = pump(&pair, wire);
     assert_eq!(to_b, vec![p]);
+}
+
+#[test]
+fn initiate_and_send_hands_initiations_to_the_socket() {
+    use crate::datapath::fake::{FakeNet, Fault};
+    let pair = pair();
+    let net = FakeNet::new();
+    let a_udp = net.bind(A_ADDR.parse().unwrap());
+    let b_udp = net.bind(B_ADDR.parse().unwrap());
+    let b_key = pair.a.peers()[0].public_key;
+    // A stranger's key: nothing to start.
+    pair.a.initiate_and_send(
+        Initiate::Peer(&PrivateKey::generate().public_key()),
+        &*a_udp,
+    );
+    assert!(a_udp.sent().is_empty());
+    pair.a.initiate_and_send(Initiate::Peer(&b_key), &*a_udp);
+    let sent = a_udp.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, B_ADDR.parse().unwrap());
+    assert_eq!(
+        (sent[0].1[0], sent[0].1.len()),
+        (1, MIN_BUFFER_LEN),
+        "an initiation"
+    );
+    // One under way: neither way starts another.
+    pair.a.initiate_and_send(Initiate::Peer(&b_key), &*a_udp);
+    pair.a.initiate_and_send(Initiate::All, &*a_udp);
+    assert_eq!(a_udp.sent().len(), 1);
+    // What arrived at B completes the handshake.
+    assert_eq!(b_udp.queued(), 1);
+    pump(
+        &pair,
+        vec![(A_ADDR.parse().unwrap(), sent[0].0, sent[0].1.clone())],
+    );
+    assert!(pair.b.peers()[0].handshake_age_and_endpoint().0.is_some());
+    // A failed send is not an error for the caller: the timers retry.
+    b_udp.fail_next_send(Fault::Os(libc::ENOBUFS));
+    let a_key = pair.b.peers()[0].public_key;
+    pair.b.initiate_and_send(Initiate::Peer(&a_key), &*b_udp);
+    assert!(b_udp.sent().is_empty());
 }
 
 #[test]

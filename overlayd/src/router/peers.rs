@@ -416,3 +416,6 @@ impl Router {
         true
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,6 +8,10 @@
 //!   one endpoint with one GSO `sendmsg`.
 //! - timers: every 250 ms the router's timers; every second the rate limiter's reset.
 //!
+//! The workers see the TUN through [`tun::Tun`] and the socket through [`udp::Bind`], as
+//! generic parameters (monomorphised: no `dyn` per packet); `fake` has in-memory ones,
+//! on which `tests.rs` runs the workers' logic without root.
+//!
 //! Two worker threads wait in one epoll set holding the TUN and the UDP socket, each
 //! armed `EPOLLONESHOT` (`Poller`): an event goes to one worker, which drains that fd
 //! (nonblocking reads until the kernel has nothing more, or for the socket until a batch
@@ -21,16 +25,26 @@
 //! mutexes. Each batch loads the router's peer table once (an atomic load, no lock), so
 //! peers added, changed or removed at runtime count from the next batch.
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
+mod poller;
+pub mod sched;
+pub mod tun;
+pub mod udp;
+
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use protocol::drops::DropReason;
-use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use crate::router::{Inbound, MIN_BUFFER_LEN, Outbound, Router};
-use crate::udp::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RecvBatch, Udp};
+use crate::router::{Inbound, Initiate, MIN_BUFFER_LEN, Outbound, Router};
+use poller::Poller;
+use tun::Tun;
+use udp::{Bind, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RecvBatch};
 
 /// Room kept before each packet written to the TUN, for the virtio-net header.
 const TUN_OFFSET: usize = VIRTIO_NET_HDR_LEN;
@@ -39,55 +53,20 @@ const TUN_READ_LEN: usize = VIRTIO_NET_HDR_LEN + 65_535;
 /// Packets written to the TUN per `send_multiple` at most.
 const TUN_WRITE_BATCH: usize = 256;
 
-/// Creates the TUN device, with offload when asked and the kernel allows it. Its MTU,
-/// address and state are set through netlink afterwards (`netlink::Routes::configure_link`).
-pub fn open_tun(name: &str, offload: bool) -> io::Result<SyncDevice> {
-    let build = |offload: bool| {
-        tun_rs::DeviceBuilder::new()
-            .name(name)
-            .offload(offload)
-            .build_sync()
-    };
-    if offload {
-        match build(true) {
-            Ok(dev) => return Ok(dev),
-            Err(e)
-                if e.raw_os_error() == Some(libc::EPERM)
-                    || e.raw_os_error() == Some(libc::EBUSY) =>
-            {
-                return Err(e);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the kernel refused TUN offload; running without it");
-            }
-        }
-    }
-    build(false)
-}
-
-/// Starts the two data-plane workers and the timer thread. They run until the process exits.
-pub fn spawn(
-    tun: Arc<SyncDevice>,
-    udp: Arc<Udp>,
+/// Starts the two data-plane workers and the timer thread. They run until the process
+/// exits. Generic rather than `dyn`: each device's calls compile into the per-packet loops.
+pub fn spawn<T: Tun + 'static, U: Bind + 'static>(
+    tun: Arc<T>,
+    udp: Arc<U>,
     router: Arc<Router>,
     mtu: u16,
     sched_batch: bool,
 ) -> io::Result<()> {
     // Reads never block: the workers wait in epoll, and whoever holds a direction's
     // buffers reads until the kernel has nothing more. TUN writes never wait.
-    tun.set_nonblocking(true)?;
+    tun.set_nonblocking()?;
     {
-        use std::os::fd::AsRawFd;
-        let poller = Poller::new(tun.as_raw_fd(), udp.as_raw_fd())?;
-        let shared = Arc::new(Shared {
-            outside: Mutex::new(Outside::new(mtu)),
-            inside: Mutex::new(Inside::new(udp.gro())),
-            poller,
-            tun_gone: std::sync::atomic::AtomicBool::new(false),
-            tun: tun.clone(),
-            udp: udp.clone(),
-            router: router.clone(),
-        });
+        let shared = Arc::new(Shared::new(tun, udp.clone(), router.clone(), mtu)?);
         for i in 0..WORKERS {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -97,7 +76,7 @@ pub fn spawn(
     }
     std::thread::Builder::new()
         .name("timers".into())
-        .spawn(move || timers(&udp, &router))?;
+        .spawn(move || timers(&*udp, &router))?;
     Ok(())
 }
 
@@ -107,18 +86,31 @@ pub fn spawn(
 const WORKERS: usize = 2;
 
 /// What the workers share.
-struct Shared {
+struct Shared<T, U> {
     outside: Mutex<Outside>,
     inside: Mutex<Inside>,
     poller: Poller,
     /// Set once the TUN is gone: it then stays disarmed, and the error is logged once.
     tun_gone: std::sync::atomic::AtomicBool,
-    tun: Arc<SyncDevice>,
-    udp: Arc<Udp>,
+    tun: Arc<T>,
+    udp: Arc<U>,
     router: Arc<Router>,
 }
 
-impl Shared {
+impl<T: Tun, U: Bind> Shared<T, U> {
+    /// The buffers of both directions and the epoll set, both fds armed.
+    fn new(tun: Arc<T>, udp: Arc<U>, router: Arc<Router>, mtu: u16) -> io::Result<Self> {
+        Ok(Shared {
+            outside: Mutex::new(Outside::new(mtu)),
+            inside: Mutex::new(Inside::new(udp.gro())),
+            poller: Poller::new(tun.as_raw_fd(), udp.as_raw_fd())?,
+            tun_gone: std::sync::atomic::AtomicBool::new(false),
+            tun,
+            udp,
+            router,
+        })
+    }
+
     /// Re-arms the TUN, unless it is gone.
     fn arm_tun(&self) {
         if !self.tun_gone.load(std::sync::atomic::Ordering::Relaxed) {
@@ -151,8 +143,8 @@ impl Outside {
 
     /// Reads one batch from the TUN without blocking, encrypts it and sends it.
     /// `WouldBlock` when the TUN has nothing.
-    fn pump(&mut self, tun: &SyncDevice, udp: &Udp, router: &Router) -> io::Result<usize> {
-        let n = tun.recv_multiple(&mut self.original, &mut self.packets, &mut self.sizes, 0)?;
+    fn pump(&mut self, tun: &impl Tun, udp: &impl Bind, router: &Router) -> io::Result<usize> {
+        let n = tun.recv_batch(&mut self.original, &mut self.packets, &mut self.sizes)?;
         self.sends.clear();
         // One table load per batch: peer changes take effect from the next batch (a
         // removed peer's packets are dropped at once all the same, see `remove_peer`).
@@ -192,13 +184,9 @@ impl Inside {
 
     /// Receives, decrypts and writes to the TUN until the socket has nothing more. The
     /// caller re-arms the socket, which reports anything that arrives after the last read.
-    fn drain(&mut self, shared: &Shared) {
+    fn drain<T: Tun, U: Bind>(&mut self, shared: &Shared<T, U>) {
         let (tun, udp, router) = (&*shared.tun, &*shared.udp, &*shared.router);
-        let mut reply = |dst: SocketAddr, bytes: &[u8]| {
-            if let Err(e) = udp.send_to(dst, bytes) {
-                tracing::debug!(error = %e, endpoint = %dst, "UDP send of a handshake message failed");
-            }
-        };
+        let mut reply = |dst: SocketAddr, bytes: &[u8]| udp.send_message(dst, bytes);
         loop {
             let n = match udp.try_recv(&mut self.batch) {
                 Ok(n) => n,
@@ -227,7 +215,8 @@ impl Inside {
                     }
                     let buf = &mut self.bufs[filled];
                     // No clear first: resize only zero-fills what the last packet left
-                    // short (perf: zero-filling whole buffers was 2.2 % of the receiver).
+                    // short (zero-filling whole buffers showed in the receiver's profile,
+                    // docs/performance.md).
                     // The header room is written by tun-rs and the plaintext by the router.
                     buf.resize(TUN_OFFSET + datagram.len().max(MIN_BUFFER_LEN), 0);
                     if let Inbound::ToTun { len } = router.decapsulate_with(
@@ -252,9 +241,9 @@ impl Inside {
             // a TCP ACK) may already wait in the TUN. Send it now from this thread, which
             // is awake, rather than wake the other worker: one wake-up less per round
             // trip. Only when no one else reads the TUN, so flows keep their order; and
-            // then the TUN is disarmed meanwhile, so its answers wake no one (perf: 46k
-            // such wake-ups, 9.5 % of a vCPU, in 8 s of one TCP stream). Re-arming
-            // re-checks readiness, so no packet waits unnoticed.
+            // then the TUN is disarmed meanwhile, so its answers wake no one (under one TCP
+            // stream those wake-ups cost a good share of a vCPU). Re-arming re-checks
+            // readiness, so no packet waits unnoticed.
             // (A gone TUN is left alone: even disarmed, epoll reports its error state.)
             let out = if shared.tun_gone.load(std::sync::atomic::Ordering::Relaxed) {
                 None
@@ -292,117 +281,47 @@ fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     }
 }
 
-/// The epoll set both workers wait in: the TUN and the UDP socket, each armed
-/// `EPOLLONESHOT`, so an event goes to one worker and the fd stays quiet until that
-/// worker has drained it and re-arms it.
-///
-/// Why one set for both directions rather than a thread per direction: a worker that has
-/// just sent a packet and finds the answer already queued when it next looks (the peer,
-/// woken on this CPU, ran and answered first) takes it without sleeping, where a thread
-/// per direction always needs a wake-up, often of a halted vCPU (see docs/performance.md,
-/// "Latency").
-struct Poller {
-    epoll: std::os::fd::OwnedFd,
-    fds: [std::os::fd::RawFd; 2],
-}
-
-impl Poller {
-    const TUN: usize = 0;
-    const UDP: usize = 1;
-
-    fn new(tun: std::os::fd::RawFd, udp: std::os::fd::RawFd) -> io::Result<Poller> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: plain syscall; the fd is owned below.
-        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if ep < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `ep` is a new fd that nothing else owns.
-        let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(ep) };
-        let poller = Poller {
-            epoll,
-            fds: [tun, udp],
-        };
-        poller.ctl(libc::EPOLL_CTL_ADD, Poller::TUN, libc::EPOLLIN as u32)?;
-        poller.ctl(libc::EPOLL_CTL_ADD, Poller::UDP, libc::EPOLLIN as u32)?;
-        Ok(poller)
-    }
-
-    fn ctl(&self, op: i32, which: usize, events: u32) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let mut ev = libc::epoll_event {
-            events: events | libc::EPOLLONESHOT as u32,
-            u64: which as u64,
-        };
-        // SAFETY: valid fds and a valid event for the duration of the call.
-        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, self.fds[which], &mut ev) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Blocks until one fd is readable; which one (`TUN` or `UDP`), or `None` after a
-    /// signal.
-    fn wait(&self) -> Option<usize> {
-        use std::os::fd::AsRawFd;
-        let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: one valid event buffer for the duration of the call.
-        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut ev, 1, -1) };
-        if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            // Not expected on a valid epoll fd; never spin on it.
-            tracing::debug!(error = %io::Error::last_os_error(), "epoll_wait failed");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        (n == 1).then_some(ev.u64 as usize)
-    }
-
-    /// Wakes one waiting worker when the fd is (or becomes) readable.
-    fn arm(&self, which: usize) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, which, libc::EPOLLIN as u32)
-    }
-
-    /// Keeps the workers asleep whatever the fd gets, until the next `arm`.
-    fn disarm(&self, which: usize) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, which, 0)
-    }
-}
-
-fn worker(shared: &Shared, sched_batch: bool) {
-    let mut handoff = crate::sched::Handoff::new(sched_batch);
+fn worker<T: Tun, U: Bind>(shared: &Shared<T, U>, sched_batch: bool) {
+    let mut handoff = sched::Handoff::new(sched_batch);
     loop {
         let Some(which) = shared.poller.wait() else {
             continue;
         };
-        // A panic here would be a bug; it must not leave an fd disarmed for good (the
-        // other worker would sleep forever), so it is caught, logged, and both fds re-armed.
-        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match which {
-            Poller::TUN => {
-                // Whoever holds the TUN side re-arms the TUN when it lets go (and re-arming
-                // re-checks readiness), so this event can be dropped; waiting for the lock
-                // instead could leave both workers on the TUN and the socket unserved.
-                if let Some(out) = try_lock(&shared.outside) {
-                    drain_tun(shared, out);
-                    shared.arm_tun();
-                }
-            }
-            _ => {
-                lock(&shared.inside).drain(shared);
-                let _ = shared.poller.arm(Poller::UDP);
-            }
-        }));
-        if handled.is_err() {
-            tracing::error!(
-                "a data-plane worker panicked (a bug: please report it with this log); it carries on"
-            );
-            shared.arm_tun();
-            let _ = shared.poller.arm(Poller::UDP);
-        }
+        handle(shared, which);
         handoff.woke();
     }
 }
 
+/// Serves one wake-up for `which` fd (`Poller::TUN` or `Poller::UDP`) and re-arms it.
+fn handle<T: Tun, U: Bind>(shared: &Shared<T, U>, which: usize) {
+    // A panic here would be a bug; it must not leave an fd disarmed for good (the
+    // other worker would sleep forever), so it is caught, logged, and both fds re-armed.
+    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match which {
+        Poller::TUN => {
+            // Whoever holds the TUN side re-arms the TUN when it lets go (and re-arming
+            // re-checks readiness), so this event can be dropped; waiting for the lock
+            // instead could leave both workers on the TUN and the socket unserved.
+            if let Some(out) = try_lock(&shared.outside) {
+                drain_tun(shared, out);
+                shared.arm_tun();
+            }
+        }
+        _ => {
+            lock(&shared.inside).drain(shared);
+            let _ = shared.poller.arm(Poller::UDP);
+        }
+    }));
+    if handled.is_err() {
+        tracing::error!(
+            "a data-plane worker panicked (a bug: please report it with this log); it carries on"
+        );
+        shared.arm_tun();
+        let _ = shared.poller.arm(Poller::UDP);
+    }
+}
+
 /// Reads, encrypts and sends until the TUN has nothing more.
-fn drain_tun(shared: &Shared, mut out: MutexGuard<'_, Outside>) {
+fn drain_tun<T: Tun, U: Bind>(shared: &Shared<T, U>, mut out: MutexGuard<'_, Outside>) {
     let (tun, udp, router) = (&*shared.tun, &*shared.udp, &*shared.router);
     loop {
         match out.pump(tun, udp, router) {
@@ -427,7 +346,12 @@ fn drain_tun(shared: &Shared, mut out: MutexGuard<'_, Outside>) {
 
 /// Sends encrypted datagrams, one GSO send per run of equal-size datagrams to one
 /// endpoint (the last of a run may be shorter).
-fn send_runs(udp: &Udp, router: &Router, sends: &[(SocketAddr, usize, usize)], sealed: &[Vec<u8>]) {
+fn send_runs(
+    udp: &impl Bind,
+    router: &Router,
+    sends: &[(SocketAddr, usize, usize)],
+    sealed: &[Vec<u8>],
+) {
     // On the stack: no allocation per batch.
     let mut segments: [&[u8]; MAX_GSO_SEGMENTS] = [&[]; MAX_GSO_SEGMENTS];
     let mut start = 0;
@@ -463,26 +387,22 @@ fn send_runs(udp: &Udp, router: &Router, sends: &[(SocketAddr, usize, usize)], s
     }
 }
 
-fn write_tun(tun: &SyncDevice, router: &Router, gro: &mut GROTable, bufs: &mut [Vec<u8>]) {
+fn write_tun(tun: &impl Tun, router: &Router, gro: &mut GROTable, bufs: &mut [Vec<u8>]) {
     if bufs.is_empty() {
         return;
     }
-    if let Err(e) = tun.send_multiple(gro, bufs, TUN_OFFSET) {
+    if let Err(e) = tun.send_batch(gro, bufs, TUN_OFFSET) {
         router.drops.add(DropReason::WriteFailed);
         router.log.log(DropReason::WriteFailed, None, None);
         tracing::debug!(error = %e, "TUN write failed");
     }
 }
 
-fn timers(udp: &Udp, router: &Router) {
+fn timers(udp: &impl Bind, router: &Router) {
     let mut buf = vec![0u8; 2048];
     let mut last_reset = Instant::now();
-    let mut send = |dst: SocketAddr, bytes: &[u8]| {
-        if let Err(e) = udp.send_to(dst, bytes) {
-            tracing::debug!(error = %e, endpoint = %dst, "UDP send of a timer message failed");
-        }
-    };
-    router.initiate_all(&mut buf, &mut send);
+    let mut send = |dst: SocketAddr, bytes: &[u8]| udp.send_message(dst, bytes);
+    router.initiate_and_send(Initiate::All, udp);
     loop {
         std::thread::sleep(Duration::from_millis(250));
         router.tick(&mut buf, &mut send);
@@ -492,3 +412,6 @@ fn timers(udp: &Udp, router: &Router) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

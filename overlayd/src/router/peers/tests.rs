@@ -1,12 +1,12 @@
 //! Peers added, changed and removed at runtime, on two routers wired back to back in
-//! memory (the helpers and picture of `router_tests.rs`), starting without static peers:
+//! memory (the helpers and picture of `router/tests.rs`), starting without static peers:
 //!
 //! ```text
 //!   A (10.42.1.0/24) @198.18.0.11:51820  <== datagrams ==>  B (10.42.2.0/24) @198.18.0.12:51820
 //! ```
 
-use super::tests::{A_ADDR, B_ADDR, Pair, Wire, ipv4, pump, send};
-use super::*;
+use crate::router::tests::{A_ADDR, B_ADDR, Pair, Wire, ipv4, pump, send};
+use crate::router::*;
 use ipnet::IpNet;
 use std::time::Duration;
 
@@ -334,7 +334,7 @@ fn advertised_endpoint_applies_once_and_does_not_undo_roaming() {
 
 #[test]
 fn static_peers_are_table_entries() {
-    let pair = super::tests::pair();
+    let pair = crate::router::tests::pair();
     let peers = pair.a.peers();
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0].index, 0);

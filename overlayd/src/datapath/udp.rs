@@ -7,6 +7,10 @@
 //! Each offload is probed at bind time and turned off, for good, the first time the
 //! kernel refuses it; `offload = false` in the config turns them off from the start.
 //! IPv4 underlay only for now.
+//!
+//! [`Bind`] is the outside seam: what the workers and the router need from the socket,
+//! with this socket as its real implementation and `datapath::fake::FakeUdp` as the
+//! in-memory one.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -293,6 +297,51 @@ impl Udp {
     }
 }
 
+/// The underlay socket as the workers and the router use it (wireguard-go's `conn.Bind`).
+/// Its fd (`AsRawFd`) is what the workers' epoll set waits on: readable exactly when
+/// [`Bind::try_recv`] has something to return.
+pub trait Bind: AsRawFd + Send + Sync {
+    /// Whether receives coalesce datagrams (GRO): fewer, larger entries per batch.
+    fn gro(&self) -> bool;
+
+    /// Receives up to `batch.capacity()` entries without blocking; returns how many are
+    /// filled. `WouldBlock` when nothing is queued.
+    fn try_recv(&self, batch: &mut RecvBatch) -> io::Result<usize>;
+
+    /// Sends `segments` (all of one size but the last, which may be shorter) to `dst`.
+    fn send_segments(&self, dst: SocketAddr, segments: &[&[u8]]) -> io::Result<()>;
+
+    /// Sends one datagram.
+    fn send_to(&self, dst: SocketAddr, bytes: &[u8]) -> io::Result<()>;
+
+    /// Sends one message the router hands out outside a batch: a handshake message, a
+    /// cookie reply, a keepalive, a packet that waited for a handshake. A failure is only
+    /// logged: WireGuard's timers resend what matters.
+    fn send_message(&self, dst: SocketAddr, bytes: &[u8]) {
+        if let Err(e) = self.send_to(dst, bytes) {
+            tracing::debug!(error = %e, endpoint = %dst, "UDP send of a WireGuard message failed");
+        }
+    }
+}
+
+impl Bind for Udp {
+    fn gro(&self) -> bool {
+        Udp::gro(self)
+    }
+
+    fn try_recv(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        Udp::try_recv(self, batch)
+    }
+
+    fn send_segments(&self, dst: SocketAddr, segments: &[&[u8]]) -> io::Result<()> {
+        Udp::send_segments(self, dst, segments)
+    }
+
+    fn send_to(&self, dst: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+        Udp::send_to(self, dst, bytes)
+    }
+}
+
 /// One received entry: `len` bytes from `src`, made of datagrams of `segment_len` bytes
 /// (the last may be shorter).
 #[derive(Debug, Clone, Copy)]
@@ -350,6 +399,19 @@ impl RecvBatch {
     /// How many entries one receive can fill.
     pub fn capacity(&self) -> usize {
         self.bufs.len()
+    }
+
+    /// Fills entry `i` as a receive of one `datagram` from `src` would (the in-memory
+    /// fake socket's receive); a datagram longer than a buffer is cut, as the kernel does.
+    #[cfg(any(test, feature = "test-util"))]
+    pub(super) fn put(&mut self, i: usize, src: SocketAddr, datagram: &[u8]) {
+        let len = datagram.len().min(RECV_BUFFER_LEN);
+        self.bufs[i][..len].copy_from_slice(&datagram[..len]);
+        self.meta[i] = RecvMeta {
+            len,
+            src: Some(src),
+            segment_len: len.max(1),
+        };
     }
 
     /// Entry `i` of the last receive: its metadata and the datagrams in it.

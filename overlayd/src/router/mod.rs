@@ -1,20 +1,21 @@
 //! The tunnel router: one boringtun `Tunn` per peer, cryptokey routing both ways, and
-//! the drop counters. It does no I/O: callers hand it packets and buffers, and it says
-//! what to send where (`Outbound`, `Inbound`, and a `reply` callback for the rare
-//! control messages). The driver loops in `datapath` do the sockets and the TUN; tests
-//! wire two routers back to back in memory.
+//! the drop counters (`drops.rs`). It does no I/O of its own: callers hand it packets and
+//! buffers, and it says what to send where (`Outbound`, `Inbound`, and a `reply` callback
+//! for the rare control messages); only [`Router::initiate_and_send`] sends, through the
+//! socket seam it is given. The driver loops in `datapath` do the sockets and the TUN;
+//! tests wire two routers back to back in memory.
 //!
 //! Locking: the peers, their keys and the routes form one [`PeerTable`] behind an
 //! `ArcSwap`. The hot path takes no global lock: `encapsulate` and `decapsulate` read the
 //! table with one atomic load (the data path loads it once per batch and passes it to the
 //! `_with` variants), then lock the one peer's mutex around its `Tunn` and endpoint
 //! (boringtun needs `&mut` for every call). Peer changes (`upsert_peer`, `remove_peer`,
-//! in `router_peers.rs`) are serialized by a writer mutex, build the next table from the
+//! in `peers.rs`) are serialized by a writer mutex, build the next table from the
 //! current one and publish it; a removal also marks the peer under its own mutex, so a
 //! batch still holding the old table sends and accepts nothing more for it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,10 +28,12 @@ use keys::{PrivateKey, PublicKey};
 use protocol::drops::DropReason;
 
 use crate::config::PeerConfig;
+use crate::datapath::udp::Bind;
 
-#[path = "router_peers.rs"]
+mod drops;
 mod peers;
 
+pub use drops::{DropCounters, LogLimiter};
 pub use peers::{MAX_PEER_INDICES, Peer, PeerSpec, PeerState, PeerTable, RouterError, Upserted};
 
 /// Handshake initiations per second, over all peers, above which the daemon answers
@@ -48,80 +51,6 @@ const COOKIE_REPLY_TYPE: u8 = 3;
 
 /// Smallest buffer a `Tunn` call may write into: a handshake initiation.
 pub const MIN_BUFFER_LEN: usize = 148;
-
-/// Drop counters, one per [`DropReason`].
-#[derive(Debug, Default)]
-pub struct DropCounters([AtomicU64; DropReason::ALL.len()]);
-
-impl DropCounters {
-    /// Counts one drop.
-    pub fn add(&self, reason: DropReason) {
-        self.0[reason.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts `n` drops (a removed peer's, moved to the router).
-    pub fn add_many(&self, reason: DropReason, n: u64) {
-        self.0[reason.index()].fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// The current count for a reason.
-    pub fn get(&self, reason: DropReason) -> u64 {
-        self.0[reason.index()].load(Ordering::Relaxed)
-    }
-
-    /// Non-zero counts, by reason.
-    pub fn snapshot(&self) -> std::collections::BTreeMap<DropReason, u64> {
-        DropReason::ALL
-            .iter()
-            .map(|r| (*r, self.get(*r)))
-            .filter(|(_, n)| *n > 0)
-            .collect()
-    }
-}
-
-/// Logs a line per reason at most once per second, with how many were suppressed.
-#[derive(Debug)]
-pub struct LogLimiter {
-    start: Instant,
-    last_ms: [AtomicU64; DropReason::ALL.len()],
-    suppressed: [AtomicU64; DropReason::ALL.len()],
-}
-
-impl Default for LogLimiter {
-    fn default() -> Self {
-        LogLimiter {
-            start: Instant::now(),
-            last_ms: Default::default(),
-            suppressed: Default::default(),
-        }
-    }
-}
-
-impl LogLimiter {
-    /// Logs `reason` for a packet from or to `addr`, unless one was logged in the last second.
-    pub fn log(&self, reason: DropReason, addr: Option<SocketAddr>, peer: Option<&PublicKey>) {
-        let now = self.start.elapsed().as_millis() as u64 + 1000;
-        let slot = &self.last_ms[reason.index()];
-        let last = slot.load(Ordering::Relaxed);
-        if now < last + 1000
-            || slot
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            self.suppressed[reason.index()].fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let suppressed = self.suppressed[reason.index()].swap(0, Ordering::Relaxed);
-        let peer = peer.map(PublicKey::short);
-        tracing::info!(
-            reason = reason.as_str(),
-            endpoint = ?addr,
-            peer = peer.as_deref(),
-            suppressed,
-            "dropped packet (logged at most once a second per reason)"
-        );
-    }
-}
 
 /// What to do with a packet read from the TUN.
 #[derive(Debug, PartialEq, Eq)]
@@ -153,6 +82,15 @@ pub enum Inbound {
     Consumed,
     /// Dropped and counted.
     Dropped(DropReason),
+}
+
+/// Which peers [`Router::initiate_and_send`] starts a handshake with.
+#[derive(Debug, Clone, Copy)]
+pub enum Initiate<'a> {
+    /// Every peer that has an endpoint.
+    All,
+    /// The peer with this key, if it has an endpoint and no handshake is under way.
+    Peer(&'a PublicKey),
 }
 
 /// The peer table (swapped whole on every change), the writers' lock, and the shared
@@ -524,6 +462,21 @@ impl Router {
         }
     }
 
+    /// Starts handshakes as [`Router::initiate_all`] or [`Router::initiate`] do, and sends
+    /// each initiation through `udp` at once ([`Bind::send_message`]: best effort). For
+    /// the timers thread at start-up, a change of this host's addresses, and a peer the
+    /// control plane adds.
+    pub fn initiate_and_send(&self, which: Initiate<'_>, udp: &impl Bind) {
+        let mut buf = [0u8; MIN_BUFFER_LEN];
+        let mut send = |dst: SocketAddr, bytes: &[u8]| udp.send_message(dst, bytes);
+        match which {
+            Initiate::All => self.initiate_all(&mut buf, &mut send),
+            Initiate::Peer(key) => {
+                self.initiate(key, &mut buf, &mut send);
+            }
+        }
+    }
+
     /// Starts a handshake with every peer that has an endpoint (at start-up, so that a
     /// restarted daemon replaces the sessions its peers still hold at once, and when this
     /// host's address changes).
@@ -579,10 +532,6 @@ pub fn destination(packet: &[u8]) -> Option<IpAddr> {
     }
 }
 
+// `pub(crate)`: the data path's tests reuse its two routers.
 #[cfg(test)]
-#[path = "router_tests.rs"]
-mod tests;
-
-#[cfg(test)]
-#[path = "router_peers_tests.rs"]
-mod peers_tests;
+pub(crate) mod tests;
