@@ -19,6 +19,13 @@ pub const CAPACITY: usize = 1000;
 /// Events of one kind about one peer within this many milliseconds are summed.
 const AGGREGATE_MS: u64 = 1000;
 
+/// Now, in unix milliseconds (the events' clock).
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The host's security events.
 #[derive(Debug, Default)]
 pub struct Events {

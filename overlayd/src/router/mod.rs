@@ -29,12 +29,16 @@ use protocol::drops::DropReason;
 
 use crate::config::PeerConfig;
 use crate::datapath::udp::Bind;
+use crate::events::Events;
+use protocol::policy::enforce::Direction;
 
 mod drops;
 mod peers;
+mod policy;
 
 pub use drops::{DropCounters, LogLimiter};
 pub use peers::{MAX_PEER_INDICES, Peer, PeerSpec, PeerState, PeerTable, RouterError, Upserted};
+pub use policy::ActivePolicy;
 
 /// Handshake initiations per second, over all peers, above which the daemon answers
 /// with cookies instead of doing Diffie-Hellman (boringtun's device uses the same).
@@ -120,6 +124,9 @@ pub struct Router {
     pub drops: DropCounters,
     /// Rate-limited logging of drops.
     pub log: LogLimiter,
+    /// The host's security events (spoofed sources, policy denials; the control plane
+    /// adds its own).
+    pub events: Arc<Events>,
 }
 
 impl Router {
@@ -150,6 +157,7 @@ impl Router {
             mac1_only: Arc::new(RateLimiter::new(&public, u64::MAX)),
             drops: DropCounters::default(),
             log: LogLimiter::default(),
+            events: Arc::new(Events::default()),
         };
         for p in peers {
             let spec = PeerSpec {
@@ -157,6 +165,7 @@ impl Router {
                 name: None,
                 endpoint: p.endpoint,
                 subnets: p.subnets.clone(),
+                groups: Vec::new(),
                 persistent_keepalive: p.persistent_keepalive,
             };
             if let Err(e) = router.upsert_peer(spec) {
@@ -232,6 +241,11 @@ impl Router {
             drop(st);
             self.drop_global(DropReason::NoRoute, None);
             return Outbound::Dropped(DropReason::NoRoute);
+        }
+        if !self.police(table, peer, &mut st, Direction::Outbound, packet) {
+            drop(st);
+            self.drop_peer(peer, DropReason::PolicyDenied, None);
+            return Outbound::Dropped(DropReason::PolicyDenied);
         }
         let Some(endpoint) = st.endpoint else {
             drop(st);
@@ -358,12 +372,10 @@ impl Router {
                 Inbound::Consumed
             }
             TunnResult::WriteToTunnelV4(b, addr) => {
-                let (len, dst) = (b.len(), destination(b));
-                self.accept(table, peer, &mut st, src, (IpAddr::V4(addr), dst), len)
+                self.accept(table, peer, &mut st, src, IpAddr::V4(addr), b)
             }
             TunnResult::WriteToTunnelV6(b, addr) => {
-                let (len, dst) = (b.len(), destination(b));
-                self.accept(table, peer, &mut st, src, (IpAddr::V6(addr), dst), len)
+                self.accept(table, peer, &mut st, src, IpAddr::V6(addr), b)
             }
             TunnResult::Done => {
                 if is_data {
@@ -412,9 +424,10 @@ impl Router {
         peer: &Peer,
         st: &mut PeerState,
         src: SocketAddr,
-        (inner_source, inner_destination): (IpAddr, Option<IpAddr>),
-        len: usize,
+        inner_source: IpAddr,
+        packet: &[u8],
     ) -> Inbound {
+        let (len, inner_destination) = (packet.len(), destination(packet));
         // It decrypted under this peer's session: authenticated, so it may roam.
         st.endpoint = Some(src);
         if table.routes.lookup(inner_source) != Some(peer.index) {
@@ -424,6 +437,10 @@ impl Router {
         if !inner_destination.is_some_and(|d| table.is_local(d)) {
             self.drop_peer(peer, DropReason::DestinationNotAllowed, Some(src));
             return Inbound::Dropped(DropReason::DestinationNotAllowed);
+        }
+        if !self.police(table, peer, st, Direction::Inbound, packet) {
+            self.drop_peer(peer, DropReason::PolicyDenied, Some(src));
+            return Inbound::Dropped(DropReason::PolicyDenied);
         }
         peer.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
         Inbound::ToTun { len }
@@ -437,6 +454,7 @@ impl Router {
             if st.removed {
                 continue;
             }
+            self.tick_policy(peer, &mut st);
             let endpoint = st.endpoint;
             if let TunnResult::WriteToNetwork(b) = st.tunn.update_timers(buf)
                 && let Some(ep) = endpoint

@@ -17,9 +17,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use boringtun::noise::Tunn;
 use ipnet::IpNet;
-use keys::PublicKey;
+use keys::{Name, PublicKey};
 use protocol::routing::RoutingTable;
 
+use super::policy::{ActivePolicy, PeerPolicyState};
 use super::{DropCounters, Router};
 
 /// Peer indices available to one process: boringtun keeps 24 bits for them.
@@ -38,12 +39,29 @@ pub struct PeerState {
     /// Set under this lock by `remove_peer`: from then on nothing is sent to or accepted
     /// from the peer, even by a batch that loaded the table before the removal.
     pub(super) removed: bool,
+    /// The policy's rules for this peer and its tracked flows, while a policy is in force.
+    pub(super) policy: Option<PeerPolicyState>,
 }
 
 /// What may change about a peer without touching its tunnel; swapped whole.
-struct PeerInfo {
-    name: Option<String>,
-    subnets: Vec<IpNet>,
+pub(super) struct PeerInfo {
+    pub(super) name: Option<String>,
+    pub(super) subnets: Vec<IpNet>,
+    /// Its name as the policy's `node:` selectors see it (`None`: not a valid node name).
+    pub(super) policy_name: Option<Name>,
+    /// Its certificate's groups (none for a static peer).
+    pub(super) groups: Vec<Name>,
+}
+
+impl PeerInfo {
+    fn new(name: Option<String>, subnets: Vec<IpNet>, groups: Vec<Name>) -> PeerInfo {
+        PeerInfo {
+            policy_name: name.as_deref().and_then(|n| Name::new(n).ok()),
+            name,
+            subnets,
+            groups,
+        }
+    }
 }
 
 /// A peer: its tunnel, counters, and what it is known as.
@@ -87,6 +105,15 @@ impl Peer {
         self.info.load().name.clone()
     }
 
+    /// Its groups (from its certificate), as the policy sees them.
+    pub fn groups(&self) -> Vec<Name> {
+        self.info.load().groups.clone()
+    }
+
+    pub(super) fn info_full(&self) -> Arc<PeerInfo> {
+        self.info.load_full()
+    }
+
     /// Whether `remove_peer` removed it (a snapshot taken before may still hold it).
     pub fn is_removed(&self) -> bool {
         self.lock().removed
@@ -104,6 +131,8 @@ pub struct PeerSpec {
     pub endpoint: Option<SocketAddr>,
     /// Routed to it, and accepted as inner sources from it.
     pub subnets: Vec<IpNet>,
+    /// Its certificate's groups, for the policy (none for a static peer).
+    pub groups: Vec<Name>,
     /// Keepalive interval in seconds; only used when the peer is added.
     pub persistent_keepalive: Option<u16>,
 }
@@ -171,6 +200,8 @@ pub struct PeerTable {
     /// This host's own subnets and addresses: the only destinations a decrypted packet
     /// may have ([`Router::set_local_networks`]).
     local: Arc<[IpNet]>,
+    /// The network policy in force ([`Router::set_policy`]); `None`: all may talk.
+    pub(super) policy: Option<Arc<ActivePolicy>>,
 }
 
 impl PeerTable {
@@ -318,15 +349,13 @@ impl Router {
             index,
             public_key: spec.public_key,
             persistent_keepalive: spec.persistent_keepalive,
-            info: ArcSwap::from_pointee(PeerInfo {
-                name: spec.name,
-                subnets,
-            }),
+            info: ArcSwap::from_pointee(PeerInfo::new(spec.name, subnets, spec.groups)),
             state: Mutex::new(PeerState {
                 tunn,
                 endpoint: spec.endpoint,
                 configured_endpoint: spec.endpoint,
                 removed: false,
+                policy: None,
             }),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
@@ -350,7 +379,7 @@ impl Router {
     ) -> Upserted {
         let info = peer.info.load_full();
         let subnets_changed = info.subnets != subnets;
-        let name_changed = info.name != spec.name;
+        let name_changed = info.name != spec.name || info.groups != spec.groups;
         let endpoint_changed = {
             let mut st = peer.lock();
             if st.configured_endpoint == spec.endpoint {
@@ -367,10 +396,8 @@ impl Router {
             }
         };
         if subnets_changed || name_changed {
-            peer.info.store(Arc::new(PeerInfo {
-                name: spec.name,
-                subnets,
-            }));
+            peer.info
+                .store(Arc::new(PeerInfo::new(spec.name, subnets, spec.groups)));
         }
         if subnets_changed {
             let mut next = current.clone();

@@ -52,6 +52,7 @@ impl Member {
                             name: Some(m.name.to_string()),
                             endpoint: m.endpoints.first().copied(),
                             subnets: m.subnets.to_vec(),
+                            groups: m.groups.to_vec(),
                             persistent_keepalive: None,
                         },
                         m.serial as u32,

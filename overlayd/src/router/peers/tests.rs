@@ -20,6 +20,7 @@ fn spec(key: &PrivateKey, name: &str, subnets: &[&str], endpoint: Option<&str>) 
         public_key: key.public_key(),
         name: Some(name.to_owned()),
         endpoint: endpoint.map(|e| e.parse().unwrap()),
+        groups: Vec::new(),
         subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
         persistent_keepalive: None,
     }
