@@ -158,6 +158,7 @@ mod tests {
             issued_at: version.map(|_| 1_000),
             rules: 2,
             tests: 1,
+            tracked_flows: 0,
             text: "[[allow]]\nfrom = [\"any\"]\nto = [\"any\"]\nports = [\"icmp\"]".to_string(),
         }
     }

@@ -320,6 +320,9 @@ pub struct PolicyShown {
     pub rules: usize,
     /// How many `[[test]]`s it passed.
     pub tests: usize,
+    /// Flows this host tracks now (over all peers).
+    #[serde(default)]
+    pub tracked_flows: u64,
     /// The file as written.
     pub text: String,
 }
