@@ -290,13 +290,7 @@ impl ControlHandle {
     }
 }
 
-/// Now, in unix seconds.
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::util::now_unix;
 
 /// The address this host is reached at: the kernel's source address towards `towards`
 /// (no packet is sent), or the first global address of an interface that is up, other than

@@ -22,8 +22,6 @@ pub mod filter;
 pub mod links;
 pub mod wire;
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +35,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde_json::{Value, json};
 
 use crate::control::View;
+use crate::util::{SocketNames, UnixSocket, lock, write_atomic};
 use book::{Book, BookError, GATEWAY_TYPE, REQUEST_ADDRESS_TYPE};
 use links::Links;
 
@@ -162,10 +161,7 @@ impl Plugin {
 
     /// What has been held since the start, while not yet reclaimed.
     fn since_start(&self) -> Option<Book> {
-        self.started_with
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.started_with).clone()
     }
 
     /// One pass of [`Plugin::reclaim_leaks`]: asks dockerd about every network held since the
@@ -179,12 +175,7 @@ impl Plugin {
             }
         }
         let mut book = self.book.lock().await;
-        let Some(before) = self
-            .started_with
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
+        let Some(before) = lock(&self.started_with).take() else {
             return Ok(());
         };
         let mut next = book.clone();
@@ -281,20 +272,8 @@ impl Plugin {
 
     /// Writes the book atomically (temporary file, fsync, rename).
     fn save(&self, book: &Book) -> Result<(), Failure> {
-        let tmp = self.state_file.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(book).map_err(|e| Failure::new(e.to_string()))?;
-        let write = || -> std::io::Result<()> {
-            let _ = std::fs::remove_file(&tmp);
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(&text)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &self.state_file)
-        };
-        write().map_err(|e| {
+        write_atomic(&self.state_file, &text).map_err(|e| {
             Failure::new(format!(
                 "overlayd cannot write {}: {e}; nothing was changed",
                 self.state_file.display()
@@ -313,12 +292,7 @@ impl Plugin {
         let out = change(&mut next)?;
         if next != *book {
             self.save(&next)?;
-            if let Some(since) = self
-                .started_with
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_mut()
-            {
+            if let Some(since) = lock(&self.started_with).as_mut() {
                 since.retain_in(&next);
             }
             *book = next;
@@ -654,61 +628,40 @@ async fn dispatch(State(plugin): State<Arc<Plugin>>, uri: Uri, body: Bytes) -> R
     }
 }
 
+/// How errors name the plugin socket; its folder is made 0755 (dockerd looks there).
+const PLUGIN_SOCKET: SocketNames = SocketNames {
+    folder_mode: 0o755,
+    folder: "the Docker plugin folder",
+    socket: "the Docker plugin socket",
+    stale: "the stale plugin socket",
+    restrict: "",
+    busy: |path| {
+        format!(
+            "another process is already serving the Docker plugin socket {}; stop it or set [docker] socket",
+            path.display()
+        )
+    },
+};
+
 /// A bound plugin socket; removes its file when dropped.
-pub struct PluginSocket {
-    listener: Option<tokio::net::UnixListener>,
-    path: PathBuf,
-}
+pub struct PluginSocket(UnixSocket);
 
 impl PluginSocket {
     /// Binds `path` (0600; its folder is made 0755 if missing). Refuses when something
     /// answers on it; removes a stale socket left by a crash (dockerd would otherwise stall
     /// on it).
     pub fn bind(path: &Path) -> anyhow::Result<PluginSocket> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        if let Some(dir) = path.parent()
-            && !dir.exists()
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .with_context(|| {
-                    format!("cannot create the Docker plugin folder {}", dir.display())
-                })?;
-        }
-        if path.exists() {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                anyhow::bail!(
-                    "another process is already serving the Docker plugin socket {}; stop it or set [docker] socket",
-                    path.display()
-                );
-            }
-            std::fs::remove_file(path).with_context(|| {
-                format!("cannot remove the stale plugin socket {}", path.display())
-            })?;
-        }
-        let listener = tokio::net::UnixListener::bind(path)
-            .with_context(|| format!("cannot bind the Docker plugin socket {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot restrict {} to root", path.display()))?;
-        Ok(PluginSocket {
-            listener: Some(listener),
-            path: path.to_owned(),
-        })
+        UnixSocket::bind(path, &PLUGIN_SOCKET).map(PluginSocket)
     }
 
     /// Serves `plugin` in a task; the returned guard stops it and removes the socket.
     pub fn serve(mut self, plugin: Plugin) -> anyhow::Result<Served> {
-        let listener = self
-            .listener
-            .take()
-            .context("plugin socket already served")?;
+        let listener = self.0.take_listener("plugin socket")?;
         let plugin = Arc::new(plugin);
         let app = axum::Router::new()
             .fallback(dispatch)
             .with_state(plugin.clone());
-        let path = self.path.clone();
+        let path = self.0.path().to_owned();
         let task = tokio::spawn(async move {
             plugin.restore().await;
             let serve = async {
@@ -723,12 +676,6 @@ impl PluginSocket {
             task,
             _socket: self,
         })
-    }
-}
-
-impl Drop for PluginSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
