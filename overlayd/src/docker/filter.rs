@@ -28,27 +28,15 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ipnet::Ipv4Net;
 
-use super::book::Forward;
+use super::book::{Forward, Isolated};
 
 /// The nftables table (family `inet`) that holds the rules; nothing else touches it.
 pub const TABLE: &str = "overlayd_docker";
-/// Prefix of every plugin bridge (see `book::Network::bridge`).
+/// Prefix of every plugin bridge (see [`super::book::Network::bridge`]).
 pub const BRIDGE_PREFIX: &str = "ovdb";
 /// Longest an `nft` run may take.
 const NFT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One network as the rules see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Isolated {
-    /// The network's bridge.
-    pub bridge: String,
-    /// Its range of the overlay: what its containers may talk to through the TUN.
-    pub range: Ipv4Net,
-    /// Its slice: its containers' addresses, masqueraded on the way out of the host.
-    pub slice: Ipv4Net,
-}
 
 /// The `nft -f` script that makes the table hold exactly the rules for `networks` (`tun`:
 /// the TUN's name), or removes the table when there are none. Creating the table before
@@ -163,6 +151,7 @@ pub async fn apply(script: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::docker::book::{Proto, Published};
 
     #[test]
     fn ruleset_keeps_each_network_to_its_range_and_its_bridge() {
@@ -178,9 +167,9 @@ mod tests {
                 slice: "10.43.7.0/24".parse().unwrap(),
             },
         ];
-        let forwards = [super::super::book::Forward {
-            published: super::super::book::Published {
-                proto: super::super::book::Proto::Tcp,
+        let forwards = [Forward {
+            published: Published {
+                proto: Proto::Tcp,
                 host_ip: Some("198.18.0.11".parse().unwrap()),
                 host_port: 8080,
                 port: 5000,
