@@ -47,11 +47,7 @@ pub fn ruleset(tun: &str, networks: &[Isolated], forwards: &[Forward]) -> String
         return s;
     }
     let _ = writeln!(s, "table inet {TABLE} {{");
-    let _ = writeln!(s, "\tchain forward {{");
-    let _ = writeln!(
-        s,
-        "\t\ttype filter hook forward priority filter; policy accept;"
-    );
+    open_chain(&mut s, "forward", "filter hook forward priority filter");
     for n in networks {
         let (b, r) = (&n.bridge, n.range);
         let _ = writeln!(s, "\t\t# bridge {b}, range {r}");
@@ -77,11 +73,7 @@ pub fn ruleset(tun: &str, networks: &[Isolated], forwards: &[Forward]) -> String
         );
     }
     let _ = writeln!(s, "\t}}");
-    let _ = writeln!(s, "\tchain egress {{");
-    let _ = writeln!(
-        s,
-        "\t\ttype nat hook postrouting priority srcnat; policy accept;"
-    );
+    open_chain(&mut s, "egress", "nat hook postrouting priority srcnat");
     for n in networks {
         let (b, slice) = (&n.bridge, n.slice);
         let _ = writeln!(
@@ -91,11 +83,10 @@ pub fn ruleset(tun: &str, networks: &[Isolated], forwards: &[Forward]) -> String
     }
     let _ = writeln!(s, "\t}}");
     for (chain, hook) in [
-        ("publish", "prerouting priority dstnat"),
-        ("publish_local", "output priority -100"),
+        ("publish", "nat hook prerouting priority dstnat"),
+        ("publish_local", "nat hook output priority -100"),
     ] {
-        let _ = writeln!(s, "\tchain {chain} {{");
-        let _ = writeln!(s, "\t\ttype nat hook {hook}; policy accept;");
+        open_chain(&mut s, chain, hook);
         for f in forwards {
             let p = f.published;
             let host = p
@@ -114,6 +105,13 @@ pub fn ruleset(tun: &str, networks: &[Isolated], forwards: &[Forward]) -> String
     }
     let _ = writeln!(s, "}}");
     s
+}
+
+/// Opens chain `name` of type and hook `hook` (`nat hook output priority -100`), policy
+/// accept.
+fn open_chain(s: &mut String, name: &str, hook: &str) {
+    let _ = writeln!(s, "\tchain {name} {{");
+    let _ = writeln!(s, "\t\ttype {hook}; policy accept;");
 }
 
 /// Runs `nft -f -` with `script` on standard input (bounded by a few seconds).

@@ -113,10 +113,9 @@ impl Book {
         address: &str,
         gateway: bool,
     ) -> Result<Ipv4Net, BookError> {
-        let pool = self
-            .pools
-            .get_mut(pool_id)
-            .ok_or_else(|| BookError::unknown("pool", pool_id))?;
+        let Some(pool) = self.pools.get_mut(pool_id) else {
+            return Err(BookError::unknown("pool", pool_id));
+        };
         let slice = pool.slice;
         let gw = gateway_of(slice);
         let wanted = if address.is_empty() {
