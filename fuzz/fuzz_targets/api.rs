@@ -4,10 +4,11 @@
 //! The first byte picks the route: `init`, `tokens`, `join` or `revoke`; the rest is the
 //! body. overlayd's handlers (overlayd/src/api.rs) only parse the body and pass it to the
 //! control plane, whose `init` and `join` are private and write the state directory, so
-//! this target runs the same pure steps through the public functions they call: names
-//! (`keys::Name`), the network's ranges (`admin::check_ranges`), the first subnet
-//! (`admin::Issuer::allocate`) and the certificate (`Issuer::issue`) for `init`; the
-//! token text for `join`.
+//! this target runs the same pure steps through the public functions they call: for `init`
+//! its own checks of the names, the ranges and the subnet prefix
+//! (`control::InitPlan::check`), its issuer (`InitPlan::issuer`), the first subnet
+//! (`admin::Issuer::allocate`) and the certificate (`Issuer::issue`); the token text for
+//! `join`.
 //!
 //! Checked: nothing panics; a body that parses survives serde_json unchanged; what `init`
 //! would make is consistent: one subnet per range, each of the asked prefix length and
@@ -17,7 +18,7 @@
 use keys::{JoinToken, Name};
 use libfuzzer_sys::fuzz_target;
 use overlay_fuzz::{NOW, fixture};
-use overlayd::control::admin::{Issuer, check_ranges};
+use overlayd::control::InitPlan;
 use overlayd::control::state::AdminState;
 use protocol::api::{InitRequest, JoinRequest, RevokeRequest, TokenRequest};
 
@@ -30,46 +31,32 @@ where
     assert_eq!(&back, value, "a request changed through JSON");
 }
 
-/// The control plane's `init` (overlayd/src/control/mod.rs), minus the state directory.
+/// The control plane's `init` (overlayd/src/control/mod.rs), minus the state directory:
+/// its checks (`InitPlan::check`) and its issuer, then what it allocates and certifies.
 fn init(req: &InitRequest) {
-    let (Ok(network), Ok(node)) = (
-        Name::new(req.network.as_str()),
-        Name::new(req.name.as_str()),
-    ) else {
+    let Ok(plan) = InitPlan::check(req) else {
         return;
     };
-    let cidr = req.cidr.trunc();
-    let prefix = req
-        .subnet_prefix
-        .unwrap_or(if cidr.addr().is_ipv4() { 24 } else { 64 });
-    if prefix <= cidr.prefix_len() || prefix > cidr.max_prefix_len() {
-        return;
-    }
-    let Ok(ranges) = check_ranges(cidr, &req.ranges) else {
-        return;
-    };
+    let (cidr, prefix) = (plan.cidr, plan.subnet_prefix);
     let ca = &fixture().ca;
-    let issuer = Issuer {
-        ca,
-        network: &network,
-        cidr,
-        ranges: &ranges,
-        subnet_prefix: prefix,
-        certificate_days: 365,
-    };
-    let empty = protocol::records::Directory::new(ca.verifying_key(), network.clone());
-    let Ok(subnets) = issuer.allocate(&AdminState::default(), &empty, &node, req.subnet) else {
+    let issuer = plan.issuer(ca, 365);
+    let empty = protocol::records::Directory::new(ca.verifying_key(), plan.network.clone());
+    let Ok(subnets) = issuer.allocate(&AdminState::default(), &empty, &plan.node, req.subnet)
+    else {
         return;
     };
-    assert_eq!(subnets.len(), 1 + ranges.len(), "one subnet per range");
-    for (subnet, range) in subnets.iter().zip(std::iter::once(&cidr).chain(&ranges)) {
+    assert_eq!(subnets.len(), 1 + plan.ranges.len(), "one subnet per range");
+    for (subnet, range) in subnets
+        .iter()
+        .zip(std::iter::once(&cidr).chain(&plan.ranges))
+    {
         assert_eq!(subnet.prefix_len(), prefix, "{subnet} is not a /{prefix}");
         assert!(range.contains(subnet), "{subnet} is outside {range}");
     }
     let key = overlay_fuzz::signing_key(9);
     let certificate = issuer
         .issue(
-            &node,
+            &plan.node,
             overlay_fuzz::wireguard_key(9).public_key(),
             key.verifying_key(),
             subnets.clone(),

@@ -3,9 +3,11 @@
 //! minus the links, nft and the state file.
 //!
 //! The input is a sequence of calls (two-byte length, then a method byte and the JSON
-//! body); each is parsed as `Plugin::call` parses it (an all-whitespace body is the
-//! default request) and applied to one book that starts empty, on a host whose slice is
-//! 10.42.7.0/24 of the range 10.42.0.0/16.
+//! body); each is parsed by the plugin's own dispatch (`docker::call::Call::parse`, which
+//! `Plugin::call` runs first) and applied to one book that starts empty, on a host whose
+//! slice is 10.42.7.0/24 of the range 10.42.0.0/16: IPAM calls through `Ipam::apply`, as
+//! the plugin does; network and endpoint calls through the book's checks and records,
+//! which the plugin runs around its netlink work.
 //!
 //! Checked: nothing panics; an address handed out is inside its pool's slice, neither its
 //! network, gateway nor broadcast address, and never handed out twice while held; an
@@ -20,19 +22,27 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use libfuzzer_sys::fuzz_target;
 use overlay_fuzz::long_chunks;
-use overlayd::docker::book::{self, Book, GATEWAY_TYPE, REQUEST_ADDRESS_TYPE};
-use overlayd::docker::{filter, wire};
-use serde_json::Value;
+use overlayd::docker::book::{self, Book};
+use overlayd::docker::call::{self, Call, Ipam, IpamAnswer};
+use overlayd::docker::filter;
 
 const MTU: u16 = 1420;
 
-/// `Plugin::call`'s parse: an empty or all-whitespace body is the default request.
-fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Option<T> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Some(T::default());
-    }
-    serde_json::from_slice(body).ok()
-}
+/// The calls the first byte of each picks (modulo 11), numbered as `examples/seeds.rs` and
+/// the corpus number them: the ones that reach the book.
+const METHODS: [&str; 11] = [
+    "IpamDriver.RequestPool",
+    "IpamDriver.ReleasePool",
+    "IpamDriver.RequestAddress",
+    "IpamDriver.ReleaseAddress",
+    "NetworkDriver.CreateNetwork",
+    "NetworkDriver.DeleteNetwork",
+    "NetworkDriver.CreateEndpoint",
+    "NetworkDriver.DeleteEndpoint",
+    "NetworkDriver.ProgramExternalConnectivity",
+    "NetworkDriver.RevokeExternalConnectivity",
+    "NetworkDriver.Join",
+];
 
 fn is_link_name(name: &str, prefix: &str) -> bool {
     name.len() <= 15
@@ -109,144 +119,64 @@ fuzz_target!(|data: &[u8]| {
         let Some((&method, body)) = call.split_first() else {
             continue;
         };
-        match method % 11 {
-            0 => {
-                let Some(req) = parse::<wire::RequestPool>(body) else {
-                    continue;
-                };
-                let options: Vec<String> =
-                    req.options.iter().flat_map(|o| o.keys().cloned()).collect();
-                let _ = book.request_pool(
-                    Some(&slices),
-                    &ranges,
-                    &req.pool,
-                    &req.sub_pool,
-                    req.v6,
-                    &options,
-                );
-            }
-            1 => {
-                let Some(req) = parse::<wire::ReleasePool>(body) else {
-                    continue;
-                };
-                book.release_pool(&req.pool_id);
-                held.retain(|(p, _)| *p != req.pool_id);
-            }
-            2 => {
-                let Some(req) = parse::<wire::AddressRequest>(body) else {
-                    continue;
-                };
-                let gateway = req
-                    .options
-                    .as_ref()
-                    .and_then(|o| o.get(REQUEST_ADDRESS_TYPE))
-                    .and_then(Value::as_str)
-                    == Some(GATEWAY_TYPE);
-                if let Ok(a) = book.request_address(&req.pool_id, &req.address, gateway)
-                    && !gateway
-                {
-                    assert!(
-                        held.insert((req.pool_id.clone(), a.addr())),
+        let Ok(call) = Call::parse(METHODS[usize::from(method) % METHODS.len()], body) else {
+            continue;
+        };
+        match call {
+            Call::Ipam(ipam) => {
+                let answer = ipam.apply(&mut book, Some(&slices), &ranges);
+                match (&ipam, answer) {
+                    (Ipam::ReleasePool { pool_id }, _) => held.retain(|(p, _)| p != pool_id),
+                    (
+                        Ipam::RequestAddress {
+                            pool_id,
+                            gateway: false,
+                            ..
+                        },
+                        Ok(IpamAnswer::Address(a)),
+                    ) => assert!(
+                        held.insert((pool_id.clone(), a.addr())),
                         "{} handed out twice",
                         a.addr()
-                    );
+                    ),
+                    (Ipam::ReleaseAddress { pool_id, address }, _) => {
+                        let plain = address.split('/').next().unwrap_or(address);
+                        if let Ok(a) = plain.parse::<Ipv4Addr>() {
+                            held.remove(&(pool_id.clone(), a));
+                        }
+                    }
+                    _ => {}
                 }
             }
-            3 => {
-                let Some(req) = parse::<wire::AddressRequest>(body) else {
-                    continue;
-                };
-                book.release_address(&req.pool_id, &req.address);
-                let plain = req.address.split('/').next().unwrap_or(&req.address);
-                if let Ok(a) = plain.parse::<Ipv4Addr>() {
-                    held.remove(&(req.pool_id.clone(), a));
-                }
-            }
-            4 => {
-                let Some(req) = parse::<wire::CreateNetwork>(body) else {
-                    continue;
-                };
-                let (options, ipv6) = wire::generic_options(&req);
-                let ipv6 = ipv6 || req.ipv6_data.as_ref().is_some_and(|d| !d.is_empty());
-                let pools: Vec<(String, String)> = req
-                    .ipv4_data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|d| (d.pool, d.gateway))
-                    .collect();
-                if let Ok(n) = book.check_network(&req.network_id, &pools, ipv6, &options, MTU) {
+            Call::CreateNetwork(req) => {
+                if let Ok(n) = req.check(&book, MTU) {
                     assert!((book::MIN_MTU..=MTU).contains(&n.mtu), "mtu {}", n.mtu);
                     book.add_network(&req.network_id, n);
                 }
             }
-            5 => {
-                let Some(req) = parse::<wire::NetworkRef>(body) else {
-                    continue;
-                };
+            Call::DeleteNetwork(req) => {
                 book.remove_network(&req.network_id);
             }
-            6 => {
-                let Some(req) = parse::<wire::CreateEndpoint>(body) else {
-                    continue;
-                };
-                let interface = req.interface.unwrap_or_default();
-                if !interface.address_ipv6.is_empty() {
-                    continue;
-                }
-                if let Ok(e) =
-                    book.check_endpoint(&req.network_id, &req.endpoint_id, &interface.address)
-                {
+            Call::CreateEndpoint(req) => {
+                if let Ok(e) = req.check(&book) {
                     book.add_endpoint(&req.endpoint_id, e);
                 }
             }
-            7 => {
-                let Some(req) = parse::<wire::NetworkRef>(body) else {
-                    continue;
-                };
+            Call::DeleteEndpoint(req) => {
                 book.remove_endpoint(&req.endpoint_id);
             }
-            8 => {
-                let Some(req) = parse::<wire::NetworkRef>(body) else {
-                    continue;
-                };
-                let raw: Value = parse::<Option<Value>>(body)
-                    .flatten()
-                    .unwrap_or(Value::Null);
-                let bindings: Vec<book::PortBinding> =
-                    match raw.pointer("/Options/com.docker.network.portmap") {
-                        None | Some(Value::Null) => Vec::new(),
-                        Some(v) => match serde_json::from_value(v.clone()) {
-                            Ok(b) => b,
-                            Err(_) => continue,
-                        },
-                    };
-                if bindings.is_empty() {
-                    book.unpublish(&req.endpoint_id);
-                } else {
-                    let _ = book.publish(&req.network_id, &req.endpoint_id, &bindings);
+            Call::Publish(req, bindings) => {
+                let _ = book.publish(&req.network_id, &req.endpoint_id, &bindings);
+            }
+            Call::Join(req) => {
+                if let Ok(answer) = call::join(&book, &req) {
+                    let _ = serde_json::to_value(answer);
                 }
             }
-            9 => {
-                let Some(req) = parse::<wire::NetworkRef>(body) else {
-                    continue;
-                };
-                book.unpublish(&req.endpoint_id);
+            Call::EndpointOperInfo(req) => {
+                let _ = book.endpoint(&req.network_id, &req.endpoint_id);
             }
-            _ => {
-                let Some(req) = parse::<wire::NetworkRef>(body) else {
-                    continue;
-                };
-                if let Ok(e) = book.endpoint(&req.network_id, &req.endpoint_id) {
-                    let _ = serde_json::to_value(wire::JoinResponse {
-                        interface_name: wire::InterfaceName {
-                            src_name: e.container_veth.clone(),
-                            dst_prefix: "eth".into(),
-                        },
-                        gateway: String::new(),
-                        disable_gateway_service: true,
-                    });
-                }
-            }
+            Call::Fixed(_) => {}
         }
         check(&book, &held);
     }

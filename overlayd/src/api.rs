@@ -16,7 +16,7 @@
 //! `tokens`, the body of `join`): the types hold it zeroized on drop, and the answer's body
 //! buffer is zeroized too, once sent.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,6 +42,7 @@ use zeroize::Zeroizing;
 
 use crate::datapath::udp::Udp;
 use crate::router::Router;
+use crate::util::{SocketNames, UnixSocket};
 
 /// What the API reads.
 pub struct ApiState {
@@ -244,54 +245,29 @@ async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
     Json(list)
 }
 
-/// A bound API socket; removes its file when dropped.
-pub struct ApiSocket {
-    listener: Option<tokio::net::UnixListener>,
-    path: PathBuf,
-}
+/// How errors name the API socket; its folder is made 0700.
+const API_SOCKET: SocketNames = SocketNames {
+    folder_mode: 0o700,
+    folder: "the API socket folder",
+    socket: "the API socket",
+    stale: "the stale API socket",
+    restrict: "the API socket ",
+    busy: |path| {
+        format!(
+            "another overlayd is already serving {}; stop it first or set api_socket to another path",
+            path.display()
+        )
+    },
+};
 
-impl Drop for ApiSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
+/// A bound API socket; removes its file when dropped.
+pub struct ApiSocket(UnixSocket);
 
 impl ApiSocket {
     /// Binds `path` (0600; its folder is created 0700 if missing). Refuses when another
     /// daemon answers on it; removes a stale socket file left by a crash.
     pub fn bind(path: &Path) -> anyhow::Result<ApiSocket> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        if let Some(dir) = path.parent()
-            && !dir.exists()
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| {
-                    format!("cannot create the API socket folder {}", dir.display())
-                })?;
-        }
-        if path.exists() {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                anyhow::bail!(
-                    "another overlayd is already serving {}; stop it first or set api_socket to another path",
-                    path.display()
-                );
-            }
-            std::fs::remove_file(path).with_context(|| {
-                format!("cannot remove the stale API socket {}", path.display())
-            })?;
-        }
-        let listener = tokio::net::UnixListener::bind(path)
-            .with_context(|| format!("cannot bind the API socket {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(
-            || format!("cannot restrict the API socket {} to root", path.display()),
-        )?;
-        Ok(ApiSocket {
-            listener: Some(listener),
-            path: path.to_owned(),
-        })
+        UnixSocket::bind(path, &API_SOCKET).map(ApiSocket)
     }
 
     /// Serves the API until `shutdown` completes.
@@ -309,7 +285,7 @@ impl ApiSocket {
             .route(REVOKE_PATH, post(revoke))
             .route(LEAVE_PATH, post(leave))
             .with_state(state);
-        let listener = self.listener.take().context("API socket already served")?;
+        let listener = self.0.take_listener("API socket")?;
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await

@@ -4,8 +4,8 @@
 //! Seams: [`router`] is the I/O-free tunnel logic; [`datapath`] the threads that move
 //! batches between the TUN and the UDP socket ([`datapath::udp`] the batched socket calls);
 //! [`netlink`] routes; [`api`] the local API; [`docker`] the Docker network and IPAM plugin;
-//! [`config`] the file; [`address`] which overlay address this host takes. [`run`] wires
-//! them.
+//! [`config`] the file; [`address`] which overlay address this host takes; [`util`] the
+//! small effects they share (atomic writes, unix sockets, the clock). [`run`] wires them.
 
 pub mod address;
 pub mod api;
@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod netlink;
 pub mod router;
+pub mod util;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -290,13 +290,7 @@ impl ControlHandle {
     }
 }
 
-/// Now, in unix seconds.
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::util::now_unix;
 
 /// The address this host is reached at: the kernel's source address towards `towards`
 /// (no packet is sent), or the first global address of an interface that is up, other than
@@ -457,22 +451,72 @@ fn name(text: &str, what: &str) -> Result<Name, ApiFailure> {
     Name::new(text).map_err(|e| ApiFailure::bad(format!("{what} {text:?}: {e}")))
 }
 
+/// What `init` makes, checked before anything is made or written: the names, the main
+/// range, its extra ranges and the prefix of member subnets. Pure (the `api` fuzz target
+/// runs it as `init` does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitPlan {
+    /// The network's name.
+    pub network: Name,
+    /// This host's name.
+    pub node: Name,
+    /// The main range, host bits cleared.
+    pub cidr: IpNet,
+    /// The extra ranges, checked by [`admin::check_ranges`].
+    pub ranges: Vec<IpNet>,
+    /// Prefix length of member subnets.
+    pub subnet_prefix: u8,
+}
+
+impl InitPlan {
+    /// Checks an `init` request; a refusal is a 400 that says what to change.
+    pub fn check(req: &InitRequest) -> Result<InitPlan, ApiFailure> {
+        let network = name(&req.network, "network name")?;
+        let node = name(&req.name, "node name")?;
+        let cidr = req.cidr.trunc();
+        let prefix = req
+            .subnet_prefix
+            .unwrap_or(if cidr.addr().is_ipv4() { 24 } else { 64 });
+        if prefix <= cidr.prefix_len() || prefix > cidr.max_prefix_len() {
+            return Err(ApiFailure::bad(format!(
+                "subnet prefix /{prefix} must be longer than the network's /{} and at most /{}",
+                cidr.prefix_len(),
+                cidr.max_prefix_len()
+            )));
+        }
+        let ranges = admin::check_ranges(cidr, &req.ranges).map_err(|e| ApiFailure::bad(e.0))?;
+        Ok(InitPlan {
+            network,
+            node,
+            cidr,
+            ranges,
+            subnet_prefix: prefix,
+        })
+    }
+
+    /// The new network's certificate issuer, holding `ca`.
+    pub fn issuer<'a>(&'a self, ca: &'a CaKey, certificate_days: u32) -> Issuer<'a> {
+        Issuer {
+            ca,
+            network: &self.network,
+            cidr: self.cidr,
+            ranges: &self.ranges,
+            subnet_prefix: self.subnet_prefix,
+            certificate_days,
+        }
+    }
+}
+
 /// Makes a network with this host as its first member and admin.
 fn init(ctx: &Ctx, req: InitRequest) -> Result<(), ApiFailure> {
-    let network = name(&req.network, "network name")?;
-    let node = name(&req.name, "node name")?;
-    let cidr = req.cidr.trunc();
-    let prefix = req
-        .subnet_prefix
-        .unwrap_or(if cidr.addr().is_ipv4() { 24 } else { 64 });
-    if prefix <= cidr.prefix_len() || prefix > cidr.max_prefix_len() {
-        return Err(ApiFailure::bad(format!(
-            "subnet prefix /{prefix} must be longer than the network's /{} and at most /{}",
-            cidr.prefix_len(),
-            cidr.max_prefix_len()
-        )));
-    }
-    let ranges = admin::check_ranges(cidr, &req.ranges).map_err(|e| ApiFailure::bad(e.0))?;
+    let plan = InitPlan::check(&req)?;
+    let InitPlan {
+        network,
+        node,
+        cidr,
+        ranges,
+        subnet_prefix: prefix,
+    } = &plan;
     let internal = |e: anyhow::Error| ApiFailure::internal(format!("{e:#}"));
     let control_key = ctx.state.control_key().map_err(internal)?;
     let ca = CaKey::generate();
@@ -480,22 +524,15 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(), ApiFailure> {
         next_serial: 1,
         ..AdminState::default()
     };
-    let issuer = Issuer {
-        ca: &ca,
-        network: &network,
-        cidr,
-        ranges: &ranges,
-        subnet_prefix: prefix,
-        certificate_days: ctx.config.control.certificate_days,
-    };
+    let issuer = plan.issuer(&ca, ctx.config.control.certificate_days);
     let empty = protocol::records::Directory::new(ca.verifying_key(), network.clone());
     let subnets = issuer
-        .allocate(&admin, &empty, &node, req.subnet)
+        .allocate(&admin, &empty, node, req.subnet)
         .map_err(|e| ApiFailure::bad(e.0))?;
     let (wireguard_key, now) = (ctx.config.private_key.public_key(), now_unix());
     let certificate = issuer
         .issue(
-            &node,
+            node,
             wireguard_key,
             control_key.verifying_key(),
             subnets.clone(),
@@ -504,16 +541,16 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(), ApiFailure> {
             now,
         )
         .map_err(|e| ApiFailure::internal(e.0))?;
-    issuer.remember(&mut admin, &node, wireguard_key, subnets[0], 1, now);
+    issuer.remember(&mut admin, node, wireguard_key, subnets[0], 1, now);
     ctx.state.save_ca_key(&ca).map_err(internal)?;
     ctx.state.save_admin(&admin).map_err(internal)?;
     ctx.state.save_directory(&empty).map_err(internal)?;
     ctx.state
         .save_network(&NetworkState {
             network: network.clone(),
-            cidr,
+            cidr: *cidr,
             ranges: ranges.clone(),
-            subnet_prefix: prefix,
+            subnet_prefix: *prefix,
             ca: ca.verifying_key(),
             certificate,
             generation: 0,

@@ -21,9 +21,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -33,6 +32,7 @@ use protocol::records::Directory;
 use serde::{Deserialize, Serialize};
 
 use crate::UsageError;
+use crate::util::{now_unix, tmp_path, write_atomic};
 
 /// This host's membership, as persisted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -243,7 +243,9 @@ impl StateDir {
     pub fn forget_network(&self) -> anyhow::Result<Option<PathBuf>> {
         let archived = self.archive_admin()?;
         for name in [DIRECTORY, CA_KEY, ADMIN, CONTROL_KEY, NETWORK] {
-            for path in [self.path(name), self.path(&format!("{name}.tmp"))] {
+            let path = self.path(name);
+            let tmp = tmp_path(&path);
+            for path in [path, tmp] {
                 match fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -269,7 +271,7 @@ impl StateDir {
             .recursive(true)
             .create(&former)
             .with_context(|| format!("cannot make {}", former.display()))?;
-        let stamp = super::now_unix();
+        let stamp = now_unix();
         let key = former.join(format!("ca-{stamp}.key"));
         fs::rename(&ca, &key)
             .with_context(|| format!("cannot move {} to {}", ca.display(), key.display()))?;
@@ -299,21 +301,10 @@ impl StateDir {
 
     fn write_json<T: Serialize>(&self, name: &str, value: &T) -> anyhow::Result<()> {
         let path = self.path(name);
-        let tmp = self.path(&format!("{name}.tmp"));
-        let text = serde_json::to_string_pretty(value).context("cannot encode state")?;
-        let write = || -> std::io::Result<()> {
-            let _ = fs::remove_file(&tmp);
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().with_context(|| format!("cannot write {}", path.display()))
+        let mut text = serde_json::to_string_pretty(value).context("cannot encode state")?;
+        text.push('\n');
+        write_atomic(&path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 }
 

@@ -28,27 +28,15 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ipnet::Ipv4Net;
 
-use super::book::Forward;
+use super::book::{Forward, Isolated};
 
 /// The nftables table (family `inet`) that holds the rules; nothing else touches it.
 pub const TABLE: &str = "overlayd_docker";
-/// Prefix of every plugin bridge (see `book::Network::bridge`).
+/// Prefix of every plugin bridge (see [`super::book::Network::bridge`]).
 pub const BRIDGE_PREFIX: &str = "ovdb";
 /// Longest an `nft` run may take.
 const NFT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One network as the rules see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Isolated {
-    /// The network's bridge.
-    pub bridge: String,
-    /// Its range of the overlay: what its containers may talk to through the TUN.
-    pub range: Ipv4Net,
-    /// Its slice: its containers' addresses, masqueraded on the way out of the host.
-    pub slice: Ipv4Net,
-}
 
 /// The `nft -f` script that makes the table hold exactly the rules for `networks` (`tun`:
 /// the TUN's name), or removes the table when there are none. Creating the table before
@@ -59,11 +47,7 @@ pub fn ruleset(tun: &str, networks: &[Isolated], forwards: &[Forward]) -> String
         return s;
     }
     let _ = writeln!(s, "table inet {TABLE} {{");
-    let _ = writeln!(s, "\tchain forward {{");
-    let _ = writeln!(
-        s,
-        "\t\ttype filter hook forward priority filter; policy accept;"
-    );
+    open_chain(&mut s, "forward", "filter hook forward priority filter");
     for n in networks {
         let (b, r) = (&n.bridge, n.range);
         let _ = writeln!(s, "\t\t# bridge {b}, range {r}");
@@ -89,11 +73,7 @@ pub fn ruleset(tun: &str, networks: &[Isolated], forwards: &[Forward]) -> String
         );
     }
     let _ = writeln!(s, "\t}}");
-    let _ = writeln!(s, "\tchain egress {{");
-    let _ = writeln!(
-        s,
-        "\t\ttype nat hook postrouting priority srcnat; policy accept;"
-    );
+    open_chain(&mut s, "egress", "nat hook postrouting priority srcnat");
     for n in networks {
         let (b, slice) = (&n.bridge, n.slice);
         let _ = writeln!(
@@ -103,11 +83,10 @@ pub fn ruleset(tun: &str, networks: &[Isolated], forwards: &[Forward]) -> String
     }
     let _ = writeln!(s, "\t}}");
     for (chain, hook) in [
-        ("publish", "prerouting priority dstnat"),
-        ("publish_local", "output priority -100"),
+        ("publish", "nat hook prerouting priority dstnat"),
+        ("publish_local", "nat hook output priority -100"),
     ] {
-        let _ = writeln!(s, "\tchain {chain} {{");
-        let _ = writeln!(s, "\t\ttype nat hook {hook}; policy accept;");
+        open_chain(&mut s, chain, hook);
         for f in forwards {
             let p = f.published;
             let host = p
@@ -126,6 +105,13 @@ pub fn ruleset(tun: &str, networks: &[Isolated], forwards: &[Forward]) -> String
     }
     let _ = writeln!(s, "}}");
     s
+}
+
+/// Opens chain `name` of type and hook `hook` (`nat hook output priority -100`), policy
+/// accept.
+fn open_chain(s: &mut String, name: &str, hook: &str) {
+    let _ = writeln!(s, "\tchain {name} {{");
+    let _ = writeln!(s, "\t\ttype {hook}; policy accept;");
 }
 
 /// Runs `nft -f -` with `script` on standard input (bounded by a few seconds).
@@ -163,6 +149,7 @@ pub async fn apply(script: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::docker::book::{Proto, Published};
 
     #[test]
     fn ruleset_keeps_each_network_to_its_range_and_its_bridge() {
@@ -178,9 +165,9 @@ mod tests {
                 slice: "10.43.7.0/24".parse().unwrap(),
             },
         ];
-        let forwards = [super::super::book::Forward {
-            published: super::super::book::Published {
-                proto: super::super::book::Proto::Tcp,
+        let forwards = [Forward {
+            published: Published {
+                proto: Proto::Tcp,
                 host_ip: Some("198.18.0.11".parse().unwrap()),
                 host_port: 8080,
                 port: 5000,

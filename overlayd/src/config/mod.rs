@@ -1,0 +1,271 @@
+//! `overlayd`'s TOML configuration: parsed into typed values, validated as a whole before
+//! the daemon touches the system, and printable with secrets redacted.
+//!
+//! Validation refuses, with one sentence naming the problem: unknown keys, malformed keys,
+//! a private key file readable by group or others, subnets claimed by two peers or by a
+//! peer and this host, a peer with this host's own key, and out-of-range values.
+//!
+//! - `raw`: the file as written (serde, `deny_unknown_fields`, defaults).
+//! - `validate`: the checks that make a [`Config`] of it ([`Config::parse`]).
+//! - `print`: the redacted TOML `overlayd --check-config` prints ([`Config::redacted`]).
+//! - here: the validated types.
+
+mod print;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use keys::{PrivateKey, PublicKey};
+use serde::Deserialize;
+
+/// Default UDP port, WireGuard's.
+pub const DEFAULT_LISTEN_PORT: u16 = 51820;
+/// Default TUN MTU: 1500 minus the outer IPv6 (40), UDP (8) and WireGuard (32) headers.
+pub const DEFAULT_MTU: u16 = 1420;
+/// Default TUN name.
+pub const DEFAULT_TUN_NAME: &str = "ovl0";
+/// Default state directory (network membership, control key, CA key on admins).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/overlayd";
+/// Default UDP port of the control plane (QUIC).
+pub const DEFAULT_CONTROL_PORT: u16 = 51821;
+/// Default socket of the Docker plugin: dockerd finds plugin `overlayd` there.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker/plugins/overlayd.sock";
+/// Default socket of dockerd's API (asked what leaked while the plugin was down).
+pub const DEFAULT_DOCKERD_SOCKET: &str = "/var/run/docker.sock";
+
+/// Errors in a configuration file. Each is one sentence naming the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, a wrong type, or a malformed value.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, flattened to one line.
+        message: String,
+    },
+    /// The private key file is missing, unreadable, too open or not a key.
+    #[error("config {path}: {source}")]
+    Key {
+        /// The config file.
+        path: PathBuf,
+        /// The key file problem.
+        source: keys::KeyError,
+    },
+    /// A value that parses but cannot work.
+    #[error("config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// The control plane's settings (`[control]`): where it listens, the address it tells
+/// other members, and its timings. The timings default to memberlist's LAN profile, made
+/// for clusters of up to a few hundred hosts on one site; the comments say what each
+/// trades.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Control {
+    /// UDP port of the control plane (QUIC): gossip, full syncs, joins.
+    pub listen_port: u16,
+    /// The underlay address other members reach this host at; default: the source
+    /// address the kernel picks towards the bootstrap host (on `init`: the first global
+    /// address of this host).
+    pub advertise: Option<IpAddr>,
+    /// How often each member probes one other (SWIM). Shorter: a crash is suspected
+    /// sooner; every member sends a ping and gets an ack per period.
+    pub probe_period_ms: u64,
+    /// How long a direct probe waits for its ack before asking others to probe
+    /// indirectly. Must cover the underlay's round trip; below `probe_period_ms`.
+    pub probe_timeout_ms: u64,
+    /// How long a suspected member has to refute before it is declared down and its
+    /// routes withdrawn. Most of the detection time of a crash, and the guard against
+    /// false downs on a lossy underlay.
+    pub suspect_timeout_ms: u64,
+    /// How often updates in flight are gossiped (to 3 members). Shorter spreads joins,
+    /// leaves and records faster, costing bytes only while there are updates.
+    pub gossip_interval_ms: u64,
+    /// How often a member swaps its whole directory with one random member over a QUIC
+    /// stream (anti-entropy, memberlist's push/pull). Catches anything gossip missed.
+    pub sync_interval_ms: u64,
+    /// How often a member announces itself to a member it believes down, and to members
+    /// of its directory it has not heard from. This is what heals a partition and brings
+    /// a restarted member back; each round costs one small datagram.
+    pub rejoin_interval_ms: u64,
+    /// How many days the certificates this host issues as admin are valid.
+    pub certificate_days: u32,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            listen_port: DEFAULT_CONTROL_PORT,
+            advertise: None,
+            probe_period_ms: 1000,
+            probe_timeout_ms: 500,
+            suspect_timeout_ms: 4000,
+            gossip_interval_ms: 200,
+            sync_interval_ms: 30_000,
+            rejoin_interval_ms: 2000,
+            certificate_days: 365,
+        }
+    }
+}
+
+impl Control {
+    /// The SWIM timings as `protocol::membership` takes them.
+    pub fn membership(&self) -> protocol::membership::Config {
+        use std::time::Duration;
+        let mut m = protocol::membership::Config::lan(16);
+        m.probe_period = Duration::from_millis(self.probe_period_ms);
+        m.probe_rtt = Duration::from_millis(self.probe_timeout_ms);
+        m.suspect_to_down_after = Duration::from_millis(self.suspect_timeout_ms);
+        m.gossip_interval = Duration::from_millis(self.gossip_interval_ms);
+        m.announce_to_down_interval = Some(Duration::from_millis(self.rejoin_interval_ms));
+        // Members are told they were declared down, renew their identity and come back.
+        m.notify_down_members = true;
+        m
+    }
+}
+
+/// The Docker network driver and IPAM plugin (`[docker]`), served by this daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Docker {
+    /// Serve the plugin.
+    pub enabled: bool,
+    /// Its unix socket; dockerd takes the plugin's name from the file name (`overlayd`).
+    pub socket: PathBuf,
+    /// dockerd's API socket, asked which containers still hold addresses when the plugin
+    /// starts (to free what leaked while it was down).
+    pub dockerd_socket: PathBuf,
+    /// MTU of the container bridges and veths; at most the TUN's `mtu` (its default).
+    pub mtu: u16,
+}
+
+impl Docker {
+    /// The plugin's name as dockerd sees it: the socket's file name without `.sock`.
+    pub fn plugin_name(&self) -> String {
+        self.socket
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// The data path's levers, one by one, for measuring what each is worth (`scripts/levers`).
+/// The defaults are the fastest; `offload = false` turns the three offloads off at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tuning {
+    /// TUN offload: virtio-net header, TSO/GRO super-packets, batched TUN reads and writes.
+    pub tun_offload: bool,
+    /// UDP GSO: one send carries many datagrams.
+    pub udp_gso: bool,
+    /// UDP GRO: one receive carries many datagrams.
+    pub udp_gro: bool,
+    /// UDP socket buffer size in bytes, each way; 0 keeps the kernel's default.
+    pub socket_buffer: usize,
+    /// Data-plane workers run `SCHED_BATCH` while the CPU is not contended (hand-offs
+    /// instead of wake-up preemption; see `datapath/sched.rs`).
+    pub sched_batch: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            tun_offload: true,
+            udp_gso: true,
+            udp_gro: true,
+            socket_buffer: crate::datapath::udp::SOCKET_BUFFER_LEN,
+            sched_batch: true,
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Where the private key was read from.
+    pub private_key_file: PathBuf,
+    /// This host's private key.
+    pub private_key: PrivateKey,
+    /// UDP port of the tunnels.
+    pub listen_port: u16,
+    /// TUN device name.
+    pub tun_name: String,
+    /// TUN MTU.
+    pub mtu: u16,
+    /// This host's overlay address (on the TUN; preferred source of the routes), an
+    /// override: without it a member takes the first address of its certificate's first
+    /// subnet ([`crate::address::effective`]), and a host in no network has none.
+    pub address: Option<IpAddr>,
+    /// This host's container subnets.
+    pub subnets: Vec<IpNet>,
+    /// Local API socket.
+    pub api_socket: PathBuf,
+    /// Use TUN and UDP offloads when the kernel has them.
+    pub offload: bool,
+    /// The levers as asked for (before `offload = false` turns the offloads off).
+    pub tuning: Tuning,
+    /// Where the control plane keeps its state.
+    pub state_dir: PathBuf,
+    /// The control plane's settings.
+    pub control: Control,
+    /// The Docker plugin's settings.
+    pub docker: Docker,
+    /// Static peers.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// A validated static peer.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Its WireGuard public key.
+    pub public_key: PublicKey,
+    /// Where to reach it first; learnt from its packets when absent.
+    pub endpoint: Option<SocketAddr>,
+    /// Its subnets: routed to it, and accepted as inner source from it.
+    pub subnets: Vec<IpNet>,
+    /// Keepalive interval in seconds.
+    pub persistent_keepalive: Option<u16>,
+}
+
+impl Config {
+    /// The levers in force: the offloads only where `offload` allows them.
+    pub fn effective_tuning(&self) -> Tuning {
+        Tuning {
+            tun_offload: self.offload && self.tuning.tun_offload,
+            udp_gso: self.offload && self.tuning.udp_gso,
+            udp_gro: self.offload && self.tuning.udp_gro,
+            socket_buffer: self.tuning.socket_buffer,
+            sched_batch: self.tuning.sched_batch,
+        }
+    }
+
+    /// Reads and validates `path`, including the private key file it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+}

@@ -1,0 +1,91 @@
+//! The validated configuration printed back as TOML (`overlayd --check-config`), secrets
+//! redacted; what it prints parses again to the same configuration.
+
+use std::fmt::Write as _;
+
+use ipnet::IpNet;
+
+use super::{Config, Tuning};
+
+impl Config {
+    /// The configuration as TOML, with the private key shown as `(redacted)` and the
+    /// derived public key added as a comment.
+    pub fn redacted(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# {}", self.path.display());
+        let _ = writeln!(out, "# public_key = {}", self.private_key.public_key());
+        let _ = writeln!(
+            out,
+            "private_key_file = {:?}",
+            self.private_key_file.display().to_string()
+        );
+        let _ = writeln!(out, "# private_key = (redacted)");
+        let _ = writeln!(out, "listen_port = {}", self.listen_port);
+        let _ = writeln!(out, "tun_name = {:?}", self.tun_name);
+        let _ = writeln!(out, "mtu = {}", self.mtu);
+        if let Some(a) = self.address {
+            let _ = writeln!(out, "address = \"{a}\"");
+        }
+        let _ = writeln!(out, "subnets = {}", list(&self.subnets));
+        let _ = writeln!(
+            out,
+            "api_socket = {:?}",
+            self.api_socket.display().to_string()
+        );
+        let _ = writeln!(out, "offload = {}", self.offload);
+        let _ = writeln!(
+            out,
+            "state_dir = {:?}",
+            self.state_dir.display().to_string()
+        );
+        if self.tuning != Tuning::default() {
+            let t = self.tuning;
+            let _ = writeln!(
+                out,
+                "\n[tuning]\ntun_offload = {}\nudp_gso = {}\nudp_gro = {}\nsocket_buffer = {}\nsched_batch = {}",
+                t.tun_offload, t.udp_gso, t.udp_gro, t.socket_buffer, t.sched_batch
+            );
+        }
+        let c = &self.control;
+        let _ = writeln!(out, "\n[control]\nlisten_port = {}", c.listen_port);
+        if let Some(a) = c.advertise {
+            let _ = writeln!(out, "advertise = \"{a}\"");
+        }
+        let _ = writeln!(
+            out,
+            "probe_period_ms = {}\nprobe_timeout_ms = {}\nsuspect_timeout_ms = {}\ngossip_interval_ms = {}\nsync_interval_ms = {}\nrejoin_interval_ms = {}\ncertificate_days = {}",
+            c.probe_period_ms,
+            c.probe_timeout_ms,
+            c.suspect_timeout_ms,
+            c.gossip_interval_ms,
+            c.sync_interval_ms,
+            c.rejoin_interval_ms,
+            c.certificate_days
+        );
+        let d = &self.docker;
+        let _ = writeln!(
+            out,
+            "\n[docker]\nenabled = {}\nsocket = {:?}\ndockerd_socket = {:?}\nmtu = {}",
+            d.enabled,
+            d.socket.display().to_string(),
+            d.dockerd_socket.display().to_string(),
+            d.mtu
+        );
+        for p in &self.peers {
+            let _ = writeln!(out, "\n[[peer]]\npublic_key = \"{}\"", p.public_key);
+            if let Some(e) = p.endpoint {
+                let _ = writeln!(out, "endpoint = \"{e}\"");
+            }
+            let _ = writeln!(out, "subnets = {}", list(&p.subnets));
+            if let Some(k) = p.persistent_keepalive {
+                let _ = writeln!(out, "persistent_keepalive = {k}");
+            }
+        }
+        out
+    }
+}
+
+fn list(nets: &[IpNet]) -> String {
+    let items: Vec<String> = nets.iter().map(|n| format!("\"{n}\"")).collect();
+    format!("[{}]", items.join(", "))
+}

@@ -1,0 +1,202 @@
+//! The config's checks and its round trip through the redacted printer.
+
+use super::*;
+use std::os::unix::fs::PermissionsExt;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    key: PrivateKey,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let key = PrivateKey::generate();
+    keys::write_private_key_file(&dir.path().join("private.key"), &key).unwrap();
+    Fixture { dir, key }
+}
+
+fn parse(f: &Fixture, body: &str) -> Result<Config, ConfigError> {
+    let path = f.dir.path().join("overlayd.toml");
+    let text = format!("private_key_file = \"private.key\"\n{body}");
+    Config::parse(&path, &text)
+}
+
+fn peer(subnets: &str) -> String {
+    format!(
+        "[[peer]]\npublic_key = \"{}\"\nsubnets = {subnets}\n",
+        PrivateKey::generate().public_key()
+    )
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let f = fixture();
+    let c = parse(&f, "subnets = [\"10.42.1.0/24\"]\n").unwrap();
+    assert_eq!(c.listen_port, 51820);
+    assert_eq!(c.mtu, 1420);
+    assert_eq!(c.tun_name, "ovl0");
+    assert!(c.offload);
+    assert!(c.peers.is_empty());
+}
+
+#[test]
+fn full_config_round_trips_through_redacted() {
+    let f = fixture();
+    let body = format!(
+        "listen_port = 5000\nmtu = 1400\naddress = \"10.42.1.1\"\nsubnets = [\"10.42.1.0/24\"]\n{}endpoint = \"198.18.0.12:51820\"\npersistent_keepalive = 25\n",
+        peer("[\"10.42.2.0/24\"]")
+    );
+    let c = parse(&f, &body).unwrap();
+    assert_eq!(
+        c.peers[0].endpoint,
+        Some("198.18.0.12:51820".parse().unwrap())
+    );
+    let shown = c.redacted();
+    assert!(!shown.contains(f.key.to_base64().as_str()));
+    assert!(shown.contains("(redacted)"));
+    // the redacted form is itself a valid config
+    let again = Config::parse(&c.path, &shown).unwrap();
+    assert_eq!(again.peers.len(), 1);
+    assert_eq!(again.mtu, 1400);
+}
+
+#[test]
+fn tuning_levers_and_the_offload_switch() {
+    let f = fixture();
+    let c = parse(
+        &f,
+        "[tuning]\nudp_gso = false\nsocket_buffer = 0\nsched_batch = false\n",
+    )
+    .unwrap();
+    let t = c.effective_tuning();
+    assert!(t.tun_offload && !t.udp_gso && t.udp_gro && t.socket_buffer == 0 && !t.sched_batch);
+    assert!(Tuning::default().sched_batch);
+    assert!(Config::parse(&c.path, &c.redacted()).unwrap().tuning == c.tuning);
+    let c = parse(&f, "offload = false\n").unwrap();
+    let t = c.effective_tuning();
+    assert!(!t.tun_offload && !t.udp_gso && !t.udp_gro);
+    assert!(parse(&f, "[tuning]\nudp_gs0 = false\n").is_err());
+}
+
+#[test]
+fn docker_table_is_validated_and_round_trips() {
+    let f = fixture();
+    let c = parse(&f, "").unwrap();
+    assert!(!c.docker.enabled);
+    assert_eq!(c.docker.socket, PathBuf::from(DEFAULT_DOCKER_SOCKET));
+    assert_eq!(
+        c.docker.dockerd_socket,
+        PathBuf::from(DEFAULT_DOCKERD_SOCKET)
+    );
+    assert_eq!(c.docker.mtu, c.mtu);
+    assert_eq!(c.docker.plugin_name(), "overlayd");
+    let c = parse(
+        &f,
+        "mtu = 1400\n[docker]\nenabled = true\nsocket = \"/tmp/p/overlayd.sock\"\nmtu = 1380\n",
+    )
+    .unwrap();
+    assert!(c.docker.enabled && c.docker.mtu == 1380);
+    let again = Config::parse(&c.path, &c.redacted()).unwrap();
+    assert_eq!(again.docker, c.docker);
+    for (body, needle) in [
+        ("[docker]\nmtu = 1500\n", "mtu 1500"),
+        ("[docker]\nsocket = \"rel.sock\"\n", "absolute"),
+        (
+            "[docker]\ndockerd_socket = \"docker.sock\"\n",
+            "dockerd_socket docker.sock must be an absolute path",
+        ),
+        ("[docker]\nsocket = \"/run/docker/plugins/x\"\n", ".sock"),
+        (
+            "[docker]\nsocket = \"/run/docker/plugins/overlay.sock\"\n",
+            "built-in",
+        ),
+        ("[docker]\nenable = true\n", "enable"),
+    ] {
+        let err = parse(&f, body).unwrap_err().to_string();
+        assert!(err.contains(needle), "{body}: {err}");
+    }
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let f = fixture();
+    let err = parse(&f, "listen_prot = 5\n").unwrap_err().to_string();
+    assert!(err.contains("listen_prot"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+}
+
+#[test]
+fn malformed_peer_key_is_named() {
+    let f = fixture();
+    let err = parse(
+        &f,
+        "[[peer]]\npublic_key = \"nope\"\nsubnets = [\"10.42.2.0/24\"]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not a WireGuard key"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+}
+
+#[test]
+fn overlapping_subnets_are_refused() {
+    let f = fixture();
+    let body = format!(
+        "{}{}",
+        peer("[\"10.42.0.0/16\"]"),
+        peer("[\"10.42.2.0/24\"]")
+    );
+    let err = parse(&f, &body).unwrap_err().to_string();
+    assert!(err.contains("overlap"), "{err}");
+    let body = format!(
+        "subnets = [\"10.42.2.0/24\"]\n{}",
+        peer("[\"10.42.2.0/25\"]")
+    );
+    let err = parse(&f, &body).unwrap_err().to_string();
+    assert!(err.contains("this host"), "{err}");
+}
+
+#[test]
+fn open_key_file_is_refused() {
+    let f = fixture();
+    let key = f.dir.path().join("private.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = parse(&f, "").unwrap_err().to_string();
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn own_key_as_peer_and_bad_values_are_refused() {
+    let f = fixture();
+    let own = format!(
+        "[[peer]]\npublic_key = \"{}\"\nsubnets = [\"10.9.0.0/24\"]\n",
+        f.key.public_key()
+    );
+    assert!(
+        parse(&f, &own)
+            .unwrap_err()
+            .to_string()
+            .contains("own public key")
+    );
+    assert!(
+        parse(&f, "mtu = 100\n")
+            .unwrap_err()
+            .to_string()
+            .contains("mtu")
+    );
+    assert!(parse(&f, "tun_name = \"waytoolonganame0\"\n").is_err());
+    // the name goes into nft scripts: nothing that could break out of a quoted word
+    for bad in ["ovl0\\\" drop", "a b", "ovl/0", "-ovl", ".", "ovl;0", ""] {
+        let err = parse(&f, &format!("tun_name = {bad:?}\n")).unwrap_err();
+        assert!(
+            err.to_string().contains("not an interface name"),
+            "{bad:?}: {err}"
+        );
+    }
+    for good in ["ovl0", "wg-overlay", "tun_1.2"] {
+        assert!(
+            parse(&f, &format!("tun_name = {good:?}\n")).is_ok(),
+            "{good}"
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! The checks that turn the file as written ([`RawConfig`]) into a [`Config`]: each
+//! refusal is one sentence that names the key and says what to do.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use super::raw::{RawConfig, RawDocker, one_line};
+use super::{
+    Config, ConfigError, Control, DEFAULT_CONTROL_PORT, DEFAULT_DOCKER_SOCKET,
+    DEFAULT_DOCKERD_SOCKET, DEFAULT_MTU, Docker, PeerConfig,
+};
+
+impl Config {
+    /// Validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: one_line(&e.to_string()),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let key_file = if raw.private_key_file.is_relative() {
+            path.parent()
+                .unwrap_or(Path::new("."))
+                .join(&raw.private_key_file)
+        } else {
+            raw.private_key_file.clone()
+        };
+        let private_key =
+            keys::read_private_key_file(&key_file).map_err(|source| ConfigError::Key {
+                path: path.to_owned(),
+                source,
+            })?;
+        if !(576..=9000).contains(&raw.mtu) {
+            return Err(invalid(format!(
+                "mtu {} is out of range: use 576..=9000 (default {DEFAULT_MTU})",
+                raw.mtu
+            )));
+        }
+        // The name goes into nft scripts and netlink: letters, digits, '_', '-', '.' only
+        // (what `ip link` names usually are; quotes, spaces or '/' could break out of them).
+        if raw.tun_name.is_empty()
+            || raw.tun_name.len() > 15
+            || raw.tun_name.starts_with(['.', '-'])
+            || !raw
+                .tun_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(invalid(format!(
+                "tun_name {:?} is not an interface name: use 1 to 15 letters, digits, '_', '-' or '.' (default \"ovl0\")",
+                raw.tun_name
+            )));
+        }
+        if raw.listen_port == 0 {
+            return Err(invalid(
+                "listen_port 0 is not allowed: peers need a fixed port".into(),
+            ));
+        }
+        raw.control.check(raw.listen_port).map_err(&invalid)?;
+        let docker = Docker::check(raw.docker, raw.mtu).map_err(&invalid)?;
+        if raw.state_dir.is_relative() {
+            return Err(invalid(format!(
+                "state_dir {} must be an absolute path",
+                raw.state_dir.display()
+            )));
+        }
+        let own_public = private_key.public_key();
+        // (subnet, owner): owner 0 is this host, i + 1 is peer i.
+        let mut claims: Vec<(IpNet, usize)> = raw.subnets.iter().map(|n| (n.trunc(), 0)).collect();
+        for (i, peer) in raw.peers.iter().enumerate() {
+            if peer.public_key == own_public {
+                return Err(invalid(format!(
+                    "peer {} has this host's own public key; remove it",
+                    peer.public_key
+                )));
+            }
+            if let Some(dup) = raw.peers[..i]
+                .iter()
+                .find(|p| p.public_key == peer.public_key)
+            {
+                return Err(invalid(format!(
+                    "peer {} is listed twice; merge the two [[peer]] sections",
+                    dup.public_key
+                )));
+            }
+            if peer.subnets.is_empty() {
+                return Err(invalid(format!(
+                    "peer {} has no subnets; give it at least one (e.g. its container subnet)",
+                    peer.public_key
+                )));
+            }
+            if peer.persistent_keepalive == Some(0) {
+                return Err(invalid(format!(
+                    "peer {}: persistent_keepalive 0 is not allowed; omit it to turn keepalives off",
+                    peer.public_key
+                )));
+            }
+            claims.extend(peer.subnets.iter().map(|n| (n.trunc(), i + 1)));
+        }
+        if let Some((a, b)) = protocol::routing::first_overlap(&claims) {
+            let owner = |net: IpNet| match claims.iter().find(|(n, _)| *n == net) {
+                Some((_, 0)) | None => "this host".to_owned(),
+                Some((_, i)) => format!("peer {}", raw.peers[i - 1].public_key),
+            };
+            return Err(invalid(format!(
+                "subnets overlap: {a} ({}) and {b} ({}); give every host its own subnet",
+                owner(a),
+                owner(b)
+            )));
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            private_key_file: key_file,
+            private_key,
+            listen_port: raw.listen_port,
+            tun_name: raw.tun_name,
+            mtu: raw.mtu,
+            address: raw.address,
+            subnets: raw.subnets,
+            api_socket: raw.api_socket,
+            offload: raw.offload,
+            tuning: raw.tuning,
+            state_dir: raw.state_dir,
+            control: raw.control,
+            docker,
+            peers: raw
+                .peers
+                .into_iter()
+                .map(|p| PeerConfig {
+                    public_key: p.public_key,
+                    endpoint: p.endpoint,
+                    subnets: p.subnets,
+                    persistent_keepalive: p.persistent_keepalive,
+                })
+                .collect(),
+        })
+    }
+}
+
+impl Control {
+    fn check(&self, wireguard_port: u16) -> Result<(), String> {
+        if self.listen_port == 0 {
+            return Err("[control] listen_port 0 is not allowed: members need a fixed port".into());
+        }
+        if self.listen_port == wireguard_port {
+            return Err(format!(
+                "[control] listen_port {} is also listen_port of the tunnels; use another (default {DEFAULT_CONTROL_PORT})",
+                self.listen_port
+            ));
+        }
+        if let Some(a) = self.advertise
+            && (a.is_unspecified() || a.is_multicast())
+        {
+            return Err(format!(
+                "[control] advertise {a} is not an address other hosts can reach; give this host's underlay address"
+            ));
+        }
+        if self.certificate_days == 0 {
+            return Err("[control] certificate_days must be at least 1".into());
+        }
+        let membership = self.membership();
+        membership.to_foca().map_err(|e| format!("[control] {e}"))?;
+        for (name, v) in [
+            ("sync_interval_ms", self.sync_interval_ms),
+            ("rejoin_interval_ms", self.rejoin_interval_ms),
+        ] {
+            if v == 0 {
+                return Err(format!("[control] {name} must be above 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Docker {
+    fn check(raw: RawDocker, tun_mtu: u16) -> Result<Docker, String> {
+        let socket = absolute("socket", raw.socket, DEFAULT_DOCKER_SOCKET)?;
+        if socket.extension().is_none_or(|e| e != "sock") {
+            return Err(format!(
+                "[docker] socket {} must end in .sock: dockerd names the plugin after the file",
+                socket.display()
+            ));
+        }
+        let dockerd_socket =
+            absolute("dockerd_socket", raw.dockerd_socket, DEFAULT_DOCKERD_SOCKET)?;
+        let mtu = raw.mtu.unwrap_or(tun_mtu);
+        if !(576..=tun_mtu).contains(&mtu) {
+            return Err(format!(
+                "[docker] mtu {mtu} is out of range: use 576 to the TUN's mtu {tun_mtu}, so container packets fit the tunnel"
+            ));
+        }
+        let docker = Docker {
+            enabled: raw.enabled,
+            socket,
+            dockerd_socket,
+            mtu,
+        };
+        if docker.plugin_name() == "overlay" {
+            return Err(
+                "[docker] socket must not be named overlay.sock: `overlay` is Docker's built-in driver; use overlayd.sock".into(),
+            );
+        }
+        Ok(docker)
+    }
+}
+
+/// `[docker] key`, or `default` when left out; refused unless absolute.
+fn absolute(key: &str, path: Option<PathBuf>, default: &str) -> Result<PathBuf, String> {
+    let path = path.unwrap_or_else(|| PathBuf::from(default));
+    if path.is_relative() {
+        return Err(format!(
+            "[docker] {key} {} must be an absolute path (default {default})",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
