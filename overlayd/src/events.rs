@@ -14,6 +14,8 @@ use std::sync::Mutex;
 
 use protocol::api::{EventKind, SecurityEvent};
 
+use crate::util::lock;
+
 /// Events kept in memory.
 pub const CAPACITY: usize = 1000;
 /// Events of one kind about one peer within this many milliseconds are summed.
@@ -51,7 +53,7 @@ impl Events {
         detail: impl FnOnce() -> String,
         now_ms: u64,
     ) {
-        let mut ring = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ring = lock(&self.inner);
         let key = (kind, peer.map(str::to_owned));
         if let Some(&(seq, started)) = ring.open.get(&key)
             && now_ms.saturating_sub(started) < AGGREGATE_MS
@@ -90,9 +92,7 @@ impl Events {
 
     /// The events after `seq` (all kept for 0), oldest first.
     pub fn after(&self, seq: u64) -> Vec<SecurityEvent> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
             .events
             .iter()
             .filter(|e| e.seq > seq)

@@ -70,10 +70,7 @@ pub struct Ctx {
 impl Ctx {
     /// The QUIC endpoint on `[control] listen_port`, made on first use.
     pub fn endpoint(&self) -> anyhow::Result<quinn::Endpoint> {
-        let mut socket = self
-            .control_socket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut socket = crate::util::lock(&self.control_socket);
         if let Some(endpoint) = self.endpoint.get() {
             return Ok(endpoint.clone());
         }
@@ -93,7 +90,7 @@ impl Ctx {
 
     /// This host's overlay address now (see [`crate::address::effective`]).
     pub fn address(&self) -> Option<IpAddr> {
-        *self.address.lock().unwrap_or_else(|e| e.into_inner())
+        *crate::util::lock(&self.address)
     }
 
     /// Makes this host's overlay address the one its config and `subnets` (its certificate's
@@ -123,7 +120,7 @@ impl Ctx {
             return;
         }
         let moved = routes.set_source(wanted).await;
-        *self.address.lock().unwrap_or_else(|e| e.into_inner()) = wanted;
+        *crate::util::lock(&self.address) = wanted;
         if let Some(old) = current {
             if !moved {
                 // Routes that still prefer it would go with it (the kernel removes them).

@@ -9,13 +9,14 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tun_rs::GROTable;
 
 use super::tun::Tun;
 use super::udp::{Bind, RecvBatch};
+use crate::util::lock;
 
 /// What the next call of one kind does instead of its work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,11 +25,6 @@ pub enum Fault {
     Os(i32),
     /// Panics, as a bug on the worker's path would.
     Panic,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A test that panicked on purpose (`Fault::Panic`) may poison it; the data is whole.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Faults waiting for one kind of call, used up in order.

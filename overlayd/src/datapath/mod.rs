@@ -42,6 +42,7 @@ use protocol::drops::DropReason;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::router::{Inbound, Initiate, MIN_BUFFER_LEN, Outbound, Router};
+use crate::util::lock;
 use poller::Poller;
 use tun::Tun;
 use udp::{Bind, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RecvBatch};
@@ -265,11 +266,6 @@ impl Inside {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding it leaves only buffers behind, which are rewritten before use.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// As [`lock`], without waiting: `None` while another thread holds it.

@@ -468,7 +468,7 @@ impl Router {
     /// secret is [`COOKIE_SECRET_LIFETIME`] old (by `now`), a new limiter with a fresh
     /// secret replaces it: cookies handed out before stop validating mac2.
     pub fn reset_rate_limiter(&self, now: Instant) {
-        let mut born = self.limiter_born.lock().unwrap_or_else(|e| e.into_inner());
+        let mut born = crate::util::lock(&self.limiter_born);
         if now.saturating_duration_since(*born) >= COOKIE_SECRET_LIFETIME {
             self.rate_limiter.store(Arc::new(RateLimiter::new(
                 &self.public_key,

@@ -86,7 +86,7 @@ impl Peer {
     /// Locks the peer's tunnel state. A poisoned lock means a panic inside boringtun on
     /// another thread; the state is still the best we have, so keep going.
     pub fn lock(&self) -> MutexGuard<'_, PeerState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.state)
     }
 
     /// Seconds since the last handshake, and the current endpoint.
@@ -265,7 +265,7 @@ impl Router {
     /// address): a decrypted packet is delivered only if its destination lies in one of
     /// them. Until they are set, nothing is delivered. Returns whether they changed.
     pub fn set_local_networks(&self, nets: &[IpNet]) -> bool {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _writer = crate::util::lock(&self.writer);
         let mut local: Vec<IpNet> = nets.iter().map(IpNet::trunc).collect();
         local.sort();
         local.dedup();
@@ -291,7 +291,7 @@ impl Router {
     /// `persistent_keepalive` is only used for a new peer. Refuses this host's own key
     /// and subnets that overlap another peer's; then nothing changes.
     pub fn upsert_peer(&self, spec: PeerSpec) -> Result<Upserted, RouterError> {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _writer = crate::util::lock(&self.writer);
         let who = || label(spec.name.as_deref(), &spec.public_key);
         if spec.public_key == self.own_key {
             return Err(RouterError::OwnKey { peer: who() });
@@ -419,7 +419,7 @@ impl Router {
     /// before may still finish the packet it is on). Its index is not reused; its drop
     /// counts move to the router's. Returns whether it was a peer.
     pub fn remove_peer(&self, key: &PublicKey) -> bool {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _writer = crate::util::lock(&self.writer);
         let current = self.table.load_full();
         let Some(&index) = current.by_key.get(key.as_bytes()) else {
             return false;

@@ -161,7 +161,7 @@ impl Router {
     /// Puts `policy` in force (`None`: every peer may reach every container, as before any
     /// policy). Flows it no longer allows are cut at the next tick (within 250 ms).
     pub fn set_policy(&self, policy: Option<ActivePolicy>) {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _writer = crate::util::lock(&self.writer);
         let mut next = PeerTable::clone(&self.table.load_full());
         next.policy = policy.map(Arc::new);
         self.table.store(Arc::new(next));
