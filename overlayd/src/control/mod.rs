@@ -390,7 +390,7 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
     loop {
         match ctx.state.network() {
             Ok(Some(net)) if !net.left => {
-                match node::Member::start(ctx.clone(), net, view.clone()).await {
+                match node::Member::start(ctx.clone(), net, None, view.clone()).await {
                     Ok(member) => {
                         if member.run(&mut commands).await {
                             continue;
