@@ -63,24 +63,47 @@ impl Core {
     ) -> Result<(LinkId, NodeCertificate), String> {
         self.enter(now);
         self.connecting.remove(&addr);
-        let registered = self.register(addr, peer, inbound, now);
-        if let Ok((link, _)) = &registered {
-            let fresh = !self.conns.contains_key(&addr);
-            self.conns.insert(addr, *link);
-            if fresh {
-                // Tell it about us at once: our record, and a SWIM announce.
-                self.queue(Action::Push {
-                    links: vec![*link],
-                    bundle: self.own_bundle(),
-                    wait: false,
-                });
-                if let Some(node) = self.node_of_addr(addr) {
-                    self.announce(node);
+        let lapse = match &peer {
+            Some(peer) => lapsed(&self.dir(), peer, now.unix),
+            None => Some("the peer's certificate is no longer valid".to_owned()),
+        };
+        let (peer, link) = match (peer, lapse) {
+            (Some(peer), None) => {
+                if inbound {
+                    self.close_oldest_inbound(peer.serial, now);
                 }
+                self.next_link += 1;
+                let id = LinkId(self.next_link);
+                let link = Link {
+                    addr,
+                    peer: peer.clone(),
+                    inbound,
+                };
+                self.links.insert(id, link);
+                (peer, id)
+            }
+            (_, reason) => {
+                let reason = reason.unwrap_or_default();
+                tracing::info!(endpoint = %addr, reason = %reason, "closed a member connection");
+                self.finish(now);
+                return Err(reason);
+            }
+        };
+        let fresh = !self.conns.contains_key(&addr);
+        self.conns.insert(addr, link);
+        if fresh {
+            // Tell it about us at once: our record, and a SWIM announce.
+            self.queue(Action::Push {
+                links: vec![link],
+                bundle: self.own_bundle(),
+                wait: false,
+            });
+            if let Some(node) = self.node_of_addr(addr) {
+                self.announce(node);
             }
         }
         self.finish(now);
-        registered
+        Ok((link, peer))
     }
 
     /// A connection the core asked for ([`Action::Connect`]) could not be opened.
@@ -103,40 +126,6 @@ impl Core {
             return;
         }
         self.queue(Action::Connect(addr));
-    }
-
-    fn register(
-        &mut self,
-        addr: SocketAddr,
-        peer: Option<NodeCertificate>,
-        inbound: bool,
-        now: Now,
-    ) -> Result<(LinkId, NodeCertificate), String> {
-        let lapse = match &peer {
-            Some(peer) => lapsed(&self.dir(), peer, now.unix),
-            None => Some("the peer's certificate is no longer valid".to_owned()),
-        };
-        match (peer, lapse) {
-            (Some(peer), None) => {
-                if inbound {
-                    self.close_oldest_inbound(peer.serial, now);
-                }
-                self.next_link += 1;
-                let id = LinkId(self.next_link);
-                let link = Link {
-                    addr,
-                    peer: peer.clone(),
-                    inbound,
-                };
-                self.links.insert(id, link);
-                Ok((id, peer))
-            }
-            (_, reason) => {
-                let reason = reason.unwrap_or_default();
-                tracing::info!(endpoint = %addr, reason = %reason, "closed a member connection");
-                Err(reason)
-            }
-        }
     }
 
     /// Makes room for one more connection from the member whose certificate serial is

@@ -161,34 +161,16 @@ impl Core {
                 self.apply_bundle(&theirs, false, now);
                 Response::Ack
             }
-            (
-                Origin::Joiner,
-                Request::Join {
-                    secret,
-                    name,
-                    wireguard_key,
-                    control_key,
-                    subnet,
-                    proof,
-                },
-            ) => {
-                let ask = JoinAsk {
-                    secret: keys::TokenSecret::from_bytes(secret),
-                    name,
-                    wireguard_key,
-                    control_key,
-                    subnet,
-                    proof: keys::JoinProof::from_bytes(proof),
-                };
-                match self.admit(&ask, now) {
-                    Ok(change) => return Answer::AfterSave(change),
-                    Err(e) => self.refuse_join(e, now),
-                }
-            }
-            (Origin::Joiner, _) => Response::Refused("join first".into()),
             (Origin::Member(_), Request::Join { .. }) => Response::Refused(
                 "this host is already a member; a join needs no certificate".into(),
             ),
+            (Origin::Joiner, request) => match JoinAsk::from_request(request) {
+                Some(ask) => match self.admit(&ask, now) {
+                    Ok(change) => return Answer::AfterSave(change),
+                    Err(e) => self.refuse_join(e, now),
+                },
+                None => Response::Refused("join first".into()),
+            },
         };
         Answer::Reply(response)
     }
@@ -334,19 +316,10 @@ impl Core {
     pub fn leave(&mut self, now: Now) -> Result<(), ApiFailure> {
         self.enter(now);
         self.net.record_version += 1;
-        let record = self
-            .own_record(MemberState::Left)
+        let bundle = self
+            .sign_own_record(MemberState::Left, now)
             .map_err(|e| ApiFailure::internal(e.to_string()))?;
-        let _ = self.dir().apply_member(&record, now.unix);
-        let bytes = record.to_bytes();
-        let _ = self.foca.add_broadcast(&tagged(TAG_MEMBER, &bytes));
-        self.push_all(
-            Bundle {
-                members: vec![bytes],
-                revocations: Vec::new(),
-            },
-            now,
-        );
+        self.push_all(bundle, now);
         let _ = self.foca.leave_cluster(&mut self.rt);
         self.drain(now);
         // Tunnels and routes to every member go. Saved first: should the files not all go

@@ -203,24 +203,31 @@ impl Core {
     /// and spreads it: piggy-backed on SWIM, and pushed to every connected member.
     pub(super) fn publish_own_record(&mut self, now: Now) {
         self.queue(Action::SaveNetwork(self.net.clone()));
-        let record = match self.own_record(MemberState::Alive) {
-            Ok(r) => r,
+        match self.sign_own_record(MemberState::Alive, now) {
+            Ok(bundle) => self.push_connected(bundle, false),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot publish this host's record");
                 return;
             }
-        };
+        }
+        self.dirty = true;
+    }
+
+    /// Signs this host's record in `state` at the current `record_version`, applies it and
+    /// gossips it; returns it in a bundle, to push.
+    pub(super) fn sign_own_record(
+        &mut self,
+        state: MemberState,
+        now: Now,
+    ) -> Result<Bundle, super::StartError> {
+        let record = self.own_record(state)?;
         let _ = self.dir().apply_member(&record, now.unix);
         let bytes = record.to_bytes();
         let _ = self.foca.add_broadcast(&tagged(TAG_MEMBER, &bytes));
-        self.push_connected(
-            Bundle {
-                members: vec![bytes],
-                revocations: Vec::new(),
-            },
-            false,
-        );
-        self.dirty = true;
+        Ok(Bundle {
+            members: vec![bytes],
+            revocations: Vec::new(),
+        })
     }
 
     /// Pushes `bundle` to every connected member (see [`Action::Push`] for `wait`).

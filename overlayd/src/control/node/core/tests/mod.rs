@@ -10,6 +10,7 @@ use std::time::Duration;
 use keys::{JoinClaim, JoinProof, JoinToken, Name};
 use protocol::api::{MemberState as ViewState, RevokeRequest, TokenRequest};
 use protocol::membership::NodeId;
+use rand::SeedableRng;
 
 use super::{Action, Answer, CloseReason, Origin};
 use crate::control::admin::Refused;
@@ -395,25 +396,24 @@ fn a_member_that_missed_gossip_catches_up_by_full_sync() {
     assert_eq!(sim.hosts[2].state_of("h9"), Some(ViewState::Alive));
 }
 
-/// A SWIM `Gossip` datagram from `src` to `dst` (foca's encoding) that says `victim` is
-/// down.
-fn down_datagram(src: NodeId, dst: NodeId, victim: NodeId) -> Vec<u8> {
-    use foca::Codec as _;
-    let header = foca::Header {
-        src,
-        src_incarnation: 0,
-        dst,
-        message: foca::Message::Gossip,
-    };
-    let mut out = Vec::new();
-    foca::PostcardCodec
-        .encode_header(&header, &mut out)
-        .expect("a header");
-    out.extend_from_slice(&1u16.to_be_bytes());
-    foca::PostcardCodec
-        .encode_member(&foca::Member::new(victim, 0, foca::State::Down), &mut out)
-        .expect("an update");
-    out
+/// What a member turned attacker with SWIM identity `attacker` sends `target` to say that
+/// `victim` is down: a gossip round of a foca of its own that holds it down.
+fn forged_down(attacker: NodeId, target: NodeId, victim: NodeId) -> Vec<u8> {
+    let config = sim::settings().membership.to_foca().expect("valid timings");
+    let rng = rand_pcg::Pcg64Mcg::seed_from_u64(1);
+    let mut foca = foca::Foca::new(attacker, config, rng, foca::PostcardCodec);
+    let mut rt = foca::AccumulatingRuntime::new();
+    let members = [
+        foca::Member::alive(target),
+        foca::Member::new(victim, 0, foca::State::Down),
+    ];
+    foca.apply_many(members.into_iter(), true, &mut rt)
+        .expect("members to hold");
+    while rt.to_send().is_some() {}
+    foca.gossip(&mut rt).expect("a gossip round");
+    let (to, bytes) = rt.to_send().expect("gossip to the target");
+    assert_eq!(to, target);
+    bytes.to_vec()
 }
 
 #[test]
@@ -435,7 +435,7 @@ fn a_down_for_a_generation_never_signed_is_ignored_and_one_signed_is_refuted() {
     };
     let now = sim.now();
     let core = sim.hosts[0].core();
-    core.handle_datagram(link, &down_datagram(h1, h0, forged), now);
+    core.handle_datagram(link, &forged_down(h1, h0, forged), now);
     assert_eq!(core.refused_updates, 1, "taken out before foca saw it");
     sim.settle();
     sim.run_watching(secs(8), |sim| {
@@ -446,7 +446,7 @@ fn a_down_for_a_generation_never_signed_is_ignored_and_one_signed_is_refuted() {
     // timeout.
     let now = sim.now();
     let core = sim.hosts[0].core();
-    core.handle_datagram(link, &down_datagram(h1, h0, h2), now);
+    core.handle_datagram(link, &forged_down(h1, h0, h2), now);
     assert_eq!(core.refused_updates, 1);
     sim.settle();
     assert!(
