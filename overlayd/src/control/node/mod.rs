@@ -3,7 +3,7 @@
 //! routed); this module owns what it cannot: QUIC connections and streams, the tasks that
 //! serve them, the state directory, the router and kernel routes, the clock, and the view
 //! the API reads. It feeds the core events with the time and carries out the actions the
-//! core queues ([`Member::execute`]).
+//! core queues (`Member::execute`).
 //!
 //! One task owns the core and everything here ([`Member::run`]); connections, streams and
 //! the QUIC accept loop are small tasks that only move bytes and hand events to it, so no

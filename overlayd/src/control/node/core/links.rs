@@ -42,7 +42,7 @@ pub enum CloseReason {
     /// Its peer's certificate was revoked or has expired: the sentence a new handshake
     /// would be refused with.
     Lapsed(String),
-    /// The member opened a newer one, over its share ([`INBOUND_PER_MEMBER`]).
+    /// The member opened a newer one, over its share of connections to this host.
     Replaced,
     /// This host left the network.
     Left,
