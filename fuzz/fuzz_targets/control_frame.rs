@@ -122,32 +122,14 @@ fn admit(ask: JoinAsk) {
     );
 }
 
-/// The `JoinAsk` the admin makes of a `Join` (overlayd/src/control/node/actions.rs);
-/// with `honest`, the WireGuard key is replaced by the target's own (seed from the
-/// subnet's bytes, so the fuzzer picks it) and the proof made for the claim.
+/// The `JoinAsk` the admin makes of a `Join` (`JoinAsk::from_request`, as the membership
+/// core calls it); with `honest`, the WireGuard key is replaced by the target's own (seed
+/// from the proof's first byte, so the fuzzer picks it) and the proof made for the claim.
 fn ask(request: Request, honest: bool) -> Option<JoinAsk> {
-    let Request::Join {
-        secret,
-        name,
-        wireguard_key,
-        control_key,
-        subnet,
-        proof,
-    } = request
-    else {
-        return None;
-    };
-    let mut ask = JoinAsk {
-        secret: TokenSecret::from_bytes(secret),
-        name,
-        wireguard_key,
-        control_key,
-        subnet,
-        proof: JoinProof::from_bytes(proof),
-    };
+    let mut ask = JoinAsk::from_request(request)?;
     if honest {
         let f = fixture();
-        let joiner = overlay_fuzz::wireguard_key(proof[0] | 0x80);
+        let joiner = overlay_fuzz::wireguard_key(ask.proof.to_bytes()[0] | 0x80);
         ask.wireguard_key = joiner.public_key();
         let claim = ask.claim(&f.network, f.ca.fingerprint());
         ask.proof = JoinProof::prove(&claim, &joiner, &f.members[0].wireguard.public_key())

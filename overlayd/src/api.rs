@@ -7,7 +7,8 @@
 //! - `POST /v1/init`, `/v1/tokens`, `/v1/join`, `/v1/revoke`, `/v1/leave`: handed to the
 //!   control plane's task as a [`Command`] and answered within a bounded time (25 s for a
 //!   join, which waits for the admin host; 10 s for the rest). `init` and `join` answer
-//!   with the status once the new membership shows.
+//!   with the status: the control plane answers them once the new member has started and
+//!   shows its membership.
 //!
 //! A failure is an [`ApiFailure`]: its HTTP status (400 the request must change, 404 no
 //! such member, 409 not in this host's state, 502 another host refused or did not answer,
@@ -86,23 +87,6 @@ fn bad_body(e: axum::extract::rejection::JsonRejection) -> ApiFailure {
     ApiFailure::bad(format!("malformed request: {}", e.body_text()))
 }
 
-/// Waits (up to 2 s) until the control plane shows a current membership after init or
-/// join (not the one this host left before, which the view keeps showing until then).
-async fn member_status(s: &Arc<ApiState>) -> Json<Status> {
-    for _ in 0..40 {
-        if s.control
-            .view
-            .lock()
-            .map(|v| v.membership.as_ref().is_some_and(|m| !m.left))
-            .unwrap_or(false)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    status(State(s.clone())).await
-}
-
 async fn init(
     State(s): State<Arc<ApiState>>,
     body: Result<Json<InitRequest>, axum::extract::rejection::JsonRejection>,
@@ -111,7 +95,7 @@ async fn init(
     s.control
         .ask(|r| Command::Init(req, r), Duration::from_secs(10))
         .await?;
-    Ok(member_status(&s).await)
+    Ok(status(State(s.clone())).await)
 }
 
 async fn join(
@@ -122,7 +106,7 @@ async fn join(
     s.control
         .ask(|r| Command::Join(req, r), Duration::from_secs(25))
         .await?;
-    Ok(member_status(&s).await)
+    Ok(status(State(s.clone())).await)
 }
 
 async fn tokens(

@@ -27,6 +27,7 @@ use keys::{
 };
 use protocol::records::{Directory, Revocation, SignedRevocation};
 
+use super::msg::Request;
 use super::state::{AdminState, Issued, TokenEntry};
 
 /// The most tokens kept; used and expired ones are dropped first.
@@ -56,6 +57,29 @@ pub struct JoinAsk {
 }
 
 impl JoinAsk {
+    /// What a `Join` request asks; `None` for any other request.
+    pub fn from_request(request: Request) -> Option<JoinAsk> {
+        let Request::Join {
+            secret,
+            name,
+            wireguard_key,
+            control_key,
+            subnet,
+            proof,
+        } = request
+        else {
+            return None;
+        };
+        Some(JoinAsk {
+            secret: TokenSecret::from_bytes(secret),
+            name,
+            wireguard_key,
+            control_key,
+            subnet,
+            proof: JoinProof::from_bytes(proof),
+        })
+    }
+
     /// What `proof` covers, for `network` and its CA.
     pub fn claim<'a>(&'a self, network: &'a Name, ca: keys::Fingerprint) -> JoinClaim<'a> {
         JoinClaim {

@@ -33,8 +33,11 @@ use super::{ApiFailure, Ctx, name, now_unix, tls};
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Joins with a token: asks the admins it names, saves what the first one that admits
-/// this host answers.
-pub(super) async fn join(ctx: &Ctx, req: JoinRequest) -> Result<(), ApiFailure> {
+/// this host answers, and returns it (the membership and the directory).
+pub(super) async fn join(
+    ctx: &Ctx,
+    req: JoinRequest,
+) -> Result<(NetworkState, Directory), ApiFailure> {
     let token: JoinToken = req
         .token
         .parse()
@@ -146,7 +149,7 @@ pub(super) async fn join(ctx: &Ctx, req: JoinRequest) -> Result<(), ApiFailure> 
         ctx.state.save_directory(&dir).map_err(internal)?;
         ctx.state.save_network(&net).map_err(internal)?;
         tracing::info!(network = %net.network, name = %node, admin = %admin.node, subnets = ?admitted_subnets(&net), "joined the network");
-        return Ok(());
+        return Ok((net, dir));
     }
     Err(ApiFailure::remote(format!(
         "cannot join through any bootstrap host of the token: {}",

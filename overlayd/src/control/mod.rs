@@ -10,8 +10,10 @@
 //!
 //! [`spawn`] starts one task that owns all of it. The daemon starts "not in a network"
 //! unless its state directory says otherwise; the local API's `init` and `join` make it a
-//! member, `leave` makes it stop being one and removes what it kept of the network (keys
-//! included, see [`state`]). Static `[[peer]]`s work beside members all along.
+//! member (the membership they make is saved, and handed to the member as it is; they
+//! answer once it shows), `leave` makes it stop being one and removes what it kept of the
+//! network (keys included, see [`state`]). Static `[[peer]]`s work beside members all
+//! along.
 
 pub mod admin;
 mod join;
@@ -31,6 +33,7 @@ use protocol::api::{
     InitRequest, JoinRequest, MemberState, Membership, RevokeRequest, RevokeResponse, TokenRequest,
     TokenResponse,
 };
+use protocol::records::Directory;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
@@ -378,10 +381,21 @@ pub fn spawn(ctx: Arc<Ctx>) -> ControlHandle {
 }
 
 async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mutex<View>>) {
+    // A membership that `init` or a join just made (and saved), handed to the member as it
+    // is, with the API's answer: sent once the member has started and shows it.
+    let mut handed: Option<(NetworkState, Directory, Reply<()>)> = None;
     loop {
-        match ctx.state.network() {
-            Ok(Some(net)) if !net.left => {
-                match node::Member::start(ctx.clone(), net, view.clone()).await {
+        let (state, answer) = match handed.take() {
+            Some((net, dir, reply)) => (Ok(Some((net, Some(dir)))), Some(reply)),
+            None => (ctx.state.network().map(|n| n.map(|net| (net, None))), None),
+        };
+        match state {
+            Ok(Some((net, dir))) if !net.left => {
+                let started = node::Member::start(ctx.clone(), net, dir, view.clone()).await;
+                if let Some(reply) = answer {
+                    let _ = reply.send(Ok(()));
+                }
+                match started {
                     Ok(member) => {
                         if member.run(&mut commands).await {
                             continue;
@@ -399,7 +413,7 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
             }
             // Left, but the files were not all removed (a crash half way, or a version that
             // kept them): remove them now, so that a later join starts from nothing.
-            Ok(Some(net)) => match ctx.state.forget_network() {
+            Ok(Some((net, _))) => match ctx.state.forget_network() {
                 Ok(_) => {
                     tracing::info!(network = %net.network, "removed the files of the network this host left")
                 }
@@ -418,21 +432,26 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
         let Some(cmd) = commands.recv().await else {
             return;
         };
-        match cmd {
-            Command::Init(req, reply) => {
-                let _ = reply.send(init(&ctx, req));
-            }
-            Command::Join(req, reply) => {
-                let _ = reply.send(join::join(&ctx, req).await);
-            }
+        let (made, reply) = match cmd {
+            Command::Init(req, reply) => (init(&ctx, req), reply),
+            Command::Join(req, reply) => (join::join(&ctx, req).await, reply),
             Command::Token(_, reply) => {
                 let _ = reply.send(Err(not_member()));
+                continue;
             }
             Command::Revoke(_, reply) => {
                 let _ = reply.send(Err(not_member()));
+                continue;
             }
             Command::Leave(reply) => {
                 let _ = reply.send(Err(not_member()));
+                continue;
+            }
+        };
+        match made {
+            Ok((net, dir)) => handed = Some((net, dir, reply)),
+            Err(e) => {
+                let _ = reply.send(Err(e));
             }
         }
     }
@@ -504,8 +523,9 @@ impl InitPlan {
     }
 }
 
-/// Makes a network with this host as its first member and admin.
-fn init(ctx: &Ctx, req: InitRequest) -> Result<(), ApiFailure> {
+/// Makes a network with this host as its first member and admin; saves it and returns the
+/// membership and its (empty) directory.
+fn init(ctx: &Ctx, req: InitRequest) -> Result<(NetworkState, Directory), ApiFailure> {
     let plan = InitPlan::check(&req)?;
     let InitPlan {
         network,
@@ -522,7 +542,7 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(), ApiFailure> {
         ..AdminState::default()
     };
     let issuer = plan.issuer(&ca, ctx.config.control.certificate_days);
-    let empty = protocol::records::Directory::new(ca.verifying_key(), network.clone());
+    let empty = Directory::new(ca.verifying_key(), network.clone());
     let subnets = issuer
         .allocate(&admin, &empty, node, req.subnet)
         .map_err(|e| ApiFailure::bad(e.0))?;
@@ -542,20 +562,19 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(), ApiFailure> {
     ctx.state.save_ca_key(&ca).map_err(internal)?;
     ctx.state.save_admin(&admin).map_err(internal)?;
     ctx.state.save_directory(&empty).map_err(internal)?;
-    ctx.state
-        .save_network(&NetworkState {
-            network: network.clone(),
-            cidr: *cidr,
-            ranges: ranges.clone(),
-            subnet_prefix: *prefix,
-            ca: ca.verifying_key(),
-            certificate,
-            generation: 0,
-            record_version: 0,
-            left: false,
-            bootstrap: Vec::new(),
-        })
-        .map_err(internal)?;
+    let net = NetworkState {
+        network: network.clone(),
+        cidr: *cidr,
+        ranges: ranges.clone(),
+        subnet_prefix: *prefix,
+        ca: ca.verifying_key(),
+        certificate,
+        generation: 0,
+        record_version: 0,
+        left: false,
+        bootstrap: Vec::new(),
+    };
+    ctx.state.save_network(&net).map_err(internal)?;
     tracing::info!(%network, name = %node, subnets = ?subnets, ranges = ?ranges, ca = %ca.fingerprint(), "made a new network");
-    Ok(())
+    Ok((net, empty))
 }

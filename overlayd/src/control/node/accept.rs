@@ -17,11 +17,11 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::gossip::Throttle;
+use super::core::Throttle;
 use super::inbound::TokenBucket;
 use super::net::{Inbound, Peer, STREAM_TIMEOUT, serve_connection};
 use super::{Event, lock};
@@ -74,7 +74,7 @@ pub(super) async fn accept_loop(
     while let Some(incoming) = endpoint.accept().await {
         let from = incoming.remote_address();
         let validated = incoming.remote_address_validated();
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         if rates.len() >= RATE_SOURCES {
             rates.retain(|_, b| !b.full(now));
         }
@@ -119,6 +119,7 @@ pub(super) async fn accept_loop(
             }
             Admission::Refuse => {
                 lock(&throttle).warn(
+                    Instant::now(),
                     "refused a control handshake",
                     &format_args!("{from} has too many handshakes in flight or started too many of late; it may try again"),
                 );
@@ -144,11 +145,12 @@ async fn handshake(
     let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            lock(&throttle).warn("refused a control connection", &e);
+            lock(&throttle).warn(Instant::now(), "refused a control connection", &e);
             return;
         }
         Err(_) => {
             lock(&throttle).warn(
+                Instant::now(),
                 "dropped an unfinished control handshake",
                 &format_args!(
                     "{from} did not finish it within {} s",
@@ -168,6 +170,7 @@ async fn handshake(
         Ok(Remote::Joiner) => {
             let Ok(_joiner) = joiners.try_acquire_owned() else {
                 lock(&throttle).warn(
+                    Instant::now(),
                     "turned a joiner away",
                     &format_args!("{JOINERS} joins are in flight"),
                 );
@@ -180,7 +183,11 @@ async fn handshake(
             }
         }
         Err(refusal) => {
-            lock(&throttle).warn("refused a control connection", &refusal.reason);
+            lock(&throttle).warn(
+                Instant::now(),
+                "refused a control connection",
+                &refusal.reason,
+            );
             conn.close(refusal.code, refusal.reason.as_bytes());
         }
     }

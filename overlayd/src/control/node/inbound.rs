@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use protocol::records::{Directory, RecordError, SignedMemberRecord, SignedRevocation};
 use tokio::sync::Notify;
 
-use super::{Throttle, lock};
+use super::core::{Now, Throttle};
+use super::lock;
 use crate::control::msg::Bundle;
-use crate::control::now_unix;
 
 /// Gossip datagrams queued per member at most; more from it are dropped (SWIM tolerates
 /// loss). A member's SWIM traffic is a few datagrams per probe period.
@@ -178,8 +178,13 @@ impl Drop for LargeFrame {
 /// record that parses and is signed by a member of this network under the CA (checked on a
 /// scratch directory), one per member (the newest), and none this directory already holds;
 /// revocations likewise, once each. What is refused is logged (rate-limited) as the member
-/// task would. Call it on a blocking thread: it verifies every record.
-pub(super) fn prefilter(bundle: Bundle, dir: &Mutex<Directory>, log: &Mutex<Throttle>) -> Bundle {
+/// task would. Call it on a blocking thread: it verifies every record, at `now`.
+pub(super) fn prefilter(
+    bundle: Bundle,
+    dir: &Mutex<Directory>,
+    log: &Mutex<Throttle>,
+    now: Now,
+) -> Bundle {
     let (mut scratch, held): (Directory, HashSet<Vec<u8>>) = {
         let dir = lock(dir);
         let held = dir
@@ -189,7 +194,6 @@ pub(super) fn prefilter(bundle: Bundle, dir: &Mutex<Directory>, log: &Mutex<Thro
             .collect();
         (Directory::new(*dir.ca(), dir.network().clone()), held)
     };
-    let now = now_unix();
     let mut revocations = Vec::new();
     let mut seen = HashSet::new();
     for bytes in bundle.revocations {
@@ -198,7 +202,7 @@ pub(super) fn prefilter(bundle: Bundle, dir: &Mutex<Directory>, log: &Mutex<Thro
         }
         match SignedRevocation::from_bytes(&bytes).and_then(|r| scratch.apply_revocation(&r)) {
             Ok(_) => revocations.push(bytes),
-            Err(e) => lock(log).warn("refused a revocation", &e),
+            Err(e) => lock(log).warn(now.instant, "refused a revocation", &e),
         }
     }
     // The newest record of each member: (serial, version) → bytes.
@@ -210,7 +214,7 @@ pub(super) fn prefilter(bundle: Bundle, dir: &Mutex<Directory>, log: &Mutex<Thro
         let signed = match SignedMemberRecord::from_bytes(&bytes) {
             Ok(signed) => signed,
             Err(e) => {
-                lock(log).warn("refused a member record", &e);
+                lock(log).warn(now.instant, "refused a member record", &e);
                 continue;
             }
         };
@@ -226,7 +230,7 @@ pub(super) fn prefilter(bundle: Bundle, dir: &Mutex<Directory>, log: &Mutex<Thro
         }
         // Only whether it is authentic is asked here; the rules against the real
         // directory (replays, conflicts) are the member task's.
-        match scratch.apply_member(&signed, now) {
+        match scratch.apply_member(&signed, now.unix) {
             Ok(_)
             | Err(
                 RecordError::Replay { .. }
@@ -236,7 +240,7 @@ pub(super) fn prefilter(bundle: Bundle, dir: &Mutex<Directory>, log: &Mutex<Thro
             ) => {
                 newest.insert(cert.node.to_string(), (rank, bytes));
             }
-            Err(e) => lock(log).warn("refused a member record", &e),
+            Err(e) => lock(log).warn(now.instant, "refused a member record", &e),
         }
     }
     Bundle {

@@ -1,7 +1,8 @@
 //! What rides on SWIM: gossiped items (a member record or a revocation, tagged by its
 //! first byte), the key foca uses to drop an item a newer one replaces, and the broadcast
 //! handler that verifies and applies each through the directory. Also foca's timers and
-//! the throttle that keeps a flood of bad input to one warning a second. No I/O.
+//! the throttle that keeps a flood of bad input to one warning a second. No I/O, no clock:
+//! the time is the caller's.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -13,8 +14,7 @@ use keys::Name;
 use protocol::membership::NodeId;
 use protocol::records::{Applied, Directory, RecordError, SignedMemberRecord, SignedRevocation};
 
-use super::lock;
-use crate::control::now_unix;
+use super::{Now, lock};
 
 /// Tag of a member record in a gossiped item.
 pub(super) const TAG_MEMBER: u8 = 0;
@@ -38,18 +38,30 @@ impl Invalidates for RecordKey {
     }
 }
 
-/// What the broadcast handler changed, for the member task to act on.
-#[derive(Default)]
-pub(super) struct Changes {
-    pub(super) any: bool,
+/// What the core and its broadcast handler (owned by foca) share: the time of the event
+/// being handled, set by the core before it calls foca, and whether the handler changed
+/// the directory, for the core to act on.
+pub(super) struct Shared {
+    pub(super) now: Now,
+    pub(super) changed: bool,
 }
 
 /// foca's hook for piggy-backed records: verifies and applies each (through the
-/// directory) and tells foca to pass on only what was new.
-pub struct RecordHandler {
-    pub(super) dir: Arc<Mutex<Directory>>,
-    pub(super) changes: Arc<Mutex<Changes>>,
-    pub(super) throttle: Throttle,
+/// directory, at the time in [`Shared`]) and tells foca to pass on only what was new.
+pub(super) struct RecordHandler {
+    dir: Arc<Mutex<Directory>>,
+    shared: Arc<Mutex<Shared>>,
+    throttle: Throttle,
+}
+
+impl RecordHandler {
+    pub(super) fn new(dir: Arc<Mutex<Directory>>, shared: Arc<Mutex<Shared>>) -> RecordHandler {
+        RecordHandler {
+            dir,
+            shared,
+            throttle: Throttle::default(),
+        }
+    }
 }
 
 impl BroadcastHandler<NodeId> for RecordHandler {
@@ -61,9 +73,13 @@ impl BroadcastHandler<NodeId> for RecordHandler {
         data: &[u8],
         sender: Option<&NodeId>,
     ) -> Result<Option<RecordKey>, Self::Error> {
+        let now = lock(&self.shared).now;
         let Some(key) = item_key(data) else {
-            self.throttle
-                .warn("dropped a malformed gossiped record", &"undecodable");
+            self.throttle.warn(
+                now.instant,
+                "dropped a malformed gossiped record",
+                &"undecodable",
+            );
             return Ok(None);
         };
         if sender.is_none() {
@@ -71,10 +87,10 @@ impl BroadcastHandler<NodeId> for RecordHandler {
             return Ok(Some(key));
         }
         let mut dir = lock(&self.dir);
-        match apply_item(&mut dir, data) {
+        match apply_item(&mut dir, data, now.unix) {
             Ok(Applied::Unchanged) => Ok(None),
             Ok(_) => {
-                lock(&self.changes).any = true;
+                lock(&self.shared).changed = true;
                 Ok(Some(key))
             }
             // A stale copy still making its rounds after the member moved on: normal.
@@ -83,7 +99,8 @@ impl BroadcastHandler<NodeId> for RecordHandler {
                 Ok(None)
             }
             Err(e) => {
-                self.throttle.warn("refused a gossiped record", &e);
+                self.throttle
+                    .warn(now.instant, "refused a gossiped record", &e);
                 Ok(None)
             }
         }
@@ -124,9 +141,9 @@ fn item_key(data: &[u8]) -> Option<RecordKey> {
     }
 }
 
-fn apply_item(dir: &mut Directory, data: &[u8]) -> Result<Applied, RecordError> {
+fn apply_item(dir: &mut Directory, data: &[u8], now_unix: u64) -> Result<Applied, RecordError> {
     match data.split_first() {
-        Some((&TAG_MEMBER, rest)) => dir.apply_member_bytes(rest, now_unix()),
+        Some((&TAG_MEMBER, rest)) => dir.apply_member_bytes(rest, now_unix),
         Some((&TAG_REVOCATION, rest)) => dir.apply_revocation_bytes(rest),
         _ => Err(RecordError::Malformed { part: "item tag" }),
     }
@@ -139,9 +156,8 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    /// Warns `what: detail`, unless `what` was logged in the last second.
-    pub fn warn(&mut self, what: &'static str, detail: &dyn std::fmt::Display) {
-        let now = Instant::now();
+    /// Warns `what: detail`, unless `what` was logged in the second before `now`.
+    pub fn warn(&mut self, now: Instant, what: &'static str, detail: &dyn std::fmt::Display) {
         let entry = self
             .last
             .entry(what)
@@ -156,7 +172,7 @@ impl Throttle {
     }
 }
 
-/// A timer foca asked for.
+/// The timers foca asked for, each due at an instant.
 #[derive(Default)]
 pub(super) struct Timers {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -165,9 +181,9 @@ pub(super) struct Timers {
 }
 
 impl Timers {
-    pub(super) fn add(&mut self, after: Duration, timer: Timer<NodeId>) {
+    pub(super) fn add(&mut self, at: Instant, timer: Timer<NodeId>) {
         self.seq += 1;
-        self.heap.push(Reverse((Instant::now() + after, self.seq)));
+        self.heap.push(Reverse((at, self.seq)));
         self.pending.insert(self.seq, timer);
     }
 
@@ -175,8 +191,8 @@ impl Timers {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
-    pub(super) fn due(&mut self) -> Vec<Timer<NodeId>> {
-        let now = Instant::now();
+    /// Takes the timers due at `now`, earliest first.
+    pub(super) fn due(&mut self, now: Instant) -> Vec<Timer<NodeId>> {
         let mut out = Vec::new();
         while let Some(Reverse((at, seq))) = self.heap.peek().copied() {
             if at > now {
@@ -198,6 +214,7 @@ mod tests {
 
     use super::*;
     use crate::control::admin::Issuer;
+    use crate::control::now_unix;
 
     fn key(tag: u8, name: &str, serial: u64, version: u64) -> RecordKey {
         RecordKey {
@@ -308,10 +325,10 @@ mod tests {
         ];
         for item in malformed {
             assert_eq!(item_key(item), None, "{item:?}");
-            assert!(apply_item(&mut dir, item).is_err(), "{item:?}");
+            assert!(apply_item(&mut dir, item, now_unix()).is_err(), "{item:?}");
         }
         assert!(matches!(
-            apply_item(&mut dir, &[9]),
+            apply_item(&mut dir, &[9], now_unix()),
             Err(RecordError::Malformed { part: "item tag" })
         ));
         assert_eq!(dir.all_members().count(), 0);
@@ -322,31 +339,54 @@ mod tests {
         let net = Network::new();
         let mut dir = Directory::new(net.ca.verifying_key(), net.network.clone());
         let item = tagged(TAG_MEMBER, &net.record("a", 7, 3).to_bytes());
-        assert!(matches!(apply_item(&mut dir, &item), Ok(Applied::New)));
         assert!(matches!(
-            apply_item(&mut dir, &item),
+            apply_item(&mut dir, &item, now_unix()),
+            Ok(Applied::New)
+        ));
+        assert!(matches!(
+            apply_item(&mut dir, &item, now_unix()),
             Ok(Applied::Unchanged)
         ));
         let item = tagged(TAG_REVOCATION, &net.revocation("a", 7).to_bytes());
         assert!(!matches!(
-            apply_item(&mut dir, &item),
+            apply_item(&mut dir, &item, now_unix()),
             Ok(Applied::Unchanged)
         ));
         assert!(matches!(
-            apply_item(&mut dir, &item),
+            apply_item(&mut dir, &item, now_unix()),
             Ok(Applied::Unchanged)
         ));
     }
 
     #[test]
     fn timers_come_due_in_order_and_once() {
+        let start = Instant::now();
         let mut timers = Timers::default();
         assert_eq!(timers.next(), None);
-        timers.add(Duration::from_secs(3600), Timer::ProbeRandomMember(2));
-        timers.add(Duration::ZERO, Timer::ProbeRandomMember(1));
-        assert!(timers.next().unwrap() <= Instant::now());
-        assert_eq!(timers.due(), vec![Timer::ProbeRandomMember(1)]);
-        assert!(timers.due().is_empty());
-        assert!(timers.next().unwrap() > Instant::now());
+        timers.add(
+            start + Duration::from_secs(3600),
+            Timer::ProbeRandomMember(2),
+        );
+        timers.add(start, Timer::ProbeRandomMember(1));
+        assert_eq!(timers.next(), Some(start));
+        assert_eq!(timers.due(start), vec![Timer::ProbeRandomMember(1)]);
+        assert!(timers.due(start).is_empty());
+        assert_eq!(timers.next(), Some(start + Duration::from_secs(3600)));
+        assert_eq!(
+            timers.due(start + Duration::from_secs(3600)),
+            vec![Timer::ProbeRandomMember(2)]
+        );
+    }
+
+    #[test]
+    fn the_throttle_logs_a_kind_once_a_second() {
+        let start = Instant::now();
+        let mut throttle = Throttle::default();
+        throttle.warn(start, "a", &"first");
+        throttle.warn(start + Duration::from_millis(500), "a", &"suppressed");
+        throttle.warn(start + Duration::from_millis(500), "b", &"another kind");
+        assert_eq!(throttle.last["a"], (start, 1));
+        throttle.warn(start + Duration::from_secs(1), "a", &"again");
+        assert_eq!(throttle.last["a"], (start + Duration::from_secs(1), 0));
     }
 }

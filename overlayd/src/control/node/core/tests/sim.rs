@@ -1,0 +1,567 @@
+//! A network of membership cores in memory, on a virtual clock: what the driver does for a
+//! core (connections, datagrams, streams, saved state, routes, the view), done by passing
+//! values between cores. No sockets, no tasks, no root. Deterministic: every core's seed
+//! is fixed and time moves only in [`STEP`]s.
+//!
+//! Each host has a control address on 198.18.0.0/15; a connection is a pair of links, one
+//! registered with each core. Datagrams, pushes and syncs are delivered at the instant they
+//! are sent, in order. A host can be partitioned (nothing reaches it or leaves it), made
+//! deaf to gossip (its datagrams are lost, streams still work), stalled (what is sent to it
+//! waits, as in its socket buffers, and its timers do not run until it resumes), crashed,
+//! and restarted from what it saved.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ipnet::IpNet;
+use keys::{CaKey, Name, NodeCertificate, PrivateKey, SigningKey};
+use protocol::records::{Directory, MemberRecord, MemberState, SignedMemberRecord};
+
+use super::super::super::inbound::prefilter;
+use super::super::{
+    Action, Answer, CloseReason, Core, LinkId, Now, Origin, Settings, Start, Throttle,
+};
+use crate::control::View;
+use crate::control::admin::Issuer;
+use crate::control::msg::{Bundle, Request, Response};
+use crate::control::state::{AdminState, NetworkState};
+use crate::router::PeerSpec;
+
+/// The wall-clock time every simulation starts at (unix seconds).
+pub(super) const START_UNIX: u64 = 1_800_000_000;
+/// How far the clock moves between two rounds of timers.
+pub(super) const STEP: Duration = Duration::from_millis(10);
+/// The control port of every host.
+const CONTROL_PORT: u16 = 51821;
+
+/// The network: its CA and name.
+pub(super) struct Network {
+    pub(super) ca: CaKey,
+    pub(super) name: Name,
+}
+
+impl Network {
+    pub(super) fn issuer(&self) -> Issuer<'_> {
+        Issuer {
+            ca: &self.ca,
+            network: &self.name,
+            cidr: "10.42.0.0/16".parse().expect("a CIDR"),
+            ranges: &[],
+            subnet_prefix: 24,
+            certificate_days: 365,
+        }
+    }
+}
+
+/// A host's keys and address.
+pub(super) struct Keys {
+    pub(super) control: SigningKey,
+    pub(super) wireguard: PrivateKey,
+    pub(super) addr: SocketAddr,
+}
+
+impl Keys {
+    /// New keys for host number `index` (its address).
+    pub(super) fn new(index: usize) -> Keys {
+        Keys {
+            control: SigningKey::generate(),
+            wireguard: PrivateKey::generate(),
+            addr: control_addr(index),
+        }
+    }
+}
+
+/// The control address of host number `index`.
+pub(super) fn control_addr(index: usize) -> SocketAddr {
+    SocketAddr::from(([198, 18, 0, 11 + index as u8], CONTROL_PORT))
+}
+
+/// One host: its core (`None` while crashed or once it left) and what its driver keeps.
+pub(super) struct Host {
+    pub(super) keys: Keys,
+    pub(super) core: Option<Core>,
+    /// The membership and directory it saved last.
+    pub(super) saved: (NetworkState, Option<Directory>),
+    /// The members it routes (its last [`Action::Peers`]).
+    pub(super) peers: Vec<PeerSpec>,
+    pub(super) view: View,
+    /// Its connections: its link → the other host and that host's link.
+    pub(super) links: HashMap<LinkId, (usize, LinkId)>,
+    /// The connections it closed, and why.
+    pub(super) closed: Vec<(LinkId, CloseReason)>,
+    /// Full syncs it asked for.
+    pub(super) syncs: usize,
+    /// Admin only: the state it saved last.
+    pub(super) admin: Option<AdminState>,
+}
+
+impl Host {
+    pub(super) fn core(&mut self) -> &mut Core {
+        self.core.as_mut().expect("the host is running")
+    }
+
+    /// The name of every member it routes.
+    pub(super) fn routed(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.peers.iter().filter_map(|p| p.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// What its view says of member `name`.
+    pub(super) fn state_of(&self, name: &str) -> Option<protocol::api::MemberState> {
+        self.view
+            .members
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.state)
+    }
+}
+
+/// Something in flight between two hosts.
+enum Delivery {
+    Datagram(usize, LinkId, Bytes),
+    Push(usize, LinkId, Bundle),
+    /// From, to, the link at `to`, the bundle.
+    Sync(usize, usize, LinkId, Bundle),
+}
+
+/// The simulated network.
+pub(super) struct Sim {
+    pub(super) network: Network,
+    pub(super) hosts: Vec<Host>,
+    start: Instant,
+    elapsed: Duration,
+    queue: VecDeque<Delivery>,
+    /// Hosts nothing reaches and nothing leaves.
+    pub(super) partitioned: HashSet<usize>,
+    /// Hosts whose incoming gossip datagrams are lost.
+    pub(super) deaf: HashSet<usize>,
+    /// Hosts that do nothing; what is sent to them waits in `held`.
+    stalled: HashSet<usize>,
+    held: VecDeque<Delivery>,
+    /// The last gossip datagram sent from one host to another.
+    pub(super) last_datagram: HashMap<(usize, usize), Bytes>,
+}
+
+/// The settings of every core: the config's defaults, the address fixed.
+pub(super) fn settings() -> Settings {
+    let control = crate::config::Control::default();
+    Settings {
+        control_port: CONTROL_PORT,
+        listen_port: 51820,
+        certificate_days: control.certificate_days,
+        follow_address: false,
+        sync_interval: Duration::from_millis(control.sync_interval_ms),
+        rejoin_interval: Duration::from_millis(control.rejoin_interval_ms),
+        membership: control.membership(),
+    }
+}
+
+impl Sim {
+    /// `hosts` members, host 0 the admin (it made the network); every other one knows only
+    /// the admin's address, as a host that just joined does. Not yet run.
+    pub(super) fn new(hosts: usize) -> Sim {
+        let network = Network {
+            ca: CaKey::generate(),
+            name: Name::new("simnet").expect("a name"),
+        };
+        let mut sim = Sim {
+            network,
+            hosts: Vec::new(),
+            start: Instant::now(),
+            elapsed: Duration::ZERO,
+            queue: VecDeque::new(),
+            partitioned: HashSet::new(),
+            deaf: HashSet::new(),
+            stalled: HashSet::new(),
+            held: VecDeque::new(),
+            last_datagram: HashMap::new(),
+        };
+        let mut admin = AdminState::default();
+        let mut certificates = Vec::new();
+        for i in 0..hosts {
+            let keys = Keys::new(i);
+            let name = Name::new(format!("h{i}")).expect("a name");
+            let subnet: IpNet = format!("10.42.{}.0/24", i + 1).parse().expect("a subnet");
+            let serial = i as u64 + 1;
+            let issuer = sim.network.issuer();
+            let certificate = issuer
+                .issue(
+                    &name,
+                    keys.wireguard.public_key(),
+                    keys.control.verifying_key(),
+                    vec![subnet],
+                    Vec::new(),
+                    serial,
+                    START_UNIX,
+                )
+                .expect("a certificate");
+            issuer.remember(
+                &mut admin,
+                &name,
+                keys.wireguard.public_key(),
+                subnet,
+                serial,
+                START_UNIX,
+            );
+            certificates.push((keys, certificate));
+        }
+        for (i, (keys, certificate)) in certificates.into_iter().enumerate() {
+            let net = NetworkState {
+                network: sim.network.name.clone(),
+                cidr: "10.42.0.0/16".parse().expect("a CIDR"),
+                ranges: Vec::new(),
+                subnet_prefix: 24,
+                ca: sim.network.ca.verifying_key(),
+                certificate,
+                generation: 0,
+                record_version: 0,
+                left: false,
+                bootstrap: if i == 0 {
+                    Vec::new()
+                } else {
+                    vec![control_addr(0)]
+                },
+            };
+            let admin = (i == 0).then(|| admin.clone());
+            sim.add(keys, net, None, admin);
+        }
+        sim
+    }
+
+    /// Starts a host from `net` and `directory` (none: an empty one); an admin if `admin`.
+    pub(super) fn add(
+        &mut self,
+        keys: Keys,
+        net: NetworkState,
+        directory: Option<Directory>,
+        admin: Option<AdminState>,
+    ) -> usize {
+        let index = self.hosts.len();
+        self.hosts.push(Host {
+            keys,
+            core: None,
+            saved: (net, directory),
+            peers: Vec::new(),
+            view: View::default(),
+            links: HashMap::new(),
+            closed: Vec::new(),
+            syncs: 0,
+            admin,
+        });
+        self.restart(index);
+        index
+    }
+
+    /// (Re)starts host `index` from what it saved, as the daemon does.
+    pub(super) fn restart(&mut self, index: usize) -> &Core {
+        let now = self.now();
+        let host = &mut self.hosts[index];
+        let (net, directory) = host.saved.clone();
+        let me = net
+            .certificate
+            .verify(&net.ca, now.unix)
+            .expect("a current certificate");
+        let directory = directory.unwrap_or_else(|| Directory::new(net.ca, net.network.clone()));
+        let admin = host
+            .admin
+            .clone()
+            .map(|state| (self.network.ca.clone(), state));
+        let core = Core::new(
+            Start {
+                net,
+                me,
+                directory,
+                control_key: host.keys.control.clone(),
+                wireguard_key: host.keys.wireguard.clone(),
+                admin,
+                advertise: host.keys.addr.ip(),
+                settings: settings(),
+                seed: index as u64 + 1,
+            },
+            now,
+        )
+        .expect("a core starts");
+        host.saved.0 = core.network().clone();
+        host.core = Some(core);
+        host.core.as_ref().expect("just set")
+    }
+
+    /// Host `index` stops answering at once; its peers' connections to it close (as QUIC's
+    /// idle timeout would close them).
+    pub(super) fn crash(&mut self, index: usize) {
+        self.hosts[index].core = None;
+        let links: Vec<(LinkId, (usize, LinkId))> = self.hosts[index].links.drain().collect();
+        for (_, (other, theirs)) in links {
+            self.close_remote(other, theirs, control_addr(index));
+        }
+    }
+
+    /// Host `index` stops running (as a process stopped with SIGSTOP).
+    pub(super) fn stall(&mut self, index: usize) {
+        self.stalled.insert(index);
+    }
+
+    /// Host `index` runs again, and reads what waited for it.
+    pub(super) fn resume(&mut self, index: usize) {
+        self.stalled.remove(&index);
+        self.queue.append(&mut self.held);
+        self.settle();
+    }
+
+    pub(super) fn now(&self) -> Now {
+        Now {
+            instant: self.start + self.elapsed,
+            unix: START_UNIX + self.elapsed.as_secs(),
+        }
+    }
+
+    /// Runs every host for `duration`, calling `watch` after each step.
+    pub(super) fn run_watching(&mut self, duration: Duration, mut watch: impl FnMut(&Sim)) {
+        let end = self.elapsed + duration;
+        while self.elapsed < end {
+            self.elapsed += STEP;
+            let now = self.now();
+            for (index, host) in self.hosts.iter_mut().enumerate() {
+                if let Some(core) = host.core.as_mut()
+                    && !self.stalled.contains(&index)
+                    && core.poll_timeout() <= now.instant
+                {
+                    core.handle_timeout(now);
+                }
+            }
+            self.settle();
+            watch(self);
+        }
+    }
+
+    pub(super) fn run(&mut self, duration: Duration) {
+        self.run_watching(duration, |_| {});
+    }
+
+    /// Carries out every host's actions and delivers what is in flight, until nothing is.
+    pub(super) fn settle(&mut self) {
+        for _ in 0..100_000 {
+            let mut busy = false;
+            for index in 0..self.hosts.len() {
+                while let Some(action) = self.hosts[index].core.as_mut().and_then(Core::poll_action)
+                {
+                    self.act(index, action);
+                    busy = true;
+                }
+            }
+            while let Some(delivery) = self.queue.pop_front() {
+                self.deliver(delivery);
+                busy = true;
+            }
+            if !busy {
+                return;
+            }
+        }
+        panic!("the simulated network never settles");
+    }
+
+    /// Carries out `actions`, taken from host `index`'s core, then settles.
+    pub(super) fn apply(&mut self, index: usize, actions: Vec<Action>) {
+        for action in actions {
+            self.act(index, action);
+        }
+        self.settle();
+    }
+
+    fn reachable(&self, a: usize, b: usize) -> bool {
+        !self.partitioned.contains(&a) && !self.partitioned.contains(&b)
+    }
+
+    fn act(&mut self, from: usize, action: Action) {
+        let now = self.now();
+        match action {
+            Action::Connect(addr) => self.connect(from, addr),
+            Action::Transmit { link, bytes } => {
+                if let Some(&(to, theirs)) = self.hosts[from].links.get(&link) {
+                    self.last_datagram.insert((from, to), bytes.clone());
+                    if self.reachable(from, to) && !self.deaf.contains(&to) {
+                        self.queue.push_back(Delivery::Datagram(to, theirs, bytes));
+                    }
+                }
+            }
+            Action::Push {
+                links,
+                bundle,
+                wait,
+            } => {
+                for link in links {
+                    if let Some(&(to, theirs)) = self.hosts[from].links.get(&link)
+                        && self.reachable(from, to)
+                    {
+                        let push = Delivery::Push(to, theirs, bundle.clone());
+                        // Acknowledged before the next action, as the driver waits.
+                        if wait {
+                            self.deliver(push);
+                        } else {
+                            self.queue.push_back(push);
+                        }
+                    }
+                }
+            }
+            Action::Sync { link, bundle } => {
+                self.hosts[from].syncs += 1;
+                if let Some(&(to, theirs)) = self.hosts[from].links.get(&link)
+                    && self.reachable(from, to)
+                {
+                    self.queue
+                        .push_back(Delivery::Sync(from, to, theirs, bundle));
+                }
+            }
+            Action::Close { link, reason } => {
+                let host = &mut self.hosts[from];
+                host.closed.push((link, reason));
+                if let Some((to, theirs)) = host.links.remove(&link) {
+                    self.close_remote(to, theirs, control_addr(from));
+                }
+            }
+            Action::Peers(peers) => self.hosts[from].peers = peers,
+            Action::SaveNetwork(net) => self.hosts[from].saved.0 = net,
+            Action::SaveDirectory(dir) => self.hosts[from].saved.1 = Some(dir),
+            Action::View(view) => self.hosts[from].view = view,
+            Action::DetectAddress { .. } => {
+                let ip = self.hosts[from].keys.addr.ip();
+                self.hosts[from].core().handle_address(ip, now);
+            }
+        }
+    }
+
+    /// Host `from` opens a connection to `addr`: both ends register it, or it fails.
+    fn connect(&mut self, from: usize, addr: SocketAddr) {
+        let now = self.now();
+        let to = self.hosts.iter().position(|h| h.keys.addr == addr);
+        let up = |to: usize| self.hosts[to].core.is_some() && !self.stalled.contains(&to);
+        let Some(to) = to.filter(|&to| up(to) && self.reachable(from, to)) else {
+            self.hosts[from].core().handle_connect_failed(addr);
+            return;
+        };
+        let cert_of = |host: &Host| -> Option<NodeCertificate> {
+            let core = host.core.as_ref()?;
+            Some(core.certificate().clone())
+        };
+        let (ours, theirs) = (cert_of(&self.hosts[from]), cert_of(&self.hosts[to]));
+        let from_addr = self.hosts[from].keys.addr;
+        let Ok((mine, _)) = self.hosts[from]
+            .core()
+            .handle_connected(addr, theirs, false, now)
+        else {
+            return;
+        };
+        match self.hosts[to]
+            .core()
+            .handle_connected(from_addr, ours, true, now)
+        {
+            Ok((link, _)) => {
+                self.hosts[from].links.insert(mine, (to, link));
+                self.hosts[to].links.insert(link, (from, mine));
+            }
+            // Refused by the other end: closed at this one.
+            Err(_) => self.hosts[from].core().handle_closed(addr, mine),
+        }
+    }
+
+    /// The connection `link` of host `index` (with `addr`) was closed by the other end.
+    fn close_remote(&mut self, index: usize, link: LinkId, addr: SocketAddr) {
+        let host = &mut self.hosts[index];
+        host.links.remove(&link);
+        if let Some(core) = host.core.as_mut() {
+            core.handle_closed(addr, link);
+        }
+    }
+
+    fn deliver(&mut self, delivery: Delivery) {
+        let now = self.now();
+        let to = match &delivery {
+            Delivery::Datagram(to, ..) | Delivery::Push(to, ..) | Delivery::Sync(_, to, ..) => *to,
+        };
+        if self.stalled.contains(&to) {
+            self.held.push_back(delivery);
+            return;
+        }
+        match delivery {
+            Delivery::Datagram(to, link, bytes) => {
+                if let Some(core) = self.hosts[to].core.as_mut() {
+                    core.handle_datagram(link, &bytes, now);
+                }
+            }
+            Delivery::Push(to, link, bundle) => {
+                if let Some(core) = self.hosts[to].core.as_mut() {
+                    let bundle = checked(core, bundle, now);
+                    let answer =
+                        core.handle_request(Origin::Member(link), Request::Push(bundle), now);
+                    assert!(matches!(
+                        answer,
+                        Answer::Reply(Response::Ack) | Answer::Drop
+                    ));
+                }
+            }
+            Delivery::Sync(from, to, link, bundle) => {
+                let Some(core) = self.hosts[to].core.as_mut() else {
+                    return;
+                };
+                let bundle = checked(core, bundle, now);
+                let answer = core.handle_request(Origin::Member(link), Request::Sync(bundle), now);
+                if let Answer::Reply(Response::Sync(theirs)) = answer
+                    && let Some(core) = self.hosts[from].core.as_mut()
+                {
+                    let theirs = checked(core, theirs, now);
+                    core.handle_bundle(&theirs, now);
+                }
+            }
+        }
+    }
+
+    /// A signed record of a host that is not simulated (`serial`, `subnet`, `version`).
+    pub(super) fn outsider(&self, name: &str, serial: u64, subnet: &str) -> SignedMemberRecord {
+        let keys = Keys::new(200);
+        let certificate = self
+            .network
+            .issuer()
+            .issue(
+                &Name::new(name).expect("a name"),
+                keys.wireguard.public_key(),
+                keys.control.verifying_key(),
+                vec![subnet.parse().expect("a subnet")],
+                Vec::new(),
+                serial,
+                START_UNIX,
+            )
+            .expect("a certificate");
+        MemberRecord {
+            certificate,
+            version: 1,
+            state: MemberState::Alive,
+            control_port: CONTROL_PORT,
+            endpoints: vec![keys.addr],
+        }
+        .sign(&keys.control)
+        .expect("a record")
+    }
+
+    /// Host `index`'s link to host `other`, if connected.
+    pub(super) fn link(&self, index: usize, other: usize) -> Option<LinkId> {
+        self.hosts[index]
+            .links
+            .iter()
+            .find(|(_, (to, _))| *to == other)
+            .map(|(link, _)| *link)
+    }
+}
+
+/// What the driver does to a bundle before the core sees it (`inbound::prefilter`).
+fn checked(core: &Core, bundle: Bundle, now: Now) -> Bundle {
+    prefilter(
+        bundle,
+        &core.directory(),
+        &Mutex::new(Throttle::default()),
+        now,
+    )
+}
