@@ -27,6 +27,7 @@ mod inbound;
 mod net;
 mod peers;
 
+use crate::util::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -64,10 +65,6 @@ enum Event {
     /// A request on a stream, from the member link it came on (`None`: a joiner).
     Request(Option<LinkId>, Box<Request>, oneshot::Sender<Response>),
     Bundle(Bundle),
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Now, on both clocks: the only place the member reads them.

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use keys::PublicKey;
 
 use super::Member;
-use crate::router::{PeerSpec, Upserted};
+use crate::router::{Initiate, PeerSpec, Upserted};
 
 impl Member {
     /// Brings the router and kernel routes in line with `desired`: each is added or
@@ -30,11 +30,9 @@ impl Member {
             match self.ctx.router.upsert_peer(spec) {
                 Ok(Upserted::Added { .. }) => {
                     self.route(&key, &subnets).await;
-                    let udp = self.ctx.udp.clone();
-                    let mut buf = [0u8; crate::router::MIN_BUFFER_LEN];
-                    self.ctx.router.initiate(&key, &mut buf, &mut |dst, bytes| {
-                        let _ = udp.send_to(dst, bytes);
-                    });
+                    self.ctx
+                        .router
+                        .initiate_and_send(Initiate::Peer(&key), &*self.ctx.udp);
                 }
                 Ok(Upserted::Updated {
                     subnets_changed: true,

@@ -49,6 +49,7 @@ mod view;
 #[cfg(test)]
 mod tests;
 
+pub(super) use crate::util::lock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -191,10 +192,6 @@ pub enum Action {
         /// A member's endpoint.
         towards: SocketAddr,
     },
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A member's membership, without I/O (see the module docs).
