@@ -119,6 +119,7 @@ fn bundle(f: &Fixture) -> Bundle {
     Bundle {
         members: vec![f.alive(0, 1).to_bytes(), f.alive(1, 3).to_bytes()],
         revocations: vec![f.revocation(&f.members[2]).to_bytes()],
+        policy: None,
     }
 }
 

@@ -34,6 +34,10 @@ use protocol::api::{
     ApiError, INIT_PATH, InitRequest, JOIN_PATH, JoinRequest, LEAVE_PATH, PEERS_PATH, PeerStatus,
     REVOKE_PATH, RevokeRequest, STATUS_PATH, Status, TOKENS_PATH, TokenRequest,
 };
+use protocol::api::{
+    EVENTS_PATH, POLICY_CHECK_PATH, POLICY_PATH, PolicyCheckRequest, PolicySetRequest,
+    PolicyShown, PolicyVerdict, SecurityEvent,
+};
 use std::time::Duration;
 
 use crate::address::first_host;
@@ -140,6 +144,59 @@ async fn revoke(
         .ask(|r| Command::Revoke(req, r), Duration::from_secs(10))
         .await?;
     Ok(Json(answer).into_response())
+}
+
+async fn policy_set(
+    State(s): State<Arc<ApiState>>,
+    body: Result<Json<PolicySetRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<PolicyShown>, ApiFailure> {
+    let Json(req) = body.map_err(bad_body)?;
+    // Pushed to every member, each acking: as long as a revocation's push.
+    let shown = s
+        .control
+        .ask(|r| Command::PolicySet(req, r), Duration::from_secs(10))
+        .await?;
+    Ok(Json(shown))
+}
+
+async fn policy_show(State(s): State<Arc<ApiState>>) -> Result<Json<PolicyShown>, ApiFailure> {
+    let shown = s
+        .control
+        .ask(Command::PolicyShow, Duration::from_secs(10))
+        .await?;
+    Ok(Json(shown))
+}
+
+async fn policy_check(
+    State(s): State<Arc<ApiState>>,
+    body: Result<Json<PolicyCheckRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<PolicyVerdict>, ApiFailure> {
+    let Json(req) = body.map_err(bad_body)?;
+    let verdict = s
+        .control
+        .ask(|r| Command::PolicyCheck(req, r), Duration::from_secs(10))
+        .await?;
+    Ok(Json(verdict))
+}
+
+/// `after=N` of a query string (0 when absent).
+fn after(query: Option<&str>) -> Result<u64, ApiFailure> {
+    let Some(query) = query else { return Ok(0) };
+    for pair in query.split('&') {
+        if let Some(value) = pair.strip_prefix("after=") {
+            return value.parse().map_err(|_| {
+                ApiFailure::bad(format!("after={value:?} is not a sequence number"))
+            });
+        }
+    }
+    Ok(0)
+}
+
+async fn events(
+    State(s): State<Arc<ApiState>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<Vec<SecurityEvent>>, ApiFailure> {
+    Ok(Json(s.router.events.after(after(query.as_deref())?)))
 }
 
 async fn leave(State(s): State<Arc<ApiState>>) -> Result<Json<Status>, ApiFailure> {
@@ -268,6 +325,9 @@ impl ApiSocket {
             .route(JOIN_PATH, post(join))
             .route(REVOKE_PATH, post(revoke))
             .route(LEAVE_PATH, post(leave))
+            .route(POLICY_PATH, get(policy_show).post(policy_set))
+            .route(POLICY_CHECK_PATH, post(policy_check))
+            .route(EVENTS_PATH, get(events))
             .with_state(state);
         let listener = self.0.take_listener("API socket")?;
         axum::serve(listener, app)

@@ -190,6 +190,7 @@ async fn flood_syncs(
     let request = Request::Sync(Bundle {
         members: vec![record; copies],
         revocations: Vec::new(),
+        policy: None,
     });
     while !stop.load(Ordering::Relaxed) {
         let exchange = async {

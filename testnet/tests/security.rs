@@ -541,6 +541,7 @@ fn clients_without_a_valid_certificate_are_refused() {
     let bundle = Bundle {
         members: vec![forged.to_bytes()],
         revocations: Vec::new(),
+        policy: None,
     };
     let config = joiner_config(&h1.network);
     let answers = run_in_netns(&ns, move || async move {
@@ -551,6 +552,7 @@ fn clients_without_a_valid_certificate_are_refused() {
         let big = Bundle {
             members: vec![vec![0u8; 1 << 20]],
             revocations: Vec::new(),
+            policy: None,
         };
         let oversized = link.ask(&Request::Push(big)).await;
         link.close().await;

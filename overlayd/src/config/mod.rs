@@ -110,6 +110,9 @@ pub struct Control {
     pub rejoin_interval_ms: u64,
     /// How many days the certificates this host issues as admin are valid.
     pub certificate_days: u32,
+    /// Under a network policy: the most flows tracked per peer (connection tracking); past
+    /// it, a new flow pushes out that peer's flow idle the longest.
+    pub policy_flows: usize,
 }
 
 impl Default for Control {
@@ -124,6 +127,7 @@ impl Default for Control {
             sync_interval_ms: 30_000,
             rejoin_interval_ms: 2000,
             certificate_days: 365,
+            policy_flows: protocol::policy::flows::DEFAULT_CAPACITY,
         }
     }
 }

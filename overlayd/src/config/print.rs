@@ -53,14 +53,15 @@ impl Config {
         }
         let _ = writeln!(
             out,
-            "probe_period_ms = {}\nprobe_timeout_ms = {}\nsuspect_timeout_ms = {}\ngossip_interval_ms = {}\nsync_interval_ms = {}\nrejoin_interval_ms = {}\ncertificate_days = {}",
+            "probe_period_ms = {}\nprobe_timeout_ms = {}\nsuspect_timeout_ms = {}\ngossip_interval_ms = {}\nsync_interval_ms = {}\nrejoin_interval_ms = {}\ncertificate_days = {}\npolicy_flows = {}",
             c.probe_period_ms,
             c.probe_timeout_ms,
             c.suspect_timeout_ms,
             c.gossip_interval_ms,
             c.sync_interval_ms,
             c.rejoin_interval_ms,
-            c.certificate_days
+            c.certificate_days,
+            c.policy_flows
         );
         let d = &self.docker;
         let _ = writeln!(

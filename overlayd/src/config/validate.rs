@@ -162,6 +162,9 @@ impl Control {
         if self.certificate_days == 0 {
             return Err("[control] certificate_days must be at least 1".into());
         }
+        if self.policy_flows == 0 {
+            return Err("[control] policy_flows must be at least 1 (default 65536)".into());
+        }
         let membership = self.membership();
         membership.to_foca().map_err(|e| format!("[control] {e}"))?;
         for (name, v) in [

@@ -209,6 +209,18 @@ pub enum Command {
     Revoke(RevokeRequest, Reply<RevokeResponse>),
     /// `overlayctl leave`.
     Leave(Reply<protocol::api::Status>),
+    /// `overlayctl policy set`.
+    PolicySet(
+        protocol::api::PolicySetRequest,
+        Reply<protocol::api::PolicyShown>,
+    ),
+    /// `overlayctl policy show`.
+    PolicyShow(Reply<protocol::api::PolicyShown>),
+    /// `overlayctl policy check`.
+    PolicyCheck(
+        protocol::api::PolicyCheckRequest,
+        Reply<protocol::api::PolicyVerdict>,
+    ),
 }
 
 /// One member as the API shows it.
@@ -444,6 +456,14 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
                 continue;
             }
             Command::Leave(reply) => {
+                let _ = reply.send(Err(not_member()));
+                continue;
+            }
+            Command::PolicySet(_, reply) | Command::PolicyShow(reply) => {
+                let _ = reply.send(Err(not_member()));
+                continue;
+            }
+            Command::PolicyCheck(_, reply) => {
                 let _ = reply.send(Err(not_member()));
                 continue;
             }

@@ -24,6 +24,8 @@ pub struct Bundle {
     pub members: Vec<Vec<u8>>,
     /// `SignedRevocation::to_bytes`.
     pub revocations: Vec<Vec<u8>>,
+    /// `SignedPolicy::to_bytes`: the network policy, when the sender holds one.
+    pub policy: Option<Vec<u8>>,
 }
 
 /// A request, sent by the side that opened the stream.
@@ -108,6 +110,9 @@ pub async fn read_limited<T: serde::de::DeserializeOwned>(
     postcard::from_bytes(&body).map_err(|e| anyhow::anyhow!("malformed message: {e}"))
 }
 
+/// The largest push: a policy (at most 256 KiB of text) with its signature.
+pub const PUSH_FRAME: usize = 320 << 10;
+
 /// Frames up to this size are read into a buffer of their announced size at once; above
 /// it the buffer grows with what arrives, so a length alone reserves no memory.
 pub const SMALL_FRAME: usize = 64 << 10;
@@ -117,9 +122,9 @@ pub const SMALL_FRAME: usize = 64 << 10;
 /// join and a push carry a few records; only a sync carries a whole directory.
 pub fn request_limit(tag: u8) -> usize {
     match tag {
-        0 => 16 << 10,    // Join: ~200 bytes
-        1 => MAX_FRAME,   // Sync: the sender's directory
-        2 => SMALL_FRAME, // Push: a member's own record, a revocation
+        0 => 16 << 10,   // Join: ~200 bytes
+        1 => MAX_FRAME,  // Sync: the sender's directory
+        2 => PUSH_FRAME, // Push: a member's own record, a revocation, a policy
         _ => 0,
     }
 }
@@ -211,6 +216,7 @@ mod tests {
         let req = Request::Push(Bundle {
             members: vec![vec![1, 2, 3]],
             revocations: vec![],
+            policy: None,
         });
         let mut buf = Vec::new();
         write(&mut buf, &req).await.unwrap();
@@ -225,6 +231,7 @@ mod tests {
             &Request::Push(Bundle {
                 members: vec![vec![7; 100]],
                 revocations: vec![],
+                policy: None,
             }),
         )
         .await
@@ -243,10 +250,12 @@ mod tests {
         let sync = Request::Sync(Bundle {
             members: vec![vec![1; 100 << 10]],
             revocations: vec![],
+            policy: None,
         });
         let push = Request::Push(Bundle {
             members: vec![vec![1; 100 << 10]],
             revocations: vec![],
+            policy: None,
         });
         let mut buf = Vec::new();
         write(&mut buf, &sync).await.unwrap();

@@ -357,46 +357,14 @@ impl Policy {
         }
     }
 
-    /// Runs every `[[test]]`. `lookup` answers what the admin knows of the network: the
-    /// groups of a member by name, and which member owns an address. A `node:` side is that
-    /// member at no address; a `group:` side a host with that group only; an address the
-    /// member that owns it (its name and groups) at that address.
+    /// Runs every `[[test]]` (each side looked up as [`verdict_between`](Self::verdict_between)
+    /// does).
     pub fn check_tests(&self, lookup: &dyn Lookup) -> Result<(), Vec<TestFailure>> {
         let failures: Vec<TestFailure> = self
             .tests
             .iter()
             .filter_map(|t| {
-                let with =
-                    |s: &Selector, f: &mut dyn FnMut(&Endpoint<'_>) -> Option<RuleId>| match s {
-                        Selector::Node(n) => {
-                            let groups = lookup.groups_of(n);
-                            f(&Endpoint::host(n, &groups))
-                        }
-                        Selector::Group(g) => f(&Endpoint {
-                            name: None,
-                            groups: std::slice::from_ref(g),
-                            addr: None,
-                        }),
-                        Selector::Cidr(net) => {
-                            let addr = net.addr();
-                            match lookup.owner_of(addr) {
-                                Some((name, groups)) => f(&Endpoint::host(&name, &groups).at(addr)),
-                                None => f(&Endpoint {
-                                    name: None,
-                                    groups: &[],
-                                    addr: Some(addr),
-                                }),
-                            }
-                        }
-                        Selector::Any => f(&Endpoint {
-                            name: None,
-                            groups: &[],
-                            addr: None,
-                        }),
-                    };
-                let got = with(&t.from, &mut |src| {
-                    with(&t.to, &mut |dst| self.verdict(src, dst, t.service))
-                });
+                let got = self.verdict_between(lookup, &t.from, &t.to, t.service);
                 let ok = matches!(
                     (t.expect, got),
                     (Expect::Allow, Some(_)) | (Expect::Deny, None)
@@ -413,6 +381,69 @@ impl Policy {
             Ok(())
         } else {
             Err(failures)
+        }
+    }
+
+    /// The verdict for a flow between two sides as a test names them. `lookup` answers
+    /// what is known of the network: a `node:` side is that member (its groups) at no
+    /// address; a `group:` side a host with that group only; an address the member that
+    /// owns it (its name and groups) at that address.
+    pub fn verdict_between(
+        &self,
+        lookup: &dyn Lookup,
+        from: &Selector,
+        to: &Selector,
+        service: Service,
+    ) -> Option<RuleId> {
+        let (src, dst) = (Side::of(from, lookup), Side::of(to, lookup));
+        self.verdict(&src.endpoint(), &dst.endpoint(), service)
+    }
+}
+
+/// One side of a test, looked up.
+struct Side {
+    name: Option<Name>,
+    groups: Vec<Name>,
+    addr: Option<IpAddr>,
+}
+
+impl Side {
+    fn of(selector: &Selector, lookup: &dyn Lookup) -> Side {
+        match selector {
+            Selector::Node(n) => Side {
+                name: Some(n.clone()),
+                groups: lookup.groups_of(n),
+                addr: None,
+            },
+            Selector::Group(g) => Side {
+                name: None,
+                groups: vec![g.clone()],
+                addr: None,
+            },
+            Selector::Cidr(net) => {
+                let addr = net.addr();
+                let (name, groups) = lookup
+                    .owner_of(addr)
+                    .map_or((None, Vec::new()), |(n, g)| (Some(n), g));
+                Side {
+                    name,
+                    groups,
+                    addr: Some(addr),
+                }
+            }
+            Selector::Any => Side {
+                name: None,
+                groups: Vec::new(),
+                addr: None,
+            },
+        }
+    }
+
+    fn endpoint(&self) -> Endpoint<'_> {
+        Endpoint {
+            name: self.name.as_ref(),
+            groups: &self.groups,
+            addr: self.addr,
         }
     }
 }

@@ -344,6 +344,7 @@ pub async fn push(
         .ask(&Request::Push(Bundle {
             members,
             revocations: Vec::new(),
+            policy: None,
         }))
         .await;
     link.close().await;

@@ -70,6 +70,7 @@ impl Fixture {
                     .iter()
                     .map(|r| r.sign(&self.ca).to_bytes())
                     .collect(),
+                policy: None,
             },
         }
     }

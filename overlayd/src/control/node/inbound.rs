@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use protocol::policy::{PolicyRecordError, SignedPolicy};
 use protocol::records::{Directory, RecordError, SignedMemberRecord, SignedRevocation};
 use tokio::sync::Notify;
 
@@ -185,15 +186,35 @@ pub(super) fn prefilter(
     log: &Mutex<Throttle>,
     now: Now,
 ) -> Bundle {
-    let (mut scratch, held): (Directory, HashSet<Vec<u8>>) = {
+    let (mut scratch, held, held_policy): (Directory, HashSet<Vec<u8>>, Option<u64>) = {
         let dir = lock(dir);
+        let held_policy = dir.policy().map(|(_, signed)| signed.version());
         let held = dir
             .member_records()
             .map(|r| r.to_bytes())
             .chain(dir.revocations().map(|r| r.to_bytes()))
             .collect();
-        (Directory::new(*dir.ca(), dir.network().clone()), held)
+        (
+            Directory::new(*dir.ca(), dir.network().clone()),
+            held,
+            held_policy,
+        )
     };
+    // A policy passes on only if the CA signed it for this network and it is newer than
+    // the one held (its signature and its text checked here, off the member task).
+    let policy = bundle.policy.filter(|bytes| {
+        match SignedPolicy::from_bytes(bytes).and_then(|p| {
+            p.verify(scratch.ca(), scratch.network(), held_policy)
+                .map(|_| ())
+        }) {
+            Ok(()) => true,
+            Err(PolicyRecordError::NotNewer { .. }) => false,
+            Err(e) => {
+                lock(log).warn(now.instant, "refused a policy", &e);
+                false
+            }
+        }
+    });
     let mut revocations = Vec::new();
     let mut seen = HashSet::new();
     for bytes in bundle.revocations {
@@ -246,6 +267,7 @@ pub(super) fn prefilter(
     Bundle {
         members: newest.into_values().map(|(_, bytes)| bytes).collect(),
         revocations,
+        policy,
     }
 }
 

@@ -27,7 +27,9 @@ mod inbound;
 mod net;
 mod peers;
 
+use crate::router::ActivePolicy;
 use crate::util::lock;
+use protocol::api::PolicyShown;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -316,6 +318,18 @@ impl Member {
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Connect(addr) => self.connect(addr),
+                Action::Policy(policy) => {
+                    let capacity = self.ctx.config.control.policy_flows;
+                    self.ctx.router.set_policy(policy.map(|p| {
+                        ActivePolicy::new(
+                            p.policy,
+                            p.version,
+                            p.local_name,
+                            p.local_groups,
+                            capacity,
+                        )
+                    }));
+                }
                 Action::Transmit { link, bytes } => {
                     if let Some(conn) = self.conns.get(&link)
                         && let Err(e) = conn.send_datagram(bytes)
@@ -419,6 +433,18 @@ impl Member {
                 self.execute().await;
                 let _ = reply.send(answer);
             }
+            Command::PolicySet(req, reply) => {
+                let answer = self.core.set_policy(&req.text, now);
+                self.execute().await;
+                let _ = reply.send(answer.map(|shown| self.with_flows(shown)));
+            }
+            Command::PolicyShow(reply) => {
+                let shown = self.with_flows(self.core.policy_shown());
+                let _ = reply.send(Ok(shown));
+            }
+            Command::PolicyCheck(req, reply) => {
+                let _ = reply.send(self.core.policy_check(&req));
+            }
             Command::Leave(reply) => {
                 let result = self.leave(now).await;
                 let _ = reply.send(result);
@@ -427,6 +453,14 @@ impl Member {
             }
         }
         false
+    }
+
+    /// `shown` with the flows this host tracks now.
+    fn with_flows(&self, shown: PolicyShown) -> PolicyShown {
+        PolicyShown {
+            tracked_flows: self.ctx.router.tracked_flows() as u64,
+            ..shown
+        }
     }
 
     async fn leave(&mut self, now: Now) -> Result<protocol::api::Status, ApiFailure> {

@@ -42,6 +42,7 @@
 
 mod gossip;
 mod links;
+mod policy;
 mod requests;
 mod swim;
 mod view;
@@ -71,6 +72,7 @@ use gossip::{RecordHandler, Shared, TAG_MEMBER, Timers, tagged};
 pub use gossip::{RecordKey, Throttle};
 use links::Link;
 pub use links::{CloseReason, LinkId, first_member_endpoint, lapsed, revoked_reason};
+pub use policy::PolicyInForce;
 pub use requests::{AdminChange, Admission, Answer, Origin};
 use swim::Periodic;
 
@@ -186,6 +188,9 @@ pub enum Action {
     SaveDirectory(Directory),
     /// Show this to the local API.
     View(View),
+    /// Enforce this policy (`None`: no policy, all may talk); comes before any
+    /// [`Action::Peers`] it applies to.
+    Policy(Option<PolicyInForce>),
     /// Find this host's underlay address, the source address towards `towards`, and report
     /// it with [`Core::handle_address`].
     DetectAddress {
@@ -222,6 +227,8 @@ pub struct Core {
     throttle: Throttle,
     /// SWIM updates taken out of datagrams for naming a generation its member never signed.
     refused_updates: u64,
+    /// The policy version last handed to the driver (`Some(None)`: no policy).
+    policy_handed: Option<Option<u64>>,
     dirty: bool,
     actions: VecDeque<Action>,
 }
@@ -288,6 +295,7 @@ impl Core {
             rng: Pcg64Mcg::seed_from_u64(seed.rotate_left(32) ^ 0x5eed),
             throttle: Throttle::default(),
             refused_updates: 0,
+            policy_handed: None,
             dirty: false,
             actions: VecDeque::new(),
         };
@@ -368,6 +376,7 @@ impl Core {
     fn refresh(&mut self, now: Now) {
         // A revocation may have come in: its member's connections go at once.
         self.close_lapsed(now);
+        self.hand_policy();
         let peers = self.peers();
         self.queue(Action::Peers(peers));
         let dir = self.dir().clone();
@@ -404,6 +413,7 @@ impl Core {
         Bundle {
             members: vec![own],
             revocations: Vec::new(),
+            policy: None,
         }
     }
 }

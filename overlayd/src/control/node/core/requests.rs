@@ -108,6 +108,7 @@ impl Core {
         Bundle {
             members: dir.member_records().map(|r| r.to_bytes()).collect(),
             revocations: dir.revocations().map(|r| r.to_bytes()).collect(),
+            policy: dir.policy().map(|(_, signed)| signed.to_bytes()),
         }
     }
 
@@ -115,6 +116,9 @@ impl Core {
     /// `sync`: from a full sync, where copies older than ours are expected (a member's
     /// directory lags behind ours) and are not worth a warning.
     pub(super) fn apply_bundle(&mut self, bundle: &Bundle, sync: bool, now: Now) {
+        if let Some(bytes) = &bundle.policy {
+            self.apply_policy_bytes(bytes, sync, now);
+        }
         let mut fresh = Vec::new();
         {
             let mut dir = super::lock(&self.dir);
@@ -296,6 +300,7 @@ impl Core {
             Bundle {
                 members: Vec::new(),
                 revocations: vec![bytes],
+                policy: None,
             },
             now,
         );
@@ -335,7 +340,7 @@ impl Core {
     /// Sends `bundle` to every connected member and waits (bounded) for their acks; first
     /// closes the connections of members revoked or expired, which get nothing more, and
     /// reaches for the members not connected.
-    fn push_all(&mut self, bundle: Bundle, now: Now) {
+    pub(super) fn push_all(&mut self, bundle: Bundle, now: Now) {
         self.close_lapsed(now);
         for addr in self.control_addrs() {
             self.connect(addr);

@@ -227,6 +227,7 @@ impl Core {
         Ok(Bundle {
             members: vec![bytes],
             revocations: Vec::new(),
+            policy: None,
         })
     }
 

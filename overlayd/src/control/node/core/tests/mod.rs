@@ -3,6 +3,7 @@
 //! Timings are the config's defaults: probe every 1 s, suspicion 4 s, rejoin every 2 s,
 //! full sync every 30 s.
 
+mod policy;
 mod sim;
 
 use std::time::Duration;
@@ -372,6 +373,7 @@ fn a_member_that_missed_gossip_catches_up_by_full_sync() {
     let push = Request::Push(Bundle {
         members: vec![outsider.to_bytes()],
         revocations: Vec::new(),
+        policy: None,
     });
     let answer = sim.hosts[0]
         .core()

@@ -22,7 +22,8 @@ use protocol::records::{Directory, MemberRecord, MemberState, SignedMemberRecord
 
 use super::super::super::inbound::prefilter;
 use super::super::{
-    Action, Answer, CloseReason, Core, LinkId, Now, Origin, Settings, Start, Throttle,
+    Action, Answer, CloseReason, Core, LinkId, Now, Origin, PolicyInForce, Settings, Start,
+    Throttle,
 };
 use crate::control::View;
 use crate::control::admin::Issuer;
@@ -96,6 +97,8 @@ pub(super) struct Host {
     pub(super) syncs: usize,
     /// Admin only: the state it saved last.
     pub(super) admin: Option<AdminState>,
+    /// The policy it enforces (its last [`Action::Policy`]).
+    pub(super) policy: Option<PolicyInForce>,
 }
 
 impl Host {
@@ -251,6 +254,7 @@ impl Sim {
             closed: Vec::new(),
             syncs: 0,
             admin,
+            policy: None,
         });
         self.restart(index);
         index
@@ -424,6 +428,7 @@ impl Sim {
                 }
             }
             Action::Peers(peers) => self.hosts[from].peers = peers,
+            Action::Policy(policy) => self.hosts[from].policy = policy,
             Action::SaveNetwork(net) => self.hosts[from].saved.0 = net,
             Action::SaveDirectory(dir) => self.hosts[from].saved.1 = Some(dir),
             Action::View(view) => self.hosts[from].view = view,
