@@ -253,7 +253,7 @@ mod tests {
             policy: None,
         });
         let push = Request::Push(Bundle {
-            members: vec![vec![1; 100 << 10]],
+            members: vec![vec![1; PUSH_FRAME]],
             revocations: vec![],
             policy: None,
         });
