@@ -35,8 +35,8 @@ use protocol::api::{
     REVOKE_PATH, RevokeRequest, STATUS_PATH, Status, TOKENS_PATH, TokenRequest,
 };
 use protocol::api::{
-    EVENTS_PATH, POLICY_CHECK_PATH, POLICY_PATH, PolicyCheckRequest, PolicySetRequest,
-    PolicyShown, PolicyVerdict, SecurityEvent,
+    EVENTS_PATH, POLICY_CHECK_PATH, POLICY_PATH, PolicyCheckRequest, PolicySetRequest, PolicyShown,
+    PolicyVerdict, SecurityEvent,
 };
 use std::time::Duration;
 
@@ -184,9 +184,9 @@ fn after(query: Option<&str>) -> Result<u64, ApiFailure> {
     let Some(query) = query else { return Ok(0) };
     for pair in query.split('&') {
         if let Some(value) = pair.strip_prefix("after=") {
-            return value.parse().map_err(|_| {
-                ApiFailure::bad(format!("after={value:?} is not a sequence number"))
-            });
+            return value
+                .parse()
+                .map_err(|_| ApiFailure::bad(format!("after={value:?} is not a sequence number")));
         }
     }
     Ok(0)

@@ -101,6 +101,14 @@ impl Core {
             if let Some(node) = self.node_of_addr(addr) {
                 self.announce(node);
             }
+            // The first member reached after a start: swap directories with it at once, so
+            // what changed while this host was away (records, revocations, the policy) is
+            // here now rather than at the next periodic sync.
+            if !self.caught_up {
+                self.caught_up = true;
+                let bundle = self.bundle();
+                self.queue(Action::Sync { link, bundle });
+            }
         }
         self.finish(now);
         Ok((link, peer))

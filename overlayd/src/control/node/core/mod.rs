@@ -229,6 +229,8 @@ pub struct Core {
     refused_updates: u64,
     /// The policy version last handed to the driver (`Some(None)`: no policy).
     policy_handed: Option<Option<u64>>,
+    /// Whether this host has swapped directories with a member since it started.
+    caught_up: bool,
     dirty: bool,
     actions: VecDeque<Action>,
 }
@@ -296,6 +298,7 @@ impl Core {
             throttle: Throttle::default(),
             refused_updates: 0,
             policy_handed: None,
+            caught_up: false,
             dirty: false,
             actions: VecDeque::new(),
         };
