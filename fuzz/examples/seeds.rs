@@ -307,10 +307,15 @@ fn gossip(c: &mut Corpus) {
         while rt.to_notify().is_some() {}
         out
     };
-    sender.announce(NodeId::new(1), &mut rt).expect("announce");
+    // h1 as the target runs it: at its first start, generation 1.
+    let h1 = NodeId {
+        node: 1,
+        generation: 1,
+    };
+    sender.announce(h1, &mut rt).expect("announce");
     let announce = drain(&mut rt);
     sender
-        .apply_many([Member::alive(NodeId::new(1))].into_iter(), true, &mut rt)
+        .apply_many([Member::alive(h1)].into_iter(), true, &mut rt)
         .expect("apply");
     drain(&mut rt);
     let mut record = vec![0u8];

@@ -1,150 +1,142 @@
 //! SWIM datagrams (foca's postcard encoding) as a member receives them on its QUIC
-//! connections, with the records piggy-backed on them applied to a directory.
+//! connections, handed to the daemon's own entry point for them: the membership core's
+//! `Core::handle_datagram` (overlayd/src/control/node/core), which checks that the sender
+//! is the member whose connection it came on, screens the updates about others against
+//! the records they signed, hands what is left to foca, whose broadcast handler verifies
+//! and applies each piggy-backed record through the directory.
 //!
-//! The member task (overlayd/src/control/node/mod.rs) decodes the header first (the sender
-//! must be the connection's member), then hands the datagram to `Foca::handle_data`, whose
-//! broadcast handler (`node::gossip::RecordHandler`) reads each item's tag, decodes the
-//! record and applies it through the directory. `RecordHandler` cannot be built outside
-//! its module, so [`Handler`] here does what it does with the same public functions.
+//! The core is fixture member h1 at its first start (SWIM identity node 1, generation 1),
+//! knowing h1, h2 and h3 (records at version 1), with a connection from h2 and one from
+//! h3. The input is a sequence of datagrams (two-byte length each), each handed over on
+//! the connection of the member its header names as sender (h2's when it names neither,
+//! which the core drops as sent in another's name); after each, what the core asks for is
+//! drained and the timers due within [`HORIZON`] run on a virtual clock, a bounded number.
 //!
-//! The input is a sequence of datagrams (two-byte length each), handed to one foca
-//! instance (node 1) in order; the timers foca asks for run after each, a bounded number.
-//!
-//! Checked: nothing panics; every record the directory accepted is genuine; live members
+//! Checked: nothing panics; every record the directory holds is genuine; live members
 //! never overlap nor share a key.
 #![no_main]
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use foca::{AccumulatingRuntime, BroadcastHandler, Foca, Invalidates, PostcardCodec};
-use keys::Name;
 use libfuzzer_sys::fuzz_target;
-use overlay_fuzz::{NOW, assert_directory_invariants, assert_genuine, fixture, long_chunks};
+use overlay_fuzz::{
+    CIDR, NOW, assert_directory_invariants, assert_genuine, fixture, long_chunks, net,
+};
+use overlayd::control::node::core::{Core, LinkId, Now, Settings, Start};
+use overlayd::control::state::NetworkState;
 use protocol::membership::NodeId;
-use protocol::records::{Applied, Directory, SignedMemberRecord, SignedRevocation};
-use rand::SeedableRng;
-use rand_pcg::Pcg64Mcg;
 
-/// The daemon's tags (`gossip::TAG_MEMBER`, `TAG_REVOCATION`).
-const TAG_MEMBER: u8 = 0;
-const TAG_REVOCATION: u8 = 1;
+/// How far ahead timers are run after a datagram: foca's probes and gossip, rejoins and
+/// housekeeping, not its day-long timers (the certificates would expire).
+const HORIZON: Duration = Duration::from_secs(5);
+/// Timer rounds after a datagram, at most.
+const TIMER_ROUNDS: usize = 16;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Key {
-    tag: u8,
-    name: Name,
-    serial: u64,
-    version: u64,
-}
-
-impl Invalidates for Key {
-    fn invalidates(&self, other: &Self) -> bool {
-        self.tag == other.tag
-            && self.name == other.name
-            && (self.serial, self.version) >= (other.serial, other.version)
+fn settings() -> Settings {
+    Settings {
+        control_port: 51821,
+        listen_port: 51820,
+        certificate_days: 365,
+        follow_address: false,
+        sync_interval: Duration::from_secs(30),
+        rejoin_interval: Duration::from_secs(2),
+        membership: protocol::membership::Config::lan(16),
     }
 }
 
-/// Holds the directory it applies to; the target keeps a second handle to check it.
-struct Handler {
-    dir: Rc<RefCell<Directory>>,
-}
-
-fn item_key(data: &[u8]) -> Option<Key> {
-    let (&tag, rest) = data.split_first()?;
-    match tag {
-        TAG_MEMBER => {
-            let r = SignedMemberRecord::from_bytes(rest).ok()?;
-            let cert = r.record().certificate.unverified_body().ok()?;
-            Some(Key {
-                tag,
-                name: cert.node,
-                serial: cert.serial,
-                version: r.record().version,
-            })
-        }
-        TAG_REVOCATION => {
-            let r = SignedRevocation::from_bytes(rest).ok()?;
-            Some(Key {
-                tag,
-                name: r.revocation().node.clone(),
-                serial: r.revocation().serial,
-                version: 0,
-            })
-        }
-        _ => None,
+/// `at` on both clocks, `start` being [`NOW`].
+fn now(start: Instant, at: Instant) -> Now {
+    Now {
+        instant: at,
+        unix: NOW + at.duration_since(start).as_secs(),
     }
 }
 
-impl BroadcastHandler<NodeId> for Handler {
-    type Key = Key;
-    type Error = std::convert::Infallible;
-
-    fn receive_item(
-        &mut self,
-        data: &[u8],
-        _sender: Option<&NodeId>,
-    ) -> Result<Option<Key>, Self::Error> {
-        let Some(key) = item_key(data) else {
-            return Ok(None);
-        };
-        let (tag, rest) = (data[0], &data[1..]);
-        let mut dir = self.dir.borrow_mut();
-        let before = dir.clone();
-        let applied = if tag == TAG_MEMBER {
-            dir.apply_member_bytes(rest, NOW)
-        } else {
-            dir.apply_revocation_bytes(rest)
-        };
-        match applied {
-            Ok(Applied::Unchanged) | Err(_) => {
-                assert_eq!(
-                    *dir, before,
-                    "a refused or known record changed the directory"
-                );
-                Ok(None)
-            }
-            Ok(_) => {
-                if tag == TAG_MEMBER {
-                    let signed = SignedMemberRecord::from_bytes(rest).expect("it decoded once");
-                    assert_genuine(&dir, &signed, NOW);
-                }
-                assert_directory_invariants(&dir);
-                Ok(Some(key))
-            }
-        }
+/// Member h1 (see the module docs), and its connections: SWIM node number and link.
+fn member(start: Instant) -> (Core, Vec<(u32, LinkId)>) {
+    let f = fixture();
+    let h1 = &f.members[0];
+    let mut directory = f.directory();
+    for i in [1, 2] {
+        directory
+            .apply_member(&f.alive(i, 1), NOW)
+            .expect("the fixture's records are genuine");
     }
+    let net = NetworkState {
+        network: f.network.clone(),
+        cidr: net(CIDR),
+        ranges: Vec::new(),
+        subnet_prefix: 24,
+        ca: f.ca.verifying_key(),
+        certificate: h1.certificate.clone(),
+        generation: 0,
+        record_version: 0,
+        left: false,
+        bootstrap: Vec::new(),
+    };
+    let start_at = now(start, start);
+    let mut core = Core::new(
+        Start {
+            net,
+            me: h1.body.clone(),
+            directory,
+            control_key: h1.key.clone(),
+            wireguard_key: h1.wireguard.clone(),
+            admin: None,
+            advertise: [198, 18, 0, 11].into(),
+            settings: settings(),
+            seed: 7,
+        },
+        start_at,
+    )
+    .expect("h1 starts");
+    let mut links = Vec::new();
+    for (i, member) in f.members.iter().enumerate().skip(1) {
+        let addr = SocketAddr::from(([198, 18, 0, 11 + i as u8], 51821));
+        let (link, _) = core
+            .handle_connected(addr, Some(member.body.clone()), true, start_at)
+            .expect("a current member connects");
+        links.push((member.body.serial as u32, link));
+    }
+    while core.poll_action().is_some() {}
+    (core, links)
+}
+
+fn check(core: &Core, unix: u64) {
+    let dir = core.directory();
+    let dir = dir.lock().expect("no panic held it");
+    for record in dir.member_records() {
+        assert_genuine(&dir, record, unix);
+    }
+    assert_directory_invariants(&dir);
 }
 
 fuzz_target!(|data: &[u8]| {
-    let dir = Rc::new(RefCell::new(fixture().directory()));
-    let config = protocol::membership::Config::lan(16)
-        .to_foca()
-        .expect("the LAN profile is valid");
-    let mut foca = Foca::with_custom_broadcast(
-        NodeId::new(1),
-        config,
-        Pcg64Mcg::seed_from_u64(7),
-        PostcardCodec,
-        Handler { dir: dir.clone() },
-    );
-    let mut rt = AccumulatingRuntime::new();
+    let start = Instant::now();
+    let (mut core, links) = member(start);
+    let mut at = start;
     for datagram in long_chunks(data) {
-        if foca::Codec::<NodeId>::decode_header(&mut PostcardCodec, datagram).is_err() {
-            continue; // the member task drops it here
-        }
-        let _ = foca.handle_data(datagram, &mut rt);
-        let mut timers = 0;
-        while let Some((_, timer)) = rt.to_schedule() {
-            timers += 1;
-            if timers > 16 {
+        let sender = foca::Codec::<NodeId>::decode_header(&mut foca::PostcardCodec, datagram)
+            .map(|header| header.src.node)
+            .ok();
+        let link = links
+            .iter()
+            .find(|(node, _)| Some(*node) == sender)
+            .unwrap_or(&links[0])
+            .1;
+        core.handle_datagram(link, datagram, now(start, at));
+        while core.poll_action().is_some() {}
+        let horizon = at + HORIZON;
+        for _ in 0..TIMER_ROUNDS {
+            let due = core.poll_timeout().max(at);
+            if due > horizon {
                 break;
             }
-            let _ = foca.handle_timer(timer, &mut rt);
+            at = due;
+            core.handle_timeout(now(start, at));
+            while core.poll_action().is_some() {}
         }
-        while rt.to_send().is_some() {}
-        while rt.to_notify().is_some() {}
+        check(&core, NOW + at.duration_since(start).as_secs());
     }
-    assert_directory_invariants(&dir.borrow());
 });
