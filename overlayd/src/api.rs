@@ -75,11 +75,11 @@ pub struct ApiState {
 
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
-        let code = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (
             code,
             Json(ApiError {
-                error: self.message,
+                error: self.to_string(),
             }),
         )
             .into_response()

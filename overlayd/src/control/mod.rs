@@ -148,50 +148,72 @@ impl Ctx {
     }
 }
 
-/// An API request that failed: HTTP status and one sentence.
-#[derive(Debug, Clone)]
-pub struct ApiFailure {
-    /// HTTP status code.
-    pub status: u16,
-    /// What went wrong and what to do.
-    pub message: String,
+/// An API request that failed: one variant per kind of failure, its sentence for the
+/// operator as its `Display`, and its HTTP status from the one table in
+/// [`ApiFailure::status`] (as innernet's server error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiFailure {
+    /// The request must change (400).
+    #[error("{0}")]
+    Bad(String),
+    /// No such member (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// This host is in no network (409).
+    #[error(
+        "this host is not in a network; run `overlayctl init --cidr CIDR` to make one, or `overlayctl join TOKEN`"
+    )]
+    NotMember,
+    /// This host holds no CA key (409): `action` is only for admins.
+    #[error(
+        "this host is not an admin (it has no CA key); {action} on the host that ran `overlayctl init`"
+    )]
+    NotAdmin {
+        /// What was asked, as the operator would do it ("revoke").
+        action: &'static str,
+    },
+    /// Not possible in this host's state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Another host refused or did not answer (502).
+    #[error("{0}")]
+    Remote(String),
+    /// This host failed (500).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ApiFailure {
+    /// The HTTP status of each kind of failure.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiFailure::Bad(_) => 400,
+            ApiFailure::NotFound(_) => 404,
+            ApiFailure::NotMember | ApiFailure::NotAdmin { .. } | ApiFailure::Conflict(_) => 409,
+            ApiFailure::Internal(_) => 500,
+            ApiFailure::Remote(_) => 502,
+        }
+    }
+
     /// 400: the request must change.
     pub fn bad(message: impl Into<String>) -> ApiFailure {
-        ApiFailure {
-            status: 400,
-            message: message.into(),
-        }
+        ApiFailure::Bad(message.into())
     }
     /// 404: no such member.
     pub fn not_found(message: impl Into<String>) -> ApiFailure {
-        ApiFailure {
-            status: 404,
-            message: message.into(),
-        }
+        ApiFailure::NotFound(message.into())
     }
     /// 409: not possible in this host's state.
     pub fn conflict(message: impl Into<String>) -> ApiFailure {
-        ApiFailure {
-            status: 409,
-            message: message.into(),
-        }
+        ApiFailure::Conflict(message.into())
     }
     /// 502: another host refused or did not answer.
     pub fn remote(message: impl Into<String>) -> ApiFailure {
-        ApiFailure {
-            status: 502,
-            message: message.into(),
-        }
+        ApiFailure::Remote(message.into())
     }
     /// 500: this host failed.
     pub fn internal(message: impl Into<String>) -> ApiFailure {
-        ApiFailure {
-            status: 500,
-            message: message.into(),
-        }
+        ApiFailure::Internal(message.into())
     }
 }
 
@@ -478,9 +500,7 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
 }
 
 fn not_member() -> ApiFailure {
-    ApiFailure::conflict(
-        "this host is not in a network; run `overlayctl init --cidr CIDR` to make one, or `overlayctl join TOKEN`",
-    )
+    ApiFailure::NotMember
 }
 
 fn name(text: &str, what: &str) -> Result<Name, ApiFailure> {

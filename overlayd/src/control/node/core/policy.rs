@@ -43,9 +43,9 @@ impl Core {
 
     fn sign_policy(&mut self, text: &str, now: Now) -> Result<PolicyShown, ApiFailure> {
         let Some(ca) = self.ca_key.as_ref() else {
-            return Err(ApiFailure::conflict(
-                "this host is not an admin (it has no CA key); set the policy on the host that ran `overlayctl init`",
-            ));
+            return Err(ApiFailure::NotAdmin {
+                action: "set the policy",
+            });
         };
         let policy = Policy::parse(text).map_err(|e| ApiFailure::bad(e.to_string()))?;
         let signed = {

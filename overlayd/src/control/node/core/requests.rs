@@ -232,10 +232,8 @@ impl Core {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let endpoint = std::net::SocketAddr::new(self.advertise, self.settings.control_port);
-        let mut admin = self.admin.clone().ok_or_else(|| {
-            ApiFailure::conflict(
-                "this host is not an admin (it has no CA key); create tokens on the host that ran `overlayctl init`",
-            )
+        let mut admin = self.admin.clone().ok_or(ApiFailure::NotAdmin {
+            action: "create tokens",
         })?;
         let token = {
             let issuer = self
@@ -275,11 +273,9 @@ impl Core {
             ));
         }
         let revocation = {
-            let issuer = self.issuer().ok_or_else(|| {
-                ApiFailure::conflict(
-                    "this host is not an admin (it has no CA key); revoke on the host that ran `overlayctl init`",
-                )
-            })?;
+            let issuer = self
+                .issuer()
+                .ok_or(ApiFailure::NotAdmin { action: "revoke" })?;
             let admin = self.admin.as_ref().ok_or_else(|| {
                 ApiFailure::conflict(
                     "this host is not an admin (it has no admin.json); revoke on the host that ran `overlayctl init`",

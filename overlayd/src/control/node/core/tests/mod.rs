@@ -491,14 +491,17 @@ fn only_an_admin_makes_tokens_and_revokes_and_never_itself() {
             .create_token(request, now)
             .map(|_| ())
             .unwrap_err()
-            .status,
+            .status(),
         409
     );
     let revoke = |name: &str| RevokeRequest { name: name.into() };
-    assert_eq!(member.revoke(revoke("h0"), now).unwrap_err().status, 409);
+    assert_eq!(member.revoke(revoke("h0"), now).unwrap_err().status(), 409);
     let admin = sim.hosts[0].core();
-    assert_eq!(admin.revoke(revoke("h0"), now).unwrap_err().status, 400);
-    assert_eq!(admin.revoke(revoke("nobody"), now).unwrap_err().status, 404);
+    assert_eq!(admin.revoke(revoke("h0"), now).unwrap_err().status(), 400);
+    assert_eq!(
+        admin.revoke(revoke("nobody"), now).unwrap_err().status(),
+        404
+    );
     let bad_group = TokenRequest {
         ttl_s: 60,
         groups: vec!["not a name!".into()],
@@ -508,7 +511,7 @@ fn only_an_admin_makes_tokens_and_revokes_and_never_itself() {
             .create_token(bad_group, now)
             .map(|_| ())
             .unwrap_err()
-            .status,
+            .status(),
         400
     );
 }

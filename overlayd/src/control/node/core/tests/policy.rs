@@ -19,7 +19,7 @@ fn set(sim: &mut Sim, host: usize, text: &str) -> Result<PolicyShown, String> {
     let result = sim.hosts[host].core().set_policy(text, now);
     let actions = std::iter::from_fn(|| sim.hosts[host].core().poll_action()).collect();
     sim.apply(host, actions);
-    result.map_err(|e| e.message)
+    result.map_err(|e| e.to_string())
 }
 
 fn version_of(sim: &Sim, host: usize) -> Option<u64> {
