@@ -72,6 +72,7 @@ impl Pair {
         let (ka, kb) = (wireguard_key(41), wireguard_key(42));
         let peer = |key: &keys::PrivateKey, subnets: &[&str], endpoint: &str| PeerConfig {
             public_key: key.public_key(),
+            name: None,
             endpoint: Some(addr(endpoint)),
             subnets: subnets
                 .iter()

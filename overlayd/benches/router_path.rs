@@ -22,6 +22,7 @@ const ROUNDS: usize = 12; // after two warm-up rounds
 fn peer(key: &PrivateKey, n: usize) -> PeerConfig {
     PeerConfig {
         public_key: key.public_key(),
+        name: None,
         endpoint: Some(format!("198.18.1.{}:51820", n + 1).parse().unwrap()),
         subnets: vec![format!("10.42.{}.0/24", n + 1).parse().unwrap()],
         persistent_keepalive: None,

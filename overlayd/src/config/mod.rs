@@ -244,6 +244,9 @@ pub struct Config {
 pub struct PeerConfig {
     /// Its WireGuard public key.
     pub public_key: PublicKey,
+    /// Its name: what the network policy's `node:` selectors match (a static peer has no
+    /// certificate, hence no groups), and what logs and `overlayctl peers` show.
+    pub name: Option<keys::Name>,
     /// Where to reach it first; learnt from its packets when absent.
     pub endpoint: Option<SocketAddr>,
     /// Its subnets: routed to it, and accepted as inner source from it.

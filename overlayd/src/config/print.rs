@@ -74,6 +74,9 @@ impl Config {
         );
         for p in &self.peers {
             let _ = writeln!(out, "\n[[peer]]\npublic_key = \"{}\"", p.public_key);
+            if let Some(name) = &p.name {
+                let _ = writeln!(out, "name = \"{name}\"");
+            }
             if let Some(e) = p.endpoint {
                 let _ = writeln!(out, "endpoint = \"{e}\"");
             }

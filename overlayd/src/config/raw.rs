@@ -63,6 +63,8 @@ pub(super) struct RawDocker {
 pub(super) struct RawPeer {
     pub(super) public_key: PublicKey,
     #[serde(default)]
+    pub(super) name: Option<String>,
+    #[serde(default)]
     pub(super) endpoint: Option<SocketAddr>,
     pub(super) subnets: Vec<IpNet>,
     #[serde(default)]

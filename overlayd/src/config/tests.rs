@@ -200,3 +200,29 @@ fn own_key_as_peer_and_bad_values_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_static_peer_may_have_a_name_for_the_policy() {
+    let f = fixture();
+    let key = PrivateKey::generate().public_key();
+    let body = format!(
+        "[[peer]]\npublic_key = \"{key}\"\nname = \"legacy\"\nsubnets = [\"10.9.0.0/24\"]\n"
+    );
+    let c = parse(&f, &body).unwrap();
+    assert_eq!(c.peers[0].name.as_ref().map(|n| n.as_str()), Some("legacy"));
+    let printed = c.redacted();
+    assert!(printed.contains("name = \"legacy\""), "{printed}");
+    assert_eq!(
+        parse(&f, &printed.replace("private_key_file = ", "#"))
+            .map(|c| c.peers[0].name.clone())
+            .ok()
+            .flatten(),
+        c.peers[0].name
+    );
+    let bad = body.replace("legacy", "Legacy_Host");
+    let e = parse(&f, &bad).unwrap_err().to_string();
+    assert!(
+        e.contains("[[peer]]") && e.contains("name \"Legacy_Host\""),
+        "{e}"
+    );
+}

@@ -130,13 +130,25 @@ impl Config {
             peers: raw
                 .peers
                 .into_iter()
-                .map(|p| PeerConfig {
-                    public_key: p.public_key,
-                    endpoint: p.endpoint,
-                    subnets: p.subnets,
-                    persistent_keepalive: p.persistent_keepalive,
+                .map(|p| {
+                    let name = match p.name {
+                        Some(n) => Some(keys::Name::new(n.as_str()).map_err(|e| {
+                            invalid(format!(
+                                "[[peer]] {}: name {n:?}: {e}",
+                                p.public_key.short()
+                            ))
+                        })?),
+                        None => None,
+                    };
+                    Ok(PeerConfig {
+                        public_key: p.public_key,
+                        name,
+                        endpoint: p.endpoint,
+                        subnets: p.subnets,
+                        persistent_keepalive: p.persistent_keepalive,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, ConfigError>>()?,
         })
     }
 }

@@ -162,7 +162,7 @@ impl Router {
         for p in peers {
             let spec = PeerSpec {
                 public_key: p.public_key,
-                name: None,
+                name: p.name.as_ref().map(ToString::to_string),
                 endpoint: p.endpoint,
                 subnets: p.subnets.clone(),
                 groups: Vec::new(),

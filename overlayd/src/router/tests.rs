@@ -19,6 +19,7 @@ pub(crate) struct Pair {
 pub(crate) fn peer(key: &PrivateKey, subnet: &str, endpoint: Option<&str>) -> PeerConfig {
     PeerConfig {
         public_key: key.public_key(),
+        name: None,
         endpoint: endpoint.map(|e| e.parse().unwrap()),
         subnets: vec![subnet.parse().unwrap()],
         persistent_keepalive: None,
@@ -212,6 +213,7 @@ fn stranger_cannot_handshake() {
         &stranger_key,
         &[PeerConfig {
             public_key: b_key_public,
+            name: None,
             endpoint: Some(B_ADDR.parse().unwrap()),
             subnets: vec!["10.42.2.0/24".parse().unwrap()],
             persistent_keepalive: None,
