@@ -22,6 +22,8 @@
 //! the flow table at its bound (`[control] policy_flows`) and other flows working.
 
 mod common;
+#[path = "common/hostile.rs"]
+mod hostile;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -30,7 +32,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{enter_netns, pings, pings_once, root};
+use hostile::{Credentials, Link, member_config, run_in_netns};
+use overlayd::control::msg::{Bundle, Request, Response};
 use protocol::api::PolicyShown;
+use protocol::policy::SignedPolicy;
 use testnet::{Options, Testnet};
 
 const POLICY: &str = r#"
@@ -343,6 +348,11 @@ fn one_signed_policy_decides_who_reaches_whom_on_every_host() {
         "{line}"
     );
 
+    // A member (h4's credentials) pushes h2 a policy another CA signed, and one the
+    // network's CA signed as version 1 again with other rules (a replay of an older
+    // version): both are refused with a log line each, and h2 keeps its version 1.
+    forged_and_older_pushes_change_nothing(&net);
+
     // A new version cuts the connection on 5433 within 5 s, keeps the one on 5432.
     let kept = Stream::start(&net, 5432);
     let cut = Stream::start(&net, 5433);
@@ -465,4 +475,62 @@ fn one_signed_policy_decides_who_reaches_whom_on_every_host() {
         tcp_opens(&net, 2, 4, 5432),
         "web still opens tcp/5432 on db"
     );
+}
+
+/// h4, a member, pushes h2 a policy signed by another CA (version 99) and one signed by
+/// the network's CA (read from h1's state directory) as version 1 with other rules: h2's
+/// policy stays as it was, and its log says why for each.
+fn forged_and_older_pushes_change_nothing(net: &Testnet) {
+    let h4 = Credentials::read(&net.state_dir(4)).expect("h4's credentials");
+    let allow_all = "[[allow]]\nfrom = [\"any\"]\nto = [\"any\"]\nports = [\"any\"]\n";
+    let forged = SignedPolicy::sign(
+        &keys::CaKey::generate(),
+        &h4.network.network,
+        99,
+        0,
+        allow_all,
+    )
+    .expect("a policy signs");
+    let ca = overlayd::control::state::StateDir::open(&net.state_dir(1))
+        .and_then(|d| d.ca_key())
+        .expect("h1's state directory")
+        .expect("h1, the admin, holds the CA key");
+    let older =
+        SignedPolicy::sign(&ca, &h4.network.network, 1, 0, allow_all).expect("a policy signs");
+    let config = member_config(&h4.identity());
+    let to = SocketAddr::new(net.addr("h2").expect("h2's address"), testnet::CONTROL_PORT);
+    let answers: Vec<String> = run_in_netns(&net.host_ns(4), move || async move {
+        let link = Link::open(config, to)
+            .await
+            .expect("a member connection to h2");
+        let mut answers = Vec::new();
+        for policy in [forged, older] {
+            let push = Request::Push(Bundle {
+                policy: Some(policy.to_bytes()),
+                ..Bundle::default()
+            });
+            answers.push(format!(
+                "{:?}",
+                link.ask(&push).await.map_err(|e| e.to_string())
+            ));
+        }
+        link.close().await;
+        answers
+    });
+    eprintln!("forged and older policies pushed to h2: {answers:?}");
+    let ack = format!("Ok({:?})", Response::Ack);
+    assert!(answers.iter().all(|a| *a == ack), "{answers:?}");
+    assert_eq!(
+        shown(net, 2).version,
+        Some(1),
+        "h2 took a forged or older policy"
+    );
+    let log = std::fs::read_to_string(net.log_path(2)).unwrap_or_default();
+    for why in ["not signed by this network's CA", "is already in force"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("refused a policy") && l.contains(why)),
+            "h2 did not log a refusal saying {why:?}:\n{log}"
+        );
+    }
 }

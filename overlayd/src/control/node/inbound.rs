@@ -175,20 +175,26 @@ impl Drop for LargeFrame {
     }
 }
 
+/// The version and bytes of the policy a member holds.
+type HeldPolicy = (u64, Vec<u8>);
+
 /// What of `bundle` is worth the member task's time, decided without holding it up: every
 /// record that parses and is signed by a member of this network under the CA (checked on a
 /// scratch directory), one per member (the newest), and none this directory already holds;
 /// revocations likewise, once each. What is refused is logged (rate-limited) as the member
-/// task would. Call it on a blocking thread: it verifies every record, at `now`.
+/// task would; the policy, if signed by the CA for this network and not the one held.
+/// Call it on a blocking thread: it verifies every record, at `now`.
 pub(super) fn prefilter(
     bundle: Bundle,
     dir: &Mutex<Directory>,
     log: &Mutex<Throttle>,
     now: Now,
 ) -> Bundle {
-    let (mut scratch, held, held_policy): (Directory, HashSet<Vec<u8>>, Option<u64>) = {
+    let (mut scratch, held, held_policy): (Directory, HashSet<Vec<u8>>, Option<HeldPolicy>) = {
         let dir = lock(dir);
-        let held_policy = dir.policy().map(|(_, signed)| signed.version());
+        let held_policy = dir
+            .policy()
+            .map(|(_, signed)| (signed.version(), signed.to_bytes()));
         let held = dir
             .member_records()
             .map(|r| r.to_bytes())
@@ -200,15 +206,19 @@ pub(super) fn prefilter(
             held_policy,
         )
     };
-    // A policy passes on only if the CA signed it for this network and it is newer than
-    // the one held (its signature and its text checked here, off the member task).
+    // A policy passes on only if the CA signed it for this network (its signature and its
+    // text checked here, off the member task); a copy of the one held is dropped, one not
+    // newer than it goes on for the member task to say so (a replay, or a stale sync).
     let policy = bundle.policy.filter(|bytes| {
+        if held_policy.as_ref().is_some_and(|(_, held)| held == bytes) {
+            return false;
+        }
+        let version = held_policy.as_ref().map(|(v, _)| *v);
         match SignedPolicy::from_bytes(bytes).and_then(|p| {
-            p.verify(scratch.ca(), scratch.network(), held_policy)
+            p.verify(scratch.ca(), scratch.network(), version)
                 .map(|_| ())
         }) {
-            Ok(()) => true,
-            Err(PolicyRecordError::NotNewer { .. }) => false,
+            Ok(()) | Err(PolicyRecordError::NotNewer { .. }) => true,
             Err(e) => {
                 lock(log).warn(now.instant, "refused a policy", &e);
                 false
