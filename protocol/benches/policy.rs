@@ -94,10 +94,23 @@ fn benches(c: &mut Criterion) {
         table.insert(k, rule, false, now);
     }
     assert_eq!(table.len(), DEFAULT_CAPACITY);
-    c.bench_function("classify and track a packet among 65,536 flows", |b| {
+    c.bench_function("classify and track a packet of the last flow (a stream)", |b| {
         b.iter(|| match classify(black_box(&packet)) {
             Classified::Flow { key, closing, .. } => table.track(&key, closing, now),
             _ => unreachable!(),
+        })
+    });
+    // Two flows in turn: every packet misses the fast path and looks the map up.
+    let other = tcp_packet(40001);
+    let mut i = 0u32;
+    c.bench_function("classify and track a packet among 65,536 flows (map lookup)", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let p = if i % 2 == 0 { &packet } else { &other };
+            match classify(black_box(p)) {
+                Classified::Flow { key, closing, .. } => table.track(&key, closing, now),
+                _ => unreachable!(),
+            }
         })
     });
 }

@@ -127,6 +127,11 @@ pub struct Router {
     /// The host's security events (spoofed sources, policy denials; the control plane
     /// adds its own).
     pub events: Arc<Events>,
+    /// A clock for the policy's flow table that costs a load a packet: milliseconds since
+    /// `epoch`, advanced by every [`Router::tick`] (250 ms); flows time out after 10 s at
+    /// the least.
+    clock_ms: std::sync::atomic::AtomicU64,
+    epoch: Instant,
 }
 
 impl Router {
@@ -158,6 +163,8 @@ impl Router {
             drops: DropCounters::default(),
             log: LogLimiter::default(),
             events: Arc::new(Events::default()),
+            clock_ms: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
         };
         for p in peers {
             let spec = PeerSpec {
@@ -449,6 +456,8 @@ impl Router {
     /// Runs every peer's timers (handshake retries, keepalives, rekeys, expiry); call
     /// every ~250 ms. Messages due go to `send`.
     pub fn tick(&self, buf: &mut [u8], send: &mut dyn FnMut(SocketAddr, &[u8])) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.clock_ms.store(ms, Ordering::Relaxed);
         for peer in self.table.load().present() {
             let mut st = peer.lock();
             if st.removed {

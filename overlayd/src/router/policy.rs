@@ -195,7 +195,7 @@ impl Router {
             local: active.local(),
             peer: peer_endpoint(&state.info),
         };
-        match view.judge(&mut state.flows, direction, packet, Instant::now()) {
+        match view.judge(&mut state.flows, direction, packet, self.coarse_now()) {
             Judgement::Tracked => true,
             Judgement::Opened(rule) => {
                 if let Some(n) = active.allowed.get(rule.index as usize) {
@@ -246,10 +246,15 @@ impl Router {
                     );
                 }
                 if let Some(state) = st.policy.as_mut() {
-                    state.flows.sweep(Instant::now(), SWEEP_BUDGET);
+                    state.flows.sweep(self.coarse_now(), SWEEP_BUDGET);
                 }
             }
         }
+    }
+
+    /// The flow table's clock: as of the last tick.
+    fn coarse_now(&self) -> Instant {
+        self.epoch + std::time::Duration::from_millis(self.clock_ms.load(Ordering::Relaxed))
     }
 
     /// Flows tracked now, over all peers.

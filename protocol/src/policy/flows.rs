@@ -67,10 +67,28 @@ pub enum Tracked {
     New,
 }
 
+/// How long the last flow looked up may skip the map: its `last_seen` is then at most this
+/// stale, far below the shortest timeout (10 s).
+const RECENT: Duration = Duration::from_secs(1);
+
+/// The fast path's flow: its key as packets carry it, what the map said, when the map
+/// was last touched for it and when a packet of it last came.
+#[derive(Debug, Clone, Copy)]
+struct Recent {
+    key: FlowKey,
+    tracked: Tracked,
+    touched: Instant,
+    seen: Instant,
+}
+
 /// The tracked flows of one host (or of one peer of it).
 #[derive(Debug)]
 pub struct FlowTable {
     flows: HashMap<FlowKey, Entry>,
+    /// The last packet's flow key as it came, what the map said, and when: a stream of
+    /// packets of one flow (a TCP transfer) costs one comparison a packet instead of a
+    /// hash lookup, the map being touched once a [`RECENT`].
+    recent: Option<Recent>,
     queue: VecDeque<FlowKey>,
     capacity: usize,
     timeouts: Timeouts,
@@ -82,6 +100,7 @@ impl FlowTable {
     pub fn new(capacity: usize, timeouts: Timeouts) -> FlowTable {
         FlowTable {
             flows: HashMap::new(),
+            recent: None,
             queue: VecDeque::new(),
             capacity: capacity.max(1),
             timeouts,
@@ -123,6 +142,25 @@ impl FlowTable {
     /// Looks up the flow of a packet with `key` and, when tracked, marks it used at `now`
     /// (`closing` for a TCP FIN or RST). Does not add: see [`insert`](Self::insert).
     pub fn track(&mut self, key: &FlowKey, closing: bool, now: Instant) -> Tracked {
+        if !closing
+            && let Some(recent) = &mut self.recent
+            && recent.key == *key
+            && now.saturating_duration_since(recent.touched) < RECENT
+        {
+            recent.seen = now;
+            return recent.tracked;
+        }
+        let tracked = self.track_in_map(key, closing, now);
+        self.recent = (tracked != Tracked::New && !closing).then_some(Recent {
+            key: *key,
+            tracked,
+            touched: now,
+            seen: now,
+        });
+        tracked
+    }
+
+    fn track_in_map(&mut self, key: &FlowKey, closing: bool, now: Instant) -> Tracked {
         if self.live(key, now) {
             let e = self.flows.get_mut(key).expect("live() found it");
             e.last_seen = now;
@@ -183,6 +221,14 @@ impl FlowTable {
     /// Removes the first queued flow that was not used since it was queued (or has
     /// expired); a used one goes to the back once.
     fn evict_one(&mut self, now: Instant) {
+        // The flow the fast path serves was used since its `last_seen` says.
+        if let Some(recent) = self.recent {
+            for k in [recent.key, recent.key.reversed()] {
+                if let Some(e) = self.flows.get_mut(&k) {
+                    e.last_seen = e.last_seen.max(recent.seen);
+                }
+            }
+        }
         while let Some(key) = self.queue.pop_front() {
             let Some(e) = self.flows.get(&key) else {
                 continue;
@@ -196,6 +242,7 @@ impl FlowTable {
                 continue;
             }
             self.flows.remove(&key);
+            self.forget_recent(&key);
             if !expired {
                 self.evicted += 1;
             }
@@ -214,6 +261,7 @@ impl FlowTable {
                 None => {}
                 Some(e) if now.saturating_duration_since(e.last_seen) >= self.timeout(&key, e) => {
                     self.flows.remove(&key);
+                    self.forget_recent(&key);
                 }
                 Some(_) => {
                     self.queue.push_back(key);
@@ -226,6 +274,7 @@ impl FlowTable {
     /// allows a flow now, or `None`; flows no rule allows any more are dropped. Returns how
     /// many were.
     pub fn recheck(&mut self, mut allows: impl FnMut(&FlowKey) -> Option<RuleId>) -> usize {
+        self.recent = None;
         let before = self.flows.len();
         self.flows.retain(|key, e| match allows(key) {
             Some(rule) => {
@@ -238,8 +287,20 @@ impl FlowTable {
         before - self.flows.len()
     }
 
+    /// Drops the fast path if it names flow `key` (either way).
+    fn forget_recent(&mut self, key: &FlowKey) {
+        if self
+            .recent
+            .as_ref()
+            .is_some_and(|r| r.key == *key || r.key.reversed() == *key)
+        {
+            self.recent = None;
+        }
+    }
+
     /// Forgets every flow.
     pub fn clear(&mut self) {
+        self.recent = None;
         self.flows.clear();
         self.queue.clear();
     }
