@@ -106,7 +106,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("classify and track a packet among 65,536 flows (map lookup)", |b| {
         b.iter(|| {
             i = i.wrapping_add(1);
-            let p = if i % 2 == 0 { &packet } else { &other };
+            let p = if i.is_multiple_of(2) { &packet } else { &other };
             match classify(black_box(p)) {
                 Classified::Flow { key, closing, .. } => table.track(&key, closing, now),
                 _ => unreachable!(),
