@@ -400,7 +400,7 @@ fn certificate(c: &mut Corpus) {
     );
 }
 
-/// `tls::der_octet_string`.
+/// `tls::verify::der_octet_string`.
 fn der_octet_string(content: &[u8]) -> Vec<u8> {
     let mut out = vec![0x04];
     match content.len() {

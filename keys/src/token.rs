@@ -252,7 +252,7 @@ impl JoinToken {
         expires_unix: u64,
         groups: Vec<Name>,
     ) -> Result<JoinToken, TokenError> {
-        let token = JoinToken {
+        JoinToken {
             network,
             endpoints: endpoints
                 .into_iter()
@@ -262,15 +262,13 @@ impl JoinToken {
             secret,
             expires_unix,
             groups,
-        };
-        token
-            .check()
-            .map_err(|reason| TokenError::Invalid { reason })?;
-        Ok(token)
+        }
+        .checked()
+        .map_err(|reason| TokenError::Invalid { reason })
     }
 
-    /// The invariants both `new` and parsing enforce.
-    fn check(&self) -> Result<(), &'static str> {
+    /// The invariants both `new` and parsing enforce: the token, or what breaks them.
+    fn checked(self) -> Result<JoinToken, &'static str> {
         if self.endpoints.is_empty() {
             return Err("it needs at least one bootstrap endpoint");
         }
@@ -287,7 +285,7 @@ impl JoinToken {
         if self.groups.len() > MAX_GROUPS {
             return Err("more groups than a token holds");
         }
-        Ok(())
+        Ok(self)
     }
 
     /// The network to join.
@@ -371,18 +369,16 @@ impl JoinToken {
             .map(|_| r.name("group"))
             .collect::<Result<_, _>>()?;
         r.finish()?;
-        let token = JoinToken {
+        JoinToken {
             network,
             endpoints,
             ca_fingerprint,
             secret,
             expires_unix,
             groups,
-        };
-        token
-            .check()
-            .map_err(|part| TokenError::Malformed { part })?;
-        Ok(token)
+        }
+        .checked()
+        .map_err(|part| TokenError::Malformed { part })
     }
 }
 

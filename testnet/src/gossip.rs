@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use protocol::api::{MemberState, PeerStatus, Status};
 
 use crate::names;
+use crate::proc::poll_every;
 use crate::{NETWORK, NETWORK_CIDR, Testnet};
 
 /// How long [`Testnet::up`] waits for the members to see each other alive and ping.
@@ -144,7 +145,7 @@ impl Testnet {
     ) -> Result<Duration> {
         let start = Instant::now();
         let mut last = Ok(None);
-        let reached = poll_every(timeout, || {
+        let reached = poll_every(POLL_INTERVAL, timeout, || {
             last = self.member_state(observer, member);
             matches!(last, Ok(Some(s)) if s == state)
         });
@@ -202,11 +203,14 @@ impl Testnet {
         for &from in hosts {
             for &to in hosts.iter().filter(|&&t| t != from) {
                 let (source, target) = (self.probe_name(from), self.probe_target(to)?);
-                let answered =
-                    poll_every(deadline.saturating_duration_since(Instant::now()), || {
+                let answered = poll_every(
+                    POLL_INTERVAL,
+                    deadline.saturating_duration_since(Instant::now()),
+                    || {
                         self.exec(&source, &["ping", "-c1", "-W1", "-q", &target])
                             .is_ok_and(|o| o.status.success())
-                    });
+                    },
+                );
                 if !answered {
                     bail!(
                         "{source} cannot ping h{to} ({target}) {:.1} s after the network formed; {}",
@@ -270,19 +274,5 @@ impl Testnet {
             0 => self.host(i)?.overlay.to_string(),
             _ => self.addr(&format!("h{i}-c1"))?.to_string(),
         })
-    }
-}
-
-/// Like `proc::poll_until` but asks less often (each question runs `overlayctl` or `ping`).
-fn poll_every(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(POLL_INTERVAL);
     }
 }

@@ -83,7 +83,17 @@ fn read_stat(pid: u32) -> Option<(char, u64)> {
 }
 
 /// Calls `done` until it returns true or `timeout` passes; returns its last answer.
-pub(crate) fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub(crate) fn poll_until(timeout: Duration, done: impl FnMut() -> bool) -> bool {
+    poll_every(POLL_INTERVAL, timeout, done)
+}
+
+/// [`poll_until`] asking every `interval`: for questions that cost more than a look in
+/// `/proc` (each of gossip's runs `overlayctl` or `ping`).
+pub(crate) fn poll_every(
+    interval: Duration,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if done() {
@@ -92,7 +102,7 @@ pub(crate) fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> b
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(POLL_INTERVAL);
+        std::thread::sleep(interval);
     }
 }
 

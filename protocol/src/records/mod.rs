@@ -329,12 +329,7 @@ impl MemberRecord {
             .map_err(|reason| RecordError::NotSignable { reason })?;
         let body = self.encode();
         let signature = key.sign(MEMBER_RECORD_CONTEXT, &body);
-        let record = MemberRecord::decode(&body)?;
-        Ok(SignedMemberRecord {
-            body,
-            signature,
-            record,
-        })
+        SignedMemberRecord::decode(body, signature)
     }
 }
 
@@ -378,6 +373,12 @@ impl SignedMemberRecord {
     /// are checked, no signature is.
     pub fn from_bytes(bytes: &[u8]) -> Result<SignedMemberRecord, RecordError> {
         let (body, signature) = from_signed_bytes(bytes, MAX_MEMBER_BODY_LEN)?;
+        SignedMemberRecord::decode(body, signature)
+    }
+
+    /// `body` and its `signature`, with what the body says (its format checked, the
+    /// signature not).
+    fn decode(body: Vec<u8>, signature: Signature) -> Result<SignedMemberRecord, RecordError> {
         let record = MemberRecord::decode(&body)?;
         Ok(SignedMemberRecord {
             body,

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keys::{CaKey, PrivateKey};
 
+use super::verify::{node_certificate_oid, read_der_octet_string};
 use super::*;
 
 const NETWORK: &str = "test-net";
