@@ -29,7 +29,8 @@ use protocol::drops::DropReason;
 
 use crate::config::PeerConfig;
 use crate::datapath::udp::Bind;
-use crate::events::Events;
+use crate::events::{Events, now_unix_ms};
+use protocol::api::EventKind;
 use protocol::policy::enforce::Direction;
 
 mod drops;
@@ -338,7 +339,26 @@ impl Router {
         let peer = match &packet {
             Packet::HandshakeInit(init) => {
                 match parse_handshake_anon(&self.private_key, &self.public_key, init) {
-                    Ok(half) => table.by_key_bytes(&half.peer_static_public),
+                    Ok(half) => {
+                        let peer = table.by_key_bytes(&half.peer_static_public);
+                        if peer.is_none() {
+                            // It authenticated its static key to us: a key we do not know
+                            // (a revoked member, a host of another network, a scanner).
+                            let key = PublicKey::from_bytes(half.peer_static_public);
+                            self.events.emit(
+                                EventKind::UnknownKey,
+                                None,
+                                Some(src),
+                                || {
+                                    format!(
+                                        "a handshake from key {key}, which is no peer of this host"
+                                    )
+                                },
+                                now_unix_ms(),
+                            );
+                        }
+                        peer
+                    }
                     Err(_) => {
                         self.drop_global(DropReason::AuthFailed, Some(src));
                         return Inbound::Dropped(DropReason::AuthFailed);
@@ -439,6 +459,14 @@ impl Router {
         st.endpoint = Some(src);
         if table.routes.lookup(inner_source) != Some(peer.index) {
             self.drop_peer(peer, DropReason::SourceNotAllowed, Some(src));
+            let name = peer.name();
+            self.events.emit(
+                EventKind::SpoofedSource,
+                name.as_deref(),
+                Some(src),
+                || format!("a packet from {inner_source}, outside the peer's subnets"),
+                now_unix_ms(),
+            );
             return Inbound::Dropped(DropReason::SourceNotAllowed);
         }
         if !inner_destination.is_some_and(|d| table.is_local(d)) {

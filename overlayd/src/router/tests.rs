@@ -188,6 +188,13 @@ fn forged_inner_source_is_dropped_and_counted() {
         assert!(to_b.is_empty());
     }
     assert_eq!(pair.b.peers()[0].drops.get(DropReason::SourceNotAllowed), 2);
+    // One security event for both (the same peer within a second), counted twice.
+    let events = pair.b.events.after(0);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, protocol::api::EventKind::SpoofedSource);
+    assert_eq!(events[0].count, 2);
+    assert_eq!(events[0].endpoint, Some(A_ADDR.parse().unwrap()));
+    assert!(events[0].detail.contains("10.42.2.7"), "{}", events[0].detail);
 }
 
 #[test]
@@ -232,6 +239,10 @@ fn stranger_cannot_handshake() {
     );
     assert_eq!(r, Inbound::Dropped(DropReason::UnknownPeer));
     assert_eq!(replies, 0);
+    let events = pair.b.events.after(0);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, protocol::api::EventKind::UnknownKey);
+    assert!(events[0].detail.contains(&stranger_key.public_key().to_string()));
 }
 
 #[test]
