@@ -194,7 +194,11 @@ fn forged_inner_source_is_dropped_and_counted() {
     assert_eq!(events[0].kind, protocol::api::EventKind::SpoofedSource);
     assert_eq!(events[0].count, 2);
     assert_eq!(events[0].endpoint, Some(A_ADDR.parse().unwrap()));
-    assert!(events[0].detail.contains("10.42.2.7"), "{}", events[0].detail);
+    assert!(
+        events[0].detail.contains("10.42.2.7"),
+        "{}",
+        events[0].detail
+    );
 }
 
 #[test]
@@ -242,7 +246,11 @@ fn stranger_cannot_handshake() {
     let events = pair.b.events.after(0);
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].kind, protocol::api::EventKind::UnknownKey);
-    assert!(events[0].detail.contains(&stranger_key.public_key().to_string()));
+    assert!(
+        events[0]
+            .detail
+            .contains(&stranger_key.public_key().to_string())
+    );
 }
 
 #[test]
