@@ -1,12 +1,12 @@
-//! `overlayctl events` and `overlayctl flows`: the daemon's security events and flow log,
-//! once or followed (`--follow` asks for what is new every second, like `tail -f`).
+//! `overlayctl events`: the daemon's security events, once or followed (`--follow` asks
+//! for what is new every second, like `tail -f`).
 //!
 //! The renderings are pure; the handlers do the I/O.
 
 use std::path::Path;
 use std::time::Duration;
 
-use protocol::api::{EVENTS_PATH, FLOWS_PATH, FlowLogEntry, SecurityEvent};
+use protocol::api::{EVENTS_PATH, SecurityEvent};
 use serde::de::DeserializeOwned;
 
 use crate::client;
@@ -30,23 +30,9 @@ impl Line for SecurityEvent {
     }
 }
 
-impl Line for FlowLogEntry {
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-    fn line(&self) -> String {
-        flow_line(self)
-    }
-}
-
 /// `overlayctl events [--follow] [--json]`.
 pub fn events(socket: &Path, follow: bool, json: bool) -> anyhow::Result<()> {
     print_since::<SecurityEvent>(socket, EVENTS_PATH, follow, json)
-}
-
-/// `overlayctl flows [--follow] [--json]`.
-pub fn flows(socket: &Path, follow: bool, json: bool) -> anyhow::Result<()> {
-    print_since::<FlowLogEntry>(socket, FLOWS_PATH, follow, json)
 }
 
 fn print_since<T: DeserializeOwned + serde::Serialize + Line>(
@@ -93,32 +79,6 @@ fn event_line(e: &SecurityEvent) -> String {
     line + ": " + &e.detail
 }
 
-fn flow_line(f: &FlowLogEntry) -> String {
-    let proto = match f.proto {
-        Some(6) => "tcp".to_string(),
-        Some(17) => "udp".to_string(),
-        Some(1 | 58) => "icmp".to_string(),
-        Some(p) => format!("proto/{p}"),
-        None => "(more flows)".to_string(),
-    };
-    let addr =
-        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "*".to_string(), |a| a.to_string());
-    let rule = f.rule.map(|r| format!(" rule={r}")).unwrap_or_default();
-    format!(
-        "{} {:<4} {} {} -> {} peer={} {} pkts {} bytes {}{}",
-        time(f.start_unix_ms),
-        f.direction,
-        proto,
-        addr(f.src),
-        addr(f.dst),
-        f.peer,
-        f.packets,
-        f.bytes,
-        f.verdict,
-        rule
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use protocol::api::EventKind;
@@ -139,29 +99,6 @@ mod tests {
         assert_eq!(
             event_line(&e),
             "2025-12-01 00:00:00.123 spoofed_source peer=h2 endpoint=198.18.0.12:51820 count=40: a packet from 10.42.9.2, outside h2's subnets"
-        );
-    }
-
-    #[test]
-    fn a_flow_is_one_line() {
-        let f = FlowLogEntry {
-            seq: 1,
-            start_unix_ms: 1_764_547_200_000,
-            end_unix_ms: 1_764_547_204_000,
-            proto: Some(6),
-            src: Some("10.42.1.2:40000".parse().unwrap()),
-            dst: Some("10.42.3.2:5432".parse().unwrap()),
-            peer: "h3".into(),
-            peer_groups: vec!["db".into()],
-            direction: "out".into(),
-            packets: 12,
-            bytes: 3400,
-            verdict: "allow".into(),
-            rule: Some(2),
-        };
-        assert_eq!(
-            flow_line(&f),
-            "2025-12-01 00:00:00.000 out  tcp 10.42.1.2:40000 -> 10.42.3.2:5432 peer=h3 12 pkts 3400 bytes allow rule=2"
         );
     }
 }
