@@ -370,6 +370,15 @@ fn one_members_flood_neither_grows_the_others_nor_downs_them() {
             i + 1
         );
     }
+    if !downs.is_empty() {
+        // What the members did around it, for whoever reads the failure.
+        for i in 1..=3 {
+            let log = std::fs::read_to_string(net.log_path(i)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("flood: the last lines of h{i}'s log:\n{tail}");
+        }
+    }
     assert!(
         downs.is_empty(),
         "h1..h3 saw each other down under h4's flood: {downs:?}"

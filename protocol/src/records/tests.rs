@@ -581,6 +581,22 @@ fn tampered_persisted_directory_is_refused() {
 }
 
 #[test]
+fn a_copy_of_a_held_record_is_unchanged_only_while_its_certificate_is_current() {
+    let ca = CaKey::generate();
+    let web = Host::new(&ca, "web-1", &["10.42.1.0/24"]);
+    let signed = web.alive(1, "198.18.0.11:51820");
+    let mut dir = directory(&ca);
+    dir.apply_member(&signed, NOW).unwrap();
+    assert_eq!(dir.apply_member(&signed, NOW), Ok(Applied::Unchanged));
+    // Past its expiry (before a sweep drops it) the copy is checked again, and refused.
+    let err = dir.apply_member(&signed, NOW + 2 * DAY).unwrap_err();
+    assert!(
+        matches!(err, RecordError::CertificateNotValidNow { .. }),
+        "{err}"
+    );
+}
+
+#[test]
 fn expired_members_are_dropped() {
     let ca = CaKey::generate();
     let web = Host::new(&ca, "web-1", &["10.42.1.0/24"]);
