@@ -34,7 +34,10 @@ use hostile::{
     Credentials, GOSSIP_TAG_MEMBER, Link, gossip_datagram, member_config, read_directory,
     record_of, run_in_netns,
 };
+use keys::SigningKey;
 use overlayd::control::msg::{self, Bundle, Request};
+use protocol::membership::NodeId;
+use protocol::records::SignedMemberRecord;
 use testnet::{CONTROL_PORT, MemberState, Options, Testnet};
 
 /// How long the attack lasts.
@@ -66,6 +69,7 @@ struct Counters {
     connections: AtomicU64,
     connections_refused: AtomicU64,
     datagrams: AtomicU64,
+    versions: AtomicU64,
     syncs_sent: AtomicU64,
     syncs_answered: AtomicU64,
 }
@@ -74,12 +78,13 @@ impl Counters {
     fn line(&self) -> String {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "streams {}, frame bytes {} MiB, connections {} ({} failed), datagrams {}, syncs {} ({} answered)",
+            "streams {}, frame bytes {} MiB, connections {} ({} failed), datagrams {}, new versions {}, syncs {} ({} answered)",
             n(&self.streams),
             n(&self.frame_bytes) >> 20,
             n(&self.connections),
             n(&self.connections_refused),
             n(&self.datagrams),
+            n(&self.versions),
             n(&self.syncs_sent),
             n(&self.syncs_answered),
         )
@@ -179,6 +184,31 @@ async fn flood_gossip(
     }
 }
 
+/// (e) Gossip datagrams on one connection, each carrying a new version of h4's own record,
+/// validly signed with its control key: every one is news to h1, which verifies it, applies
+/// it and spreads it to h2 and h3.
+async fn flood_versions(
+    link: Arc<Link>,
+    record: SignedMemberRecord,
+    key: SigningKey,
+    ids: (NodeId, NodeId),
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+) {
+    let mut body = record.record().clone();
+    while !stop.load(Ordering::Relaxed) {
+        body.version += 1;
+        let Ok(signed) = body.sign(&key) else { return };
+        let mut item = vec![GOSSIP_TAG_MEMBER];
+        item.extend_from_slice(&signed.to_bytes());
+        let datagram = gossip_datagram(ids.0, ids.1, &[item]);
+        if link.conn.send_datagram_wait(datagram.into()).await.is_err() {
+            return;
+        }
+        counters.versions.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// (d) Syncs of ~8 MiB made of copies of h4's own (valid) record, one after another.
 async fn flood_syncs(
     link: Arc<Link>,
@@ -214,12 +244,12 @@ async fn flood_syncs(
 fn attack(net: &Testnet, stop: Arc<AtomicBool>, counters: Arc<Counters>) {
     let h4 = Credentials::read(&net.state_dir(4)).expect("h4's credentials");
     let h1 = Credentials::read(&net.state_dir(1)).expect("h1's credentials");
-    let record = record_of(
+    let signed = record_of(
         &read_directory(&net.state_dir(4)).expect("h4's directory"),
         &Testnet::member_name(4),
     )
-    .expect("h4's own record")
-    .to_bytes();
+    .expect("h4's own record");
+    let record = signed.to_bytes();
     let mut item = vec![GOSSIP_TAG_MEMBER];
     item.extend_from_slice(&record);
     let datagram = gossip_datagram(h4.node_id(), h1.node_id(), &[item]);
@@ -241,12 +271,24 @@ fn attack(net: &Testnet, stop: Arc<AtomicBool>, counters: Arc<Counters>) {
                 eprintln!("flood: gossip link {i} refused");
                 continue;
             };
-            tasks.push(tokio::spawn(flood_gossip(
-                Arc::new(gossip),
-                datagram.clone(),
-                stop.clone(),
-                counters.clone(),
-            )));
+            // Half the gossip links replay one record, half send new versions of it.
+            if i % 2 == 0 {
+                tasks.push(tokio::spawn(flood_gossip(
+                    Arc::new(gossip),
+                    datagram.clone(),
+                    stop.clone(),
+                    counters.clone(),
+                )));
+            } else {
+                tasks.push(tokio::spawn(flood_versions(
+                    Arc::new(gossip),
+                    signed.clone(),
+                    h4.control_key.clone(),
+                    (h4.node_id(), h1.node_id()),
+                    stop.clone(),
+                    counters.clone(),
+                )));
+            }
         }
         if let Ok(syncs) = Link::open(config.clone(), to).await {
             tasks.push(tokio::spawn(flood_syncs(

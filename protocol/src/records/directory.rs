@@ -215,17 +215,38 @@ impl Directory {
         now_unix: u64,
     ) -> Result<Applied, RecordError> {
         let record = signed.record();
-        // A copy of the record held, whose certificate is still current and not revoked:
-        // gossip repeats every record several times (and a hostile member may replay its
-        // own as fast as it can), so it is recognised before two signatures are checked
-        // again. Nothing changes.
-        if let Ok(body) = record.certificate.unverified_body()
-            && let Some(held) = self.members.get(&body.node)
-            && held.signed == *signed
-            && (held.certificate.not_before..=held.certificate.not_after).contains(&now_unix)
-            && !self.is_certificate_revoked(&held.certificate)
+        // Against the record held for the name it claims, before any signature is checked
+        // (gossip repeats every record several times, and a hostile member may replay its
+        // own, old or current, as fast as it can): a copy of the held record is unchanged
+        // while its certificate is current and not revoked, and a record older than the
+        // held one is refused whether or not its signatures hold.
+        if let Ok(claimed) = record.certificate.unverified_body()
+            && let Some(held) = self.members.get(&claimed.node)
         {
-            return Ok(Applied::Unchanged);
+            if held.signed == *signed
+                && (held.certificate.not_before..=held.certificate.not_after).contains(&now_unix)
+                && !self.is_certificate_revoked(&held.certificate)
+            {
+                return Ok(Applied::Unchanged);
+            }
+            if claimed.serial < held.certificate.serial {
+                return Err(RecordError::OlderCertificate {
+                    node: claimed.node,
+                    serial: claimed.serial,
+                    held: held.certificate.serial,
+                });
+            }
+            let held_version = held.signed.record().version;
+            if claimed.serial == held.certificate.serial
+                && record.version <= held_version
+                && held.signed != *signed
+            {
+                return Err(RecordError::Replay {
+                    node: claimed.node,
+                    version: record.version,
+                    held: held_version,
+                });
+            }
         }
         let certificate = record
             .certificate
@@ -256,25 +277,10 @@ impl Directory {
             });
         }
         let held = self.members.get(&certificate.node);
-        if let Some(held) = held {
-            if held.signed == *signed {
-                return Ok(Applied::Unchanged);
-            }
-            if certificate.serial < held.certificate.serial {
-                return Err(RecordError::OlderCertificate {
-                    node: certificate.node,
-                    serial: certificate.serial,
-                    held: held.certificate.serial,
-                });
-            }
-            let held_version = held.signed.record().version;
-            if certificate.serial == held.certificate.serial && record.version <= held_version {
-                return Err(RecordError::Replay {
-                    node: certificate.node,
-                    version: record.version,
-                    held: held_version,
-                });
-            }
+        if held.is_some_and(|held| held.signed == *signed) {
+            // Held, but its certificate is past its window or revoked: the checks above
+            // refused it; nothing reaches here.
+            return Ok(Applied::Unchanged);
         }
         if record.state == MemberState::Alive {
             self.check_conflicts(&certificate)?;

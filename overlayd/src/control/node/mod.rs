@@ -26,6 +26,7 @@ pub mod core;
 mod inbound;
 mod net;
 mod peers;
+mod saver;
 
 use crate::router::ActivePolicy;
 use crate::util::lock;
@@ -96,6 +97,8 @@ pub struct Member {
     routed: HashMap<PublicKey, Vec<IpNet>>,
     accept_task: tokio::task::JoinHandle<()>,
     throttle: Throttle,
+    /// Writes the directory off this task.
+    saver: saver::Saver,
 }
 
 impl Drop for Member {
@@ -204,6 +207,7 @@ impl Member {
             events_tx.clone(),
             datagrams_tx.clone(),
         ));
+        let saver = saver::Saver::start(ctx.state.clone());
         let mut member = Member {
             ctx,
             view,
@@ -217,6 +221,7 @@ impl Member {
             routed: HashMap::new(),
             accept_task,
             throttle: Throttle::default(),
+            saver,
         };
         // This host's overlay address comes from its certificate unless the config sets one;
         // before the routes to the members, which prefer it as source.
@@ -244,7 +249,10 @@ impl Member {
             let timeout = self.core.poll_timeout();
             tokio::select! {
                 cmd = commands.recv() => {
-                    let Some(cmd) = cmd else { return false };
+                    let Some(cmd) = cmd else {
+                        self.saver.flush().await;
+                        return false;
+                    };
                     if self.command(cmd).await {
                         return true;
                     }
@@ -390,11 +398,7 @@ impl Member {
                         }
                     }
                 }
-                Action::SaveDirectory(dir) => {
-                    if let Err(e) = self.ctx.state.save_directory(&dir) {
-                        tracing::warn!(error = %format!("{e:#}"), "cannot save the directory");
-                    }
-                }
+                Action::SaveDirectory(dir) => self.saver.save(dir),
                 Action::View(view) => *lock(&self.view) = view,
                 Action::DetectAddress { towards } => {
                     if let Ok(ip) = super::detect_address(Some(towards), &self.ctx.config.tun_name)
@@ -466,6 +470,8 @@ impl Member {
     async fn leave(&mut self, now: Now) -> Result<protocol::api::Status, ApiFailure> {
         self.core.leave(now)?;
         self.execute().await;
+        // The last directory written before its file is removed, and none after.
+        self.saver.flush().await;
         if let Some(endpoint) = self.ctx.endpoint.get() {
             endpoint.set_server_config(None);
         }

@@ -14,6 +14,7 @@ use keys::Name;
 use protocol::membership::NodeId;
 use protocol::records::{Applied, Directory, RecordError, SignedMemberRecord, SignedRevocation};
 
+use super::limits::RecordUpdates;
 use super::{Now, lock};
 
 /// Tag of a member record in a gossiped item.
@@ -44,6 +45,8 @@ impl Invalidates for RecordKey {
 pub(super) struct Shared {
     pub(super) now: Now,
     pub(super) changed: bool,
+    /// How often each member's record may change, whichever way it comes.
+    pub(super) updates: RecordUpdates,
 }
 
 /// foca's hook for piggy-backed records: verifies and applies each (through the
@@ -86,11 +89,23 @@ impl BroadcastHandler<NodeId> for RecordHandler {
             // Added by this host, which applied it already: spread it.
             return Ok(Some(key));
         }
+        if key.tag == TAG_MEMBER && !lock(&self.shared).updates.allows(&key.name, now.instant) {
+            self.throttle.warn(
+                now.instant,
+                "dropped a member's record update",
+                &format_args!("{} changes its record too often", key.name),
+            );
+            return Ok(None);
+        }
         let mut dir = lock(&self.dir);
         match apply_item(&mut dir, data, now.unix) {
             Ok(Applied::Unchanged) => Ok(None),
             Ok(_) => {
-                lock(&self.shared).changed = true;
+                let mut shared = lock(&self.shared);
+                shared.changed = true;
+                if key.tag == TAG_MEMBER {
+                    shared.updates.charge(&key.name, now.instant);
+                }
                 Ok(Some(key))
             }
             // A stale copy still making its rounds after the member moved on: normal.

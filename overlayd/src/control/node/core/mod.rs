@@ -41,6 +41,7 @@
 //! commands), `view` (what the API shows and what is routed).
 
 mod gossip;
+mod limits;
 mod links;
 mod policy;
 mod requests;
@@ -70,6 +71,8 @@ use crate::control::state::{AdminState, NetworkState};
 use crate::router::PeerSpec;
 use gossip::{RecordHandler, Shared, TAG_MEMBER, Timers, tagged};
 pub use gossip::{RecordKey, Throttle};
+use limits::RecordUpdates;
+pub(super) use limits::TokenBucket;
 use links::Link;
 pub use links::{CloseReason, LinkId, first_member_endpoint, lapsed, revoked_reason};
 pub use policy::PolicyInForce;
@@ -262,6 +265,7 @@ impl Core {
         let shared = Arc::new(Mutex::new(Shared {
             now,
             changed: false,
+            updates: RecordUpdates::default(),
         }));
         let foca = Foca::with_custom_broadcast(
             NodeId {

@@ -9,7 +9,7 @@
 
 use keys::Name;
 use protocol::api::{RevokeRequest, RevokeResponse, TokenRequest, TokenResponse};
-use protocol::records::{Applied, MemberState, RecordError};
+use protocol::records::{Applied, MemberState, RecordError, SignedMemberRecord};
 
 use super::gossip::{TAG_MEMBER, TAG_REVOCATION, tagged};
 use super::{Core, LinkId, Now};
@@ -133,9 +133,30 @@ impl Core {
                 if bytes.is_empty() {
                     continue;
                 }
+                // The same limit as gossip on how often a member's record changes.
+                let name = SignedMemberRecord::from_bytes(bytes)
+                    .ok()
+                    .and_then(|r| r.record().certificate.unverified_body().ok())
+                    .map(|c| c.node);
+                let mut shared = super::lock(&self.shared);
+                if let Some(name) = &name
+                    && !shared.updates.allows(name, now.instant)
+                {
+                    self.throttle.warn(
+                        now.instant,
+                        "dropped a member's record update",
+                        &format_args!("{name} changes its record too often"),
+                    );
+                    continue;
+                }
                 match dir.apply_member_bytes(bytes, now.unix) {
                     Ok(Applied::Unchanged) => {}
-                    Ok(_) => fresh.push(tagged(TAG_MEMBER, bytes)),
+                    Ok(_) => {
+                        if let Some(name) = &name {
+                            shared.updates.charge(name, now.instant);
+                        }
+                        fresh.push(tagged(TAG_MEMBER, bytes));
+                    }
                     Err(
                         e @ (RecordError::Replay { .. } | RecordError::OlderCertificate { .. }),
                     ) if sync => tracing::debug!(error = %e, "ignored a stale record in a sync"),
