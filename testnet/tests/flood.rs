@@ -3,7 +3,8 @@
 //! (a) request frames that announce 8 MiB, send all but the last byte and then hold the
 //! stream, on as many streams as h1 allows, (b) as many connections as it can open,
 //! (c) gossip datagrams (each carrying h4's own signed record, which h1 verifies) as fast
-//! as QUIC lets it, and (d) syncs of 8 MiB made of copies of h4's record. The resident
+//! as QUIC lets it, (d) syncs of 8 MiB made of copies of h4's record, and (e) gossip
+//! datagrams each carrying a new version of h4's record, validly signed. The resident
 //! memory of h1, h2 and h3 must stay within 20 MiB of what it was before, and none of h1,
 //! h2, h3 may see another of them `down`.
 //!
