@@ -29,7 +29,7 @@ mod peers;
 
 use crate::router::ActivePolicy;
 use crate::util::lock;
-use protocol::api::PolicyShown;
+use protocol::api::{PolicyShown, RuleCount};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -455,10 +455,29 @@ impl Member {
         false
     }
 
-    /// `shown` with the flows this host tracks now.
+    /// `shown` with what the router counts of it: the flows tracked now and, when the
+    /// router enforces this very version (it may lag the directory by an action), the
+    /// flows each rule allowed and the packets denied.
     fn with_flows(&self, shown: PolicyShown) -> PolicyShown {
+        let active = self
+            .ctx
+            .router
+            .policy()
+            .filter(|p| Some(p.version) == shown.version);
+        let (allowed, denied) = match active {
+            Some(p) => (
+                p.allowed_by_line()
+                    .into_iter()
+                    .map(|(line, flows)| RuleCount { line, flows })
+                    .collect(),
+                p.denied(),
+            ),
+            None => (Vec::new(), 0),
+        };
         PolicyShown {
             tracked_flows: self.ctx.router.tracked_flows() as u64,
+            allowed,
+            denied,
             ..shown
         }
     }
