@@ -392,9 +392,9 @@ pub enum EventKind {
     PolicyDenied,
     /// A member was declared down.
     MemberDown,
-    /// A member that was down or new is alive.
+    /// A member that was declared down is alive again.
     MemberUp,
-    /// This host's certificate expires within 30 days.
+    /// This host's certificate expires within 30 days (once), then within 7 (once more).
     CertificateExpiring,
 }
 

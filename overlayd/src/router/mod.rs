@@ -34,6 +34,7 @@ use protocol::api::EventKind;
 use protocol::policy::enforce::Direction;
 
 mod drops;
+mod flood;
 mod peers;
 mod policy;
 
@@ -128,6 +129,12 @@ pub struct Router {
     /// The host's security events (spoofed sources, policy denials; the control plane
     /// adds its own).
     pub events: Arc<Events>,
+    /// Handshake messages and cookie replies a second: when a flood starts and ends.
+    flood: flood::FloodWatch,
+    /// Revoked members' WireGuard keys and names (the control plane's revocations), so
+    /// that a handshake from one is reported as a revoked member knocking rather than an
+    /// unknown key. Read only on that path.
+    revoked: ArcSwap<std::collections::HashMap<PublicKey, String>>,
     /// A clock for the policy's flow table that costs a load a packet: milliseconds since
     /// `epoch`, advanced by every [`Router::tick`] (250 ms); flows time out after 10 s at
     /// the least.
@@ -164,6 +171,8 @@ impl Router {
             drops: DropCounters::default(),
             log: LogLimiter::default(),
             events: Arc::new(Events::default()),
+            flood: flood::FloodWatch::new(Instant::now()),
+            revoked: ArcSwap::default(),
             clock_ms: std::sync::atomic::AtomicU64::new(0),
             epoch: Instant::now(),
         };
@@ -324,8 +333,10 @@ impl Router {
                 .load()
                 .verify_packet(Some(src.ip()), datagram, out)
             {
-                Ok(_) => {}
+                Ok(_) => self.flood.handshake(),
                 Err(TunnResult::WriteToNetwork(cookie)) => {
+                    self.flood.handshake();
+                    self.flood.cookie();
                     reply(src, cookie);
                     self.drop_global(DropReason::UnderLoad, Some(src));
                     return Inbound::Dropped(DropReason::UnderLoad);
@@ -345,17 +356,30 @@ impl Router {
                             // It authenticated its static key to us: a key we do not know
                             // (a revoked member, a host of another network, a scanner).
                             let key = PublicKey::from_bytes(half.peer_static_public);
-                            self.events.emit(
-                                EventKind::UnknownKey,
-                                None,
-                                Some(src),
-                                || {
-                                    format!(
-                                        "a handshake from key {key}, which is no peer of this host"
-                                    )
-                                },
-                                now_unix_ms(),
-                            );
+                            match self.revoked.load().get(&key) {
+                                Some(node) => self.events.emit(
+                                    EventKind::RevokedKnocking,
+                                    Some(node),
+                                    Some(src),
+                                    || {
+                                        format!(
+                                            "a handshake from key {key} of {node}, whose certificate the network's CA revoked"
+                                        )
+                                    },
+                                    now_unix_ms(),
+                                ),
+                                None => self.events.emit(
+                                    EventKind::UnknownKey,
+                                    None,
+                                    Some(src),
+                                    || {
+                                        format!(
+                                            "a handshake from key {key}, which is no peer of this host"
+                                        )
+                                    },
+                                    now_unix_ms(),
+                                ),
+                            }
                         }
                         peer
                     }
@@ -501,10 +525,50 @@ impl Router {
         }
     }
 
+    /// The revoked members' WireGuard keys, with their names: a handshake from one is
+    /// reported as `revoked_knocking` (it is refused either way: it is no peer).
+    pub fn set_revoked(&self, revoked: std::collections::HashMap<PublicKey, String>) {
+        if **self.revoked.load() != revoked {
+            self.revoked.store(Arc::new(revoked));
+        }
+    }
+
     /// Resets the handshake rate limiter's count; call once a second. Once the cookie
     /// secret is [`COOKIE_SECRET_LIFETIME`] old (by `now`), a new limiter with a fresh
-    /// secret replaces it: cookies handed out before stop validating mac2.
+    /// secret replaces it: cookies handed out before stop validating mac2. A flood's start
+    /// (the first cookie replies) and end (none for a few seconds) become security events.
     pub fn reset_rate_limiter(&self, now: Instant) {
+        match self.flood.second(now) {
+            Some(flood::FloodChange::Started { rate, cookies }) => self.events.emit(
+                EventKind::HandshakeFloodStarted,
+                None,
+                None,
+                || {
+                    format!(
+                        "handshake flood: {rate} handshake messages a second, over the limit of {}; answering with cookie replies ({cookies} in the last second) instead of handshakes",
+                        self.handshake_limit
+                    )
+                },
+                now_unix_ms(),
+            ),
+            Some(flood::FloodChange::Ended {
+                seconds,
+                peak_rate,
+                cookies,
+            }) => self.events.emit(
+                EventKind::HandshakeFloodEnded,
+                None,
+                None,
+                || {
+                    format!(
+                        "handshake flood over: no cookie reply for {} s; it lasted {seconds} s, peaked at {peak_rate} handshake messages a second and drew {cookies} cookie replies",
+                        flood::QUIET_SECONDS
+                    )
+                },
+                now_unix_ms(),
+            ),
+            None => {}
+        }
         let mut born = crate::util::lock(&self.limiter_born);
         if now.saturating_duration_since(*born) >= COOKIE_SECRET_LIFETIME {
             self.rate_limiter.store(Arc::new(RateLimiter::new(

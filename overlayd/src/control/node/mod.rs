@@ -20,12 +20,15 @@
 //! - `inbound`: what one member may make this host hold (per-member queues and limits).
 //! - `net`: QUIC connections and streams: opening, serving, pushes and full syncs.
 //! - `peers`: the router and kernel routes kept in step with what the core routes.
+//! - `watch`: the security events of the control plane (members down and up, refused
+//!   joins, revoked or expired certificates knocking, this host's certificate expiring).
 
 mod accept;
 pub mod core;
 mod inbound;
 mod net;
 mod peers;
+mod watch;
 
 use crate::router::ActivePolicy;
 use crate::util::lock;
@@ -36,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use keys::{NodeCertificate, PublicKey};
+use keys::PublicKey;
 use protocol::records::Directory;
 use tokio::sync::{mpsc, oneshot};
 
@@ -96,6 +99,8 @@ pub struct Member {
     routed: HashMap<PublicKey, Vec<IpNet>>,
     accept_task: tokio::task::JoinHandle<()>,
     throttle: Throttle,
+    /// What becomes a security event.
+    watch: watch::Watch,
 }
 
 impl Drop for Member {
@@ -181,16 +186,7 @@ impl Member {
         // A new SWIM generation on every start (see `Core::new`), saved before it is used.
         ctx.state.save_network(core.network())?;
         let dir = core.directory();
-        let check: tls::PeerCheck = {
-            let dir = dir.clone();
-            Arc::new(move |cert: &NodeCertificate| {
-                if lock(&dir).is_certificate_revoked(cert) {
-                    Err(core::revoked_reason(cert))
-                } else {
-                    Ok(())
-                }
-            })
-        };
+        let check = watch::peer_check(dir.clone(), ctx.router.events.clone());
         let transport = Arc::new(tls::transport_config(KEEPALIVE, IDLE_TIMEOUT));
         let server = tls::server_config(&identity, check.clone(), transport.clone())?;
         let client_config = tls::client_config(&identity, check, transport)?;
@@ -204,6 +200,7 @@ impl Member {
             events_tx.clone(),
             datagrams_tx.clone(),
         ));
+        let watch = watch::Watch::new(ctx.router.events.clone());
         let mut member = Member {
             ctx,
             view,
@@ -217,6 +214,7 @@ impl Member {
             routed: HashMap::new(),
             accept_task,
             throttle: Throttle::default(),
+            watch,
         };
         // This host's overlay address comes from its certificate unless the config sets one;
         // before the routes to the members, which prefer it as source.
@@ -289,6 +287,10 @@ impl Member {
             }
             Event::Request(link, request, reply) => {
                 let from = link.map_or(Origin::Joiner, Origin::Member);
+                let asked = match (from, &*request) {
+                    (Origin::Joiner, Request::Join { name, .. }) => Some(name.to_string()),
+                    _ => None,
+                };
                 let response = match self.core.handle_request(from, *request, now) {
                     Answer::Reply(response) => response,
                     // From a member whose certificate lapsed after the request was sent:
@@ -307,6 +309,11 @@ impl Member {
                         ),
                     },
                 };
+                if from == Origin::Joiner
+                    && let Response::Refused(reason) = &response
+                {
+                    self.watch.join_refused(asked.as_deref(), reason);
+                }
                 let _ = reply.send(response);
             }
             Event::Bundle(bundle) => self.core.handle_bundle(&bundle, now),
@@ -379,7 +386,17 @@ impl Member {
                         }
                     }
                 }
-                Action::Peers(desired) => self.sync_peers(desired).await,
+                Action::Peers(desired) => {
+                    self.sync_peers(desired).await;
+                    let revoked = lock(&self.core.directory())
+                        .revocations()
+                        .map(|r| {
+                            let r = r.revocation();
+                            (r.wireguard_key, r.node.to_string())
+                        })
+                        .collect();
+                    self.ctx.router.set_revoked(revoked);
+                }
                 Action::SaveNetwork(net) => {
                     if let Err(e) = self.ctx.state.save_network(&net) {
                         let error = format!("{e:#}");
@@ -395,7 +412,11 @@ impl Member {
                         tracing::warn!(error = %format!("{e:#}"), "cannot save the directory");
                     }
                 }
-                Action::View(view) => *lock(&self.view) = view,
+                Action::View(view) => {
+                    let mut shown = lock(&self.view);
+                    self.watch.view(&shown, &view, now_unix());
+                    *shown = view;
+                }
                 Action::DetectAddress { towards } => {
                     if let Ok(ip) = super::detect_address(Some(towards), &self.ctx.config.tun_name)
                     {
