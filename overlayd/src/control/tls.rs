@@ -90,9 +90,14 @@ pub const CLOSE_NOT_AUTHORIZED: VarInt = VarInt::from_u32(0x10);
 /// network's CA signed, so a member, or a former one, is knocking).
 #[derive(Clone)]
 pub struct PeerCheck {
-    allow: Arc<dyn Fn(&NodeCertificate) -> Result<(), String> + Send + Sync>,
-    expired: Option<Arc<dyn Fn(&NodeCertificate) + Send + Sync>>,
+    allow: Arc<AllowFn>,
+    expired: Option<Arc<ExpiredFn>>,
 }
+
+/// [`PeerCheck`]'s last word on a certificate.
+type AllowFn = dyn Fn(&NodeCertificate) -> Result<(), String> + Send + Sync;
+/// [`PeerCheck`]'s watcher of expired certificates.
+type ExpiredFn = dyn Fn(&NodeCertificate) + Send + Sync;
 
 impl PeerCheck {
     /// Checks with `allow`: `Err` holds one sentence, why and what to do.

@@ -14,6 +14,7 @@
 //! current one and publish it; a removal also marks the peer under its own mutex, so a
 //! batch still holding the old table sends and accepts nothing more for it.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -90,6 +91,15 @@ pub enum Inbound {
     Dropped(DropReason),
 }
 
+/// What the control plane knows of a key that is no peer ([`Router::set_known_keys`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KnownKey {
+    /// A member's (by its name) that this host does not route now: down, or just admitted.
+    Member(String),
+    /// A revoked member's (by its name).
+    Revoked(String),
+}
+
 /// Which peers [`Router::initiate_and_send`] starts a handshake with.
 #[derive(Debug, Clone, Copy)]
 pub enum Initiate<'a> {
@@ -131,10 +141,9 @@ pub struct Router {
     pub events: Arc<Events>,
     /// Handshake messages and cookie replies a second: when a flood starts and ends.
     flood: flood::FloodWatch,
-    /// Revoked members' WireGuard keys and names (the control plane's revocations), so
-    /// that a handshake from one is reported as a revoked member knocking rather than an
-    /// unknown key. Read only on that path.
-    revoked: ArcSwap<std::collections::HashMap<PublicKey, String>>,
+    /// Keys the control plane knows that are no peers ([`Router::set_known_keys`]); read
+    /// only for a handshake from a key that is no peer.
+    known: ArcSwap<HashMap<PublicKey, KnownKey>>,
     /// A clock for the policy's flow table that costs a load a packet: milliseconds since
     /// `epoch`, advanced by every [`Router::tick`] (250 ms); flows time out after 10 s at
     /// the least.
@@ -172,7 +181,7 @@ impl Router {
             log: LogLimiter::default(),
             events: Arc::new(Events::default()),
             flood: flood::FloodWatch::new(Instant::now()),
-            revoked: ArcSwap::default(),
+            known: ArcSwap::default(),
             clock_ms: std::sync::atomic::AtomicU64::new(0),
             epoch: Instant::now(),
         };
@@ -355,31 +364,7 @@ impl Router {
                         if peer.is_none() {
                             // It authenticated its static key to us: a key we do not know
                             // (a revoked member, a host of another network, a scanner).
-                            let key = PublicKey::from_bytes(half.peer_static_public);
-                            match self.revoked.load().get(&key) {
-                                Some(node) => self.events.emit(
-                                    EventKind::RevokedKnocking,
-                                    Some(node),
-                                    Some(src),
-                                    || {
-                                        format!(
-                                            "a handshake from key {key} of {node}, whose certificate the network's CA revoked"
-                                        )
-                                    },
-                                    now_unix_ms(),
-                                ),
-                                None => self.events.emit(
-                                    EventKind::UnknownKey,
-                                    None,
-                                    Some(src),
-                                    || {
-                                        format!(
-                                            "a handshake from key {key}, which is no peer of this host"
-                                        )
-                                    },
-                                    now_unix_ms(),
-                                ),
-                            }
+                            self.stranger(PublicKey::from_bytes(half.peer_static_public), src);
                         }
                         peer
                     }
@@ -525,11 +510,42 @@ impl Router {
         }
     }
 
-    /// The revoked members' WireGuard keys, with their names: a handshake from one is
-    /// reported as `revoked_knocking` (it is refused either way: it is no peer).
-    pub fn set_revoked(&self, revoked: std::collections::HashMap<PublicKey, String>) {
-        if **self.revoked.load() != revoked {
-            self.revoked.store(Arc::new(revoked));
+    /// The WireGuard keys the control plane knows besides the peers: revoked members' (a
+    /// handshake from one is reported as `revoked_knocking`) and members' this host does
+    /// not route now (down, or admitted a moment ago: their handshakes are no event). A
+    /// handshake from any of them is refused all the same: none is a peer.
+    pub fn set_known_keys(&self, known: HashMap<PublicKey, KnownKey>) {
+        if **self.known.load() != known {
+            self.known.store(Arc::new(known));
+        }
+    }
+
+    /// A handshake initiation from `key` at `src` authenticated its static key, but `key`
+    /// is no peer: an event, unless it is a member this host does not route now.
+    fn stranger(&self, key: PublicKey, src: SocketAddr) {
+        match self.known.load().get(&key) {
+            Some(KnownKey::Member(node)) => {
+                tracing::debug!(peer = %node, endpoint = %src, "a handshake from a member this host does not route now");
+            }
+            Some(KnownKey::Revoked(node)) => self.events.emit(
+                EventKind::RevokedKnocking,
+                Some(node),
+                Some(src),
+                || {
+                    format!(
+                        "a handshake from key {key} of {node}, whose certificate the network's CA revoked"
+                    )
+                },
+                now_unix_ms(),
+            ),
+            // A host of another network, a scanner, a member of old whose record is gone.
+            None => self.events.emit(
+                EventKind::UnknownKey,
+                None,
+                Some(src),
+                || format!("a handshake from key {key}, which is no peer of this host"),
+                now_unix_ms(),
+            ),
         }
     }
 

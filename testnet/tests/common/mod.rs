@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use testnet::Testnet;
 
+pub mod forge;
 pub mod stock;
 
 /// How long a ping may take to start working (ARP, links coming up).

@@ -30,7 +30,7 @@ mod net;
 mod peers;
 mod watch;
 
-use crate::router::ActivePolicy;
+use crate::router::{ActivePolicy, KnownKey};
 use crate::util::lock;
 use protocol::api::{PolicyShown, RuleCount};
 use std::collections::HashMap;
@@ -70,6 +70,21 @@ enum Event {
     /// A request on a stream, from the member link it came on (`None`: a joiner).
     Request(Option<LinkId>, Box<Request>, oneshot::Sender<Response>),
     Bundle(Bundle),
+}
+
+/// The keys of `dir`'s members and revocations, for the router to tell a member it does
+/// not route (down, just admitted) and a revoked one from a stranger.
+fn known_keys(dir: &Mutex<Directory>) -> HashMap<PublicKey, KnownKey> {
+    let dir = lock(dir);
+    let mut known: HashMap<PublicKey, KnownKey> = dir
+        .all_members()
+        .map(|(m, _)| (*m.wireguard_key, KnownKey::Member(m.name.to_string())))
+        .collect();
+    for r in dir.revocations() {
+        let r = r.revocation();
+        known.insert(r.wireguard_key, KnownKey::Revoked(r.node.to_string()));
+    }
+    known
 }
 
 /// Now, on both clocks: the only place the member reads them.
@@ -388,14 +403,9 @@ impl Member {
                 }
                 Action::Peers(desired) => {
                     self.sync_peers(desired).await;
-                    let revoked = lock(&self.core.directory())
-                        .revocations()
-                        .map(|r| {
-                            let r = r.revocation();
-                            (r.wireguard_key, r.node.to_string())
-                        })
-                        .collect();
-                    self.ctx.router.set_revoked(revoked);
+                    self.ctx
+                        .router
+                        .set_known_keys(known_keys(&self.core.directory()));
                 }
                 Action::SaveNetwork(net) => {
                     if let Err(e) = self.ctx.state.save_network(&net) {

@@ -77,6 +77,7 @@ impl Watch {
 
     /// A joiner asking for `name` was refused with `reason` (the answer it got).
     pub(super) fn join_refused(&self, name: Option<&str>, reason: &str) {
+        let reason = reason.strip_prefix("join refused: ").unwrap_or(reason);
         self.events.emit(
             EventKind::JoinRefused,
             name,
