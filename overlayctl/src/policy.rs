@@ -126,6 +126,7 @@ fn show(shown: &PolicyShown, now_unix: u64) -> String {
                 .map(|t| format!(", signed {} ({} ago)", when::utc(t), when::span(now_unix.saturating_sub(t))))
                 .unwrap_or_default();
             let mut out = format!("# policy version {v}{signed}: {} rules, {} tests\n", shown.rules, shown.tests);
+            out += &counters(shown);
             out += &shown.text;
             if !out.ends_with('\n') {
                 out.push('\n');
@@ -133,6 +134,23 @@ fn show(shown: &PolicyShown, now_unix: u64) -> String {
             out
         }
     }
+}
+
+/// The counters as TOML comments above the file (so that the output stays a policy file):
+/// a column of new flows allowed per rule, by the rule's line, and the packets denied.
+fn counters(shown: &PolicyShown) -> String {
+    let mut out = String::new();
+    if !shown.allowed.is_empty() {
+        out += "# rule at line   flows allowed\n";
+        for rule in &shown.allowed {
+            out += &format!("# {:>12}   {:>13}\n", rule.line, rule.flows);
+        }
+    }
+    out += &format!(
+        "# denied on this host: {} packets (since this version came into force)\n",
+        shown.denied
+    );
+    out
 }
 
 fn verdict_line(request: &PolicyCheckRequest, verdict: &PolicyVerdict) -> String {
@@ -151,6 +169,7 @@ fn verdict_line(request: &PolicyCheckRequest, verdict: &PolicyVerdict) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::api::RuleCount;
 
     fn shown(version: Option<u64>) -> PolicyShown {
         PolicyShown {
@@ -159,6 +178,8 @@ mod tests {
             rules: 2,
             tests: 1,
             tracked_flows: 0,
+            allowed: vec![RuleCount { line: 1, flows: 17 }],
+            denied: 3,
             text: "[[allow]]\nfrom = [\"any\"]\nto = [\"any\"]\nports = [\"icmp\"]".to_string(),
         }
     }
@@ -167,7 +188,16 @@ mod tests {
     fn show_prints_the_file_under_its_version() {
         let text = show(&shown(Some(4)), 1_060);
         assert!(text.starts_with("# policy version 4, signed "), "{text}");
-        assert!(text.contains("2 rules, 1 tests\n[[allow]]\n"), "{text}");
+        assert!(
+            text.contains(
+                "2 rules, 1 tests\n\
+                 # rule at line   flows allowed\n\
+                 #            1              17\n\
+                 # denied on this host: 3 packets (since this version came into force)\n\
+                 [[allow]]\n"
+            ),
+            "{text}"
+        );
         assert!(text.ends_with("\"icmp\"]\n"));
         assert!(show(&shown(None), 0).starts_with("no policy: every member may reach every other"));
     }

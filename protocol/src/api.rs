@@ -323,8 +323,26 @@ pub struct PolicyShown {
     /// Flows this host tracks now (over all peers).
     #[serde(default)]
     pub tracked_flows: u64,
+    /// Per `[[allow]]` rule, in the file's order: the new flows it let through on this host
+    /// since this version came into force here (flows this host opened and flows peers
+    /// opened to it). Empty without a policy, and from daemons before the counters.
+    #[serde(default)]
+    pub allowed: Vec<RuleCount>,
+    /// Packets the policy dropped on this host since this version came into force, both
+    /// ways (a denied flow is never tracked, so each of its packets counts).
+    #[serde(default)]
+    pub denied: u64,
     /// The file as written.
     pub text: String,
+}
+
+/// What one `[[allow]]` rule let through ([`PolicyShown::allowed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleCount {
+    /// The rule's line in the policy file (its `[[allow]]`).
+    pub line: u32,
+    /// New flows it allowed.
+    pub flows: u64,
 }
 
 /// `POST /v1/policy/check`: one flow to judge.
@@ -374,9 +392,9 @@ pub enum EventKind {
     PolicyDenied,
     /// A member was declared down.
     MemberDown,
-    /// A member that was down or new is alive.
+    /// A member that was declared down is alive again.
     MemberUp,
-    /// This host's certificate expires within 30 days.
+    /// This host's certificate expires within 30 days (once), then within 7 (once more).
     CertificateExpiring,
 }
 

@@ -39,9 +39,10 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::stock::{WireguardGo, kill, require_tools, run_in, udp_in, wait_until};
 use common::{NetnsGuard, root};
 use serde_json::Value;
 use testnet::{LISTEN_PORT, MemberState, Options, Testnet};
@@ -67,33 +68,10 @@ const INTERNET: &str = "8.8.8.8";
 /// h1's overlay address and h1-c1's.
 const H1_OVERLAY: &str = "10.42.1.1";
 const H1_C1: &str = "10.42.1.2";
-/// The MTU of the attacker's WireGuard interface (testnet's).
-const WG_MTU: &str = "1420";
 /// How long the attacker's first datagram may take to get through, and again after h1's
 /// daemon was restarted (see the warm-up).
 const FIRST_WARMUP: Duration = Duration::from_secs(2);
 const SECOND_WARMUP: Duration = Duration::from_secs(10);
-
-/// Runs `f` on a thread that entered network namespace `ns`, and returns what it returns:
-/// a socket made there stays in `ns` whichever thread uses it.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let netns_name = ns.to_owned();
-    std::thread::spawn(move || {
-        common::enter_netns(&netns_name);
-        f()
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-/// A UDP socket bound to `bind` in namespace `ns`, non-blocking.
-fn udp_in(ns: &str, bind: SocketAddr) -> UdpSocket {
-    let socket = in_ns(ns, move || {
-        UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"))
-    });
-    socket.set_nonblocking(true).expect("non-blocking socket");
-    socket
-}
 
 /// A listener at one or more destinations; every datagram's text is kept.
 struct Sink {
@@ -139,36 +117,6 @@ fn send(socket: &UdpSocket, to: &str, text: &str) {
     socket
         .send_to(text.as_bytes(), SocketAddr::new(ip, PORT))
         .unwrap_or_else(|e| panic!("send to {to}: {e}"));
-}
-
-/// Polls `done` every 20 ms until it holds or `limit` has passed; whether it held.
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `ip netns exec ns args`, panicking unless it succeeds; its stdout.
-fn run_in(ns: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?} in {ns}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// tcpdump on one interface of a namespace, printing a line per packet that matches its
@@ -267,11 +215,6 @@ impl Capture {
     }
 }
 
-fn kill(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 impl Drop for Capture {
     fn drop(&mut self) {
         if let Some(child) = self.child.take() {
@@ -280,49 +223,13 @@ impl Drop for Capture {
     }
 }
 
-/// wireguard-go, killed on drop and its UAPI socket removed (it lives in the root file
-/// system's /var/run/wireguard whichever namespace runs it).
-struct WireguardGo {
-    child: Option<Child>,
-    socket: String,
-}
-
-impl Drop for WireguardGo {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            kill(child);
-        }
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
-
 /// The attacker's WireGuard interface `ifname` in namespace `ns`: h2's private key, port
 /// 51820, one peer (h1 at its underlay address) with allowed-ips 0.0.0.0/0; 10.42.2.1/32 on
 /// it and the default route through it.
 fn wireguard_go(net: &Testnet, ns: &str, ifname: &str) -> WireguardGo {
-    let log = std::fs::File::create(net.run_dir().join("wireguard-go.log")).expect("log file");
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns, "wireguard-go", "-f", ifname])
-        .env("WG_PROCESS_FOREGROUND", "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .spawn()
-        .expect("start wireguard-go");
-    let wg = WireguardGo {
-        child: Some(child),
-        socket: format!("/var/run/wireguard/{ifname}.sock"),
-    };
-    assert!(
-        wait_until(Duration::from_secs(10), || std::path::Path::new(&wg.socket)
-            .exists()),
-        "wireguard-go did not start (no {})",
-        wg.socket
-    );
-    set_peer_h1(net, ns, ifname);
-    let source = format!("{INNER_SOURCE}/32");
-    common::ip(&["-n", ns, "addr", "add", &source, "dev", ifname]);
-    common::ip(&["-n", ns, "link", "set", ifname, "mtu", WG_MTU, "up"]);
+    let wg = WireguardGo::start(net, ns, ifname, "wireguard-go.log");
+    set_peer_h1(net, &wg);
+    wg.up(&format!("{INNER_SOURCE}/32"));
     common::ip(&["-n", ns, "route", "add", "default", "dev", ifname]);
     wg
 }
@@ -330,29 +237,10 @@ fn wireguard_go(net: &Testnet, ns: &str, ifname: &str) -> WireguardGo {
 /// Gives the attacker's interface h2's private key and port 51820, and (again) its one peer:
 /// h1 at its underlay address, allowed-ips 0.0.0.0/0. Set again after a removal, the peer
 /// starts afresh: wireguard-go initiates a handshake with the next packet.
-fn set_peer_h1(net: &Testnet, ns: &str, ifname: &str) {
-    let key = net.key_path(2).display().to_string();
+fn set_peer_h1(net: &Testnet, wg: &WireguardGo) {
     let h1_key = net.public_key(1).expect("h1's key").to_string();
-    let h1 = SocketAddr::new(net.addr("h1").expect("h1's address"), LISTEN_PORT).to_string();
-    let port = LISTEN_PORT.to_string();
-    run_in(
-        ns,
-        &[
-            "wg",
-            "set",
-            ifname,
-            "private-key",
-            &key,
-            "listen-port",
-            &port,
-            "peer",
-            &h1_key,
-            "endpoint",
-            &h1,
-            "allowed-ips",
-            "0.0.0.0/0",
-        ],
-    );
+    let h1 = SocketAddr::new(net.addr("h1").expect("h1's address"), LISTEN_PORT);
+    wg.set_peer(&net.key_path(2), LISTEN_PORT, &h1_key, h1, "0.0.0.0/0");
 }
 
 /// Sends a warm-up datagram from the attacker to h1-c1 every 80 ms until one arrives or
@@ -502,16 +390,7 @@ fn a_member_cannot_send_through_a_host_to_its_lan_or_beyond() {
     if !root() {
         return;
     }
-    for tool in ["wireguard-go", "wg", "tcpdump", "nft"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            found,
-            "{tool} is needed (apt-get install wireguard-go wireguard-tools tcpdump nftables; scripts/setup does)"
-        );
-    }
+    require_tools(&["wireguard-go", "wg", "tcpdump", "nft"]);
     let began = Instant::now();
     let mut net = Testnet::up(Options::new(2, 1)).expect("testnet up (gossip mode, 2 members)");
     let ready = began.elapsed();
@@ -595,8 +474,8 @@ fn a_member_cannot_send_through_a_host_to_its_lan_or_beyond() {
                 .unwrap_or(false)),
             "h1 has no route to h2 after its restart"
         );
-        run_in(&attacker, &["wg", "set", ifname, "peer", &h1_key, "remove"]);
-        set_peer_h1(&net, &attacker, ifname);
+        wg.remove_peer(&h1_key);
+        set_peer_h1(&net, &wg);
         restarted = Some((auth_failed - auth_failed_before, restart_began.elapsed()));
         through = warm_up(&tunnel, &mut c1_sink, SECOND_WARMUP, &mut warmups);
     }

@@ -20,6 +20,19 @@
 //! allows within 5 s and keeps one it still allows; a member restarted while the policy
 //! changed never lets through what the policy denies; a flood of 200,000 UDP flows leaves
 //! the flow table at its bound (`[control] policy_flows`) and other flows working.
+//! `overlayctl policy show` counts the flows each rule allowed and the packets denied.
+//!
+//! Denial at the receiver: a sender that enforces nothing, a stock WireGuard host
+//! (wireguard-go in `P-pdb`, a namespace of this test) holding db's key (h4's, whose own
+//! daemon keeps running), with h2 as its one peer, sends a UDP datagram and TCP SYNs from
+//! an address of h4's subnet to web's container h2-c1: h2 decrypts them and drops them
+//! (`policy_denied` for peer h4, the policy's denied count, a `policy_denied` event).
+//!
+//! ```text
+//!   P-pdb 198.19.255.78/32 on the underlay switch, its only route to h2's underlay
+//!   address; wg: h4's key, peer h2 at 198.18.0.12:51820, 10.42.4.200/32,
+//!   10.42.0.0/16 through it
+//! ```
 
 mod common;
 #[path = "common/hostile.rs"]
@@ -31,12 +44,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{enter_netns, pings, pings_once, root};
+use common::stock::{WireguardGo, require_tools, udp_in, wait_until};
+use common::{NetnsGuard, enter_netns, pings, pings_once, root};
 use hostile::{Credentials, Link, member_config, run_in_netns};
 use overlayd::control::msg::{Bundle, Request, Response};
 use protocol::api::PolicyShown;
 use protocol::policy::SignedPolicy;
-use testnet::{Options, Testnet};
+use testnet::{LISTEN_PORT, MemberState, Options, Testnet};
 
 const POLICY: &str = r#"
 [[allow]]
@@ -155,6 +169,15 @@ fn denied(net: &Testnet, i: usize, peer: usize) -> u64 {
                 .copied()
         })
         .unwrap_or(0)
+}
+
+/// New flows the rule at `line` allowed on host `i` (`overlayctl policy show --json`).
+fn allowed(net: &Testnet, i: usize, line: u32) -> u64 {
+    shown(net, i)
+        .allowed
+        .iter()
+        .find(|r| r.line == line)
+        .map_or(0, |r| r.flows)
 }
 
 fn container_addr(net: &Testnet, host: usize) -> std::net::IpAddr {
@@ -321,14 +344,35 @@ fn one_signed_policy_decides_who_reaches_whom_on_every_host() {
         took.as_secs_f64()
     );
 
-    // web -> db: ping and tcp/5432 work (replies come back); tcp/22 does not.
+    // web -> db: ping and tcp/5432 work (replies come back); tcp/22 does not. The rule
+    // (line 2) counts the flows on both ends: h2 opened them, h4 let them in.
+    let rule_before = (allowed(&net, 2, 2), allowed(&net, 4, 2));
     assert!(pings(&net, "h2-c1", &db), "web pings db");
     assert!(tcp_opens(&net, 2, 4, 5432), "web opens tcp/5432 on db");
-    let before = denied(&net, 2, 4);
+    let rule_after = (allowed(&net, 2, 2), allowed(&net, 4, 2));
+    eprintln!("flows allowed by the rule at line 2 (h2, h4): {rule_before:?} -> {rule_after:?}");
+    assert!(
+        rule_after.0 >= rule_before.0 + 2 && rule_after.1 >= rule_before.1 + 2,
+        "the rule at line 2 did not count the ping and the TCP connection on h2 and h4: {rule_before:?} -> {rule_after:?}"
+    );
+    let before = (denied(&net, 2, 4), shown(&net, 2).denied);
     assert!(!tcp_opens(&net, 2, 4, 22), "web opened tcp/22 on db");
     assert!(
-        denied(&net, 2, 4) > before,
+        denied(&net, 2, 4) > before.0,
         "h2 did not count the denied SYN to h4"
+    );
+    assert!(
+        shown(&net, 2).denied > before.1,
+        "h2's policy show did not count the denied SYN"
+    );
+    let text = net
+        .overlayctl_ok(2, &["policy", "show"])
+        .expect("policy show");
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    eprintln!("overlayctl policy show on h2:\n{text}");
+    assert!(
+        text.contains("# rule at line   flows allowed\n#            2"),
+        "{text}"
     );
     // db -> web: denied on db, the sender.
     let before = denied(&net, 4, 2);
@@ -474,6 +518,155 @@ fn one_signed_policy_decides_who_reaches_whom_on_every_host() {
     assert!(
         tcp_opens(&net, 2, 4, 5432),
         "web still opens tcp/5432 on db"
+    );
+
+    // Last, as it takes h4's place in h2's tunnel: a sender that enforces nothing.
+    denied_at_the_receiver(&mut net);
+}
+
+/// The address the stock peer sends from: in h4's subnet (so that h2's source check
+/// passes and only the policy stands in the way), used by no container.
+fn stock_source(net: &Testnet) -> std::net::Ipv4Addr {
+    match container_addr(net, 4) {
+        std::net::IpAddr::V4(a) => {
+            let [a, b, c, _] = a.octets();
+            std::net::Ipv4Addr::new(a, b, c, 200)
+        }
+        std::net::IpAddr::V6(a) => panic!("h4-c1 has an IPv6 address {a}"),
+    }
+}
+
+/// `policy_denied` events on host `i` about `peer`, summed over their counts.
+fn denied_events(net: &Testnet, i: usize, peer: &str) -> u64 {
+    let out = net
+        .overlayctl_ok(i, &["events", "--json"])
+        .expect("overlayctl events");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<protocol::api::SecurityEvent>(l).ok())
+        .filter(|e| {
+            e.kind == protocol::api::EventKind::PolicyDenied && e.peer.as_deref() == Some(peer)
+        })
+        .map(|e| e.count)
+        .sum()
+}
+
+/// A stock WireGuard host with db's key (h4's) sends to web (h2-c1): a UDP datagram to
+/// port 7 and a TCP connection to port 80. h2 decrypts them and drops them for the policy:
+/// its `policy_denied` drops for peer h4 rise by what came through, its policy's denied
+/// count too, and it reports `policy_denied` events about h4.
+///
+/// h2 may refuse wireguard-go's first initiations: boringtun stamps handshakes with TAI64N
+/// base 2^62 + 37, wireguard-go with 2^62 + 10, so h2 takes wireguard-go's stamps for
+/// replays for 27 s after h4's own daemon last initiated to it (as the gateway test
+/// explains). Rather than wait, h2's daemon is restarted then, and the stock peer set again.
+fn denied_at_the_receiver(net: &mut Testnet) {
+    require_tools(&["wireguard-go", "wg"]);
+    let ns = format!("{}-pdb", net.prefix());
+    let guard = NetnsGuard::add(std::slice::from_ref(&ns));
+    let (switch, h2_underlay) = (net.underlay_ns(), net.addr("h2").expect("h2's address"));
+    common::ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    common::ip(&[
+        "link", "add", "pdb", "netns", &switch, "type", "veth", "peer", "name", "eth0", "netns",
+        &ns,
+    ]);
+    common::ip(&["-n", &switch, "link", "set", "pdb", "master", "br0", "up"]);
+    common::ip(&["-n", &ns, "addr", "add", "198.19.255.78/32", "dev", "eth0"]);
+    common::ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+    common::ip(&[
+        "-n",
+        &ns,
+        "route",
+        "add",
+        &format!("{h2_underlay}/32"),
+        "dev",
+        "eth0",
+    ]);
+    let ifname = format!("wg{}", net.prefix());
+    let ifname = &ifname[..ifname.len().min(15)];
+    let wg = WireguardGo::start(net, &ns, ifname, "wireguard-go-db.log");
+    let h2_key = net.public_key(2).expect("h2's key").to_string();
+    let h2 = SocketAddr::new(h2_underlay, LISTEN_PORT);
+    let db_key = net.key_path(4);
+    let set_peer = |wg: &WireguardGo| {
+        wg.set_peer(&db_key, LISTEN_PORT, &h2_key, h2, "10.42.0.0/16");
+    };
+    set_peer(&wg);
+    let source = stock_source(net);
+    wg.up(&format!("{source}/32"));
+    common::ip(&["-n", &ns, "route", "add", "10.42.0.0/16", "dev", ifname]);
+
+    let web = SocketAddr::new(container_addr(net, 2), 7);
+    let socket = udp_in(&ns, SocketAddr::new(source.into(), 0));
+    let baseline = |net: &Testnet| {
+        (
+            denied(net, 2, 4),
+            shown(net, 2).denied,
+            denied_events(net, 2, "h4"),
+        )
+    };
+    let mut before = baseline(net);
+    // A datagram every 100 ms until h2 counts one (the handshake done).
+    let mut sent = 0u32;
+    let mut through = |net: &Testnet, since: u64, limit: Duration| {
+        wait_until(limit, || {
+            sent += 1;
+            let _ = socket.send_to(format!("db to web {sent}").as_bytes(), web);
+            std::thread::sleep(Duration::from_millis(80));
+            denied(net, 2, 4) > since
+        })
+    };
+    let mut restarted = false;
+    let mut got_through = through(net, before.0, Duration::from_secs(3));
+    if !got_through {
+        restarted = true;
+        net.restart_daemon(2).expect("restart h2's daemon");
+        net.wait_member_state(2, 4, MemberState::Alive, Duration::from_secs(15))
+            .expect("h2 sees h4 alive after its restart");
+        assert!(
+            wait_until(Duration::from_secs(10), || net
+                .has_route_to(2, 4)
+                .unwrap_or(false)),
+            "h2 has no route to h4 after its restart"
+        );
+        wg.remove_peer(&h2_key);
+        set_peer(&wg);
+        before = baseline(net);
+        got_through = through(net, before.0, Duration::from_secs(10));
+    }
+    assert!(
+        got_through,
+        "h2 counted none of the {sent} datagrams the stock peer with db's key sent to web (h2 restarted: {restarted}; handshake at {} by wireguard-go); its log:\n{}",
+        wg.latest_handshake(&h2_key),
+        std::fs::read_to_string(net.run_dir().join("wireguard-go-db.log")).unwrap_or_default()
+    );
+    let handshake = wg.latest_handshake(&h2_key);
+    // A TCP connection to web's port 80: its SYNs decrypt on h2 and are dropped.
+    let syn_before = denied(net, 2, 4);
+    let to = SocketAddr::new(container_addr(net, 2), 80);
+    let connected = common::stock::in_ns(&ns, move || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).is_ok()
+    });
+    let after = (denied(net, 2, 4), shown(net, 2).denied);
+    let events = denied_events(net, 2, "h4");
+    drop(wg);
+    drop(guard);
+    eprintln!(
+        "stock peer with db's key: handshake with h2 at {handshake} (h2 restarted: {restarted}), {sent} datagrams; h2's policy_denied for h4 {} -> {} ({} before the SYNs), policy denied {} -> {}, policy_denied events about h4 {} -> {events}",
+        before.0, after.0, syn_before, before.1, after.1, before.2
+    );
+    assert!(!connected, "db's stock peer opened a TCP connection to web");
+    assert!(
+        after.0 > syn_before,
+        "h2 did not count the SYNs from db's stock peer as policy_denied"
+    );
+    assert!(
+        after.1 > before.1,
+        "h2's policy show did not count the receiver-side denials"
+    );
+    assert!(
+        events > before.2,
+        "h2 reported no policy_denied event about h4"
     );
 }
 

@@ -84,9 +84,54 @@ pub const NODE_CERTIFICATE_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 32473, 7837, 1, 1];
 /// The application close code [`authorize`] refusals carry.
 pub const CLOSE_NOT_AUTHORIZED: VarInt = VarInt::from_u32(0x10);
 
-/// The caller's last word on a peer whose certificate is otherwise valid (the daemon
-/// refuses revoked serials and keys here). `Err` holds one sentence: why, and what to do.
-pub type PeerCheck = Arc<dyn Fn(&NodeCertificate) -> Result<(), String> + Send + Sync>;
+/// The caller's part in checking a peer: its last word on a certificate that is otherwise
+/// valid (the daemon refuses revoked serials and keys here), and whom to tell of one that
+/// is refused only because it expired (the daemon's security events: a certificate the
+/// network's CA signed, so a member, or a former one, is knocking).
+#[derive(Clone)]
+pub struct PeerCheck {
+    allow: Arc<AllowFn>,
+    expired: Option<Arc<ExpiredFn>>,
+}
+
+/// [`PeerCheck`]'s last word on a certificate.
+type AllowFn = dyn Fn(&NodeCertificate) -> Result<(), String> + Send + Sync;
+/// [`PeerCheck`]'s watcher of expired certificates.
+type ExpiredFn = dyn Fn(&NodeCertificate) + Send + Sync;
+
+impl PeerCheck {
+    /// Checks with `allow`: `Err` holds one sentence, why and what to do.
+    pub fn new(
+        allow: impl Fn(&NodeCertificate) -> Result<(), String> + Send + Sync + 'static,
+    ) -> PeerCheck {
+        PeerCheck {
+            allow: Arc::new(allow),
+            expired: None,
+        }
+    }
+
+    /// Also tells `report` of every certificate of this network refused because it
+    /// expired (the refusal stands; `report` only watches).
+    pub fn on_expired(
+        mut self,
+        report: impl Fn(&NodeCertificate) + Send + Sync + 'static,
+    ) -> PeerCheck {
+        self.expired = Some(Arc::new(report));
+        self
+    }
+
+    /// The last word on `cert`.
+    fn allow(&self, cert: &NodeCertificate) -> Result<(), String> {
+        (self.allow)(cert)
+    }
+
+    /// `cert` was refused as expired.
+    fn expired(&self, cert: &NodeCertificate) {
+        if let Some(report) = &self.expired {
+            report(cert);
+        }
+    }
+}
 
 /// What this node presents and what it trusts.
 pub struct TlsIdentity {

@@ -14,6 +14,7 @@
 //! current one and publish it; a removal also marks the peer under its own mutex, so a
 //! batch still holding the old table sends and accepts nothing more for it.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,7 @@ use protocol::api::EventKind;
 use protocol::policy::enforce::Direction;
 
 mod drops;
+mod flood;
 mod peers;
 mod policy;
 
@@ -89,6 +91,15 @@ pub enum Inbound {
     Dropped(DropReason),
 }
 
+/// What the control plane knows of a key that is no peer ([`Router::set_known_keys`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KnownKey {
+    /// A member's (by its name) that this host does not route now: down, or just admitted.
+    Member(String),
+    /// A revoked member's (by its name).
+    Revoked(String),
+}
+
 /// Which peers [`Router::initiate_and_send`] starts a handshake with.
 #[derive(Debug, Clone, Copy)]
 pub enum Initiate<'a> {
@@ -128,6 +139,11 @@ pub struct Router {
     /// The host's security events (spoofed sources, policy denials; the control plane
     /// adds its own).
     pub events: Arc<Events>,
+    /// Handshake messages and cookie replies a second: when a flood starts and ends.
+    flood: flood::FloodWatch,
+    /// Keys the control plane knows that are no peers ([`Router::set_known_keys`]); read
+    /// only for a handshake from a key that is no peer.
+    known: ArcSwap<HashMap<PublicKey, KnownKey>>,
     /// A clock for the policy's flow table that costs a load a packet: milliseconds since
     /// `epoch`, advanced by every [`Router::tick`] (250 ms); flows time out after 10 s at
     /// the least.
@@ -164,6 +180,8 @@ impl Router {
             drops: DropCounters::default(),
             log: LogLimiter::default(),
             events: Arc::new(Events::default()),
+            flood: flood::FloodWatch::new(Instant::now()),
+            known: ArcSwap::default(),
             clock_ms: std::sync::atomic::AtomicU64::new(0),
             epoch: Instant::now(),
         };
@@ -324,8 +342,10 @@ impl Router {
                 .load()
                 .verify_packet(Some(src.ip()), datagram, out)
             {
-                Ok(_) => {}
+                Ok(_) => self.flood.handshake(),
                 Err(TunnResult::WriteToNetwork(cookie)) => {
+                    self.flood.handshake();
+                    self.flood.cookie();
                     reply(src, cookie);
                     self.drop_global(DropReason::UnderLoad, Some(src));
                     return Inbound::Dropped(DropReason::UnderLoad);
@@ -344,18 +364,7 @@ impl Router {
                         if peer.is_none() {
                             // It authenticated its static key to us: a key we do not know
                             // (a revoked member, a host of another network, a scanner).
-                            let key = PublicKey::from_bytes(half.peer_static_public);
-                            self.events.emit(
-                                EventKind::UnknownKey,
-                                None,
-                                Some(src),
-                                || {
-                                    format!(
-                                        "a handshake from key {key}, which is no peer of this host"
-                                    )
-                                },
-                                now_unix_ms(),
-                            );
+                            self.stranger(PublicKey::from_bytes(half.peer_static_public), src);
                         }
                         peer
                     }
@@ -501,10 +510,81 @@ impl Router {
         }
     }
 
+    /// The WireGuard keys the control plane knows besides the peers: revoked members' (a
+    /// handshake from one is reported as `revoked_knocking`) and members' this host does
+    /// not route now (down, or admitted a moment ago: their handshakes are no event). A
+    /// handshake from any of them is refused all the same: none is a peer.
+    pub fn set_known_keys(&self, known: HashMap<PublicKey, KnownKey>) {
+        if **self.known.load() != known {
+            self.known.store(Arc::new(known));
+        }
+    }
+
+    /// A handshake initiation from `key` at `src` authenticated its static key, but `key`
+    /// is no peer: an event, unless it is a member this host does not route now.
+    fn stranger(&self, key: PublicKey, src: SocketAddr) {
+        match self.known.load().get(&key) {
+            Some(KnownKey::Member(node)) => {
+                tracing::debug!(peer = %node, endpoint = %src, "a handshake from a member this host does not route now");
+            }
+            Some(KnownKey::Revoked(node)) => self.events.emit(
+                EventKind::RevokedKnocking,
+                Some(node),
+                Some(src),
+                || {
+                    format!(
+                        "a handshake from key {key} of {node}, whose certificate the network's CA revoked"
+                    )
+                },
+                now_unix_ms(),
+            ),
+            // A host of another network, a scanner, a member of old whose record is gone.
+            None => self.events.emit(
+                EventKind::UnknownKey,
+                None,
+                Some(src),
+                || format!("a handshake from key {key}, which is no peer of this host"),
+                now_unix_ms(),
+            ),
+        }
+    }
+
     /// Resets the handshake rate limiter's count; call once a second. Once the cookie
     /// secret is [`COOKIE_SECRET_LIFETIME`] old (by `now`), a new limiter with a fresh
-    /// secret replaces it: cookies handed out before stop validating mac2.
+    /// secret replaces it: cookies handed out before stop validating mac2. A flood's start
+    /// (the first cookie replies) and end (none for a few seconds) become security events.
     pub fn reset_rate_limiter(&self, now: Instant) {
+        match self.flood.second(now) {
+            Some(flood::FloodChange::Started { rate, cookies }) => self.events.emit(
+                EventKind::HandshakeFloodStarted,
+                None,
+                None,
+                || {
+                    format!(
+                        "handshake flood: {rate} handshake messages a second, over the limit of {}; answering with cookie replies ({cookies} in the last second) instead of handshakes",
+                        self.handshake_limit
+                    )
+                },
+                now_unix_ms(),
+            ),
+            Some(flood::FloodChange::Ended {
+                seconds,
+                peak_rate,
+                cookies,
+            }) => self.events.emit(
+                EventKind::HandshakeFloodEnded,
+                None,
+                None,
+                || {
+                    format!(
+                        "handshake flood over: no cookie reply for {} s; it lasted {seconds} s, peaked at {peak_rate} handshake messages a second and drew {cookies} cookie replies",
+                        flood::QUIET_SECONDS
+                    )
+                },
+                now_unix_ms(),
+            ),
+            None => {}
+        }
         let mut born = crate::util::lock(&self.limiter_born);
         if now.saturating_duration_since(*born) >= COOKIE_SECRET_LIFETIME {
             self.rate_limiter.store(Arc::new(RateLimiter::new(

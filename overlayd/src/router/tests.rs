@@ -511,6 +511,41 @@ fn every_handshake_message_counts_once_against_the_limit() {
     );
 }
 #[test]
+fn a_handshake_flood_is_reported_when_cookies_start_and_when_they_stop() {
+    let ka = PrivateKey::generate();
+    let kb = PrivateKey::generate();
+    let a = Router::new(&ka, &[peer(&kb, "10.42.2.0/24", Some(B_ADDR))]);
+    let b = Router::with_handshake_limit(&kb, &[peer(&ka, "10.42.1.0/24", Some(A_ADDR))], 2);
+    let start = Instant::now();
+    let kinds = |b: &Router| -> Vec<protocol::api::EventKind> {
+        b.events.after(0).iter().map(|e| e.kind).collect()
+    };
+    for _ in 0..5 {
+        deliver(&b, A_ADDR, &initiation(&a));
+    }
+    b.reset_rate_limiter(start + Duration::from_secs(1));
+    assert_eq!(
+        kinds(&b),
+        vec![protocol::api::EventKind::HandshakeFloodStarted]
+    );
+    let started = &b.events.after(0)[0].detail;
+    assert!(
+        started.contains("5 handshake messages a second") && started.contains("3 in the last"),
+        "{started}"
+    );
+    for s in 2..=4 {
+        b.reset_rate_limiter(start + Duration::from_secs(s));
+    }
+    assert_eq!(
+        kinds(&b),
+        vec![
+            protocol::api::EventKind::HandshakeFloodStarted,
+            protocol::api::EventKind::HandshakeFloodEnded
+        ]
+    );
+}
+
+#[test]
 fn cookie_secret_rotates_every_two_minutes() {
     // B is always under load: an initiation needs a valid mac2, i.e. a current cookie
     let ka = PrivateKey::generate();

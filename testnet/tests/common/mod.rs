@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use testnet::Testnet;
 
+pub mod forge;
+pub mod stock;
+
 /// How long a ping may take to start working (ARP, links coming up).
 pub const PING_DEADLINE: Duration = Duration::from_secs(5);
 

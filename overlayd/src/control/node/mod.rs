@@ -20,6 +20,8 @@
 //! - `inbound`: what one member may make this host hold (per-member queues and limits).
 //! - `net`: QUIC connections and streams: opening, serving, pushes and full syncs.
 //! - `peers`: the router and kernel routes kept in step with what the core routes.
+//! - `watch`: the security events of the control plane (members down and up, refused
+//!   joins, revoked or expired certificates knocking, this host's certificate expiring).
 
 mod accept;
 pub mod core;
@@ -27,17 +29,18 @@ mod inbound;
 mod net;
 mod peers;
 mod saver;
+mod watch;
 
-use crate::router::ActivePolicy;
+use crate::router::{ActivePolicy, KnownKey};
 use crate::util::lock;
-use protocol::api::PolicyShown;
+use protocol::api::{PolicyShown, RuleCount};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use keys::{NodeCertificate, PublicKey};
+use keys::PublicKey;
 use protocol::records::Directory;
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,6 +73,21 @@ enum Event {
     Bundle(Bundle),
 }
 
+/// The keys of `dir`'s members and revocations, for the router to tell a member it does
+/// not route (down, just admitted) and a revoked one from a stranger.
+fn known_keys(dir: &Mutex<Directory>) -> HashMap<PublicKey, KnownKey> {
+    let dir = lock(dir);
+    let mut known: HashMap<PublicKey, KnownKey> = dir
+        .all_members()
+        .map(|(m, _)| (*m.wireguard_key, KnownKey::Member(m.name.to_string())))
+        .collect();
+    for r in dir.revocations() {
+        let r = r.revocation();
+        known.insert(r.wireguard_key, KnownKey::Revoked(r.node.to_string()));
+    }
+    known
+}
+
 /// Now, on both clocks: the only place the member reads them.
 fn now() -> Now {
     Now {
@@ -99,6 +117,8 @@ pub struct Member {
     throttle: Throttle,
     /// Writes the directory off this task.
     saver: saver::Saver,
+    /// What becomes a security event.
+    watch: watch::Watch,
 }
 
 impl Drop for Member {
@@ -184,16 +204,7 @@ impl Member {
         // A new SWIM generation on every start (see `Core::new`), saved before it is used.
         ctx.state.save_network(core.network())?;
         let dir = core.directory();
-        let check: tls::PeerCheck = {
-            let dir = dir.clone();
-            Arc::new(move |cert: &NodeCertificate| {
-                if lock(&dir).is_certificate_revoked(cert) {
-                    Err(core::revoked_reason(cert))
-                } else {
-                    Ok(())
-                }
-            })
-        };
+        let check = watch::peer_check(dir.clone(), ctx.router.events.clone());
         let transport = Arc::new(tls::transport_config(KEEPALIVE, IDLE_TIMEOUT));
         let server = tls::server_config(&identity, check.clone(), transport.clone())?;
         let client_config = tls::client_config(&identity, check, transport)?;
@@ -208,6 +219,7 @@ impl Member {
             datagrams_tx.clone(),
         ));
         let saver = saver::Saver::start(ctx.state.clone());
+        let watch = watch::Watch::new(ctx.router.events.clone());
         let mut member = Member {
             ctx,
             view,
@@ -222,6 +234,7 @@ impl Member {
             accept_task,
             throttle: Throttle::default(),
             saver,
+            watch,
         };
         // This host's overlay address comes from its certificate unless the config sets one;
         // before the routes to the members, which prefer it as source.
@@ -297,6 +310,10 @@ impl Member {
             }
             Event::Request(link, request, reply) => {
                 let from = link.map_or(Origin::Joiner, Origin::Member);
+                let asked = match (from, &*request) {
+                    (Origin::Joiner, Request::Join { name, .. }) => Some(name.to_string()),
+                    _ => None,
+                };
                 let response = match self.core.handle_request(from, *request, now) {
                     Answer::Reply(response) => response,
                     // From a member whose certificate lapsed after the request was sent:
@@ -315,6 +332,11 @@ impl Member {
                         ),
                     },
                 };
+                if from == Origin::Joiner
+                    && let Response::Refused(reason) = &response
+                {
+                    self.watch.join_refused(asked.as_deref(), reason);
+                }
                 let _ = reply.send(response);
             }
             Event::Bundle(bundle) => self.core.handle_bundle(&bundle, now),
@@ -387,7 +409,12 @@ impl Member {
                         }
                     }
                 }
-                Action::Peers(desired) => self.sync_peers(desired).await,
+                Action::Peers(desired) => {
+                    self.sync_peers(desired).await;
+                    self.ctx
+                        .router
+                        .set_known_keys(known_keys(&self.core.directory()));
+                }
                 Action::SaveNetwork(net) => {
                     if let Err(e) = self.ctx.state.save_network(&net) {
                         let error = format!("{e:#}");
@@ -399,7 +426,11 @@ impl Member {
                     }
                 }
                 Action::SaveDirectory(dir) => self.saver.save(dir),
-                Action::View(view) => *lock(&self.view) = view,
+                Action::View(view) => {
+                    let mut shown = lock(&self.view);
+                    self.watch.view(&shown, &view, now_unix());
+                    *shown = view;
+                }
                 Action::DetectAddress { towards } => {
                     if let Ok(ip) = super::detect_address(Some(towards), &self.ctx.config.tun_name)
                     {
@@ -459,10 +490,29 @@ impl Member {
         false
     }
 
-    /// `shown` with the flows this host tracks now.
+    /// `shown` with what the router counts of it: the flows tracked now and, when the
+    /// router enforces this very version (it may lag the directory by an action), the
+    /// flows each rule allowed and the packets denied.
     fn with_flows(&self, shown: PolicyShown) -> PolicyShown {
+        let active = self
+            .ctx
+            .router
+            .policy()
+            .filter(|p| Some(p.version) == shown.version);
+        let (allowed, denied) = match active {
+            Some(p) => (
+                p.allowed_by_line()
+                    .into_iter()
+                    .map(|(line, flows)| RuleCount { line, flows })
+                    .collect(),
+                p.denied(),
+            ),
+            None => (Vec::new(), 0),
+        };
         PolicyShown {
             tracked_flows: self.ctx.router.tracked_flows() as u64,
+            allowed,
+            denied,
             ..shown
         }
     }

@@ -62,7 +62,7 @@ fn identity(ca: &CaKey, node: &str) -> TlsIdentity {
 }
 
 fn accept_all() -> PeerCheck {
-    Arc::new(|_| Ok(()))
+    PeerCheck::new(|_| Ok(()))
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
@@ -252,9 +252,14 @@ async fn server_of_another_ca_is_refused_by_the_client() {
 }
 
 #[tokio::test]
-async fn expired_certificate_is_refused() {
+async fn expired_certificate_is_refused_and_reported() {
     let ca = CaKey::generate();
-    let (endpoint, addr) = server(&identity(&ca, "alice"), accept_all());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watcher = seen.clone();
+    let check = accept_all().on_expired(move |cert| {
+        watcher.lock().unwrap().push(cert.node.to_string());
+    });
+    let (endpoint, addr) = server(&identity(&ca, "alice"), check);
     let old = identity_with(&ca, NETWORK, "old", |cert| {
         cert.not_before = now() - 7200;
         cert.not_after = now() - 3600;
@@ -266,12 +271,23 @@ async fn expired_certificate_is_refused() {
     let error = server_side.unwrap_err().to_string();
     assert!(error.contains("certificate of node old expired"), "{error}");
     assert!(client_side.contains("expired"), "{client_side}");
+    assert_eq!(*seen.lock().unwrap(), vec!["old".to_string()]);
+
+    // Another CA's expired certificate is a stranger's: refused, not reported.
+    let stranger = identity_with(&CaKey::generate(), NETWORK, "stranger", |cert| {
+        cert.not_before = now() - 7200;
+        cert.not_after = now() - 3600;
+    });
+    let client = client_config(&stranger, accept_all(), transport()).unwrap();
+    let (server_side, _) = tokio::join!(accept(&endpoint), refusal_seen_by_client(client, addr));
+    assert!(server_side.is_err());
+    assert_eq!(seen.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]
 async fn peer_check_refusal_is_reported_with_its_message() {
     let ca = CaKey::generate();
-    let revoked: PeerCheck = Arc::new(|cert: &NodeCertificate| {
+    let revoked = PeerCheck::new(|cert: &NodeCertificate| {
         if cert.node.as_str() == "bob" {
             Err(format!(
                 "revoked certificate serial {} of node bob; ask the CA for a new one",

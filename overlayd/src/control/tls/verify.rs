@@ -164,14 +164,42 @@ impl NodeVerifier {
         }
     }
 
-    /// The checks in the module docs, at unix time `now`.
+    /// The checks in the module docs, at unix time `now`. A certificate refused only
+    /// because it expired is reported to the check's watcher.
     fn verify(&self, der: &[u8], now: u64) -> Result<NodeCertificate, rustls::Error> {
-        let cert = check_presented(der, self.trusted, &self.network, now).map_err(refused)?;
+        let cert = match check_presented(der, self.trusted, &self.network, now) {
+            Ok(cert) => cert,
+            Err(reason) => {
+                if let Some(check) = &self.check
+                    && let Some(cert) = expired(der, self.trusted, &self.network, now)
+                {
+                    check.expired(&cert);
+                }
+                return Err(refused(reason));
+            }
+        };
         if let Some(check) = &self.check {
-            check(&cert).map_err(refused)?;
+            check.allow(&cert).map_err(refused)?;
         }
         Ok(cert)
     }
+}
+
+/// What `der` certifies if it passed every check at its last valid second but is past it
+/// at `now`: a certificate of this network that expired, not a forgery or a stranger's.
+/// Run on refusals only (a refused handshake costs its client a round trip), it parses and
+/// verifies the certificate a second time.
+fn expired(der: &[u8], trusted: TrustedCa, network: &Name, now: u64) -> Option<NodeCertificate> {
+    let not_after = Presented::parse(der)
+        .ok()?
+        .signed
+        .unverified_body()
+        .ok()?
+        .not_after;
+    if now <= not_after {
+        return None;
+    }
+    check_presented(der, trusted, network, not_after).ok()
 }
 
 /// A refusal as rustls carries it. `General`, whose `Display` shows the text as it is

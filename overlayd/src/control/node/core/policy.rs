@@ -89,6 +89,8 @@ impl Core {
                 rules: policy.rules.len(),
                 tests: policy.tests.len(),
                 tracked_flows: 0,
+                allowed: Vec::new(),
+                denied: 0,
                 text: signed.text().to_string(),
             },
             None => PolicyShown {
@@ -97,6 +99,8 @@ impl Core {
                 rules: 0,
                 tests: 0,
                 tracked_flows: 0,
+                allowed: Vec::new(),
+                denied: 0,
                 text: String::new(),
             },
         }
