@@ -17,7 +17,7 @@
 //! Checked, by asking Prometheus's HTTP API: both targets are up; the per-peer byte
 //! counters of both ends rise by at least what the containers sent; a packet with a forged
 //! inner source raises h2's `source_not_allowed` drops; the certificate, members,
-//! handshakes and gossip figures are there. A real scrape of each host passes
+//! handshakes, gossip and sync figures are there. A real scrape of each host passes
 //! `promtool check metrics`.
 
 mod common;
@@ -361,6 +361,12 @@ fn prometheus_sees_peer_bytes_rise_and_a_forged_source_dropped() {
             &net,
             &prometheus,
             &format!("sum(overlay_gossip_bytes_total{{host=\"{host}\"}})"),
+            |v| v > 0.0,
+        );
+        wait_value(
+            &net,
+            &prometheus,
+            &format!("sum(overlay_sync_bytes_total{{host=\"{host}\"}})"),
             |v| v > 0.0,
         );
         let handshake = wait_value(
