@@ -28,6 +28,12 @@ use crate::router::Router;
 /// The path Prometheus scrapes.
 pub const METRICS_PATH: &str = "/metrics";
 
+/// Connections served at once; more wait in the kernel's backlog until one closes.
+/// Prometheus keeps one per target (two for a pair of them); the cap keeps a member that
+/// opens connections without end from taking the daemon's file descriptors (at worst it
+/// blinds the metrics, not the tunnels, the API or the Docker plugin).
+pub const MAX_CONNECTIONS: usize = 16;
+
 /// Every member state, so that each is reported (0 included) while this host is a member.
 const MEMBER_STATES: [MemberState; 5] = [
     MemberState::Alive,
@@ -167,8 +173,12 @@ impl MetricsListener {
             .route(METRICS_PATH, get(scrape))
             .with_state(Arc::new(sources));
         let addr = self.local_addr();
+        let capped = Capped {
+            listener: self.listener,
+            permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        };
         let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(self.listener, app).await {
+            if let Err(e) = axum::serve(capped, app).await {
                 tracing::error!(listen = %addr, error = %e, "the metrics server stopped");
             }
         });
@@ -183,6 +193,87 @@ pub struct Served(tokio::task::JoinHandle<()>);
 impl Drop for Served {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The listener with at most [`MAX_CONNECTIONS`] connections open: a connection holds a
+/// permit until it is dropped, and `accept` waits for one first.
+struct Capped {
+    listener: tokio::net::TcpListener,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl axum::serve::Listener for Capped {
+    type Io = Held;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Held, SocketAddr) {
+        // The semaphore is never closed; were it, this listener would accept no more.
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return std::future::pending().await;
+        };
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, addr)) => {
+                    return (
+                        Held {
+                            stream,
+                            _permit: permit,
+                        },
+                        addr,
+                    );
+                }
+                // EMFILE and the like: wait rather than spin (as axum's own listener).
+                Err(e) => {
+                    tracing::debug!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A served connection and its permit, given back when hyper drops the connection.
+struct Held {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Held {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Held {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

@@ -275,7 +275,8 @@ impl Router {
         match st.tunn.encapsulate(packet, out) {
             TunnResult::WriteToNetwork(b) => {
                 let len = b.len();
-                // No session yet: the packet waits in the tunnel and this is an initiation.
+                // Without a session this is an initiation (the packet waits in the tunnel);
+                // a data packet costs one byte compare here.
                 handshakes::note_sent(peer, &mut st, b);
                 peer.tx_bytes
                     .fetch_add(packet.len() as u64, Ordering::Relaxed);

@@ -136,3 +136,31 @@ async fn an_address_not_on_this_host_yet_is_bound_for_when_it_is() {
         "198.18.255.254".parse::<std::net::IpAddr>().unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let pair = pair();
+    let listener = MetricsListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr();
+    let _served = listener.serve(sources(Arc::new(pair.a), View::default()));
+    tokio::task::spawn_blocking(move || {
+        // Idle connections that never ask anything, up to the cap.
+        let mut idle: Vec<std::net::TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let mut late = std::net::TcpStream::connect(addr).unwrap();
+        write!(late, "GET {METRICS_PATH} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        late.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+            .unwrap();
+        let mut first = [0u8; 1];
+        assert!(late.read(&mut first).is_err(), "served past the cap");
+        idle.pop();
+        late.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut answer = String::new();
+        late.read_to_string(&mut answer).unwrap();
+        assert!(answer.contains(" 200 "), "{answer}");
+    })
+    .await
+    .unwrap();
+}
