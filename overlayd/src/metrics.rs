@@ -39,7 +39,7 @@ pub struct PeerSample {
     pub sent_bytes: u64,
     /// When the last handshake with it completed (unix seconds); `None`: never.
     pub latest_handshake_unix: Option<f64>,
-    /// Handshakes this host started with it.
+    /// Handshake initiations this host sent it (retries included).
     pub handshakes_initiated: u64,
     /// Handshakes with it that completed (either side started).
     pub handshakes_completed: u64,
@@ -185,7 +185,7 @@ impl Collector for Scrape {
         let peer_counters: [PeerCounter; 5] = [
             (
                 "peer_received_bytes",
-                "Payload bytes received from the peer (decrypted).",
+                "Payload bytes received from the peer and delivered (decrypted, checked).",
                 |p| p.received_bytes,
             ),
             (
@@ -195,7 +195,7 @@ impl Collector for Scrape {
             ),
             (
                 "peer_handshakes_initiated",
-                "WireGuard handshakes this host started with the peer.",
+                "WireGuard handshake initiations this host sent to the peer (retries included).",
                 |p| p.handshakes_initiated,
             ),
             (
@@ -205,7 +205,7 @@ impl Collector for Scrape {
             ),
             (
                 "peer_handshakes_failed",
-                "Handshake messages naming the peer that did not authenticate.",
+                "Handshakes with the peer that failed: unanswered for 90 s, or a message that did not authenticate.",
                 |p| p.handshakes_failed,
             ),
         ];
