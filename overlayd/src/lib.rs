@@ -3,9 +3,10 @@
 //!
 //! Seams: [`router`] is the I/O-free tunnel logic; [`datapath`] the threads that move
 //! batches between the TUN and the UDP socket ([`datapath::udp`] the batched socket calls);
-//! [`netlink`] routes; [`api`] the local API; [`docker`] the Docker network and IPAM plugin;
-//! [`config`] the file; [`address`] which overlay address this host takes; [`util`] the
-//! small effects they share (atomic writes, unix sockets, the clock). [`run`] wires them.
+//! [`netlink`] routes; [`api`] the local API; [`metrics`] the Prometheus endpoint;
+//! [`docker`] the Docker network and IPAM plugin; [`config`] the file; [`address`] which
+//! overlay address this host takes; [`util`] the small effects they share (atomic writes,
+//! unix sockets, the clock). [`run`] wires them.
 
 pub mod address;
 pub mod api;
@@ -42,6 +43,10 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         Some(docker::PluginSocket::bind(&config.docker.socket)?)
     } else {
         None
+    };
+    let metrics_listener = match &config.metrics {
+        Some(m) => Some(metrics::serve::MetricsListener::bind(m.listen)?),
+        None => None,
     };
     let state = control::state::StateDir::open(&config.state_dir)?;
     let control_socket = control::bind_control_socket(config.control.listen_port)?;
@@ -132,6 +137,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         state,
         control_socket: std::sync::Mutex::new(Some(control_socket)),
         endpoint: std::sync::OnceLock::new(),
+        traffic: Arc::default(),
     }));
     let ctx_for_close = control.ctx.clone();
     let plugin = match plugin_socket {
@@ -143,7 +149,10 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
                 &config.docker.dockerd_socket,
                 control.view.clone(),
             )
-            .and_then(|p| socket.serve(p));
+            .and_then(|p| {
+                let endpoints = p.endpoint_count();
+                socket.serve(p).map(|served| (served, endpoints))
+            });
             match plugin {
                 Ok(p) => Some(p),
                 Err(e) => {
@@ -156,6 +165,14 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let metrics = metrics_listener.map(|listener| {
+        listener.serve(metrics::serve::Sources {
+            router: router.clone(),
+            view: control.view.clone(),
+            traffic: control.ctx.traffic.clone(),
+            docker_endpoints: plugin.as_ref().map(|(_, endpoints)| endpoints.clone()),
+        })
+    });
     tracing::info!(
         public_key = %config.private_key.public_key(),
         listen_port = config.listen_port,
@@ -182,6 +199,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let served = api_socket.serve(state, shutdown).await;
     // Bridges and veths stay: running containers keep their interfaces across a restart.
     drop(plugin);
+    drop(metrics);
     tracing::info!("shutting down: removing routes");
     ctx_for_close.close_endpoint();
     routes.lock().await.remove_all().await;

@@ -8,7 +8,10 @@
 //! `..._latest_handshake_seconds` with labels `name` and `public_key`), prefixed `overlay_`;
 //! counters end in `_total`, timestamps in `_timestamp_seconds`.
 //!
-//! Pure: [`encode`] turns a snapshot into text; serving it is the daemon's job.
+//! This file is pure: [`encode`] turns a snapshot into text. [`serve`] is the daemon's
+//! side: the listening socket, `GET /metrics`, and taking the snapshot.
+
+pub mod serve;
 
 use std::collections::BTreeMap;
 
@@ -36,11 +39,12 @@ pub struct PeerSample {
     pub sent_bytes: u64,
     /// When the last handshake with it completed (unix seconds); `None`: never.
     pub latest_handshake_unix: Option<f64>,
-    /// Handshakes this host started with it.
+    /// Handshake initiations this host sent it (retries included).
     pub handshakes_initiated: u64,
     /// Handshakes with it that completed (either side started).
     pub handshakes_completed: u64,
-    /// Handshake messages about it that failed to authenticate.
+    /// Handshakes with it that failed: given up unanswered, or a handshake message for it
+    /// that did not authenticate.
     pub handshakes_failed: u64,
 }
 
@@ -62,18 +66,22 @@ pub struct PolicySample {
 pub struct Snapshot {
     /// Per peer.
     pub peers: Vec<PeerSample>,
-    /// Packets dropped, by reason, over all peers and none.
+    /// Packets dropped, by reason, over all peers and none; a reason left out is 0 (every
+    /// reason is reported, so that `increase()` sees the first drop of each).
     pub drops: BTreeMap<DropReason, u64>,
     /// Cookie replies sent (the handshake limiter under load).
     pub cookie_replies_sent: u64,
-    /// Members by state (`alive`, `suspect`, `down`, `left`, `revoked`).
+    /// Members by state (`alive`, `suspect`, `down`, `left`, `revoked`), this host
+    /// included; empty when this host is in no network.
     pub members: BTreeMap<&'static str, u64>,
     /// Control-plane bytes: gossip datagrams sent and received.
     pub gossip_sent_bytes: u64,
     /// Gossip datagram bytes received.
     pub gossip_received_bytes: u64,
-    /// Full-sync bytes sent and received.
-    pub sync_bytes: u64,
+    /// Bytes of full syncs and pushes of records sent (requests and answers).
+    pub sync_sent_bytes: u64,
+    /// Bytes of full syncs and pushes of records received.
+    pub sync_received_bytes: u64,
     /// When this host's certificate expires (unix seconds); `None` in static mode.
     pub certificate_expiry_unix: Option<u64>,
     /// Docker endpoints on this host; `None` when the plugin is off.
@@ -177,7 +185,7 @@ impl Collector for Scrape {
         let peer_counters: [PeerCounter; 5] = [
             (
                 "peer_received_bytes",
-                "Payload bytes received from the peer (decrypted).",
+                "Payload bytes received from the peer and delivered (decrypted, checked).",
                 |p| p.received_bytes,
             ),
             (
@@ -187,7 +195,7 @@ impl Collector for Scrape {
             ),
             (
                 "peer_handshakes_initiated",
-                "WireGuard handshakes this host started with the peer.",
+                "WireGuard handshake initiations this host sent to the peer (retries included).",
                 |p| p.handshakes_initiated,
             ),
             (
@@ -197,7 +205,7 @@ impl Collector for Scrape {
             ),
             (
                 "peer_handshakes_failed",
-                "Handshake messages naming the peer that did not authenticate.",
+                "Handshakes with the peer that failed: unanswered for 90 s, or a message that did not authenticate.",
                 |p| p.handshakes_failed,
             ),
         ];
@@ -223,7 +231,10 @@ impl Collector for Scrape {
             MetricType::Gauge,
             &handshakes,
         )?;
-        let drops: Vec<_> = s.drops.iter().map(|(r, n)| (*r, *n)).collect();
+        let drops: Vec<_> = DropReason::ALL
+            .iter()
+            .map(|r| (*r, s.drops.get(r).copied().unwrap_or(0)))
+            .collect();
         let drop_labels: Vec<[(&str, &str); 1]> = drops
             .iter()
             .map(|(r, _)| [("reason", r.as_str())])
@@ -277,12 +288,18 @@ impl Collector for Scrape {
                 ),
             ],
         )?;
-        counter(
+        family(
             &mut e,
             "sync_bytes",
-            "Bytes of full directory syncs sent and received.",
-            &[],
-            s.sync_bytes,
+            "Bytes of full directory syncs and pushes of records (QUIC streams), by direction.",
+            MetricType::Counter,
+            &[
+                (&[("direction", "sent")], Value::Counter(s.sync_sent_bytes)),
+                (
+                    &[("direction", "received")],
+                    Value::Counter(s.sync_received_bytes),
+                ),
+            ],
         )?;
         if let Some(t) = s.certificate_expiry_unix {
             gauge(
@@ -335,12 +352,18 @@ impl Collector for Scrape {
                 p.tracked_flows,
             )?;
         }
+        // The commit only where the build was given one (env OVERLAYD_GIT_COMMIT at build
+        // time): a label that could go stale is worse than none.
+        let build: &[(&str, &str)] = match option_env!("OVERLAYD_GIT_COMMIT") {
+            Some(commit) => &[("version", env!("CARGO_PKG_VERSION")), ("revision", commit)],
+            None => &[("version", env!("CARGO_PKG_VERSION"))],
+        };
         family(
             &mut e,
             "build_info",
             "The overlayd build; the value is always 1.",
             MetricType::Gauge,
-            &[(&[("version", env!("CARGO_PKG_VERSION"))], Value::Count(1))],
+            &[(build, Value::Count(1))],
         )?;
         Ok(())
     }
@@ -374,7 +397,8 @@ mod tests {
             members: [("alive", 2), ("down", 1)].into_iter().collect(),
             gossip_sent_bytes: 100,
             gossip_received_bytes: 90,
-            sync_bytes: 7,
+            sync_sent_bytes: 7,
+            sync_received_bytes: 8,
             certificate_expiry_unix: Some(1_800_000_000),
             docker_endpoints: Some(2),
             policy: Some(PolicySample {
@@ -401,18 +425,24 @@ mod tests {
             "overlay_cookie_replies_sent_total 5",
             "overlay_members{state=\"down\"} 1",
             "overlay_gossip_bytes_total{direction=\"received\"} 90",
+            "overlay_sync_bytes_total{direction=\"sent\"} 7",
+            "overlay_drops_total{reason=\"no_route\"} 0",
             "overlay_certificate_expiry_timestamp_seconds 1800000000",
             "overlay_docker_endpoints 2",
             "overlay_policy_verdicts_total{verdict=\"allow\",rule=\"2\"} 8",
             "overlay_policy_verdicts_total{verdict=\"deny\",rule=\"\"} 6",
             "overlay_policy_tracked_flows 4",
-            "overlay_build_info{version=\"0.1.0\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "no line {line:?} in:\n{text}"
             );
         }
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("overlay_build_info{version=\"0.1.0\"") && l.ends_with(" 1")),
+            "{text}"
+        );
         // A peer that never completed a handshake has no latest-handshake sample.
         assert!(!text.contains("overlay_peer_latest_handshake_seconds{name=\"\""));
     }
@@ -421,7 +451,7 @@ mod tests {
     fn optional_parts_are_left_out() {
         let text = encode(Snapshot::default());
         assert!(!text.contains("certificate_expiry"));
-        assert!(!text.contains("policy_"));
+        assert!(!text.contains("overlay_policy_"));
         assert!(!text.contains("docker_endpoints"));
         assert!(text.contains("overlay_build_info"));
     }
@@ -446,5 +476,40 @@ mod tests {
                 assert!(value.parse::<f64>().is_ok(), "{line}");
             }
         }
+    }
+
+    /// `promtool check metrics` (Prometheus's own parser and linter) takes the text as it
+    /// is, with nothing to say. Skipped, saying so, where promtool is missing
+    /// (`scripts/setup` installs it with Debian's `prometheus`).
+    #[test]
+    fn promtool_accepts_the_text() {
+        for snapshot in [sample(), Snapshot::default()] {
+            let text = encode(snapshot);
+            let Some((ok, said)) = promtool_check(&text) else {
+                eprintln!("skipped: promtool is not installed (scripts/setup installs it)");
+                return;
+            };
+            assert!(ok && said.trim().is_empty(), "promtool: {said}\n{text}");
+        }
+    }
+
+    /// Runs `promtool check metrics` on `text`: whether it passed, and what it said.
+    pub(crate) fn promtool_check(text: &str) -> Option<(bool, String)> {
+        use std::io::Write;
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        child.stdin.take()?.write_all(text.as_bytes()).ok()?;
+        let out = child.wait_with_output().ok()?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some((out.status.success(), said))
     }
 }

@@ -172,6 +172,21 @@ impl Docker {
     }
 }
 
+/// The Prometheus endpoint (`[metrics]`): `GET /metrics` over plain HTTP on `listen`.
+/// Absent: no endpoint. The metrics name every peer, its key and its traffic, so the
+/// address is this host's loopback or overlay address (reached only through the tunnels);
+/// all interfaces (`0.0.0.0`, `::`), the underlay included, only when asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Address and port, e.g. `127.0.0.1:9586` or this host's overlay address.
+    pub listen: SocketAddr,
+    /// Allow an unspecified `listen` address (every interface). Off: such an address is
+    /// refused.
+    #[serde(default)]
+    pub allow_all_interfaces: bool,
+}
+
 /// The data path's levers, one by one, for measuring what each is worth (`scripts/levers`).
 /// The defaults are the fastest; `offload = false` turns the three offloads off at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -235,6 +250,8 @@ pub struct Config {
     pub control: Control,
     /// The Docker plugin's settings.
     pub docker: Docker,
+    /// The Prometheus endpoint, if any.
+    pub metrics: Option<Metrics>,
     /// Static peers.
     pub peers: Vec<PeerConfig>,
 }

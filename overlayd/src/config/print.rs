@@ -72,6 +72,12 @@ impl Config {
             d.dockerd_socket.display().to_string(),
             d.mtu
         );
+        if let Some(m) = &self.metrics {
+            let _ = writeln!(out, "\n[metrics]\nlisten = \"{}\"", m.listen);
+            if m.allow_all_interfaces {
+                let _ = writeln!(out, "allow_all_interfaces = true");
+            }
+        }
         for p in &self.peers {
             let _ = writeln!(out, "\n[[peer]]\npublic_key = \"{}\"", p.public_key);
             if let Some(name) = &p.name {

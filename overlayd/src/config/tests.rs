@@ -118,6 +118,48 @@ fn docker_table_is_validated_and_round_trips() {
 }
 
 #[test]
+fn metrics_are_off_by_default_and_never_on_every_interface_unless_asked() {
+    let f = fixture();
+    assert_eq!(parse(&f, "").unwrap().metrics, None);
+    for listen in ["127.0.0.1:9586", "10.42.1.1:9586", "[::1]:9586"] {
+        let c = parse(&f, &format!("[metrics]\nlisten = \"{listen}\"\n")).unwrap();
+        assert_eq!(c.metrics.unwrap().listen, listen.parse().unwrap());
+        let shown = c.redacted();
+        assert!(
+            shown.contains(&format!("[metrics]\nlisten = \"{listen}\"")),
+            "{shown}"
+        );
+        assert_eq!(Config::parse(&c.path, &shown).unwrap().metrics, c.metrics);
+    }
+    for (body, needle) in [
+        ("[metrics]\nlisten = \"0.0.0.0:9586\"\n", "all interfaces"),
+        (
+            "[metrics]\nlisten = \"[::]:9586\"\n",
+            "allow_all_interfaces = true",
+        ),
+        ("[metrics]\nlisten = \"127.0.0.1:0\"\n", "port 0"),
+        ("[metrics]\nlisten = \"224.0.0.1:9586\"\n", "multicast"),
+        ("[metrics]\nlisten = \"localhost:9586\"\n", "listen"),
+        (
+            "[metrics]\nlisten = \"127.0.0.1:9586\"\nlsiten = 1\n",
+            "lsiten",
+        ),
+    ] {
+        let err = parse(&f, body).unwrap_err().to_string();
+        assert!(err.contains(needle), "{body}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    let c = parse(
+        &f,
+        "[metrics]\nlisten = \"0.0.0.0:9586\"\nallow_all_interfaces = true\n",
+    )
+    .unwrap();
+    let again = Config::parse(&c.path, &c.redacted()).unwrap();
+    assert_eq!(again.metrics, c.metrics);
+    assert!(again.metrics.unwrap().allow_all_interfaces);
+}
+
+#[test]
 fn unknown_key_is_named() {
     let f = fixture();
     let err = parse(&f, "listen_prot = 5\n").unwrap_err().to_string();

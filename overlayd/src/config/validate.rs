@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use super::raw::{RawConfig, RawDocker, one_line};
 use super::{
     Config, ConfigError, Control, DEFAULT_CONTROL_PORT, DEFAULT_DOCKER_SOCKET,
-    DEFAULT_DOCKERD_SOCKET, DEFAULT_MTU, Docker, PeerConfig,
+    DEFAULT_DOCKERD_SOCKET, DEFAULT_MTU, Docker, Metrics, PeerConfig,
 };
 
 impl Config {
@@ -62,6 +62,9 @@ impl Config {
         }
         raw.control.check(raw.listen_port).map_err(&invalid)?;
         let docker = Docker::check(raw.docker, raw.mtu).map_err(&invalid)?;
+        if let Some(m) = &raw.metrics {
+            m.check().map_err(&invalid)?;
+        }
         if raw.state_dir.is_relative() {
             return Err(invalid(format!(
                 "state_dir {} must be an absolute path",
@@ -127,6 +130,7 @@ impl Config {
             state_dir: raw.state_dir,
             control: raw.control,
             docker,
+            metrics: raw.metrics,
             peers: raw
                 .peers
                 .into_iter()
@@ -186,6 +190,31 @@ impl Control {
             if v == 0 {
                 return Err(format!("[control] {name} must be above 0"));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    fn check(&self) -> Result<(), String> {
+        let ip = self.listen.ip();
+        if ip.is_unspecified() && !self.allow_all_interfaces {
+            return Err(format!(
+                "[metrics] listen {} would serve every peer's name, key and traffic on all interfaces, the underlay too; use 127.0.0.1 or this host's overlay address, or set allow_all_interfaces = true",
+                self.listen
+            ));
+        }
+        if ip.is_multicast() {
+            return Err(format!(
+                "[metrics] listen {} is a multicast address; use 127.0.0.1 or this host's overlay address",
+                self.listen
+            ));
+        }
+        if self.listen.port() == 0 {
+            return Err(format!(
+                "[metrics] listen {} has port 0; Prometheus needs a fixed port (9586 is usual)",
+                self.listen
+            ));
         }
         Ok(())
     }

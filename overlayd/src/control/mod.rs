@@ -23,6 +23,7 @@ pub mod state;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,6 +69,30 @@ pub struct Ctx {
     pub control_socket: Mutex<Option<std::net::UdpSocket>>,
     /// The QUIC endpoint, once made; see [`Ctx::endpoint`].
     pub endpoint: std::sync::OnceLock<quinn::Endpoint>,
+    /// Bytes the control plane moved, for the metrics; shared with the connection tasks.
+    pub traffic: Arc<Traffic>,
+}
+
+/// Bytes the control plane moved since the daemon started, for the metrics: what
+/// membership costs the underlay. Relaxed counters, bumped where the bytes are sent or
+/// received; they decide nothing.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Gossip (SWIM) datagrams sent.
+    pub gossip_sent: AtomicU64,
+    /// Gossip datagrams received from members (those a rate limit then drops included).
+    pub gossip_received: AtomicU64,
+    /// Full syncs and pushes of records sent, requests and answers (frames on streams).
+    pub sync_sent: AtomicU64,
+    /// Full syncs and pushes of records received, requests and answers.
+    pub sync_received: AtomicU64,
+}
+
+impl Traffic {
+    /// Counts `n` bytes on `counter`.
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 impl Ctx {

@@ -79,18 +79,22 @@ pub enum Response {
     Refused(String),
 }
 
-/// Writes one frame. The body is encoded into a buffer of its exact size (no copies left
-/// behind by growing) that is zeroized when dropped: a join carries the token's secret.
+/// The bytes of the length prefix before every frame's body.
+pub const LENGTH_PREFIX_LEN: usize = 4;
+
+/// Writes one frame and returns its size on the wire (length prefix included, for the
+/// metrics). The body is encoded into a buffer of its exact size (no copies left behind by
+/// growing) that is zeroized when dropped: a join carries the token's secret.
 pub async fn write<T: Serialize>(
     stream: &mut (impl tokio::io::AsyncWrite + Unpin),
     value: &T,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
     let size = postcard::experimental::serialized_size(value)?;
     let body = Zeroizing::new(postcard::to_extend(value, Vec::with_capacity(size))?);
     anyhow::ensure!(body.len() <= MAX_FRAME, "message too large to send");
     stream.write_all(&(body.len() as u32).to_be_bytes()).await?;
     stream.write_all(&body).await?;
-    Ok(())
+    Ok(LENGTH_PREFIX_LEN + body.len())
 }
 
 /// Reads one frame; refuses one larger than [`MAX_FRAME`] before reading it.
@@ -98,6 +102,17 @@ pub async fn read<T: serde::de::DeserializeOwned>(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
 ) -> anyhow::Result<T> {
     read_limited(stream, MAX_FRAME).await
+}
+
+/// Like [`read`], also returning the frame's size on the wire (length prefix included).
+pub async fn read_sized<T: serde::de::DeserializeOwned>(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> anyhow::Result<(T, usize)> {
+    let len = read_length(stream, MAX_FRAME).await?;
+    let body = read_body(stream, Vec::new(), len).await?;
+    let value =
+        postcard::from_bytes(&body).map_err(|e| anyhow::anyhow!("malformed message: {e}"))?;
+    Ok((value, LENGTH_PREFIX_LEN + len))
 }
 
 /// Like [`read`], refusing a frame longer than `max` bytes before reading it.

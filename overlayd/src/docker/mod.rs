@@ -35,6 +35,7 @@ pub mod wire;
 pub use server::{PluginSocket, Served};
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,6 +102,9 @@ pub struct Plugin {
     /// book after every change): only that can have leaked while the plugin was down
     /// (`Plugin::reclaim_leaks`). `None` once reclaimed.
     started_with: Mutex<Option<Book>>,
+    /// Endpoints in the book as last saved, for the metrics (read without the book's lock,
+    /// which a call holds across netlink work).
+    endpoints: Arc<AtomicU64>,
 }
 
 /// How often dockerd's API is tried until it answers (`Plugin::reclaim_leaks`).
@@ -130,6 +134,7 @@ impl Plugin {
             }
         };
         Ok(Plugin {
+            endpoints: Arc::new(AtomicU64::new(book.endpoints.len() as u64)),
             started_with: Mutex::new(Some(book.clone())),
             book: tokio::sync::Mutex::new(book),
             view,
@@ -165,6 +170,12 @@ impl Plugin {
             }
             tokio::time::sleep(RECLAIM_RETRY).await;
         }
+    }
+
+    /// The number of container endpoints on this host, kept current by every change of the
+    /// book (for the metrics).
+    pub fn endpoint_count(&self) -> Arc<AtomicU64> {
+        self.endpoints.clone()
     }
 
     /// What has been held since the start, while not yet reclaimed.
@@ -286,7 +297,11 @@ impl Plugin {
                 "overlayd cannot write {}: {e}; nothing was changed",
                 self.state_file.display()
             ))
-        })
+        })?;
+        // Every change of the book is saved first, so this follows them all.
+        self.endpoints
+            .store(book.endpoints.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Applies `change` to a copy of the book, saves it, and only then keeps it: a call

@@ -36,10 +36,12 @@ use protocol::policy::enforce::Direction;
 
 mod drops;
 mod flood;
+mod handshakes;
 mod peers;
 mod policy;
 
 pub use drops::{DropCounters, LogLimiter};
+pub use handshakes::HandshakeCounters;
 pub use peers::{MAX_PEER_INDICES, Peer, PeerSpec, PeerState, PeerTable, RouterError, Upserted};
 pub use policy::ActivePolicy;
 
@@ -136,6 +138,10 @@ pub struct Router {
     pub drops: DropCounters,
     /// Rate-limited logging of drops.
     pub log: LogLimiter,
+    /// Cookie replies the shared limiter sent (handshakes refused under load until their
+    /// sender proves its address). Not per peer: under load the sender of an initiation
+    /// is not known, since finding it is the Diffie-Hellman the cookie saves.
+    cookie_replies: std::sync::atomic::AtomicU64,
     /// The host's security events (spoofed sources, policy denials; the control plane
     /// adds its own).
     pub events: Arc<Events>,
@@ -179,6 +185,7 @@ impl Router {
             mac1_only: Arc::new(RateLimiter::new(&public, u64::MAX)),
             drops: DropCounters::default(),
             log: LogLimiter::default(),
+            cookie_replies: std::sync::atomic::AtomicU64::new(0),
             events: Arc::new(Events::default()),
             flood: flood::FloodWatch::new(Instant::now()),
             known: ArcSwap::default(),
@@ -227,6 +234,11 @@ impl Router {
             }
         }
         total
+    }
+
+    /// Cookie replies sent so far (see the field).
+    pub fn cookie_replies_sent(&self) -> u64 {
+        self.cookie_replies.load(Ordering::Relaxed)
     }
 
     fn drop_global(&self, reason: DropReason, addr: Option<SocketAddr>) {
@@ -281,6 +293,9 @@ impl Router {
         match st.tunn.encapsulate(packet, out) {
             TunnResult::WriteToNetwork(b) => {
                 let len = b.len();
+                // Without a session this is an initiation (the packet waits in the tunnel);
+                // a data packet costs one byte compare here.
+                handshakes::note_sent(peer, &mut st, b);
                 peer.tx_bytes
                     .fetch_add(packet.len() as u64, Ordering::Relaxed);
                 Outbound::Send {
@@ -347,6 +362,7 @@ impl Router {
                     self.flood.handshake();
                     self.flood.cookie();
                     reply(src, cookie);
+                    self.cookie_replies.fetch_add(1, Ordering::Relaxed);
                     self.drop_global(DropReason::UnderLoad, Some(src));
                     return Inbound::Dropped(DropReason::UnderLoad);
                 }
@@ -399,6 +415,9 @@ impl Router {
                 // WireGuard's does (whitepaper §6.5: roaming on authenticated packets).
                 if is_handshake && b.first() != Some(&COOKIE_REPLY_TYPE) {
                     st.endpoint = Some(src);
+                    // A response to our initiation (we answer with a keepalive), or our
+                    // response to theirs: either way a new session.
+                    handshakes::note_completed(peer, &mut st);
                 }
                 reply(src, b);
                 // Packets queued while the handshake was under way.
@@ -431,6 +450,7 @@ impl Router {
                             && let TunnResult::WriteToNetwork(init) =
                                 st.tunn.format_handshake_initiation(out, false)
                         {
+                            handshakes::note_sent(peer, &mut st, init);
                             reply(endpoint, init);
                         }
                         DropReason::NoSession
@@ -444,6 +464,9 @@ impl Router {
                     | WireGuardError::WrongPacketType => DropReason::Malformed,
                     _ => DropReason::AuthFailed,
                 };
+                if is_handshake {
+                    handshakes::note_refused(peer);
+                }
                 drop(st);
                 self.drop_peer(peer, reason, Some(src));
                 Inbound::Dropped(reason)
@@ -502,10 +525,17 @@ impl Router {
             }
             self.tick_policy(peer, &mut st);
             let endpoint = st.endpoint;
-            if let TunnResult::WriteToNetwork(b) = st.tunn.update_timers(buf)
-                && let Some(ep) = endpoint
-            {
-                send(ep, b);
+            match st.tunn.update_timers(buf) {
+                TunnResult::WriteToNetwork(b) => {
+                    if let Some(ep) = endpoint {
+                        handshakes::note_sent(peer, &mut st, b);
+                        send(ep, b);
+                    }
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                    handshakes::note_expired(peer, &mut st);
+                }
+                _ => {}
             }
         }
     }
@@ -646,6 +676,7 @@ fn initiate_peer(peer: &Peer, buf: &mut [u8], send: &mut dyn FnMut(SocketAddr, &
     if let Some(ep) = endpoint
         && let TunnResult::WriteToNetwork(b) = st.tunn.format_handshake_initiation(buf, false)
     {
+        handshakes::note_sent(peer, &mut st, b);
         send(ep, b);
         return true;
     }

@@ -21,7 +21,7 @@ use keys::{Name, PublicKey};
 use protocol::routing::RoutingTable;
 
 use super::policy::{ActivePolicy, PeerPolicyState};
-use super::{DropCounters, Router};
+use super::{DropCounters, HandshakeCounters, Router};
 
 /// Peer indices available to one process: boringtun keeps 24 bits for them.
 pub const MAX_PEER_INDICES: usize = 1 << 24;
@@ -41,6 +41,9 @@ pub struct PeerState {
     pub(super) removed: bool,
     /// The policy's rules for this peer and its tracked flows, while a policy is in force.
     pub(super) policy: Option<PeerPolicyState>,
+    /// This host sent an initiation that has not completed yet: if boringtun gives up on
+    /// it, that is a failed handshake (`handshakes.rs`).
+    pub(super) handshake_pending: bool,
 }
 
 /// What may change about a peer without touching its tunnel; swapped whole.
@@ -80,6 +83,8 @@ pub struct Peer {
     pub tx_bytes: AtomicU64,
     /// Drops attributed to this peer.
     pub drops: DropCounters,
+    /// Handshakes initiated, completed and failed.
+    pub handshakes: HandshakeCounters,
 }
 
 impl Peer {
@@ -356,10 +361,12 @@ impl Router {
                 configured_endpoint: spec.endpoint,
                 removed: false,
                 policy: None,
+                handshake_pending: false,
             }),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             drops: DropCounters::default(),
+            handshakes: HandshakeCounters::default(),
         });
         let mut next = current.clone();
         next.peers.push(Some(peer));

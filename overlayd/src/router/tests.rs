@@ -344,6 +344,36 @@ fn handshake_flood_gets_cookie_replies() {
         under_load > 0 && cookies == under_load,
         "under_load {under_load} cookies {cookies}"
     );
+    assert_eq!(pair.b.cookie_replies_sent(), cookies);
+}
+
+#[test]
+fn handshakes_are_counted_on_both_sides() {
+    let pair = pair();
+    let mut buf = vec![0u8; 2048];
+    let mut wire = Vec::new();
+    pair.a.initiate_all(&mut buf, &mut |dst, b| {
+        wire.push((A_ADDR.parse().unwrap(), dst, b.to_vec()))
+    });
+    let replayed = wire[0].2.clone();
+    pump(&pair, wire);
+    let (on_a, on_b) = (pair.a.peers().remove(0), pair.b.peers().remove(0));
+    let counts = |p: &Peer| {
+        let h = &p.handshakes;
+        (h.initiated(), h.completed(), h.failed())
+    };
+    assert_eq!(counts(&on_a), (1, 1, 0), "A started and completed one");
+    assert_eq!(counts(&on_b), (0, 1, 0), "B answered one");
+    // The same initiation again (a replay): B refuses it, a failed handshake for A.
+    let (r, replies) = deliver(&pair.b, A_ADDR, &replayed);
+    assert!(matches!(r, Inbound::Dropped(_)), "{r:?}");
+    assert!(replies.is_empty());
+    assert_eq!(counts(&on_b), (0, 1, 1));
+    // Data does not count.
+    let p = ipv4("10.42.1.2", "10.42.2.2", b"data");
+    pump(&pair, send(&pair.a, A_ADDR, &p));
+    assert_eq!(counts(&on_a), (1, 1, 0));
+    assert_eq!(pair.a.cookie_replies_sent(), 0);
 }
 
 proptest::proptest! {

@@ -51,7 +51,7 @@ use super::admin::Refused;
 use super::msg::{Bundle, Request, Response};
 use super::state::NetworkState;
 use super::tls::{self, TlsIdentity};
-use super::{ApiFailure, Command, Ctx, View, now_unix};
+use super::{ApiFailure, Command, Ctx, Traffic, View, now_unix};
 use accept::accept_loop;
 use inbound::FairQueue;
 use net::{Gossip, IDLE_TIMEOUT, Inbound, KEEPALIVE, Peer, push, serve_connection};
@@ -211,7 +211,7 @@ impl Member {
         let endpoint = ctx.endpoint()?;
         endpoint.set_server_config(Some(server));
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let datagrams_tx = Inbound::new(dir);
+        let datagrams_tx = Inbound::new(dir, ctx.traffic.clone());
         let datagrams_rx = datagrams_tx.gossip.clone();
         let accept_task = tokio::spawn(accept_loop(
             endpoint.clone(),
@@ -361,11 +361,15 @@ impl Member {
                     }));
                 }
                 Action::Transmit { link, bytes } => {
-                    if let Some(conn) = self.conns.get(&link)
-                        && let Err(e) = conn.send_datagram(bytes)
-                    {
-                        let addr = conn.remote_address();
-                        tracing::debug!(%addr, error = %e, "gossip datagram not sent");
+                    if let Some(conn) = self.conns.get(&link) {
+                        let len = bytes.len();
+                        match conn.send_datagram(bytes) {
+                            Ok(()) => Traffic::add(&self.ctx.traffic.gossip_sent, len),
+                            Err(e) => {
+                                let addr = conn.remote_address();
+                                tracing::debug!(%addr, error = %e, "gossip datagram not sent");
+                            }
+                        }
                     }
                 }
                 Action::Push {
@@ -376,13 +380,14 @@ impl Member {
                     let conns = links
                         .iter()
                         .filter_map(|link| self.conns.get(link).cloned());
+                    let traffic = &self.ctx.traffic;
                     if wait {
-                        let pushes = conns.map(|conn| push(conn, bundle.clone()));
+                        let pushes = conns.map(|conn| push(conn, bundle.clone(), traffic.clone()));
                         let all = futures::future::join_all(pushes);
                         let _ = tokio::time::timeout(PUSH_WAIT, all).await;
                     } else {
                         for conn in conns {
-                            tokio::spawn(push(conn, bundle.clone()));
+                            tokio::spawn(push(conn, bundle.clone(), traffic.clone()));
                         }
                     }
                 }

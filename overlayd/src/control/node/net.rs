@@ -17,6 +17,7 @@ use super::inbound::{
     FairQueue, GOSSIP_RATE, LargeFrames, QUEUED_PER_MEMBER, TokenBucket, prefilter,
 };
 use super::{Event, Member};
+use crate::control::Traffic;
 use crate::control::msg::{self, Bundle, Request, Response};
 use crate::control::tls::{self, Remote};
 
@@ -38,15 +39,18 @@ pub(super) struct Inbound {
     dir: Arc<Mutex<Directory>>,
     /// Refusals found off the member task, rate-limited together.
     log: Arc<Mutex<Throttle>>,
+    /// Bytes moved, for the metrics.
+    pub(super) traffic: Arc<Traffic>,
 }
 
 impl Inbound {
-    pub(super) fn new(dir: Arc<Mutex<Directory>>) -> Inbound {
+    pub(super) fn new(dir: Arc<Mutex<Directory>>, traffic: Arc<Traffic>) -> Inbound {
         Inbound {
             gossip: FairQueue::new(QUEUED_PER_MEMBER),
             large: LargeFrames::default(),
             dir,
             log: Arc::default(),
+            traffic,
         }
     }
 }
@@ -104,12 +108,16 @@ pub(super) fn sync(
     tx: mpsc::UnboundedSender<Event>,
 ) {
     let (dir, log) = (inbound.dir.clone(), inbound.log.clone());
+    let traffic = inbound.traffic.clone();
     tokio::spawn(async move {
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await?;
-            msg::write(&mut send, &Request::Sync(bundle)).await?;
+            let sent = msg::write(&mut send, &Request::Sync(bundle)).await?;
+            Traffic::add(&traffic.sync_sent, sent);
             send.finish()?;
-            msg::read::<Response>(&mut recv).await
+            let (response, received) = msg::read_sized::<Response>(&mut recv).await?;
+            Traffic::add(&traffic.sync_received, received);
+            anyhow::Ok(response)
         };
         if let Ok(Ok(Response::Sync(theirs))) = tokio::time::timeout(STREAM_TIMEOUT, exchange).await
         {
@@ -124,12 +132,15 @@ pub(super) fn sync(
 }
 
 /// Pushes records to one member and waits for its ack.
-pub(super) async fn push(conn: quinn::Connection, bundle: Bundle) {
+pub(super) async fn push(conn: quinn::Connection, bundle: Bundle, traffic: Arc<Traffic>) {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await?;
-        msg::write(&mut send, &Request::Push(bundle)).await?;
+        let sent = msg::write(&mut send, &Request::Push(bundle)).await?;
+        Traffic::add(&traffic.sync_sent, sent);
         send.finish()?;
-        msg::read::<Response>(&mut recv).await
+        let (response, received) = msg::read_sized::<Response>(&mut recv).await?;
+        Traffic::add(&traffic.sync_received, received);
+        anyhow::Ok(response)
     };
     if let Ok(Err(e)) = tokio::time::timeout(STREAM_TIMEOUT, exchange).await {
         tracing::debug!(remote = %conn.remote_address(), error = %e, "push failed");
@@ -168,6 +179,7 @@ pub(super) async fn serve_connection(
                 Ok(bytes) => {
                     // A joiner's are read only so that they do not pile up in quinn.
                     let (Some(link), Some(node)) = (link, node) else { continue };
+                    Traffic::add(&inbound.traffic.gossip_received, bytes.len());
                     if tx.is_closed() {
                         break;
                     }
@@ -187,6 +199,14 @@ pub(super) async fn serve_connection(
                     tokio::spawn(async move {
                         let serve = async {
                             let header = msg::read_request_header(&mut recv, max_frame).await?;
+                            // A member's requests are syncs and pushes; a joiner's, joins.
+                            let counted = node.is_some();
+                            if counted {
+                                Traffic::add(
+                                    &inbound.traffic.sync_received,
+                                    msg::LENGTH_PREFIX_LEN + header.len,
+                                );
+                            }
                             // One large frame per member at a time, held until answered.
                             let _slot = match node {
                                 Some(node) if header.len > msg::SMALL_FRAME => Some(
@@ -211,7 +231,10 @@ pub(super) async fn serve_connection(
                                 .map_err(|_| anyhow::anyhow!("member stopped"))?;
                             // No answer (the sender dropped) when the link has lapsed.
                             let response = reply_rx.await?;
-                            msg::write(&mut send, &response).await?;
+                            let sent = msg::write(&mut send, &response).await?;
+                            if counted {
+                                Traffic::add(&inbound.traffic.sync_sent, sent);
+                            }
                             send.finish()?;
                             anyhow::Ok(())
                         };
