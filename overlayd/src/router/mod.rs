@@ -34,10 +34,12 @@ use protocol::api::EventKind;
 use protocol::policy::enforce::Direction;
 
 mod drops;
+mod flows;
 mod peers;
 mod policy;
 
 pub use drops::{DropCounters, LogLimiter};
+pub use flows::PeerFlows;
 pub use peers::{MAX_PEER_INDICES, Peer, PeerSpec, PeerState, PeerTable, RouterError, Upserted};
 pub use policy::ActivePolicy;
 
@@ -133,6 +135,8 @@ pub struct Router {
     /// the least.
     clock_ms: std::sync::atomic::AtomicU64,
     epoch: Instant,
+    /// Flow log windows of peers removed since the flow log last took them.
+    flows_parked: Mutex<Vec<PeerFlows>>,
 }
 
 impl Router {
@@ -166,6 +170,7 @@ impl Router {
             events: Arc::new(Events::default()),
             clock_ms: std::sync::atomic::AtomicU64::new(0),
             epoch: Instant::now(),
+            flows_parked: Mutex::new(Vec::new()),
         };
         for p in peers {
             let spec = PeerSpec {

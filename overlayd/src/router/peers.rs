@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use boringtun::noise::Tunn;
 use ipnet::IpNet;
 use keys::{Name, PublicKey};
+use protocol::policy::flowlog::FlowWindow;
 use protocol::routing::RoutingTable;
 
 use super::policy::{ActivePolicy, PeerPolicyState};
@@ -41,6 +42,8 @@ pub struct PeerState {
     pub(super) removed: bool,
     /// The policy's rules for this peer and its tracked flows, while a policy is in force.
     pub(super) policy: Option<PeerPolicyState>,
+    /// Its flows since the flow log last took them, while the flow log is on.
+    pub(super) flows: Option<FlowWindow>,
 }
 
 /// What may change about a peer without touching its tunnel; swapped whole.
@@ -202,6 +205,8 @@ pub struct PeerTable {
     local: Arc<[IpNet]>,
     /// The network policy in force ([`Router::set_policy`]); `None`: all may talk.
     pub(super) policy: Option<Arc<ActivePolicy>>,
+    /// Whether packets are counted in the flow log ([`Router::set_flow_log`]).
+    pub(super) flow_log: bool,
 }
 
 impl PeerTable {
@@ -356,6 +361,7 @@ impl Router {
                 configured_endpoint: spec.endpoint,
                 removed: false,
                 policy: None,
+                flows: None,
             }),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
@@ -435,6 +441,7 @@ impl Router {
             let mut st = peer.lock();
             st.removed = true;
             st.endpoint = None;
+            self.park_flows(&peer, &mut st);
         }
         for (reason, n) in peer.drops.snapshot() {
             self.drops.add_many(reason, n);
