@@ -9,7 +9,8 @@ use keys::PublicKey;
 use serde::Deserialize;
 
 use super::{
-    Control, DEFAULT_LISTEN_PORT, DEFAULT_MTU, DEFAULT_STATE_DIR, DEFAULT_TUN_NAME, Tuning,
+    Control, DEFAULT_LISTEN_PORT, DEFAULT_MTU, DEFAULT_STATE_DIR, DEFAULT_TUN_NAME, Flows,
+    Tuning,
 };
 
 /// The file as written (before validation).
@@ -39,6 +40,8 @@ pub(super) struct RawConfig {
     pub(super) control: Control,
     #[serde(default)]
     pub(super) docker: RawDocker,
+    #[serde(default)]
+    pub(super) flows: Flows,
     #[serde(default, rename = "peer")]
     pub(super) peers: Vec<RawPeer>,
 }
