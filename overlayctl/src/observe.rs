@@ -184,7 +184,16 @@ mod tests {
             "2025-12-01 00:00:00.000 out tcp   10.42.1.2:40000       -> 10.42.3.2:5432        h3                 12         3400 allow   2    db"
         );
         // The columns line up under the header.
-        for column in ["DIR", "PROTO", "SOURCE", "DESTINATION", "PEER", "VERDICT", "RULE", "GROUPS"] {
+        for column in [
+            "DIR",
+            "PROTO",
+            "SOURCE",
+            "DESTINATION",
+            "PEER",
+            "VERDICT",
+            "RULE",
+            "GROUPS",
+        ] {
             let at = FLOW_HEADER.find(column).unwrap();
             assert_ne!(line.as_bytes()[at], b' ', "{column}");
             assert_eq!(line.as_bytes()[at - 1], b' ', "{column}");

@@ -9,8 +9,7 @@ use keys::PublicKey;
 use serde::Deserialize;
 
 use super::{
-    Control, DEFAULT_LISTEN_PORT, DEFAULT_MTU, DEFAULT_STATE_DIR, DEFAULT_TUN_NAME, Flows,
-    Tuning,
+    Control, DEFAULT_LISTEN_PORT, DEFAULT_MTU, DEFAULT_STATE_DIR, DEFAULT_TUN_NAME, Flows, Tuning,
 };
 
 /// The file as written (before validation).

@@ -133,7 +133,10 @@ fn flows_table_is_off_by_default_validated_and_round_trips() {
     let again = Config::parse(&c.path, &c.redacted()).unwrap();
     assert_eq!(again.flows, c.flows);
     for (body, needle) in [
-        ("[flows]\nfile = \"flows.jsonl\"\n", "file flows.jsonl must be an absolute path"),
+        (
+            "[flows]\nfile = \"flows.jsonl\"\n",
+            "file flows.jsonl must be an absolute path",
+        ),
         ("[flows]\nfile = \"/var/log/\"\n", "names a folder"),
         ("[flows]\nmax_bytes = 100\n", "max_bytes 100 is too small"),
         ("[flows]\nwindow_s = 0\n", "window_s 0 is out of range"),

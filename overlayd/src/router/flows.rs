@@ -19,8 +19,8 @@ use std::sync::atomic::Ordering;
 use protocol::policy::enforce::Direction;
 use protocol::policy::flowlog::{DEFAULT_WINDOW_FLOWS, FlowRecord, FlowWindow, Verdict};
 
-use super::peers::{Peer, PeerState, PeerTable};
 use super::Router;
+use super::peers::{Peer, PeerState, PeerTable};
 use crate::events::now_unix_ms;
 use crate::util::lock;
 

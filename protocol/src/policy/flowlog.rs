@@ -246,7 +246,13 @@ mod tests {
         let mut w = FlowWindow::new(8);
         let allow = Verdict::Allowed(None);
         for (i, port) in [1, 1, 2, 1, 2, 2, 1].into_iter().enumerate() {
-            w.add_key(key(port), 10 * usize::from(port), Direction::Outbound, allow, i as u64);
+            w.add_key(
+                key(port),
+                10 * usize::from(port),
+                Direction::Outbound,
+                allow,
+                i as u64,
+            );
         }
         w.add_key(key(1), 1, Direction::Inbound, allow, 9);
         let records = w.take();
@@ -254,7 +260,14 @@ mod tests {
             .iter()
             .map(|r| {
                 let c = r.counts;
-                (r.key.unwrap().src_port, r.direction, c.packets, c.bytes, c.first, c.last)
+                (
+                    r.key.unwrap().src_port,
+                    r.direction,
+                    c.packets,
+                    c.bytes,
+                    c.first,
+                    c.last,
+                )
             })
             .collect();
         assert_eq!(
