@@ -109,8 +109,10 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     router.set_local_networks(&local);
     if let Some(log) = &flow_log {
         router.set_flow_log(true);
-        log.spawn(router.clone())
-            .context("cannot start the flow log's thread")?;
+        if let Err(e) = log.spawn(router.clone()) {
+            routes.remove_all().await;
+            return Err(anyhow::Error::new(e).context("cannot start the flow log's thread"));
+        }
     }
     firewall::apply(&config.tun_name, &local).await;
     let tun = Arc::new(tun);
