@@ -277,9 +277,13 @@ fn a_transfer_and_a_denied_attempt_appear_with_their_bytes_and_verdicts() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let (h1, h2) = (flows_json(&net, 1), flows_json(&net, 2));
     eprintln!(
-        "in the flow log {:?} after the traffic ended",
-        ended.elapsed()
+        "in the flow log {:?} after the traffic ended; tcp/{ALLOWED_PORT} (packets, bytes): h1 out {:?}, h2 in {:?}; tcp/{DENIED_PORT} denied on h1: {:?}",
+        ended.elapsed(),
+        total(&h1, "out", ALLOWED_PORT, "allow"),
+        total(&h2, "in", ALLOWED_PORT, "allow"),
+        total(&h1, "out", DENIED_PORT, "deny"),
     );
     // The table: a header, and the denied attempt as a row of its own.
     let out = net.overlayctl_ok(1, &["flows"]).expect("overlayctl flows");
