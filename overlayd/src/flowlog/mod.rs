@@ -134,10 +134,7 @@ pub fn entries(flows: &[PeerFlows]) -> Vec<FlowLogEntry> {
             p.records.iter().map(move |r| {
                 let key = r.key;
                 let (verdict, rule) = match r.verdict {
-                    Verdict::Allowed(rule) => (
-                        "allow",
-                        rule.map(|r| u32::try_from(r.line).unwrap_or(u32::MAX)),
-                    ),
+                    Verdict::Allowed(rule) => ("allow", rule.map(|r| r.line)),
                     Verdict::Denied => ("deny", None),
                 };
                 FlowLogEntry {
