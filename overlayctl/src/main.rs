@@ -68,6 +68,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The flow log: packets and bytes per flow and 5-second window, with the policy's
+    /// verdict (when `[flows]` is on in overlayd's config).
+    Flows {
+        /// Keep printing new records as they come.
+        #[arg(long)]
+        follow: bool,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The network policy: who may talk to whom, on which ports.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -169,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Leave(args) => control::leave(&cli.socket, args),
         Command::Policy(command) => policy::run(&cli.socket, command),
         Command::Events { follow, json } => observe::events(&cli.socket, follow, json),
+        Command::Flows { follow, json } => observe::flows(&cli.socket, follow, json),
         Command::Generate(command) => generate::run(command, Cli::command()),
     }
 }

@@ -1,12 +1,12 @@
-//! `overlayctl events`: the daemon's security events, once or followed (`--follow` asks
-//! for what is new every second, like `tail -f`).
+//! `overlayctl events` and `overlayctl flows`: the daemon's security events and flow log,
+//! once or followed (`--follow` asks for what is new every second, like `tail -f`).
 //!
 //! The renderings are pure; the handlers do the I/O.
 
 use std::path::Path;
 use std::time::Duration;
 
-use protocol::api::{EVENTS_PATH, SecurityEvent};
+use protocol::api::{EVENTS_PATH, FLOWS_PATH, FlowLogEntry, SecurityEvent};
 use serde::de::DeserializeOwned;
 
 use crate::client;
@@ -15,10 +15,13 @@ use crate::when;
 /// How often `--follow` asks.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
-/// Something with a sequence number, printed as a line.
+/// Something with a sequence number, printed as a line (of a table, when it has a header).
 trait Line {
     fn seq(&self) -> u64;
     fn line(&self) -> String;
+    fn header() -> Option<&'static str> {
+        None
+    }
 }
 
 impl Line for SecurityEvent {
@@ -30,9 +33,26 @@ impl Line for SecurityEvent {
     }
 }
 
+impl Line for FlowLogEntry {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn line(&self) -> String {
+        flow_line(self)
+    }
+    fn header() -> Option<&'static str> {
+        Some(FLOW_HEADER)
+    }
+}
+
 /// `overlayctl events [--follow] [--json]`.
 pub fn events(socket: &Path, follow: bool, json: bool) -> anyhow::Result<()> {
     print_since::<SecurityEvent>(socket, EVENTS_PATH, follow, json)
+}
+
+/// `overlayctl flows [--follow] [--json]`.
+pub fn flows(socket: &Path, follow: bool, json: bool) -> anyhow::Result<()> {
+    print_since::<FlowLogEntry>(socket, FLOWS_PATH, follow, json)
 }
 
 fn print_since<T: DeserializeOwned + serde::Serialize + Line>(
@@ -42,6 +62,9 @@ fn print_since<T: DeserializeOwned + serde::Serialize + Line>(
     json: bool,
 ) -> anyhow::Result<()> {
     let mut after = 0;
+    if let Some(header) = T::header().filter(|_| !json) {
+        println!("{header}");
+    }
     loop {
         let items: Vec<T> = client::get(socket, &format!("{path}?after={after}"))?;
         for item in &items {
@@ -79,6 +102,42 @@ fn event_line(e: &SecurityEvent) -> String {
     line + ": " + &e.detail
 }
 
+/// The flow table's header; [`flow_line`] pads its columns to it.
+const FLOW_HEADER: &str = "TIME                    DIR PROTO SOURCE                -> DESTINATION           PEER          PACKETS        BYTES VERDICT RULE GROUPS";
+
+fn flow_line(f: &FlowLogEntry) -> String {
+    let proto = match f.proto {
+        Some(6) => "tcp".to_string(),
+        Some(17) => "udp".to_string(),
+        Some(1 | 58) => "icmp".to_string(),
+        Some(p) => format!("p{p}"),
+        None => "*".to_string(),
+    };
+    // The overflow line (flows past the window's bound) has no addresses.
+    let addr =
+        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "(more)".to_string(), |a| a.to_string());
+    let rule = f.rule.map_or_else(|| "-".to_string(), |r| r.to_string());
+    let groups = if f.peer_groups.is_empty() {
+        "-".to_string()
+    } else {
+        f.peer_groups.join(",")
+    };
+    format!(
+        "{:<23} {:<3} {:<5} {:<21} -> {:<21} {:<12} {:>8} {:>12} {:<7} {:<4} {}",
+        time(f.start_unix_ms),
+        f.direction,
+        proto,
+        addr(f.src),
+        addr(f.dst),
+        f.peer,
+        f.packets,
+        f.bytes,
+        f.verdict,
+        rule,
+        groups
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use protocol::api::EventKind;
@@ -100,5 +159,48 @@ mod tests {
             event_line(&e),
             "2025-12-01 00:00:00.123 spoofed_source peer=h2 endpoint=198.18.0.12:51820 count=40: a packet from 10.42.9.2, outside h2's subnets"
         );
+    }
+
+    #[test]
+    fn a_flow_is_one_line() {
+        let f = FlowLogEntry {
+            seq: 1,
+            start_unix_ms: 1_764_547_200_000,
+            end_unix_ms: 1_764_547_204_000,
+            proto: Some(6),
+            src: Some("10.42.1.2:40000".parse().unwrap()),
+            dst: Some("10.42.3.2:5432".parse().unwrap()),
+            peer: "h3".into(),
+            peer_groups: vec!["db".into()],
+            direction: "out".into(),
+            packets: 12,
+            bytes: 3400,
+            verdict: "allow".into(),
+            rule: Some(2),
+        };
+        let line = flow_line(&f);
+        assert_eq!(
+            line,
+            "2025-12-01 00:00:00.000 out tcp   10.42.1.2:40000       -> 10.42.3.2:5432        h3                 12         3400 allow   2    db"
+        );
+        // The columns line up under the header.
+        for column in [
+            "DIR",
+            "PROTO",
+            "SOURCE",
+            "DESTINATION",
+            "PEER",
+            "VERDICT",
+            "RULE",
+            "GROUPS",
+        ] {
+            let at = FLOW_HEADER.find(column).unwrap();
+            assert_ne!(line.as_bytes()[at], b' ', "{column}");
+            assert_eq!(line.as_bytes()[at - 1], b' ', "{column}");
+        }
+        for column in ["PACKETS", "BYTES"] {
+            let end = FLOW_HEADER.find(column).unwrap() + column.len();
+            assert_ne!(line.as_bytes()[end - 1], b' ', "{column} right-aligned");
+        }
     }
 }

@@ -38,6 +38,7 @@ use protocol::api::{
     EVENTS_PATH, POLICY_CHECK_PATH, POLICY_PATH, PolicyCheckRequest, PolicySetRequest, PolicyShown,
     PolicyVerdict, SecurityEvent,
 };
+use protocol::api::{FLOWS_PATH, FlowLogEntry};
 use std::time::Duration;
 
 use crate::address::first_host;
@@ -71,6 +72,8 @@ pub struct ApiState {
     pub started: Instant,
     /// The control plane.
     pub control: ControlHandle,
+    /// The flow log, when `[flows]` is on.
+    pub flows: Option<Arc<crate::flowlog::FlowLog>>,
 }
 
 impl IntoResponse for ApiFailure {
@@ -197,6 +200,19 @@ async fn events(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Json<Vec<SecurityEvent>>, ApiFailure> {
     Ok(Json(s.router.events.after(after(query.as_deref())?)))
+}
+
+async fn flows(
+    State(s): State<Arc<ApiState>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<Vec<FlowLogEntry>>, ApiFailure> {
+    let after = after(query.as_deref())?;
+    match &s.flows {
+        Some(log) => Ok(Json(log.after(after))),
+        None => Err(ApiFailure::conflict(
+            "the flow log is off on this host; set enabled = true under [flows] in overlayd's config and restart overlayd",
+        )),
+    }
 }
 
 async fn leave(State(s): State<Arc<ApiState>>) -> Result<Json<Status>, ApiFailure> {
@@ -328,6 +344,7 @@ impl ApiSocket {
             .route(POLICY_PATH, get(policy_show).post(policy_set))
             .route(POLICY_CHECK_PATH, post(policy_check))
             .route(EVENTS_PATH, get(events))
+            .route(FLOWS_PATH, get(flows))
             .with_state(state);
         let listener = self.0.take_listener("API socket")?;
         axum::serve(listener, app)

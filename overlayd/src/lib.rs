@@ -16,6 +16,7 @@ pub mod datapath;
 pub mod docker;
 pub mod events;
 pub mod firewall;
+pub mod flowlog;
 pub mod metrics;
 pub mod mirror;
 pub mod netlink;
@@ -49,6 +50,14 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         None => None,
     };
     let state = control::state::StateDir::open(&config.state_dir)?;
+    // Before anything is made: a flow log file that cannot be opened is the operator's to fix.
+    let flow_log = if config.flows.enabled {
+        let log = flowlog::FlowLog::open(&config.flows)
+            .map_err(|e| anyhow::Error::new(UsageError(format!("{e:#}"))))?;
+        Some(Arc::new(log))
+    } else {
+        None
+    };
     let control_socket = control::bind_control_socket(config.control.listen_port)?;
     let tuning = config.effective_tuning();
     let udp = datapath::udp::Udp::bind_with(
@@ -103,6 +112,13 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     // in the router and in nftables.
     let local = address::local_networks(config.address, &config.subnets, &[]);
     router.set_local_networks(&local);
+    if let Some(log) = &flow_log {
+        router.set_flow_log(true);
+        if let Err(e) = log.spawn(router.clone()) {
+            routes.remove_all().await;
+            return Err(anyhow::Error::new(e).context("cannot start the flow log's thread"));
+        }
+    }
     firewall::apply(&config.tun_name, &local).await;
     let tun = Arc::new(tun);
     if let Err(e) = datapath::spawn(
@@ -185,7 +201,8 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         "overlayd is up"
     );
     let state = Arc::new(api::ApiState {
-        router,
+        router: router.clone(),
+        flows: flow_log.clone(),
         udp,
         public_key: config.private_key.public_key(),
         listen_port: config.listen_port,
@@ -197,6 +214,10 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         control,
     });
     let served = api_socket.serve(state, shutdown).await;
+    // The window under way, so that a stop loses no flows.
+    if let Some(log) = &flow_log {
+        log.record(router.take_flows());
+    }
     // Bridges and veths stay: running containers keep their interfaces across a restart.
     drop(plugin);
     drop(metrics);

@@ -1,7 +1,8 @@
 //! The policy's cost per packet (issue 16): classifying a packet, finding its flow among
 //! 65,536 tracked ones (what every packet of an established flow costs), and the verdict
 //! for a new flow with 100 and 1,000 rules, the allowing rule last (the worst case), both
-//! over all rules and over the rules kept for the pair of hosts.
+//! over all rules and over the rules kept for the pair of hosts; and what the flow log
+//! adds per packet when it is on.
 //!
 //! Run: `cargo bench -p protocol --bench policy` (criterion prints ns per iteration).
 
@@ -11,6 +12,8 @@ use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use keys::Name;
+use protocol::policy::enforce::Direction;
+use protocol::policy::flowlog::{DEFAULT_WINDOW_FLOWS, FlowWindow, Verdict};
 use protocol::policy::flows::{DEFAULT_CAPACITY, FlowTable, Timeouts, Tracked};
 use protocol::policy::packet::{Classified, FlowKey, classify};
 use protocol::policy::{Endpoint, Policy, RuleId, Service, proto};
@@ -124,6 +127,25 @@ fn benches(c: &mut Criterion) {
                     Classified::Flow { key, closing, .. } => table.track(&key, closing, now),
                     _ => unreachable!(),
                 }
+            })
+        },
+    );
+
+    // The flow log (issue 17): what a packet costs when the flow log is on.
+    let mut window = FlowWindow::new(DEFAULT_WINDOW_FLOWS);
+    let allowed = Verdict::Allowed(Some(rule));
+    c.bench_function(
+        "flow log: count a packet of the last flow (a stream)",
+        |b| b.iter(|| window.add(black_box(&packet), Direction::Outbound, allowed, 7)),
+    );
+    let mut i = 0u32;
+    c.bench_function(
+        "flow log: count a packet of two flows in turn (map lookup)",
+        |b| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                let p = if i.is_multiple_of(2) { &packet } else { &other };
+                window.add(black_box(p), Direction::Outbound, allowed, 7)
             })
         },
     );

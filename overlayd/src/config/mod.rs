@@ -187,6 +187,36 @@ pub struct Metrics {
     pub allow_all_interfaces: bool,
 }
 
+/// The flow log (`[flows]`): packets and bytes per flow, direction and verdict, summed
+/// over windows of `window_s`, kept in memory for `overlayctl flows` and, with `file`,
+/// appended to a file as JSON lines. Off by default: it costs a little on every packet.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Flows {
+    /// Log flows.
+    pub enabled: bool,
+    /// Where to append the records as JSON lines; `None`: only in memory (the API).
+    pub file: Option<PathBuf>,
+    /// Size past which the file is rotated (`file.1` .. `file.3` kept, as logrotate does).
+    pub max_bytes: u64,
+    /// Length of a window in seconds: how often records are written, and how late.
+    pub window_s: u64,
+}
+
+/// Default size of the flow log file before rotation: 10 MiB.
+pub const DEFAULT_FLOWS_MAX_BYTES: u64 = 10 << 20;
+
+impl Default for Flows {
+    fn default() -> Self {
+        Flows {
+            enabled: false,
+            file: None,
+            max_bytes: DEFAULT_FLOWS_MAX_BYTES,
+            window_s: 5,
+        }
+    }
+}
+
 /// The data path's levers, one by one, for measuring what each is worth (`scripts/levers`).
 /// The defaults are the fastest; `offload = false` turns the three offloads off at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -252,6 +282,8 @@ pub struct Config {
     pub docker: Docker,
     /// The Prometheus endpoint, if any.
     pub metrics: Option<Metrics>,
+    /// The flow log's settings.
+    pub flows: Flows,
     /// Static peers.
     pub peers: Vec<PeerConfig>,
 }

@@ -78,6 +78,16 @@ impl Config {
                 let _ = writeln!(out, "allow_all_interfaces = true");
             }
         }
+        let f = &self.flows;
+        let _ = writeln!(out, "\n[flows]\nenabled = {}", f.enabled);
+        if let Some(file) = &f.file {
+            let _ = writeln!(out, "file = {:?}", file.display().to_string());
+        }
+        let _ = writeln!(
+            out,
+            "max_bytes = {}\nwindow_s = {}",
+            f.max_bytes, f.window_s
+        );
         for p in &self.peers {
             let _ = writeln!(out, "\n[[peer]]\npublic_key = \"{}\"", p.public_key);
             if let Some(name) = &p.name {

@@ -9,7 +9,8 @@ use keys::PublicKey;
 use serde::Deserialize;
 
 use super::{
-    Control, DEFAULT_LISTEN_PORT, DEFAULT_MTU, DEFAULT_STATE_DIR, DEFAULT_TUN_NAME, Metrics, Tuning,
+    Control, DEFAULT_LISTEN_PORT, DEFAULT_MTU, DEFAULT_STATE_DIR, DEFAULT_TUN_NAME, Flows, Metrics,
+    Tuning,
 };
 
 /// The file as written (before validation).
@@ -41,6 +42,8 @@ pub(super) struct RawConfig {
     pub(super) docker: RawDocker,
     #[serde(default)]
     pub(super) metrics: Option<Metrics>,
+    #[serde(default)]
+    pub(super) flows: Flows,
     #[serde(default, rename = "peer")]
     pub(super) peers: Vec<RawPeer>,
 }

@@ -160,6 +160,37 @@ fn metrics_are_off_by_default_and_never_on_every_interface_unless_asked() {
 }
 
 #[test]
+fn flows_table_is_off_by_default_validated_and_round_trips() {
+    let f = fixture();
+    let c = parse(&f, "").unwrap();
+    assert_eq!(c.flows, super::Flows::default());
+    assert!(!c.flows.enabled && c.flows.file.is_none() && c.flows.window_s == 5);
+    assert!(c.redacted().contains("[flows]\nenabled = false\n"));
+    let c = parse(
+        &f,
+        "[flows]\nenabled = true\nfile = \"/var/log/overlayd/flows.jsonl\"\nmax_bytes = 65536\nwindow_s = 2\n",
+    )
+    .unwrap();
+    assert!(c.flows.enabled && c.flows.max_bytes == 65536 && c.flows.window_s == 2);
+    let again = Config::parse(&c.path, &c.redacted()).unwrap();
+    assert_eq!(again.flows, c.flows);
+    for (body, needle) in [
+        (
+            "[flows]\nfile = \"flows.jsonl\"\n",
+            "file flows.jsonl must be an absolute path",
+        ),
+        ("[flows]\nfile = \"/var/log/\"\n", "names a folder"),
+        ("[flows]\nmax_bytes = 100\n", "max_bytes 100 is too small"),
+        ("[flows]\nwindow_s = 0\n", "window_s 0 is out of range"),
+        ("[flows]\nenable = true\n", "enable"),
+    ] {
+        let err = parse(&f, body).unwrap_err().to_string();
+        assert!(err.contains(needle), "{body}: {err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+}
+
+#[test]
 fn unknown_key_is_named() {
     let f = fixture();
     let err = parse(&f, "listen_prot = 5\n").unwrap_err().to_string();

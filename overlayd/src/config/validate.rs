@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use super::raw::{RawConfig, RawDocker, one_line};
 use super::{
     Config, ConfigError, Control, DEFAULT_CONTROL_PORT, DEFAULT_DOCKER_SOCKET,
-    DEFAULT_DOCKERD_SOCKET, DEFAULT_MTU, Docker, Metrics, PeerConfig,
+    DEFAULT_DOCKERD_SOCKET, DEFAULT_MTU, Docker, Flows, Metrics, PeerConfig,
 };
 
 impl Config {
@@ -65,6 +65,7 @@ impl Config {
         if let Some(m) = &raw.metrics {
             m.check().map_err(&invalid)?;
         }
+        raw.flows.check().map_err(&invalid)?;
         if raw.state_dir.is_relative() {
             return Err(invalid(format!(
                 "state_dir {} must be an absolute path",
@@ -131,6 +132,7 @@ impl Config {
             control: raw.control,
             docker,
             metrics: raw.metrics,
+            flows: raw.flows,
             peers: raw
                 .peers
                 .into_iter()
@@ -249,6 +251,40 @@ impl Docker {
             );
         }
         Ok(docker)
+    }
+}
+
+impl Flows {
+    fn check(&self) -> Result<(), String> {
+        if let Some(file) = &self.file {
+            if file.is_relative() {
+                return Err(format!(
+                    "[flows] file {} must be an absolute path (e.g. /var/log/overlayd/flows.jsonl)",
+                    file.display()
+                ));
+            }
+            if file.as_os_str().to_string_lossy().ends_with('/') || file.file_name().is_none() {
+                return Err(format!(
+                    "[flows] file {} names a folder; name the file (e.g. {}flows.jsonl)",
+                    file.display(),
+                    file.display()
+                ));
+            }
+        }
+        if self.max_bytes < 4096 {
+            return Err(format!(
+                "[flows] max_bytes {} is too small: use at least 4096 (default {})",
+                self.max_bytes,
+                super::DEFAULT_FLOWS_MAX_BYTES
+            ));
+        }
+        if !(1..=300).contains(&self.window_s) {
+            return Err(format!(
+                "[flows] window_s {} is out of range: use 1..=300 (default 5)",
+                self.window_s
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -36,11 +36,13 @@ use protocol::policy::enforce::Direction;
 
 mod drops;
 mod flood;
+mod flows;
 mod handshakes;
 mod peers;
 mod policy;
 
 pub use drops::{DropCounters, LogLimiter};
+pub use flows::PeerFlows;
 pub use handshakes::HandshakeCounters;
 pub use peers::{MAX_PEER_INDICES, Peer, PeerSpec, PeerState, PeerTable, RouterError, Upserted};
 pub use policy::ActivePolicy;
@@ -155,6 +157,8 @@ pub struct Router {
     /// the least.
     clock_ms: std::sync::atomic::AtomicU64,
     epoch: Instant,
+    /// Flow log windows of peers removed since the flow log last took them.
+    flows_parked: Mutex<Vec<PeerFlows>>,
 }
 
 impl Router {
@@ -191,6 +195,7 @@ impl Router {
             known: ArcSwap::default(),
             clock_ms: std::sync::atomic::AtomicU64::new(0),
             epoch: Instant::now(),
+            flows_parked: Mutex::new(Vec::new()),
         };
         for p in peers {
             let spec = PeerSpec {

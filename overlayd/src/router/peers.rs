@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use boringtun::noise::Tunn;
 use ipnet::IpNet;
 use keys::{Name, PublicKey};
+use protocol::policy::flowlog::FlowWindow;
 use protocol::routing::RoutingTable;
 
 use super::policy::{ActivePolicy, PeerPolicyState};
@@ -44,6 +45,8 @@ pub struct PeerState {
     /// This host sent an initiation that has not completed yet: if boringtun gives up on
     /// it, that is a failed handshake (`handshakes.rs`).
     pub(super) handshake_pending: bool,
+    /// Its flows since the flow log last took them, while the flow log is on.
+    pub(super) flows: Option<FlowWindow>,
 }
 
 /// What may change about a peer without touching its tunnel; swapped whole.
@@ -207,6 +210,8 @@ pub struct PeerTable {
     local: Arc<[IpNet]>,
     /// The network policy in force ([`Router::set_policy`]); `None`: all may talk.
     pub(super) policy: Option<Arc<ActivePolicy>>,
+    /// Whether packets are counted in the flow log ([`Router::set_flow_log`]).
+    pub(super) flow_log: bool,
 }
 
 impl PeerTable {
@@ -362,6 +367,7 @@ impl Router {
                 removed: false,
                 policy: None,
                 handshake_pending: false,
+                flows: None,
             }),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
@@ -442,6 +448,7 @@ impl Router {
             let mut st = peer.lock();
             st.removed = true;
             st.endpoint = None;
+            self.park_flows(&peer, &mut st);
         }
         for (reason, n) in peer.drops.snapshot() {
             self.drops.add_many(reason, n);

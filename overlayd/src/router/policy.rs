@@ -17,6 +17,7 @@ use std::time::Instant;
 use keys::Name;
 use protocol::api::EventKind;
 use protocol::policy::enforce::{Direction, Judgement, PeerPolicy, PeerRules};
+use protocol::policy::flowlog::Verdict;
 use protocol::policy::flows::{DEFAULT_CAPACITY, FlowTable, Timeouts};
 use protocol::policy::{Endpoint, Policy};
 
@@ -174,6 +175,7 @@ impl Router {
 
     /// Whether the policy in `table` lets `packet` go `direction` between this host and
     /// `peer`; a denial is counted (drop reason, per-rule counters, a security event).
+    /// The verdict goes to the flow log too (when it is on).
     pub(super) fn police(
         &self,
         table: &PeerTable,
@@ -182,12 +184,26 @@ impl Router {
         direction: Direction,
         packet: &[u8],
     ) -> bool {
+        let verdict = self.judge(table, peer, st, direction, packet);
+        self.count_flow(table, st, direction, verdict, packet);
+        verdict != Verdict::Denied
+    }
+
+    /// The policy's verdict on `packet` (allowed, with no rule, when no policy is in force).
+    fn judge(
+        &self,
+        table: &PeerTable,
+        peer: &Peer,
+        st: &mut PeerState,
+        direction: Direction,
+        packet: &[u8],
+    ) -> Verdict {
         let Some(active) = &table.policy else {
-            return true;
+            return Verdict::Allowed(None);
         };
         refresh(active, peer, st);
         let Some(state) = st.policy.as_mut() else {
-            return true;
+            return Verdict::Allowed(None);
         };
         let view = PeerPolicy {
             policy: &active.policy,
@@ -196,12 +212,12 @@ impl Router {
             peer: peer_endpoint(&state.info),
         };
         match view.judge(&mut state.flows, direction, packet, self.coarse_now()) {
-            Judgement::Tracked => true,
+            Judgement::Tracked(rule) => Verdict::Allowed(Some(rule)),
             Judgement::Opened(rule) => {
                 if let Some(n) = active.allowed.get(rule.index as usize) {
                     n.fetch_add(1, Ordering::Relaxed);
                 }
-                true
+                Verdict::Allowed(Some(rule))
             }
             Judgement::Denied | Judgement::Malformed => {
                 active.denied.fetch_add(1, Ordering::Relaxed);
@@ -223,7 +239,7 @@ impl Router {
                     },
                     crate::events::now_unix_ms(),
                 );
-                false
+                Verdict::Denied
             }
         }
     }

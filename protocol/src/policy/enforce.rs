@@ -45,8 +45,8 @@ impl PeerRules {
 /// What the policy says of a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Judgement {
-    /// A packet of a tracked flow (or an ICMP error about one).
-    Tracked,
+    /// A packet of a tracked flow (or an ICMP error about one), which `rule` allowed.
+    Tracked(RuleId),
     /// The first packet of a flow `rule` allows; the flow is tracked from now on.
     Opened(RuleId),
     /// No rule allows the flow.
@@ -58,7 +58,7 @@ pub enum Judgement {
 impl Judgement {
     /// Whether the packet may pass.
     pub fn allows(self) -> bool {
-        matches!(self, Judgement::Tracked | Judgement::Opened(_))
+        matches!(self, Judgement::Tracked(_) | Judgement::Opened(_))
     }
 }
 
@@ -88,7 +88,7 @@ impl PeerPolicy<'_> {
         match classify(packet) {
             Classified::Malformed => Judgement::Malformed,
             Classified::IcmpError { about } => match flows.related(&about, now) {
-                Some(_) => Judgement::Tracked,
+                Some(rule) => Judgement::Tracked(rule),
                 None => Judgement::Denied,
             },
             Classified::Flow {
@@ -96,8 +96,11 @@ impl PeerPolicy<'_> {
                 service,
                 closing,
             } => {
-                if flows.track(&key, closing, now) != Tracked::New {
-                    return Judgement::Tracked;
+                match flows.track(&key, closing, now) {
+                    Tracked::Forward(rule) | Tracked::Reply(rule) => {
+                        return Judgement::Tracked(rule);
+                    }
+                    Tracked::New => {}
                 }
                 match self.verdict(&key, service, direction == Direction::Inbound) {
                     Some(rule) => {

@@ -60,25 +60,39 @@ pub struct FlowRecord {
     pub counts: Counts,
 }
 
+/// A flow as the window tells flows apart: its key, its direction, what the policy said.
+type Slot = (FlowKey, Direction, Verdict);
+
 /// The flows of one peer in the current window.
+///
+/// A stream of packets of one flow (a TCP transfer) costs one comparison a packet: the
+/// last flow counted is remembered with its place, so the map is looked up only when
+/// the flow changes.
 #[derive(Debug)]
 pub struct FlowWindow {
-    flows: HashMap<(FlowKey, Direction, Verdict), Counts>,
+    /// Where each flow's counts are in `flows`.
+    index: HashMap<Slot, usize>,
+    flows: Vec<(Slot, Counts)>,
+    /// The last flow counted and its place in `flows`.
+    recent: Option<(Slot, usize)>,
     overflow: HashMap<(Direction, Verdict), Counts>,
     capacity: usize,
 }
 
 impl FlowWindow {
-    /// An empty window of at most `capacity` flows.
+    /// An empty window of at most `capacity` flows (nothing allocated until a packet).
     pub fn new(capacity: usize) -> FlowWindow {
         FlowWindow {
-            flows: HashMap::new(),
+            index: HashMap::new(),
+            flows: Vec::new(),
+            recent: None,
             overflow: HashMap::new(),
             capacity,
         }
     }
 
-    /// Counts one packet (`packet` is the inner IP packet).
+    /// Counts one packet (`packet` is the inner IP packet); one whose headers cannot be
+    /// read is not counted (it has no flow).
     pub fn add(&mut self, packet: &[u8], direction: Direction, verdict: Verdict, now: u64) {
         let key = match classify(packet) {
             Classified::Flow { key, .. } => key,
@@ -97,16 +111,32 @@ impl FlowWindow {
         verdict: Verdict,
         now: u64,
     ) {
-        let len = self.flows.len();
-        match self.flows.entry((key, direction, verdict)) {
-            Entry::Occupied(mut e) => e.get_mut().add(bytes, now),
-            Entry::Vacant(e) if len < self.capacity => e.insert(Counts::default()).add(bytes, now),
-            Entry::Vacant(_) => self
-                .overflow
-                .entry((direction, verdict))
-                .or_default()
-                .add(bytes, now),
+        let slot = (key, direction, verdict);
+        if let Some((recent, at)) = &self.recent
+            && *recent == slot
+            && let Some((_, counts)) = self.flows.get_mut(*at)
+        {
+            counts.add(bytes, now);
+            return;
         }
+        let at = match self.index.entry(slot) {
+            Entry::Occupied(e) => *e.get(),
+            Entry::Vacant(e) if self.flows.len() < self.capacity => {
+                self.flows.push((slot, Counts::default()));
+                *e.insert(self.flows.len() - 1)
+            }
+            Entry::Vacant(_) => {
+                self.overflow
+                    .entry((direction, verdict))
+                    .or_default()
+                    .add(bytes, now);
+                return;
+            }
+        };
+        if let Some((_, counts)) = self.flows.get_mut(at) {
+            counts.add(bytes, now);
+        }
+        self.recent = Some((slot, at));
     }
 
     /// Whether nothing was counted since the last [`take`](Self::take).
@@ -114,11 +144,14 @@ impl FlowWindow {
         self.flows.is_empty() && self.overflow.is_empty()
     }
 
-    /// The window's records (flows, then the overflow), leaving the window empty.
+    /// The window's records (flows in the order of their first packet, then the
+    /// overflow), leaving the window empty.
     pub fn take(&mut self) -> Vec<FlowRecord> {
+        self.index.clear();
+        self.recent = None;
         let mut out: Vec<FlowRecord> = self
             .flows
-            .drain()
+            .drain(..)
             .map(|((key, direction, verdict), counts)| FlowRecord {
                 key: Some(key),
                 direction,
@@ -206,5 +239,49 @@ mod tests {
         assert_eq!(overflow.key, None);
         assert_eq!(overflow.counts.packets, 9_900);
         assert_eq!(overflow.counts.bytes, 99_000);
+    }
+
+    #[test]
+    fn interleaved_flows_are_summed_apart_and_the_window_is_reusable() {
+        let mut w = FlowWindow::new(8);
+        let allow = Verdict::Allowed(None);
+        for (i, port) in [1, 1, 2, 1, 2, 2, 1].into_iter().enumerate() {
+            w.add_key(
+                key(port),
+                10 * usize::from(port),
+                Direction::Outbound,
+                allow,
+                i as u64,
+            );
+        }
+        w.add_key(key(1), 1, Direction::Inbound, allow, 9);
+        let records = w.take();
+        let counts: Vec<(u16, Direction, u64, u64, u64, u64)> = records
+            .iter()
+            .map(|r| {
+                let c = r.counts;
+                (
+                    r.key.unwrap().src_port,
+                    r.direction,
+                    c.packets,
+                    c.bytes,
+                    c.first,
+                    c.last,
+                )
+            })
+            .collect();
+        assert_eq!(
+            counts,
+            vec![
+                (1, Direction::Outbound, 4, 40, 0, 6),
+                (2, Direction::Outbound, 3, 60, 2, 5),
+                (1, Direction::Inbound, 1, 1, 9, 9),
+            ]
+        );
+        // Taken: counting starts again from nothing, the fast path too.
+        w.add_key(key(1), 5, Direction::Outbound, allow, 20);
+        let again = w.take();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].counts.packets, 1);
     }
 }
