@@ -4,7 +4,7 @@
 //! Seams: [`router`] is the I/O-free tunnel logic; [`datapath`] the threads that move
 //! batches between the TUN and the UDP socket ([`datapath::udp`] the batched socket calls);
 //! [`netlink`] routes; [`api`] the local API; [`docker`] the Docker network and IPAM plugin;
-//! [`config`] the file; [`address`] which overlay address this host takes; [`util`] the
+//! [`config`] the file; [`mirror`] the copy of decrypted traffic for an IDS; [`address`] which overlay address this host takes; [`util`] the
 //! small effects they share (atomic writes, unix sockets, the clock). [`run`] wires them.
 
 pub mod address;
@@ -111,6 +111,12 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         firewall::remove().await;
         return Err(anyhow::Error::new(e).context("cannot start the data plane threads"));
     }
+    if let Some(spec) = &config.mirror {
+        // The tunnel runs without it rather than not at all.
+        if let Err(e) = router.mirror.start(spec.clone(), config.mtu) {
+            tracing::error!(error = %e, "no mirror of decrypted traffic; fix it and run `overlayctl mirror start`");
+        }
+    }
     {
         let (router, udp) = (router.clone(), udp.clone());
         let watched = netlink::watch_addresses(move || {
@@ -168,7 +174,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         "overlayd is up"
     );
     let state = Arc::new(api::ApiState {
-        router,
+        router: router.clone(),
         udp,
         public_key: config.private_key.public_key(),
         listen_port: config.listen_port,
@@ -178,10 +184,16 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         tun_offload,
         started: Instant::now(),
         control,
+        mirror_interface: config.mirror.as_ref().map_or_else(
+            || mirror::DEFAULT_INTERFACE.to_owned(),
+            |m| m.interface.clone(),
+        ),
     });
     let served = api_socket.serve(state, shutdown).await;
     // Bridges and veths stay: running containers keep their interfaces across a restart.
     drop(plugin);
+    // Its interface goes with it.
+    let _ = router.mirror.stop();
     tracing::info!("shutting down: removing routes");
     ctx_for_close.close_endpoint();
     routes.lock().await.remove_all().await;

@@ -72,6 +72,7 @@ impl Config {
             d.dockerd_socket.display().to_string(),
             d.mtu
         );
+        super::mirror::print(&mut out, self.mirror.as_ref());
         for p in &self.peers {
             let _ = writeln!(out, "\n[[peer]]\npublic_key = \"{}\"", p.public_key);
             if let Some(name) = &p.name {

@@ -39,6 +39,8 @@ pub(super) struct RawConfig {
     pub(super) control: Control,
     #[serde(default)]
     pub(super) docker: RawDocker,
+    #[serde(default)]
+    pub(super) mirror: super::mirror::RawMirror,
     #[serde(default, rename = "peer")]
     pub(super) peers: Vec<RawPeer>,
 }

@@ -62,6 +62,7 @@ impl Config {
         }
         raw.control.check(raw.listen_port).map_err(&invalid)?;
         let docker = Docker::check(raw.docker, raw.mtu).map_err(&invalid)?;
+        let mirror = raw.mirror.check(&raw.tun_name).map_err(&invalid)?;
         if raw.state_dir.is_relative() {
             return Err(invalid(format!(
                 "state_dir {} must be an absolute path",
@@ -127,6 +128,7 @@ impl Config {
             state_dir: raw.state_dir,
             control: raw.control,
             docker,
+            mirror,
             peers: raw
                 .peers
                 .into_iter()

@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use protocol::drops::DropReason;
+use protocol::policy::enforce::Direction;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::router::{Inbound, Initiate, MIN_BUFFER_LEN, Outbound, Router};
@@ -150,14 +151,28 @@ impl Outside {
         // One table load per batch: peer changes take effect from the next batch (a
         // removed peer's packets are dropped at once all the same, see `remove_peer`).
         let table = router.table();
+        // Once per batch too: off, the mirror costs this load and one branch a packet.
+        let mirror = router.mirror.load();
         for i in 0..n {
-            if let Outbound::Send { endpoint, len, .. } = router.encapsulate_with(
-                &table,
-                &self.packets[i][..self.sizes[i]],
-                &mut self.sealed[i],
-            ) {
-                self.sends.push((endpoint, i, len));
+            let packet = &self.packets[i][..self.sizes[i]];
+            match router.encapsulate_with(&table, packet, &mut self.sealed[i]) {
+                Outbound::Send { endpoint, len, .. } => {
+                    self.sends.push((endpoint, i, len));
+                    if let Some(m) = &*mirror {
+                        m.copy(Direction::Outbound, packet);
+                    }
+                }
+                // Passed the policy; it leaves once the handshake is done.
+                Outbound::Queued => {
+                    if let Some(m) = &*mirror {
+                        m.copy(Direction::Outbound, packet);
+                    }
+                }
+                Outbound::Dropped(_) => {}
             }
+        }
+        if let Some(m) = &*mirror {
+            m.wake();
         }
         send_runs(udp, router, &self.sends, &self.sealed);
         Ok(n)
@@ -206,6 +221,7 @@ impl Inside {
             let emptied = n < self.batch.capacity();
             let mut filled = 0;
             let table = router.table(); // once per batch, as in `Outside::pump`
+            let mirror = router.mirror.load();
             for i in 0..n {
                 let (src, datagrams) = self.batch.datagrams(i);
                 let Some(src) = src else { continue };
@@ -228,9 +244,16 @@ impl Inside {
                         &mut reply,
                     ) {
                         buf.truncate(TUN_OFFSET + len);
+                        // Accepted by the router: its source, destination and policy.
+                        if let Some(m) = &*mirror {
+                            m.copy(Direction::Inbound, &buf[TUN_OFFSET..]);
+                        }
                         filled += 1;
                     }
                 }
+            }
+            if let Some(m) = &*mirror {
+                m.wake();
             }
             if filled == 0 {
                 if emptied {

@@ -128,6 +128,10 @@ pub struct Router {
     /// The host's security events (spoofed sources, policy denials; the control plane
     /// adds its own).
     pub events: Arc<Events>,
+    /// The mirror of decrypted traffic, if one runs. The router never touches it: it is
+    /// here because the data path and the API both hold the router; the data path copies
+    /// what the router passed (`datapath`).
+    pub mirror: crate::mirror::MirrorSlot,
     /// A clock for the policy's flow table that costs a load a packet: milliseconds since
     /// `epoch`, advanced by every [`Router::tick`] (250 ms); flows time out after 10 s at
     /// the least.
@@ -164,6 +168,7 @@ impl Router {
             drops: DropCounters::default(),
             log: LogLimiter::default(),
             events: Arc::new(Events::default()),
+            mirror: crate::mirror::MirrorSlot::default(),
             clock_ms: std::sync::atomic::AtomicU64::new(0),
             epoch: Instant::now(),
         };
