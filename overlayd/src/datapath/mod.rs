@@ -23,7 +23,9 @@
 //! (echo replies, TCP ACKs) inside that write, and sending the answer from the thread
 //! that is awake saves a wake-up per round trip. The other locks are the per-peer tunnel
 //! mutexes. Each batch loads the router's peer table once (an atomic load, no lock), so
-//! peers added, changed or removed at runtime count from the next batch.
+//! peers added, changed or removed at runtime count from the next batch. The mirror
+//! (`crate::mirror`) is loaded the same way, once per batch: when one runs, each packet the
+//! router passed, either way, is offered to its queue (never waited for).
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
