@@ -155,27 +155,23 @@ impl Outside {
         let table = router.table();
         // Once per batch too: off, the mirror costs this load and one branch a packet.
         let mirror = router.mirror.load();
+        let mut copier = mirror.as_ref().map(|m| m.copier(Direction::Outbound));
         for i in 0..n {
             let packet = &self.packets[i][..self.sizes[i]];
-            match router.encapsulate_with(&table, packet, &mut self.sealed[i]) {
+            let passed = match router.encapsulate_with(&table, packet, &mut self.sealed[i]) {
                 Outbound::Send { endpoint, len, .. } => {
                     self.sends.push((endpoint, i, len));
-                    if let Some(m) = &*mirror {
-                        m.copy(Direction::Outbound, packet);
-                    }
+                    true
                 }
                 // Passed the policy; it leaves once the handshake is done.
-                Outbound::Queued => {
-                    if let Some(m) = &*mirror {
-                        m.copy(Direction::Outbound, packet);
-                    }
-                }
-                Outbound::Dropped(_) => {}
+                Outbound::Queued => true,
+                Outbound::Dropped(_) => false,
+            };
+            if passed && let Some(c) = copier.as_mut() {
+                c.copy(packet);
             }
         }
-        if let Some(m) = &*mirror {
-            m.wake();
-        }
+        drop(copier); // wakes the mirror's writer
         send_runs(udp, router, &self.sends, &self.sealed);
         Ok(n)
     }
@@ -224,6 +220,7 @@ impl Inside {
             let mut filled = 0;
             let table = router.table(); // once per batch, as in `Outside::pump`
             let mirror = router.mirror.load();
+            let mut copier = mirror.as_ref().map(|m| m.copier(Direction::Inbound));
             for i in 0..n {
                 let (src, datagrams) = self.batch.datagrams(i);
                 let Some(src) = src else { continue };
@@ -247,16 +244,14 @@ impl Inside {
                     ) {
                         buf.truncate(TUN_OFFSET + len);
                         // Accepted by the router: its source, destination and policy.
-                        if let Some(m) = &*mirror {
-                            m.copy(Direction::Inbound, &buf[TUN_OFFSET..]);
+                        if let Some(c) = copier.as_mut() {
+                            c.copy(&buf[TUN_OFFSET..]);
                         }
                         filled += 1;
                     }
                 }
             }
-            if let Some(m) = &*mirror {
-                m.wake();
-            }
+            drop(copier); // wakes the mirror's writer
             if filled == 0 {
                 if emptied {
                     return;

@@ -3,12 +3,19 @@
 //! (tcpdump, Suricata, Zeek, ngrep, or a container attached to it).
 //!
 //! It can never slow or stop the tunnel: the data path only tries to put a copy on a
-//! bounded queue ([`Mirror::copy`]: one filter check, one counter, one allocation, one
-//! `try_send`; a full queue costs one load and one increment) and wakes the writer once
-//! per batch ([`Mirror::wake`]); a writer thread at idle priority (`SCHED_IDLE`) takes
-//! copies off and writes them to the mirror's sink. It gets only CPU time nothing else
-//! wants, so when the machine is busy, or the sink is slow or gone, the queue fills and
-//! further copies are dropped and counted ([`MirrorStats::dropped`]).
+//! bounded queue ([`Copier::copy`]: one filter check, one counter, a copy into a buffer the
+//! writer gave back, one `try_send`; a full queue costs one load and one increment) and
+//! wakes the writer once per batch (when the [`Copier`] is dropped); a writer thread at
+//! idle priority (`SCHED_IDLE`) takes copies off and writes them to the mirror's sink. It
+//! gets only CPU time nothing else wants, so when the machine is busy, or the sink is slow
+//! or gone, the queue fills and further copies are dropped and counted
+//! ([`MirrorStats::dropped`]).
+//!
+//! Buffers go round: the writer hands each written buffer back to the direction it came
+//! from, and that direction's copier takes it for its next copy. No buffer is allocated on
+//! one thread and freed on the other in the steady state: with the allocator's per-thread
+//! caches that would make the data path and the idle-priority writer take turns on one
+//! arena's lock, and a preempted writer holding it would stall the data path.
 //!
 //! - here: the filter, the queue, the writer, and [`MirrorSlot`], the one place the data
 //!   path and the API find the running mirror (an `ArcSwapOption`: one load per batch,
@@ -140,6 +147,18 @@ pub trait Sink: Send + 'static {
 /// One copy on the queue.
 type Queued = (Direction, Vec<u8>);
 
+/// The index of a direction's spare buffers.
+fn side(direction: Direction) -> usize {
+    match direction {
+        Direction::Inbound => 0,
+        Direction::Outbound => 1,
+    }
+}
+
+/// The capacity a new copy buffer gets: a packet of the largest MTU, so that reused
+/// buffers never grow.
+const COPY_CAPACITY: usize = 9000;
+
 /// A running mirror. Dropping it (or [`stop`](Self::stop)) ends the writer.
 pub struct Mirror {
     spec: MirrorSpec,
@@ -154,6 +173,55 @@ pub struct Mirror {
     pub stats: Arc<MirrorStats>,
     writer: Mutex<Option<JoinHandle<()>>>,
     writer_thread: std::thread::Thread,
+    /// Per direction, buffers the writer has written and handed back. Locked once per
+    /// batch by that direction's [`Copier`]: a direction is worked by one data-path thread
+    /// at a time, so the lock is never contended.
+    spare: [Mutex<Receiver<Vec<u8>>>; 2],
+}
+
+/// What one batch of one direction copies through: made by [`Mirror::copier`], it wakes
+/// the writer when dropped, if it queued anything.
+pub struct Copier<'a> {
+    mirror: &'a Mirror,
+    direction: Direction,
+    spare: std::sync::MutexGuard<'a, Receiver<Vec<u8>>>,
+    queued_any: bool,
+}
+
+impl Copier<'_> {
+    /// Puts a copy of `packet` on the queue if the filter takes it; never blocks.
+    pub fn copy(&mut self, packet: &[u8]) {
+        let m = self.mirror;
+        if !m.on.load(Ordering::Relaxed) || !m.spec.filter.matches(packet) {
+            return;
+        }
+        if m.queued.load(Ordering::Relaxed) >= QUEUE {
+            m.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut buf = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(COPY_CAPACITY));
+        buf.clear();
+        buf.extend_from_slice(packet);
+        m.queued.fetch_add(1, Ordering::Relaxed);
+        match m.queue.try_send((self.direction, buf)) {
+            Ok(()) => self.queued_any = true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                m.queued.fetch_sub(1, Ordering::Relaxed);
+                m.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Copier<'_> {
+    fn drop(&mut self) {
+        if self.queued_any {
+            self.mirror.wake();
+        }
+    }
 }
 
 impl Mirror {
@@ -163,13 +231,17 @@ impl Mirror {
         let stats = Arc::new(MirrorStats::default());
         let queued = Arc::new(AtomicUsize::new(0));
         let closing = Arc::new(AtomicBool::new(false));
+        // Room for every buffer that can be out at once: the queue's and one in the writer.
+        let (spare_in_tx, spare_in) = sync_channel(QUEUE + 1);
+        let (spare_out_tx, spare_out) = sync_channel(QUEUE + 1);
         let writer = {
             let (stats, queued, closing) = (stats.clone(), queued.clone(), closing.clone());
+            let spare = [spare_in_tx, spare_out_tx];
             std::thread::Builder::new()
                 .name("mirror".into())
                 .spawn(move || {
                     idle_priority();
-                    write_copies(rx, sink, &stats, &queued, &closing)
+                    write_copies(rx, sink, &spare, &stats, &queued, &closing)
                 })?
         };
         Ok(Mirror {
@@ -181,6 +253,7 @@ impl Mirror {
             stats,
             writer_thread: writer.thread().clone(),
             writer: Mutex::new(Some(writer)),
+            spare: [Mutex::new(spare_in), Mutex::new(spare_out)],
         })
     }
 
@@ -189,23 +262,15 @@ impl Mirror {
         &self.spec
     }
 
-    /// Puts a copy of `packet` on the queue if the filter takes it; never blocks, never
-    /// wakes the writer (call [`wake`](Self::wake) once per batch).
-    pub fn copy(&self, direction: Direction, packet: &[u8]) {
-        if !self.on.load(Ordering::Relaxed) || !self.spec.filter.matches(packet) {
-            return;
-        }
-        if self.queued.load(Ordering::Relaxed) >= QUEUE {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        match self.queue.try_send((direction, packet.to_vec())) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.queued.fetch_sub(1, Ordering::Relaxed);
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+    /// The copier for one batch of packets that went `direction`: take it once per batch
+    /// (it locks that direction's spare buffers, never contended) and drop it when the
+    /// batch is done (that wakes the writer).
+    pub fn copier(&self, direction: Direction) -> Copier<'_> {
+        Copier {
+            mirror: self,
+            direction,
+            spare: crate::util::lock(&self.spare[side(direction)]),
+            queued_any: false,
         }
     }
 
@@ -272,6 +337,7 @@ fn idle_priority() {
 fn write_copies(
     rx: Receiver<Queued>,
     mut sink: impl Sink,
+    spare: &[SyncSender<Vec<u8>>; 2],
     stats: &MirrorStats,
     queued: &AtomicUsize,
     closing: &AtomicBool,
@@ -287,6 +353,8 @@ fn write_copies(
                     Ok(()) => stats.copied.fetch_add(1, Ordering::Relaxed),
                     Err(_) => stats.write_errors.fetch_add(1, Ordering::Relaxed),
                 };
+                // Back to its direction's copier; dropped here only if that one is full.
+                let _ = spare[side(direction)].try_send(packet);
             }
             Err(TryRecvError::Empty) => std::thread::park_timeout(IDLE_PARK),
             Err(TryRecvError::Disconnected) => return,

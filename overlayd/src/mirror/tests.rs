@@ -16,6 +16,11 @@ fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     p
 }
 
+/// One copy through a copier of its own (a batch of one).
+fn copy(m: &Mirror, direction: Direction, packet: &[u8]) {
+    m.copier(direction).copy(packet);
+}
+
 fn spec(filter: MirrorFilter) -> MirrorSpec {
     MirrorSpec {
         interface: DEFAULT_INTERFACE.into(),
@@ -95,7 +100,11 @@ fn copies_reach_the_sink_in_order_with_their_direction() {
         } else {
             Direction::Outbound
         };
-        m.copy(direction, &udp([10, 42, 1, 2], [10, 42, 2, 2], port, 53));
+        copy(
+            &m,
+            direction,
+            &udp([10, 42, 1, 2], [10, 42, 2, 2], port, 53),
+        );
     }
     m.wake();
     for port in 0..100u16 {
@@ -106,7 +115,8 @@ fn copies_reach_the_sink_in_order_with_their_direction() {
     // The count follows the write.
     wait_until(|| m.counters() == (100, 0, 0));
     m.stop();
-    m.copy(
+    copy(
+        &m,
         Direction::Inbound,
         &udp([10, 42, 1, 2], [10, 42, 2, 2], 1, 53),
     );
@@ -121,11 +131,13 @@ fn the_filter_decides_what_is_queued() {
         ports: vec![53],
     };
     let m = Mirror::start(spec(filter), Channel(tx)).unwrap();
-    m.copy(
+    copy(
+        &m,
         Direction::Inbound,
         &udp([10, 42, 1, 2], [10, 42, 2, 2], 4000, 80),
     );
-    m.copy(
+    copy(
+        &m,
         Direction::Inbound,
         &udp([10, 42, 1, 2], [10, 42, 2, 2], 4000, 53),
     );
@@ -142,7 +154,8 @@ fn a_copy_without_a_wake_up_still_arrives() {
     let (tx, rx) = mpsc::channel();
     let m = Mirror::start(spec(MirrorFilter::default()), Channel(tx)).unwrap();
     std::thread::sleep(Duration::from_millis(30)); // the writer parks
-    m.copy(
+    copy(
+        &m,
         Direction::Inbound,
         &udp([10, 42, 1, 2], [10, 42, 2, 2], 1, 53),
     );
@@ -155,7 +168,7 @@ fn a_stuck_writer_never_blocks_the_data_path() {
     let packet = udp([10, 42, 1, 2], [10, 42, 2, 2], 1, 53);
     let started = Instant::now();
     for _ in 0..100_000 {
-        m.copy(Direction::Inbound, &packet);
+        copy(&m, Direction::Inbound, &packet);
         m.wake();
     }
     assert!(
@@ -173,7 +186,7 @@ fn a_slow_writer_drops_and_counts_what_it_cannot_take() {
     let packet = udp([10, 42, 1, 2], [10, 42, 2, 2], 1, 53);
     for _ in 0..20 {
         for _ in 0..1_000 {
-            m.copy(Direction::Outbound, &packet);
+            copy(&m, Direction::Outbound, &packet);
         }
         m.wake();
     }
@@ -199,7 +212,7 @@ fn the_slot_starts_replaces_and_stops_a_mirror() {
     {
         let guard = slot.load();
         let m = guard.as_ref().expect("a mirror");
-        m.copy(Direction::Inbound, &packet);
+        copy(&m, Direction::Inbound, &packet);
         m.wake();
     }
     assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok());
@@ -258,4 +271,31 @@ fn frames_carry_the_direction_and_the_ethertype() {
     );
     assert!(ethernet_header(Direction::Inbound, &[0x10]).is_none());
     assert!(ethernet_header(Direction::Inbound, &[]).is_none());
+}
+
+#[test]
+fn written_buffers_come_back_to_their_direction() {
+    let (tx, rx) = mpsc::channel();
+    let m = Mirror::start(spec(MirrorFilter::default()), Channel(tx)).unwrap();
+    let packet = udp([10, 42, 1, 2], [10, 42, 2, 2], 1, 53);
+    {
+        let mut c = m.copier(Direction::Outbound);
+        for _ in 0..3 {
+            c.copy(&packet);
+        }
+    }
+    for _ in 0..3 {
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+    wait_until(|| m.counters().0 == 3);
+    // The next copies of that direction reuse them; the other direction has none.
+    let outbound = crate::util::lock(&m.spare[side(Direction::Outbound)]);
+    let back: Vec<Vec<u8>> = std::iter::from_fn(|| outbound.try_recv().ok()).collect();
+    assert_eq!(back.len(), 3);
+    assert!(back.iter().all(|b| b.capacity() >= COPY_CAPACITY));
+    assert!(
+        crate::util::lock(&m.spare[side(Direction::Inbound)])
+            .try_recv()
+            .is_err()
+    );
 }
