@@ -11,8 +11,8 @@
 //! or gone, the queue fills and further copies are dropped and counted
 //! ([`MirrorStats::dropped`]).
 //!
-//! Buffers go round: the writer hands each written buffer back to the direction it came
-//! from, and that direction's copier takes it for its next copy. No buffer is allocated on
+//! Buffers go round: the writer hands each written batch back to the direction it came
+//! from, and that direction's copier takes its buffers for its next copies. No buffer is allocated on
 //! one thread and freed on the other in the steady state: with the allocator's per-thread
 //! caches that would make the data path and the idle-priority writer take turns on one
 //! arena's lock, and a preempted writer holding it would stall the data path.
@@ -41,7 +41,7 @@ use ipnet::IpNet;
 use protocol::policy::enforce::Direction;
 use protocol::policy::packet::{Classified, classify};
 
-/// Copies that may wait for the writer (at most ~6 MiB of 1420-byte packets).
+/// Copies that may wait for the writer (at most ~6 MiB of 1420-byte packets), in batches.
 pub const QUEUE: usize = 4096;
 
 /// How long the writer sleeps when the queue is empty: how late a copy can be at most.
@@ -150,8 +150,8 @@ pub trait Sink: Send + 'static {
     fn write_packet(&mut self, direction: Direction, packet: &[u8]) -> io::Result<()>;
 }
 
-/// One copy on the queue.
-type Queued = (Direction, Vec<u8>);
+/// One batch of copies on the queue: the packets of one data-path batch, one way.
+type Queued = (Direction, Vec<Vec<u8>>);
 
 /// The index of a direction's spare buffers.
 fn side(direction: Direction) -> usize {
@@ -159,6 +159,17 @@ fn side(direction: Direction) -> usize {
         Direction::Inbound => 0,
         Direction::Outbound => 1,
     }
+}
+
+/// A direction's buffers for copies: locked once per batch by its [`Copier`] (a direction
+/// is worked by one data-path thread at a time, so never contended).
+struct Spares {
+    /// Batches the writer has written and handed back, buffers inside.
+    returned: Receiver<Vec<Vec<u8>>>,
+    /// Buffers ready for copies.
+    buffers: Vec<Vec<u8>>,
+    /// An empty batch to fill next (its allocation reused).
+    empty: Vec<Vec<u8>>,
 }
 
 /// The capacity a new copy buffer gets: a packet of the largest MTU, so that reused
@@ -179,53 +190,76 @@ pub struct Mirror {
     pub stats: Arc<MirrorStats>,
     writer: Mutex<Option<JoinHandle<()>>>,
     writer_thread: std::thread::Thread,
-    /// Per direction, buffers the writer has written and handed back. Locked once per
-    /// batch by that direction's [`Copier`]: a direction is worked by one data-path thread
-    /// at a time, so the lock is never contended.
-    spare: [Mutex<Receiver<Vec<u8>>>; 2],
+    /// Per direction, the buffers copies are made in (see [`Spares`]).
+    spare: [Mutex<Spares>; 2],
 }
 
-/// What one batch of one direction copies through: made by [`Mirror::copier`], it wakes
-/// the writer when dropped, if it queued anything and [`WAKE_AT`] copies wait.
+/// What one batch of one direction copies through: made by [`Mirror::copier`], it puts
+/// the batch's copies on the queue at once when dropped (one queue operation a batch, not
+/// a packet: the queue's counters are shared with the writer's CPU), and wakes the writer
+/// if [`WAKE_AT`] copies wait.
 pub struct Copier<'a> {
     mirror: &'a Mirror,
     direction: Direction,
-    spare: std::sync::MutexGuard<'a, Receiver<Vec<u8>>>,
-    queued_any: bool,
+    spare: std::sync::MutexGuard<'a, Spares>,
+    batch: Vec<Vec<u8>>,
+    /// Copies queued before this batch, read once.
+    queued_before: usize,
 }
 
 impl Copier<'_> {
-    /// Puts a copy of `packet` on the queue if the filter takes it; never blocks.
+    /// Keeps a copy of `packet` for the queue if the filter takes it and there is room;
+    /// counts it dropped otherwise. Never blocks.
     pub fn copy(&mut self, packet: &[u8]) {
         let m = self.mirror;
         if !m.on.load(Ordering::Relaxed) || !m.spec.filter.matches(packet) {
             return;
         }
-        if m.queued.load(Ordering::Relaxed) >= QUEUE {
+        if self.queued_before + self.batch.len() >= QUEUE {
             m.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut buf = self
-            .spare
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(COPY_CAPACITY));
-        buf.clear();
-        buf.extend_from_slice(packet);
-        m.queued.fetch_add(1, Ordering::Relaxed);
-        match m.queue.try_send((self.direction, buf)) {
-            Ok(()) => self.queued_any = true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                m.queued.fetch_sub(1, Ordering::Relaxed);
-                m.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        let spare = &mut *self.spare;
+        if spare.buffers.is_empty()
+            && let Ok(mut returned) = spare.returned.try_recv()
+        {
+            spare.buffers.append(&mut returned);
+            if spare.empty.capacity() < returned.capacity() {
+                spare.empty = returned;
             }
         }
+        let mut buf = spare
+            .buffers
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(COPY_CAPACITY));
+        buf.clear();
+        buf.extend_from_slice(packet);
+        self.batch.push(buf);
     }
 }
 
 impl Drop for Copier<'_> {
     fn drop(&mut self) {
-        if self.queued_any && self.mirror.queued.load(Ordering::Relaxed) >= WAKE_AT {
-            self.mirror.wake();
+        let n = self.batch.len();
+        if n == 0 {
+            self.spare.empty = std::mem::take(&mut self.batch);
+            return;
+        }
+        let m = self.mirror;
+        let batch = std::mem::take(&mut self.batch);
+        let queued = m.queued.fetch_add(n, Ordering::Relaxed) + n;
+        if let Err(
+            TrySendError::Full((_, mut batch)) | TrySendError::Disconnected((_, mut batch)),
+        ) = m.queue.try_send((self.direction, batch))
+        {
+            m.queued.fetch_sub(n, Ordering::Relaxed);
+            m.stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            self.spare.buffers.append(&mut batch);
+            self.spare.empty = batch;
+            return;
+        }
+        if queued >= WAKE_AT {
+            m.wake();
         }
     }
 }
@@ -237,9 +271,14 @@ impl Mirror {
         let stats = Arc::new(MirrorStats::default());
         let queued = Arc::new(AtomicUsize::new(0));
         let closing = Arc::new(AtomicBool::new(false));
-        // Room for every buffer that can be out at once: the queue's and one in the writer.
+        // Room for every batch that can be out at once: the queue's and one in the writer.
         let (spare_in_tx, spare_in) = sync_channel(QUEUE + 1);
         let (spare_out_tx, spare_out) = sync_channel(QUEUE + 1);
+        let spares = |returned| Spares {
+            returned,
+            buffers: Vec::new(),
+            empty: Vec::new(),
+        };
         let writer = {
             let (stats, queued, closing) = (stats.clone(), queued.clone(), closing.clone());
             let spare = [spare_in_tx, spare_out_tx];
@@ -259,7 +298,7 @@ impl Mirror {
             stats,
             writer_thread: writer.thread().clone(),
             writer: Mutex::new(Some(writer)),
-            spare: [Mutex::new(spare_in), Mutex::new(spare_out)],
+            spare: [Mutex::new(spares(spare_in)), Mutex::new(spares(spare_out))],
         })
     }
 
@@ -272,11 +311,14 @@ impl Mirror {
     /// (it locks that direction's spare buffers, never contended) and drop it when the
     /// batch is done (that may wake the writer).
     pub fn copier(&self, direction: Direction) -> Copier<'_> {
+        let mut spare = crate::util::lock(&self.spare[side(direction)]);
+        let batch = std::mem::take(&mut spare.empty);
         Copier {
             mirror: self,
             direction,
-            spare: crate::util::lock(&self.spare[side(direction)]),
-            queued_any: false,
+            spare,
+            batch,
+            queued_before: self.queued.load(Ordering::Relaxed),
         }
     }
 
@@ -343,7 +385,7 @@ fn idle_priority() {
 fn write_copies(
     rx: Receiver<Queued>,
     mut sink: impl Sink,
-    spare: &[SyncSender<Vec<u8>>; 2],
+    spare: &[SyncSender<Vec<Vec<u8>>>; 2],
     stats: &MirrorStats,
     queued: &AtomicUsize,
     closing: &AtomicBool,
@@ -353,14 +395,16 @@ fn write_copies(
     // per batch instead (`Mirror::wake`).
     while !closing.load(Ordering::Relaxed) {
         match rx.try_recv() {
-            Ok((direction, packet)) => {
-                queued.fetch_sub(1, Ordering::Relaxed);
-                match sink.write_packet(direction, &packet) {
-                    Ok(()) => stats.copied.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => stats.write_errors.fetch_add(1, Ordering::Relaxed),
-                };
+            Ok((direction, batch)) => {
+                for packet in &batch {
+                    match sink.write_packet(direction, packet) {
+                        Ok(()) => stats.copied.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => stats.write_errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+                queued.fetch_sub(batch.len(), Ordering::Relaxed);
                 // Back to its direction's copier; dropped here only if that one is full.
-                let _ = spare[side(direction)].try_send(packet);
+                let _ = spare[side(direction)].try_send(batch);
             }
             Err(TryRecvError::Empty) => std::thread::park_timeout(IDLE_PARK),
             Err(TryRecvError::Disconnected) => return,
