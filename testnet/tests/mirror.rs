@@ -356,8 +356,17 @@ fn the_mirror_shows_plaintext_while_the_underlay_carries_ciphertext() {
     assert!(ping.contains(" 0% packet loss"), "{ping}");
     assert!(!ping.contains("DUP!"), "a duplicate answer: {ping}");
 
-    let status = mirror_status(&net, 2);
-    assert!(status.copied >= SENT as u64 + 10, "{status:?}");
+    // The markers and the pings both ways, once the writer (which looks every 20 ms when
+    // few copies wait) has written them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = mirror_status(&net, 2);
+        if status.copied >= SENT as u64 + 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // A filter on another port copies none of these.
     overlayctl_ok(

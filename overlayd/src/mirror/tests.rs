@@ -224,7 +224,7 @@ fn the_slot_starts_replaces_and_stops_a_mirror() {
     {
         let guard = slot.load();
         let m = guard.as_ref().expect("a mirror");
-        copy(&m, Direction::Inbound, &packet);
+        copy(m, Direction::Inbound, &packet);
         m.wake();
     }
     assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok());
