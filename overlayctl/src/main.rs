@@ -4,6 +4,7 @@
 mod client;
 mod control;
 mod generate;
+mod mirror;
 mod observe;
 mod parse;
 mod policy;
@@ -81,6 +82,9 @@ enum Command {
     /// The network policy: who may talk to whom, on which ports.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// A copy of the decrypted traffic on a local interface, for an IDS or tcpdump.
+    #[command(subcommand)]
+    Mirror(mirror::MirrorCommand),
     /// Shell completions and man pages, for packaging.
     #[command(subcommand, hide = true)]
     Generate(generate::GenerateCommand),
@@ -178,6 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Revoke(args) => control::revoke(&cli.socket, args),
         Command::Leave(args) => control::leave(&cli.socket, args),
         Command::Policy(command) => policy::run(&cli.socket, command),
+        Command::Mirror(command) => mirror::run(&cli.socket, command),
         Command::Events { follow, json } => observe::events(&cli.socket, follow, json),
         Command::Flows { follow, json } => observe::flows(&cli.socket, follow, json),
         Command::Generate(command) => generate::run(command, Cli::command()),

@@ -502,3 +502,82 @@ fn status_and_peers_show_members() {
         "{stdout}"
     );
 }
+
+#[test]
+fn mirror_start_stop_and_status() {
+    use protocol::api::{MIRROR_PATH, MIRROR_STOP_PATH, MirrorStatus};
+    let running = MirrorStatus {
+        active: true,
+        interface: Some("ids0".into()),
+        cidrs: vec!["10.42.2.0/24".parse().unwrap()],
+        ports: vec![80, 53],
+        copied: 0,
+        dropped: 0,
+        write_errors: 0,
+    };
+    let api = FakeApi::ok(&running);
+    let stdout = success(&api.run(
+        &[
+            "mirror",
+            "start",
+            "--interface",
+            "ids0",
+            "--cidr",
+            "10.42.2.0/24",
+            "--port",
+            "80",
+            "--port",
+            "53",
+        ],
+        "",
+    ));
+    assert_post(
+        &api.request(),
+        MIRROR_PATH,
+        json!({"interface": "ids0", "cidrs": ["10.42.2.0/24"], "ports": [80, 53]}),
+    );
+    assert!(
+        stdout.starts_with("mirroring decrypted traffic to ids0"),
+        "{stdout}"
+    );
+
+    let api = FakeApi::ok(&MirrorStatus {
+        copied: 7,
+        dropped: 2,
+        ..running.clone()
+    });
+    let stdout = success(&api.run(&["mirror", "status"], ""));
+    let request = api.request();
+    assert_eq!(
+        (request.method.as_str(), request.path.as_str()),
+        ("GET", MIRROR_PATH)
+    );
+    assert_eq!(
+        stdout,
+        "mirroring to ids0 (networks 10.42.2.0/24, ports 80,53): 7 copied, 2 dropped\n"
+    );
+
+    let api = FakeApi::ok(&MirrorStatus {
+        active: false,
+        ..running
+    });
+    let stdout = success(&api.run(&["mirror", "stop", "--json"], ""));
+    assert_post(&api.request(), MIRROR_STOP_PATH, json!({}));
+    let shown: MirrorStatus = serde_json::from_str(&stdout).unwrap();
+    assert!(!shown.active);
+
+    // Bad values never reach the daemon: exit 2, one line.
+    for args in [
+        &["mirror", "start", "--port", "0"][..],
+        &["mirror", "start", "--cidr", "10.42.2.0"][..],
+    ] {
+        let out = overlayctl_at(Path::new("/nonexistent/overlayd.sock"), args, "");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(
+            text(&out.stderr).lines().count(),
+            1,
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}

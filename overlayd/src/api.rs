@@ -4,6 +4,8 @@
 //!
 //! - `GET /v1/status` and `GET /v1/peers`: read here, from the router (tunnels, counters)
 //!   and the control plane's [`View`](crate::control::View) (membership, members).
+//! - `GET /v1/mirror`, `POST /v1/mirror` and `/v1/mirror/stop`: the mirror of decrypted
+//!   traffic ([`crate::mirror::MirrorSlot`], on the router), started and stopped here.
 //! - `POST /v1/init`, `/v1/tokens`, `/v1/join`, `/v1/revoke`, `/v1/leave`: handed to the
 //!   control plane's task as a [`Command`] and answered within a bounded time (25 s for a
 //!   join, which waits for the admin host; 10 s for the rest). `init` and `join` answer
@@ -39,6 +41,7 @@ use protocol::api::{
     PolicyVerdict, SecurityEvent,
 };
 use protocol::api::{FLOWS_PATH, FlowLogEntry};
+use protocol::api::{MIRROR_PATH, MIRROR_STOP_PATH, MirrorStartRequest, MirrorStatus};
 use std::time::Duration;
 
 use crate::address::first_host;
@@ -74,6 +77,8 @@ pub struct ApiState {
     pub control: ControlHandle,
     /// The flow log, when `[flows]` is on.
     pub flows: Option<Arc<crate::flowlog::FlowLog>>,
+    /// The mirror's interface when `overlayctl mirror start` names none.
+    pub mirror_interface: String,
 }
 
 impl IntoResponse for ApiFailure {
@@ -215,6 +220,69 @@ async fn flows(
     }
 }
 
+/// The mirror as the API shows it; `None`: no mirror runs.
+fn mirror_status(shown: Option<crate::mirror::MirrorShown>, active: bool) -> MirrorStatus {
+    match shown {
+        Some(m) => MirrorStatus {
+            active,
+            interface: Some(m.spec.interface),
+            cidrs: m.spec.filter.cidrs,
+            ports: m.spec.filter.ports,
+            copied: m.copied,
+            dropped: m.dropped,
+            write_errors: m.write_errors,
+        },
+        None => MirrorStatus::default(),
+    }
+}
+
+async fn mirror_show(State(s): State<Arc<ApiState>>) -> Json<MirrorStatus> {
+    Json(mirror_status(s.router.mirror.shown(), true))
+}
+
+async fn mirror_start(
+    State(s): State<Arc<ApiState>>,
+    body: Result<Json<MirrorStartRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<MirrorStatus>, ApiFailure> {
+    let Json(req) = body.map_err(bad_body)?;
+    let interface = req.interface.unwrap_or_else(|| s.mirror_interface.clone());
+    crate::mirror::check_interface_name(&interface).map_err(ApiFailure::bad)?;
+    crate::mirror::check_ports(&req.ports).map_err(ApiFailure::bad)?;
+    if interface == s.tun_name {
+        return Err(ApiFailure::bad(format!(
+            "{interface} is the tunnel's own interface; give the mirror another (e.g. ovlmirror0)"
+        )));
+    }
+    let spec = crate::mirror::MirrorSpec {
+        interface,
+        filter: crate::mirror::MirrorFilter {
+            cidrs: req.cidrs.iter().map(IpNet::trunc).collect(),
+            ports: req.ports,
+        },
+    };
+    // Making a device and waiting for the old writer are system calls of a few ms.
+    let started = {
+        let (s, mtu) = (s.clone(), s.mtu);
+        tokio::task::spawn_blocking(move || s.router.mirror.start(spec, mtu))
+            .await
+            .map_err(|e| ApiFailure::internal(format!("the mirror's start failed: {e}")))?
+    };
+    started.map_err(|e| match e {
+        crate::mirror::MirrorError::Closing { .. } => ApiFailure::conflict(e.to_string()),
+        crate::mirror::MirrorError::Interface { .. } => ApiFailure::internal(e.to_string()),
+    })?;
+    Ok(Json(mirror_status(s.router.mirror.shown(), true)))
+}
+
+async fn mirror_stop(State(s): State<Arc<ApiState>>) -> Result<Json<MirrorStatus>, ApiFailure> {
+    let s2 = s.clone();
+    let last = tokio::task::spawn_blocking(move || s2.router.mirror.stop())
+        .await
+        .map_err(|e| ApiFailure::internal(format!("the mirror's stop failed: {e}")))?
+        .map_err(|e| ApiFailure::conflict(e.to_string()))?;
+    Ok(Json(mirror_status(last, false)))
+}
+
 async fn leave(State(s): State<Arc<ApiState>>) -> Result<Json<Status>, ApiFailure> {
     s.control
         .ask(Command::Leave, Duration::from_secs(10))
@@ -345,6 +413,8 @@ impl ApiSocket {
             .route(POLICY_CHECK_PATH, post(policy_check))
             .route(EVENTS_PATH, get(events))
             .route(FLOWS_PATH, get(flows))
+            .route(MIRROR_PATH, get(mirror_show).post(mirror_start))
+            .route(MIRROR_STOP_PATH, post(mirror_stop))
             .with_state(state);
         let listener = self.0.take_listener("API socket")?;
         axum::serve(listener, app)

@@ -4,9 +4,10 @@
 //! Seams: [`router`] is the I/O-free tunnel logic; [`datapath`] the threads that move
 //! batches between the TUN and the UDP socket ([`datapath::udp`] the batched socket calls);
 //! [`netlink`] routes; [`api`] the local API; [`metrics`] the Prometheus endpoint;
-//! [`docker`] the Docker network and IPAM plugin; [`config`] the file; [`address`] which
-//! overlay address this host takes; [`util`] the small effects they share (atomic writes,
-//! unix sockets, the clock). [`run`] wires them.
+//! [`docker`] the Docker network and IPAM plugin; [`config`] the file; [`mirror`] the copy
+//! of decrypted traffic for an IDS; [`address`] which overlay address this host takes;
+//! [`util`] the small effects they share (atomic writes, unix sockets, the clock). [`run`]
+//! wires them.
 
 pub mod address;
 pub mod api;
@@ -132,6 +133,12 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         firewall::remove().await;
         return Err(anyhow::Error::new(e).context("cannot start the data plane threads"));
     }
+    if let Some(spec) = &config.mirror {
+        // The tunnel runs without it rather than not at all.
+        if let Err(e) = router.mirror.start(spec.clone(), config.mtu) {
+            tracing::error!(error = %e, "no mirror of decrypted traffic; fix it and run `overlayctl mirror start`");
+        }
+    }
     {
         let (router, udp) = (router.clone(), udp.clone());
         let watched = netlink::watch_addresses(move || {
@@ -212,6 +219,10 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         tun_offload,
         started: Instant::now(),
         control,
+        mirror_interface: config.mirror.as_ref().map_or_else(
+            || mirror::DEFAULT_INTERFACE.to_owned(),
+            |m| m.interface.clone(),
+        ),
     });
     let served = api_socket.serve(state, shutdown).await;
     // The window under way, so that a stop loses no flows.
@@ -221,6 +232,8 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     // Bridges and veths stay: running containers keep their interfaces across a restart.
     drop(plugin);
     drop(metrics);
+    // Its interface goes with it.
+    let _ = router.mirror.stop();
     tracing::info!("shutting down: removing routes");
     ctx_for_close.close_endpoint();
     routes.lock().await.remove_all().await;

@@ -49,6 +49,11 @@ pub const POLICY_CHECK_PATH: &str = "/v1/policy/check";
 pub const EVENTS_PATH: &str = "/v1/events";
 /// Path of the flow log: `GET /v1/flows?after=SEQ` answers the records after `SEQ`.
 pub const FLOWS_PATH: &str = "/v1/flows";
+/// Path of the mirror of decrypted traffic: `GET` its state ([`MirrorStatus`]), `POST` a
+/// [`MirrorStartRequest`] to start it (or restart it with a new filter).
+pub const MIRROR_PATH: &str = "/v1/mirror";
+/// Path of `mirror stop`: `POST {}` stops the mirror; answers its last [`MirrorStatus`].
+pub const MIRROR_STOP_PATH: &str = "/v1/mirror/stop";
 /// Default path of the API socket.
 pub const DEFAULT_SOCKET: &str = "/run/overlayd/overlayd.sock";
 
@@ -367,6 +372,41 @@ pub struct PolicyVerdict {
     pub rule_line: Option<u32>,
     /// The policy version judged by; `None` without a policy.
     pub version: Option<u64>,
+}
+
+/// `POST /v1/mirror`: start copying decrypted traffic to a local interface.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorStartRequest {
+    /// The interface to make; default: the config's `[mirror] interface`, or `ovlmirror0`.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// Copy only packets from or to these networks (all when empty).
+    #[serde(default)]
+    pub cidrs: Vec<IpNet>,
+    /// Copy only TCP and UDP packets from or to these ports (all when empty).
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+/// The mirror of decrypted traffic on a host (`overlayctl mirror status`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MirrorStatus {
+    /// Whether copies are being made now.
+    pub active: bool,
+    /// The interface copies go to (for a stopped mirror: the one it used, if any).
+    pub interface: Option<String>,
+    /// Its filter's networks (all when empty).
+    pub cidrs: Vec<IpNet>,
+    /// Its filter's ports (all when empty).
+    pub ports: Vec<u16>,
+    /// Packets written to the interface since the mirror started.
+    pub copied: u64,
+    /// Copies dropped because the mirror's queue was full: its writer, which runs only on
+    /// CPU time the tunnel leaves, could not keep up. The tunnel never waits for it.
+    pub dropped: u64,
+    /// Copies the interface refused (e.g. set down).
+    pub write_errors: u64,
 }
 
 /// What a security event is about: a stable name per kind (the `kind` field of the JSON

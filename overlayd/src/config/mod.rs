@@ -7,9 +7,11 @@
 //!
 //! - `raw`: the file as written (serde, `deny_unknown_fields`, defaults).
 //! - `validate`: the checks that make a [`Config`] of it ([`Config::parse`]).
+//! - `mirror`: the `[mirror]` table.
 //! - `print`: the redacted TOML `overlayd --check-config` prints ([`Config::redacted`]).
 //! - here: the validated types.
 
+mod mirror;
 mod print;
 mod raw;
 #[cfg(test)]
@@ -284,6 +286,8 @@ pub struct Config {
     pub metrics: Option<Metrics>,
     /// The flow log's settings.
     pub flows: Flows,
+    /// The mirror of decrypted traffic to start with the daemon (`[mirror]`); off: `None`.
+    pub mirror: Option<crate::mirror::MirrorSpec>,
     /// Static peers.
     pub peers: Vec<PeerConfig>,
 }

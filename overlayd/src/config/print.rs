@@ -88,6 +88,7 @@ impl Config {
             "max_bytes = {}\nwindow_s = {}",
             f.max_bytes, f.window_s
         );
+        super::mirror::print(&mut out, self.mirror.as_ref());
         for p in &self.peers {
             let _ = writeln!(out, "\n[[peer]]\npublic_key = \"{}\"", p.public_key);
             if let Some(name) = &p.name {

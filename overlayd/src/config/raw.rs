@@ -44,6 +44,8 @@ pub(super) struct RawConfig {
     pub(super) metrics: Option<Metrics>,
     #[serde(default)]
     pub(super) flows: Flows,
+    #[serde(default)]
+    pub(super) mirror: super::mirror::RawMirror,
     #[serde(default, rename = "peer")]
     pub(super) peers: Vec<RawPeer>,
 }

@@ -299,3 +299,45 @@ fn a_static_peer_may_have_a_name_for_the_policy() {
         "{e}"
     );
 }
+
+#[test]
+fn the_mirror_is_off_by_default_and_checked_when_on() {
+    let f = fixture();
+    let c = parse(&f, "").unwrap();
+    assert!(c.mirror.is_none());
+    assert!(!c.redacted().contains("[mirror]"));
+    let c = parse(
+        &f,
+        "[mirror]\ninterface = \"ovlmirror0\"\ncidrs = [\"10.42.2.7/24\"]\nports = [53, 8080]\n",
+    )
+    .unwrap();
+    let m = c.mirror.as_ref().unwrap();
+    assert_eq!(m.interface, "ovlmirror0");
+    assert_eq!(m.filter.cidrs, vec!["10.42.2.0/24".parse().unwrap()]);
+    assert_eq!(m.filter.ports, vec![53, 8080]);
+    let again = Config::parse(&c.path, &c.redacted()).unwrap();
+    assert_eq!(again.mirror, c.mirror);
+    // On with no filter: everything.
+    let c = parse(&f, "[mirror]\ninterface = \"ids0\"\n").unwrap();
+    assert_eq!(
+        c.mirror.unwrap().filter,
+        crate::mirror::MirrorFilter::default()
+    );
+    for (body, says) in [
+        ("[mirror]\nports = [53]\n", "no interface"),
+        ("[mirror]\ninterface = \"ovl0\"\n", "tun_name"),
+        ("[mirror]\ninterface = \"a b\"\n", "not an interface name"),
+        ("[mirror]\ninterface = \"m0\"\nports = [0]\n", "port 0"),
+        (
+            "[mirror]\ninterface = \"m0\"\ncidrs = [\"10.42.300.0/24\"]\n",
+            "invalid IP address",
+        ),
+        (
+            "[mirror]\ninterface = \"m0\"\nfilter = 1\n",
+            "unknown field",
+        ),
+    ] {
+        let e = parse(&f, body).unwrap_err().to_string();
+        assert!(e.contains(says) && !e.contains('\n'), "{body:?}: {e}");
+    }
+}

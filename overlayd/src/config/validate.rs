@@ -66,6 +66,7 @@ impl Config {
             m.check().map_err(&invalid)?;
         }
         raw.flows.check().map_err(&invalid)?;
+        let mirror = raw.mirror.check(&raw.tun_name).map_err(&invalid)?;
         if raw.state_dir.is_relative() {
             return Err(invalid(format!(
                 "state_dir {} must be an absolute path",
@@ -133,6 +134,7 @@ impl Config {
             docker,
             metrics: raw.metrics,
             flows: raw.flows,
+            mirror,
             peers: raw
                 .peers
                 .into_iter()

@@ -23,7 +23,9 @@
 //! (echo replies, TCP ACKs) inside that write, and sending the answer from the thread
 //! that is awake saves a wake-up per round trip. The other locks are the per-peer tunnel
 //! mutexes. Each batch loads the router's peer table once (an atomic load, no lock), so
-//! peers added, changed or removed at runtime count from the next batch.
+//! peers added, changed or removed at runtime count from the next batch. The mirror
+//! (`crate::mirror`) is loaded the same way, once per batch: when one runs, each packet the
+//! router passed, either way, is offered to its queue (never waited for).
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
@@ -39,6 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use protocol::drops::DropReason;
+use protocol::policy::enforce::Direction;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::router::{Inbound, Initiate, MIN_BUFFER_LEN, Outbound, Router};
@@ -150,15 +153,25 @@ impl Outside {
         // One table load per batch: peer changes take effect from the next batch (a
         // removed peer's packets are dropped at once all the same, see `remove_peer`).
         let table = router.table();
+        // Once per batch too: off, the mirror costs this load and one branch a packet.
+        let mirror = router.mirror.load();
+        let mut copier = mirror.as_ref().map(|m| m.copier(Direction::Outbound));
         for i in 0..n {
-            if let Outbound::Send { endpoint, len, .. } = router.encapsulate_with(
-                &table,
-                &self.packets[i][..self.sizes[i]],
-                &mut self.sealed[i],
-            ) {
-                self.sends.push((endpoint, i, len));
+            let packet = &self.packets[i][..self.sizes[i]];
+            let passed = match router.encapsulate_with(&table, packet, &mut self.sealed[i]) {
+                Outbound::Send { endpoint, len, .. } => {
+                    self.sends.push((endpoint, i, len));
+                    true
+                }
+                // Passed the policy; it leaves once the handshake is done.
+                Outbound::Queued => true,
+                Outbound::Dropped(_) => false,
+            };
+            if passed && let Some(c) = copier.as_mut() {
+                c.copy(packet);
             }
         }
+        drop(copier); // wakes the mirror's writer
         send_runs(udp, router, &self.sends, &self.sealed);
         Ok(n)
     }
@@ -206,6 +219,8 @@ impl Inside {
             let emptied = n < self.batch.capacity();
             let mut filled = 0;
             let table = router.table(); // once per batch, as in `Outside::pump`
+            let mirror = router.mirror.load();
+            let mut copier = mirror.as_ref().map(|m| m.copier(Direction::Inbound));
             for i in 0..n {
                 let (src, datagrams) = self.batch.datagrams(i);
                 let Some(src) = src else { continue };
@@ -228,10 +243,15 @@ impl Inside {
                         &mut reply,
                     ) {
                         buf.truncate(TUN_OFFSET + len);
+                        // Accepted by the router: its source, destination and policy.
+                        if let Some(c) = copier.as_mut() {
+                            c.copy(&buf[TUN_OFFSET..]);
+                        }
                         filled += 1;
                     }
                 }
             }
+            drop(copier); // wakes the mirror's writer
             if filled == 0 {
                 if emptied {
                     return;

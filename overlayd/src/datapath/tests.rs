@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::drops::DropReason;
+use protocol::policy::enforce::Direction;
 
 use super::fake::{FakeNet, FakeTun, FakeUdp, Fault};
 use super::poller::Poller;
@@ -144,6 +145,55 @@ fn a_datagram_from_the_socket_is_decrypted_into_the_tun() {
     a.udp.deliver(addr(B_ADDR), &from_b(&b, &packet));
     assert_eq!(a.serve(), Poller::UDP);
     assert_eq!(a.tun.written().len(), 2);
+}
+
+/// A mirror sink that hands copies to the test.
+struct Copies(std::sync::mpsc::Sender<(Direction, Vec<u8>)>);
+impl crate::mirror::Sink for Copies {
+    fn write_packet(&mut self, direction: Direction, packet: &[u8]) -> std::io::Result<()> {
+        let _ = self.0.send((direction, packet.to_vec()));
+        Ok(())
+    }
+}
+
+#[test]
+fn the_mirror_copies_what_passes_both_ways_and_nothing_dropped() {
+    let (a, b) = a_after_handshake();
+    let (tx, copies) = std::sync::mpsc::channel();
+    let spec = crate::mirror::MirrorSpec {
+        interface: "test0".into(),
+        filter: Default::default(),
+    };
+    a.router.mirror.start_with(spec, || Ok(Copies(tx))).unwrap();
+    let next = || copies.recv_timeout(Duration::from_secs(5)).expect("a copy");
+
+    // Outbound: the plaintext, before encryption.
+    let out = ipv4("10.42.1.2", "10.42.2.2", b"MARKER out");
+    a.tun.push(&out);
+    assert_eq!(a.serve(), Poller::TUN);
+    assert_eq!(a.udp.sent().len(), 1);
+    assert_eq!(next(), (Direction::Outbound, out));
+    // Inbound: the plaintext the router accepted.
+    let inbound = ipv4("10.42.2.2", "10.42.1.2", b"MARKER in");
+    a.udp.deliver(addr(B_ADDR), &from_b(&b, &inbound));
+    assert_eq!(a.serve(), Poller::UDP);
+    assert_eq!(next(), (Direction::Inbound, inbound));
+    // What the router drops is not copied: no route, and a forged inner source.
+    a.tun.push(&ipv4("10.42.1.2", "10.99.0.1", b"nowhere"));
+    a.serve();
+    a.udp.deliver(
+        addr(B_ADDR),
+        &from_b(&b, &ipv4("10.42.3.3", "10.42.1.2", b"forged")),
+    );
+    a.serve();
+    assert!(copies.recv_timeout(Duration::from_millis(100)).is_err());
+
+    // Stopped: nothing more.
+    a.router.mirror.stop().unwrap();
+    a.tun.push(&ipv4("10.42.1.2", "10.42.2.2", b"after"));
+    a.serve();
+    assert_eq!(a.udp.sent().len(), 2);
+    assert!(copies.recv_timeout(Duration::from_millis(100)).is_err());
 }
 
 #[test]

@@ -152,6 +152,10 @@ pub struct Router {
     /// Keys the control plane knows that are no peers ([`Router::set_known_keys`]); read
     /// only for a handshake from a key that is no peer.
     known: ArcSwap<HashMap<PublicKey, KnownKey>>,
+    /// The mirror of decrypted traffic, if one runs. The router never touches it: it is
+    /// here because the data path and the API both hold the router; the data path copies
+    /// what the router passed (`datapath`).
+    pub mirror: crate::mirror::MirrorSlot,
     /// A clock for the policy's flow table that costs a load a packet: milliseconds since
     /// `epoch`, advanced by every [`Router::tick`] (250 ms); flows time out after 10 s at
     /// the least.
@@ -193,6 +197,7 @@ impl Router {
             events: Arc::new(Events::default()),
             flood: flood::FloodWatch::new(Instant::now()),
             known: ArcSwap::default(),
+            mirror: crate::mirror::MirrorSlot::default(),
             clock_ms: std::sync::atomic::AtomicU64::new(0),
             epoch: Instant::now(),
             flows_parked: Mutex::new(Vec::new()),
