@@ -98,6 +98,9 @@ fn counts(s: &MirrorStatus) -> String {
     if s.write_errors > 0 {
         text.push_str(&format!(", {} refused by the interface", s.write_errors));
     }
+    if s.active && !s.read {
+        text.push_str(" (nobody reads the interface: no copies are made)");
+    }
     text
 }
 
@@ -138,6 +141,7 @@ mod tests {
             copied: 120,
             dropped: 3,
             write_errors: 0,
+            read: true,
         }
     }
 

@@ -514,6 +514,7 @@ fn mirror_start_stop_and_status() {
         copied: 0,
         dropped: 0,
         write_errors: 0,
+        read: true,
     };
     let api = FakeApi::ok(&running);
     let stdout = success(&api.run(

@@ -231,6 +231,7 @@ fn mirror_status(shown: Option<crate::mirror::MirrorShown>, active: bool) -> Mir
             copied: m.copied,
             dropped: m.dropped,
             write_errors: m.write_errors,
+            read: m.read,
         },
         None => MirrorStatus::default(),
     }

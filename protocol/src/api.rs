@@ -402,11 +402,16 @@ pub struct MirrorStatus {
     pub ports: Vec<u16>,
     /// Packets written to the interface since the mirror started.
     pub copied: u64,
-    /// Copies dropped because the mirror's queue was full: its writer, which runs only on
-    /// CPU time the tunnel leaves, could not keep up. The tunnel never waits for it.
+    /// Copies dropped because the mirror's queue was full (its writer, which runs only on
+    /// CPU time the tunnel leaves, could not keep up), or because nobody read the
+    /// interface (no copy is made then). The tunnel never waits for it.
     pub dropped: u64,
     /// Copies the interface refused (e.g. set down).
     pub write_errors: u64,
+    /// Whether a packet socket (tcpdump, an IDS) reads the interface, as last seen (every
+    /// 250 ms); copies are made only while one does.
+    #[serde(default)]
+    pub read: bool,
 }
 
 /// What a security event is about: a stable name per kind (the `kind` field of the JSON

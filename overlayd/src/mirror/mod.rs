@@ -148,7 +148,16 @@ pub struct MirrorStats {
 pub trait Sink: Send + 'static {
     /// Writes one IP packet that went `direction` through the tunnel.
     fn write_packet(&mut self, direction: Direction, packet: &[u8]) -> io::Result<()>;
+
+    /// Whether anyone reads what is written (`None`: cannot tell; taken as yes). Asked
+    /// every [`READER_CHECK`]; while nobody reads, the data path copies nothing.
+    fn has_reader(&self) -> Option<bool> {
+        None
+    }
 }
+
+/// How often the writer asks its sink whether anyone reads it.
+const READER_CHECK: Duration = Duration::from_millis(250);
 
 /// One batch of copies on the queue: the packets of one data-path batch, one way.
 type Queued = (Direction, Vec<Vec<u8>>);
@@ -184,6 +193,10 @@ pub struct Mirror {
     /// data path no allocation.
     queued: Arc<AtomicUsize>,
     on: AtomicBool,
+    /// Whether anyone reads the sink, as the writer last saw ([`Sink::has_reader`]): a
+    /// copy nobody can read is not made (the tunnel pays nothing for a mirror nobody
+    /// watches); it is counted dropped.
+    read: Arc<AtomicBool>,
     /// Set by `stop`: the writer leaves what is queued and closes the sink.
     closing: Arc<AtomicBool>,
     /// Counters, shared with the writer.
@@ -205,6 +218,10 @@ pub struct Copier<'a> {
     batch: Vec<Vec<u8>>,
     /// Copies queued before this batch, read once.
     queued_before: usize,
+    /// Whether anyone reads the mirror, read once.
+    read: bool,
+    /// Packets the filter took but nobody reads: counted dropped when the batch ends.
+    unread: u64,
 }
 
 impl Copier<'_> {
@@ -213,6 +230,10 @@ impl Copier<'_> {
     pub fn copy(&mut self, packet: &[u8]) {
         let m = self.mirror;
         if !m.on.load(Ordering::Relaxed) || !m.spec.filter.matches(packet) {
+            return;
+        }
+        if !self.read {
+            self.unread += 1;
             return;
         }
         if self.queued_before + self.batch.len() >= QUEUE {
@@ -240,6 +261,10 @@ impl Copier<'_> {
 
 impl Drop for Copier<'_> {
     fn drop(&mut self) {
+        if self.unread > 0 {
+            let m = self.mirror;
+            m.stats.dropped.fetch_add(self.unread, Ordering::Relaxed);
+        }
         let n = self.batch.len();
         if n == 0 {
             self.spare.empty = std::mem::take(&mut self.batch);
@@ -271,6 +296,7 @@ impl Mirror {
         let stats = Arc::new(MirrorStats::default());
         let queued = Arc::new(AtomicUsize::new(0));
         let closing = Arc::new(AtomicBool::new(false));
+        let read = Arc::new(AtomicBool::new(sink.has_reader().unwrap_or(true)));
         // Room for every batch that can be out at once: the queue's and one in the writer.
         let (spare_in_tx, spare_in) = sync_channel(QUEUE + 1);
         let (spare_out_tx, spare_out) = sync_channel(QUEUE + 1);
@@ -281,12 +307,19 @@ impl Mirror {
         };
         let writer = {
             let (stats, queued, closing) = (stats.clone(), queued.clone(), closing.clone());
+            let read = read.clone();
             let spare = [spare_in_tx, spare_out_tx];
             std::thread::Builder::new()
                 .name("mirror".into())
                 .spawn(move || {
                     idle_priority();
-                    write_copies(rx, sink, &spare, &stats, &queued, &closing)
+                    let shared = Shared {
+                        stats: &stats,
+                        queued: &queued,
+                        closing: &closing,
+                        read: &read,
+                    };
+                    write_copies(rx, sink, &spare, shared)
                 })?
         };
         Ok(Mirror {
@@ -294,6 +327,7 @@ impl Mirror {
             queue,
             queued,
             on: AtomicBool::new(true),
+            read,
             closing,
             stats,
             writer_thread: writer.thread().clone(),
@@ -319,6 +353,8 @@ impl Mirror {
             spare,
             batch,
             queued_before: self.queued.load(Ordering::Relaxed),
+            read: self.read.load(Ordering::Relaxed),
+            unread: 0,
         }
     }
 
@@ -382,18 +418,47 @@ fn idle_priority() {
     }
 }
 
+/// What the writer shares with the data path.
+struct Shared<'a> {
+    stats: &'a MirrorStats,
+    queued: &'a AtomicUsize,
+    closing: &'a AtomicBool,
+    read: &'a AtomicBool,
+}
+
 fn write_copies(
     rx: Receiver<Queued>,
     mut sink: impl Sink,
     spare: &[SyncSender<Vec<Vec<u8>>>; 2],
-    stats: &MirrorStats,
-    queued: &AtomicUsize,
-    closing: &AtomicBool,
+    shared: Shared<'_>,
 ) {
+    let Shared {
+        stats,
+        queued,
+        closing,
+        read,
+    } = shared;
+    let mut checked = Instant::now();
     // `try_recv` and park rather than `recv`: a blocked `recv` makes every send a wake-up
     // (a system call per packet on the data path); the data path wakes the writer once
     // per batch instead (`Mirror::wake`).
     while !closing.load(Ordering::Relaxed) {
+        if checked.elapsed() >= READER_CHECK {
+            checked = Instant::now();
+            let now = sink.has_reader().unwrap_or(true);
+            if read.swap(now, Ordering::Relaxed) != now {
+                tracing::info!(
+                    reader = now,
+                    "the mirror {} read: copies are {}",
+                    if now { "is" } else { "is no longer" },
+                    if now {
+                        "made"
+                    } else {
+                        "no longer made (counted dropped)"
+                    }
+                );
+            }
+        }
         match rx.try_recv() {
             Ok((direction, batch)) => {
                 for packet in &batch {
@@ -517,6 +582,8 @@ pub struct MirrorShown {
     pub dropped: u64,
     /// Copies the interface refused.
     pub write_errors: u64,
+    /// Whether anyone reads the interface, as the writer last saw.
+    pub read: bool,
 }
 
 impl MirrorShown {
@@ -527,6 +594,7 @@ impl MirrorShown {
             copied,
             dropped,
             write_errors,
+            read: m.read.load(Ordering::Relaxed),
         }
     }
 }

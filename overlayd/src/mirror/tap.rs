@@ -59,6 +59,8 @@ pub struct MirrorTap {
     device: SyncDevice,
     /// One frame, reused.
     frame: Vec<u8>,
+    /// The interface's name, as the kernel knows it (for its index).
+    name: std::ffi::CString,
 }
 
 impl MirrorTap {
@@ -85,6 +87,8 @@ impl MirrorTap {
         Ok(MirrorTap {
             device,
             frame: Vec::with_capacity(ETHERNET_HEADER_LEN + usize::from(mtu) + 64),
+            name: std::ffi::CString::new(name)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
         })
     }
 }
@@ -99,4 +103,26 @@ impl Sink for MirrorTap {
         self.frame.extend_from_slice(packet);
         self.device.send(&self.frame).map(|_| ())
     }
+
+    fn has_reader(&self) -> Option<bool> {
+        // SAFETY: a NUL-terminated name that lives across the call.
+        let index = unsafe { libc::if_nametoindex(self.name.as_ptr()) };
+        if index == 0 {
+            return None;
+        }
+        let table = std::fs::read_to_string("/proc/net/packet").ok()?;
+        Some(packet_socket_on(&table, index))
+    }
+}
+
+/// Whether `/proc/net/packet` (this network namespace's packet sockets: tcpdump, ngrep,
+/// an IDS) lists one bound to interface `index` or to every interface (0, `tcpdump -i
+/// any`). Its columns: `sk RefCnt Type Proto Iface R Rmem User Inode`.
+pub fn packet_socket_on(table: &str, index: u32) -> bool {
+    table.lines().skip(1).any(|line| {
+        line.split_whitespace()
+            .nth(4)
+            .and_then(|iface| iface.parse::<u32>().ok())
+            .is_some_and(|iface| iface == index || iface == 0)
+    })
 }

@@ -317,3 +317,61 @@ fn written_buffers_come_back_to_their_direction() {
             .is_err()
     );
 }
+
+/// A sink whose reader comes and goes (`reader`), like tcpdump started and stopped.
+struct Watched {
+    tx: mpsc::Sender<(Direction, Vec<u8>)>,
+    reader: Arc<AtomicBool>,
+}
+impl Sink for Watched {
+    fn write_packet(&mut self, direction: Direction, packet: &[u8]) -> io::Result<()> {
+        let _ = self.tx.send((direction, packet.to_vec()));
+        Ok(())
+    }
+    fn has_reader(&self) -> Option<bool> {
+        Some(self.reader.load(Ordering::Relaxed))
+    }
+}
+
+#[test]
+fn nothing_is_copied_while_nobody_reads_and_it_is_counted() {
+    let (tx, rx) = mpsc::channel();
+    let reader = Arc::new(AtomicBool::new(false));
+    let m = Mirror::start(
+        spec(MirrorFilter::default()),
+        Watched {
+            tx,
+            reader: reader.clone(),
+        },
+    )
+    .unwrap();
+    let packet = udp([10, 42, 1, 2], [10, 42, 2, 2], 4000, 53);
+    for _ in 0..10 {
+        copy(&m, Direction::Inbound, &packet);
+    }
+    m.wake();
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    assert_eq!(m.counters(), (0, 10, 0), "counted dropped, never queued");
+    // A reader appears: within a check or two, copies are made again.
+    reader.store(true, Ordering::Relaxed);
+    wait_until(|| {
+        copy(&m, Direction::Outbound, &packet);
+        m.wake();
+        rx.try_recv().is_ok()
+    });
+}
+
+#[test]
+fn a_packet_socket_on_the_interface_or_on_all_is_a_reader() {
+    let table = "sk       RefCnt Type Proto  Iface R Rmem   User   Inode\n\
+                 ffff0001 3      3    0003   7     1 0      0      100\n";
+    assert!(super::tap::packet_socket_on(table, 7));
+    assert!(!super::tap::packet_socket_on(table, 8));
+    let any = "sk       RefCnt Type Proto  Iface R Rmem   User   Inode\n\
+               ffff0002 3      2    0003   0     1 0      0      101\n";
+    assert!(super::tap::packet_socket_on(any, 8));
+    assert!(!super::tap::packet_socket_on(
+        "sk RefCnt Type Proto Iface R Rmem User Inode\n",
+        8
+    ));
+}
