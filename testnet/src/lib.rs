@@ -73,6 +73,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+mod api;
 mod cleanup;
 pub mod cli;
 mod cmd;
@@ -81,7 +82,9 @@ mod daemon;
 mod faults;
 mod gossip;
 mod names;
+mod neigh;
 mod proc;
+pub mod scale;
 mod state;
 mod testnet;
 mod topology;
@@ -90,7 +93,7 @@ pub use config::{ControlConfig, HostConfig, PeerConfig};
 pub use faults::NFT_TABLE;
 pub use names::{RUN_ROOT, validate_prefix};
 pub use protocol::api::{MemberState, PeerStatus, Status};
-pub use testnet::{ConfigHook, Mode, Options, Testnet};
+pub use testnet::{ConfigHook, Mode, Options, Testnet, UpTimings};
 
 /// Largest number of hosts: host `I`'s underlay address is `198.18.0.(10+I)`.
 pub const MAX_HOSTS: usize = 245;
