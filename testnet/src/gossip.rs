@@ -20,7 +20,9 @@ pub(crate) fn converge_timeout(members: usize) -> Duration {
         + Duration::from_millis(500) * u32::try_from(members).unwrap_or(u32::MAX)
 }
 /// Joins run at once while forming a network (see [`Testnet::form_network`]).
-pub const JOIN_BATCH: usize = 10;
+pub const JOIN_BATCH: usize = 16;
+/// `token create` calls at once (each waits on `ip netns exec` more than on the admin).
+const TOKEN_THREADS: usize = 4;
 /// Threads that ask the daemons at once.
 const CHECK_THREADS: usize = 8;
 /// Hosts that ping at once (each pings every other at once).
@@ -289,7 +291,7 @@ impl Testnet {
     /// they see each other alive and ping.
     ///
     /// Joins in batches because one after another 100 hosts take minutes; the batch stays
-    /// under the admin's limit of 16 joins in flight (handshakes from unvalidated
+    /// within the admin's limit of 16 joins in flight (handshakes from unvalidated
     /// addresses), beyond which joiners would get QUIC Retries.
     pub(crate) fn form_network(&mut self, members: usize) -> Result<()> {
         if members == 0 {
@@ -298,10 +300,11 @@ impl Testnet {
         let started = Instant::now();
         self.init_network()?;
         let joiners: Vec<usize> = (2..=members).collect();
-        let tokens = joiners
-            .iter()
-            .map(|_| self.create_token(JOIN_TOKEN_TTL))
-            .collect::<Result<Vec<String>>>()?;
+        let tokens = parallel(&joiners, TOKEN_THREADS, |_| {
+            self.create_token(JOIN_TOKEN_TTL)
+        })
+        .into_iter()
+        .collect::<Result<Vec<String>>>()?;
         let work: Vec<(usize, &String)> = joiners.iter().copied().zip(&tokens).collect();
         for batch in work.chunks(JOIN_BATCH) {
             let answers = parallel(batch, JOIN_BATCH, |&(i, token)| {

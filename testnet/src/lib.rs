@@ -57,6 +57,12 @@
 //! `hI/state/` (the daemon's state directory, 0700). The CLI records its current run's
 //! prefix in `/run/testnet/current`.
 //!
+//! # The kernel's neighbour table
+//!
+//! One IPv4 neighbour (ARP) table serves every namespace, and a full mesh of N hosts needs
+//! N × (N − 1) of its entries (1,024 by default). [`Testnet::up`] raises the limits when a run
+//! needs more and the last run relying on them puts them back (see `neigh.rs`).
+//!
 //! # Cleanup
 //!
 //! [`Testnet`] tears everything down on drop (also when [`Testnet::up`] fails halfway) unless
