@@ -12,6 +12,7 @@ use anyhow::{Context, Result, anyhow};
 use crate::cmd;
 use crate::daemon::{self, Daemon, KILL_TIMEOUT};
 use crate::names::{self, NsKind};
+use crate::neigh;
 use crate::proc::{ProcId, poll_until};
 use crate::state::{self, State};
 
@@ -48,6 +49,12 @@ pub(crate) fn teardown_run(prefix: &str, daemons: &mut [&mut Daemon]) -> Result<
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(_) if !dir.exists() => {}
         Err(e) => errors.push(anyhow!("cannot remove {}: {e}", dir.display())),
+    }
+    // After the run directory: this run no longer counts as relying on the limits.
+    match neigh::release(prefix) {
+        Ok(Some(line)) => eprintln!("{line}"),
+        Ok(None) => {}
+        Err(e) => errors.push(e.context("cannot put the neighbour table limits back")),
     }
     match errors.len() {
         0 => Ok(removed),

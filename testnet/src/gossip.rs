@@ -10,11 +10,23 @@ use anyhow::{Context, Result, bail};
 use protocol::api::{MemberState, PeerStatus, Status};
 
 use crate::names;
-use crate::proc::poll_every;
+use crate::proc::{parallel, poll_every};
 use crate::{NETWORK, NETWORK_CIDR, Testnet};
 
-/// How long [`Testnet::up`] waits for the members to see each other alive and ping.
-pub(crate) const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`Testnet::up`] waits for the members to see each other alive and ping: 30 s,
+/// and 0.5 s more per member (a large network on two cores takes longer to settle).
+pub(crate) fn converge_timeout(members: usize) -> Duration {
+    Duration::from_secs(30)
+        + Duration::from_millis(500) * u32::try_from(members).unwrap_or(u32::MAX)
+}
+/// Joins run at once while forming a network (see [`Testnet::form_network`]).
+pub const JOIN_BATCH: usize = 16;
+/// `token create` calls at once (each waits on `ip netns exec` more than on the admin).
+const TOKEN_THREADS: usize = 4;
+/// Threads that ask the daemons at once.
+const CHECK_THREADS: usize = 8;
+/// Hosts that ping at once (each pings every other at once).
+const PING_THREADS: usize = 4;
 /// Validity of the tokens [`Testnet::join_host`] makes (overlayctl's duration syntax).
 pub const JOIN_TOKEN_TTL: &str = "10m";
 /// How often the waits below ask the daemons.
@@ -190,51 +202,128 @@ impl Testnet {
     /// of them every other answers a ping (container `c1` to container `c1`, or host to host
     /// overlay address when there are no containers); all within `timeout`. Returns how
     /// long it took; the error names the host that is not ready and what it sees.
+    ///
+    /// The hosts are asked in parallel, through their API sockets, and each host pings all
+    /// the others at once, so that 100 hosts (9,900 pairs) take seconds, not minutes.
     pub fn wait_converged(&self, hosts: &[usize], timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
         let deadline = start + timeout;
-        for &observer in hosts {
-            for &member in hosts.iter().filter(|&&m| m != observer) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                self.wait_member_state(observer, member, MemberState::Alive, left)
-                    .with_context(|| self.describe_view(observer))?;
-            }
+        let views = parallel(hosts, CHECK_THREADS, |&observer| {
+            let others: Vec<usize> = hosts.iter().copied().filter(|&m| m != observer).collect();
+            let seen = poll_every(
+                POLL_INTERVAL,
+                deadline.saturating_duration_since(Instant::now()),
+                || self.sees_alive(observer, &others).unwrap_or(false),
+            );
+            (observer, seen)
+        });
+        if let Some((observer, _)) = views.iter().find(|(_, seen)| !seen) {
+            bail!(
+                "h{observer} does not see every other host alive after {:.1} s; {}",
+                start.elapsed().as_secs_f64(),
+                self.describe_view(*observer)
+            );
         }
-        for &from in hosts {
-            for &to in hosts.iter().filter(|&&t| t != from) {
-                let (source, target) = (self.probe_name(from), self.probe_target(to)?);
-                let answered = poll_every(
-                    POLL_INTERVAL,
-                    deadline.saturating_duration_since(Instant::now()),
-                    || {
-                        self.exec(&source, &["ping", "-c1", "-W1", "-q", &target])
-                            .is_ok_and(|o| o.status.success())
-                    },
+        let pings = parallel(hosts, PING_THREADS, |&from| {
+            let targets: Vec<usize> = hosts.iter().copied().filter(|&t| t != from).collect();
+            (from, self.ping_all(from, &targets, deadline))
+        });
+        for (from, result) in pings {
+            let silent = result?;
+            if let Some(&to) = silent.first() {
+                bail!(
+                    "{} cannot ping h{to} ({}) {:.1} s after the network formed ({} hosts silent); {}",
+                    self.probe_name(from),
+                    self.probe_target(to)?,
+                    start.elapsed().as_secs_f64(),
+                    silent.len(),
+                    self.describe_view(from)
                 );
-                if !answered {
-                    bail!(
-                        "{source} cannot ping h{to} ({target}) {:.1} s after the network formed; {}",
-                        start.elapsed().as_secs_f64(),
-                        self.describe_view(from)
-                    );
-                }
             }
         }
         Ok(start.elapsed())
     }
 
-    /// Makes hosts 1 to `members` the network: init on h1, token and join for the others in
-    /// order, then waits until they see each other alive and ping.
+    /// Whether host `observer` lists every member in `members` as alive (one API call).
+    pub fn sees_alive(&self, observer: usize, members: &[usize]) -> Result<bool> {
+        let peers = self.peers_api(observer)?;
+        Ok(members.iter().all(|&m| {
+            let name = Testnet::member_name(m);
+            peers.iter().any(|p| {
+                p.name.as_deref() == Some(name.as_str()) && p.state == Some(MemberState::Alive)
+            })
+        }))
+    }
+
+    /// Pings every host in `targets` from host `from` (see [`Testnet::wait_converged`] for
+    /// what pings what), all at once, again and again for those that did not answer, until
+    /// every one has or `deadline` passes. Returns the hosts that never answered.
+    pub fn ping_all(
+        &self,
+        from: usize,
+        targets: &[usize],
+        deadline: Instant,
+    ) -> Result<Vec<usize>> {
+        // Each target in its own background ping; the script prints the silent ones.
+        const SCRIPT: &str =
+            r#"for t in "$@"; do (ping -c1 -W1 -q "$t" >/dev/null 2>&1 || echo "$t") & done; wait"#;
+        let source = self.probe_name(from);
+        let mut silent: Vec<(usize, String)> = targets
+            .iter()
+            .map(|&t| Ok((t, self.probe_target(t)?)))
+            .collect::<Result<_>>()?;
+        loop {
+            let mut args = vec!["sh", "-c", SCRIPT, "sh"];
+            args.extend(silent.iter().map(|(_, addr)| addr.as_str()));
+            let out = self.exec(&source, &args)?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let still: Vec<&str> = text.split_whitespace().collect();
+            silent.retain(|(_, addr)| still.contains(&addr.as_str()));
+            if silent.is_empty() || Instant::now() >= deadline {
+                return Ok(silent.into_iter().map(|(t, _)| t).collect());
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Makes hosts 1 to `members` the network: init on h1, a token per other host made up
+    /// front on h1, then `join` on the others, [`JOIN_BATCH`] at a time, then waits until
+    /// they see each other alive and ping.
+    ///
+    /// Joins in batches because one after another 100 hosts take minutes; the batch stays
+    /// within the admin's limit of 16 joins in flight (handshakes from unvalidated
+    /// addresses), beyond which joiners would get QUIC Retries.
     pub(crate) fn form_network(&mut self, members: usize) -> Result<()> {
         if members == 0 {
             return Ok(());
         }
+        let started = Instant::now();
         self.init_network()?;
-        for i in 2..=members {
-            self.join_host(i)?;
+        let joiners: Vec<usize> = (2..=members).collect();
+        let tokens = parallel(&joiners, TOKEN_THREADS, |_| {
+            self.create_token(JOIN_TOKEN_TTL)
+        })
+        .into_iter()
+        .collect::<Result<Vec<String>>>()?;
+        let work: Vec<(usize, &String)> = joiners.iter().copied().zip(&tokens).collect();
+        for batch in work.chunks(JOIN_BATCH) {
+            let answers = parallel(batch, JOIN_BATCH, |&(i, token)| {
+                let out = self.join_with(i, token)?;
+                if !out.status.success() {
+                    bail!(
+                        "h{i}: `overlayctl join` failed ({}): {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+                Ok(())
+            });
+            answers.into_iter().collect::<Result<()>>()?;
         }
+        self.timings.join = started.elapsed();
         let hosts: Vec<usize> = (1..=members).collect();
-        self.wait_converged(&hosts, CONVERGE_TIMEOUT)
+        self.timings.converge = self
+            .wait_converged(&hosts, converge_timeout(members))
             .context("the network did not come together")?;
         Ok(())
     }

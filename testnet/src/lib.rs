@@ -57,6 +57,12 @@
 //! `hI/state/` (the daemon's state directory, 0700). The CLI records its current run's
 //! prefix in `/run/testnet/current`.
 //!
+//! # The kernel's neighbour table
+//!
+//! One IPv4 neighbour (ARP) table serves every namespace, and a full mesh of N hosts needs
+//! N × (N − 1) of its entries (1,024 by default). [`Testnet::up`] raises the limits when a run
+//! needs more and the last run relying on them puts them back (see `neigh.rs`).
+//!
 //! # Cleanup
 //!
 //! [`Testnet`] tears everything down on drop (also when [`Testnet::up`] fails halfway) unless
@@ -73,6 +79,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+mod api;
 mod cleanup;
 pub mod cli;
 mod cmd;
@@ -81,7 +88,9 @@ mod daemon;
 mod faults;
 mod gossip;
 mod names;
+mod neigh;
 mod proc;
+pub mod scale;
 mod state;
 mod testnet;
 mod topology;
@@ -90,7 +99,7 @@ pub use config::{ControlConfig, HostConfig, PeerConfig};
 pub use faults::NFT_TABLE;
 pub use names::{RUN_ROOT, validate_prefix};
 pub use protocol::api::{MemberState, PeerStatus, Status};
-pub use testnet::{ConfigHook, Mode, Options, Testnet};
+pub use testnet::{ConfigHook, Mode, Options, Testnet, UpTimings};
 
 /// Largest number of hosts: host `I`'s underlay address is `198.18.0.(10+I)`.
 pub const MAX_HOSTS: usize = 245;

@@ -39,6 +39,10 @@ pub(crate) struct State {
     /// [`NETWORK_CIDR`](crate::NETWORK_CIDR).
     #[serde(default)]
     pub ranges: Vec<String>,
+    /// The run relies on the kernel's neighbour table limits that testnet raised (see
+    /// [`crate::neigh`]): while it is up, they are not put back.
+    #[serde(default)]
+    pub neigh_limits: bool,
     /// Per host, index 0 is host 1.
     pub host: Vec<HostState>,
 }
@@ -108,6 +112,7 @@ impl State {
             owner: ProcId::current(),
             detach_daemons,
             ranges: Vec::new(),
+            neigh_limits: false,
             host,
         }
     }

@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -14,7 +15,7 @@ use crate::config::HostConfig;
 use crate::daemon::Daemon;
 use crate::names::{self, NsKind};
 use crate::state::{HostState, State};
-use crate::{MAX_CONTAINERS, MAX_HOSTS, cleanup, topology};
+use crate::{MAX_CONTAINERS, MAX_HOSTS, cleanup, neigh, topology};
 
 mod daemons;
 
@@ -132,6 +133,21 @@ pub struct Testnet {
     overlayctl: Option<PathBuf>,
     /// Whether drop tears the run down.
     owns_run: bool,
+    /// How long the steps of [`Testnet::up`] took.
+    pub(crate) timings: UpTimings,
+}
+
+/// How long the steps of [`Testnet::up`] took (zero for a step it did not do).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UpTimings {
+    /// Namespaces, links, addresses, keys and configs.
+    pub build: Duration,
+    /// Starting every daemon until each answers on its API socket.
+    pub daemons: Duration,
+    /// `init` on h1, the tokens and every `join` (gossip mode).
+    pub join: Duration,
+    /// From the last join until every member sees every other alive and pings it.
+    pub converge: Duration,
 }
 
 impl Testnet {
@@ -163,9 +179,14 @@ impl Testnet {
             overlayd: opts.overlayd.clone(),
             overlayctl: opts.overlayctl.clone(),
             owns_run: true,
+            timings: UpTimings::default(),
         };
+        let started = Instant::now();
         // From here on, an early return drops `net`, which removes what was built.
         let prefix = net.state.prefix.clone();
+        if let Some(line) = neigh::raise(&mut net.state)? {
+            eprintln!("{line}");
+        }
         topology::build_underlay(&prefix)?;
         for i in 1..=opts.hosts {
             topology::build_host(&prefix, i, names::underlay_addr(i))?;
@@ -189,8 +210,11 @@ impl Testnet {
             net.write_config(i, &config)?;
         }
         net.state.save()?;
+        net.timings.build = started.elapsed();
         if opts.start_daemons {
+            let started = Instant::now();
             net.start_all()?;
+            net.timings.daemons = started.elapsed();
             if opts.mode == Mode::Gossip {
                 net.form_network(opts.members.unwrap_or(opts.hosts))?;
             }
@@ -221,7 +245,13 @@ impl Testnet {
             overlayd: None,
             overlayctl: None,
             owns_run: false,
+            timings: UpTimings::default(),
         })
+    }
+
+    /// How long the steps of [`Testnet::up`] took (all zero for an attached run).
+    pub fn timings(&self) -> UpTimings {
+        self.timings
     }
 
     /// Tears the run down: daemons (SIGTERM, then SIGKILL after 5 s), every process left in
