@@ -246,6 +246,11 @@ impl Testnet {
 
     /// Whether host `observer` lists every member in `members` as alive (one API call).
     pub fn sees_alive(&self, observer: usize, members: &[usize]) -> Result<bool> {
+        // A network of one sees everyone it must (and a test's stand-in daemon may serve
+        // no API to ask).
+        if members.is_empty() {
+            return Ok(true);
+        }
         let peers = self.peers_api(observer)?;
         Ok(members.iter().all(|&m| {
             let name = Testnet::member_name(m);
