@@ -207,7 +207,15 @@ impl Testnet {
     /// the others at once, so that 100 hosts (9,900 pairs) take seconds, not minutes.
     pub fn wait_converged(&self, hosts: &[usize], timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
-        let deadline = start + timeout;
+        self.wait_alive(hosts, start + timeout)?;
+        self.wait_pings(hosts, start, start + timeout)?;
+        Ok(start.elapsed())
+    }
+
+    /// The first half of [`Testnet::wait_converged`]: polls until every host in `hosts`
+    /// lists every other as alive, or `deadline`. Returns how long it took.
+    pub fn wait_alive(&self, hosts: &[usize], deadline: Instant) -> Result<Duration> {
+        let start = Instant::now();
         let views = parallel(hosts, CHECK_THREADS, |&observer| {
             let others: Vec<usize> = hosts.iter().copied().filter(|&m| m != observer).collect();
             let seen = poll_every(
@@ -224,6 +232,12 @@ impl Testnet {
                 self.describe_view(*observer)
             );
         }
+        Ok(start.elapsed())
+    }
+
+    /// The second half of [`Testnet::wait_converged`]: from each host in `hosts` every
+    /// other answers a ping, or `deadline`; errors are timed from `start`.
+    pub fn wait_pings(&self, hosts: &[usize], start: Instant, deadline: Instant) -> Result<()> {
         let pings = parallel(hosts, PING_THREADS, |&from| {
             let targets: Vec<usize> = hosts.iter().copied().filter(|&t| t != from).collect();
             (from, self.ping_all(from, &targets, deadline))
@@ -241,7 +255,7 @@ impl Testnet {
                 );
             }
         }
-        Ok(start.elapsed())
+        Ok(())
     }
 
     /// Whether host `observer` lists every member in `members` as alive (one API call).
@@ -327,9 +341,14 @@ impl Testnet {
         }
         self.timings.join = started.elapsed();
         let hosts: Vec<usize> = (1..=members).collect();
-        self.timings.converge = self
-            .wait_converged(&hosts, converge_timeout(members))
+        let start = Instant::now();
+        let deadline = start + converge_timeout(members);
+        self.timings.alive = self
+            .wait_alive(&hosts, deadline)
             .context("the network did not come together")?;
+        self.wait_pings(&hosts, start, deadline)
+            .context("the network did not come together")?;
+        self.timings.converge = start.elapsed();
         Ok(())
     }
 

@@ -92,6 +92,9 @@ pub struct ScaleReport {
     pub up_daemons_s: f64,
     pub up_join_s: f64,
     pub up_converge_s: f64,
+    /// The part of `up_converge_s` until every member saw every other alive; the rest is
+    /// the all-pairs pings.
+    pub up_alive_s: f64,
     /// The whole `up`.
     pub formed_s: f64,
     /// The Nth host's `overlayctl join`, until every member sees it alive and routes it.
@@ -218,6 +221,7 @@ pub fn run(opts: &ScaleOptions) -> Result<ScaleReport> {
         up_daemons_s: timings.daemons.as_secs_f64(),
         up_join_s: timings.join.as_secs_f64(),
         up_converge_s: timings.converge.as_secs_f64(),
+        up_alive_s: timings.alive.as_secs_f64(),
         formed_s: formed.as_secs_f64(),
         join,
         all_alive,
@@ -405,12 +409,14 @@ impl ScaleReport {
         row(
             &format!("formed ({} hosts, `testnet up`)", n - 1),
             format!(
-                "{:.1} s (build {:.1}, daemons {:.1}, joins {:.1}, converge {:.1})",
+                "{:.1} s (build {:.1}, daemons {:.1}, joins {:.1}, converge {:.1}: alive {:.1}, pings {:.1})",
                 self.formed_s,
                 self.up_build_s,
                 self.up_daemons_s,
                 self.up_join_s,
-                self.up_converge_s
+                self.up_converge_s,
+                self.up_alive_s,
+                self.up_converge_s - self.up_alive_s
             ),
         );
         row(

@@ -148,6 +148,9 @@ pub struct UpTimings {
     pub join: Duration,
     /// From the last join until every member sees every other alive and pings it.
     pub converge: Duration,
+    /// The part of `converge` until every member saw every other alive (the rest is the
+    /// all-pairs pings, each a first WireGuard handshake).
+    pub alive: Duration,
 }
 
 impl Testnet {

@@ -312,6 +312,8 @@ impl Core {
         {
             tracing::warn!(error = %e, "cannot gossip this host's record");
         }
+        // Members that start together must not sync together: spread the first sync.
+        core.periodic.sync = core.next_sync(now.instant);
         core.refresh(now);
         // Reach every known member: each connection pushes our record and announces us.
         for addr in core.control_addrs() {

@@ -22,14 +22,14 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// When the periodic work is due next.
 pub(super) struct Periodic {
-    sync: Instant,
+    pub(super) sync: Instant,
     rejoin: Instant,
     housekeeping: Instant,
 }
 
 impl Periodic {
     /// The periodic work of a member started at `now`: rejoins and housekeeping at once,
-    /// the first full sync after a whole interval.
+    /// the first full sync after about an interval ([`Core::next_sync`] spreads it).
     pub(super) fn new(now: Now, settings: &Settings) -> Periodic {
         Periodic {
             sync: now.instant + settings.sync_interval,
@@ -61,7 +61,7 @@ impl Core {
             }
         }
         if self.periodic.sync <= now.instant {
-            self.periodic.sync += self.settings.sync_interval;
+            self.periodic.sync = self.next_sync(now.instant);
             self.full_sync();
         }
         if self.periodic.rejoin <= now.instant {
@@ -73,6 +73,17 @@ impl Core {
             self.housekeeping(now);
         }
         self.finish(now);
+    }
+
+    /// When the next full sync after `from` is due: `sync_interval` times a random factor
+    /// of 0.5 to 1.5. Members started together (a fleet rebooted, `testnet up`) would
+    /// otherwise ship their whole directories in the same second, every interval, for as
+    /// long as they run (memberlist staggers its push-pull the same way).
+    pub(super) fn next_sync(&mut self, from: Instant) -> Instant {
+        from + self
+            .settings
+            .sync_interval
+            .mul_f64(self.rng.random_range(0.5..1.5))
     }
 
     /// A gossip datagram came on member link `link` (dropped if the link has lapsed since:

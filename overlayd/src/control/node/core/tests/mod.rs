@@ -25,7 +25,12 @@ fn secs(s: u64) -> Duration {
 
 /// `hosts` members, run until they know each other.
 fn converged(hosts: usize) -> Sim {
-    let mut sim = Sim::new(hosts);
+    converged_with(Sim::new(hosts))
+}
+
+/// [`converged`] for a sim made by the caller.
+fn converged_with(mut sim: Sim) -> Sim {
+    let hosts = sim.hosts.len();
     sim.run(secs(10));
     for i in 0..hosts {
         let others: Vec<String> = (0..hosts)
@@ -362,9 +367,33 @@ fn a_revoked_member_is_cut_off_at_once_and_ignored() {
     assert_eq!(sim.hosts[1].routed(), ["h0"]);
 }
 
+/// Members started together do not ship their directories in the same second: each full
+/// sync is due after half to one and a half intervals, at random.
+#[test]
+fn full_syncs_are_spread_over_half_to_one_and_a_half_intervals() {
+    let mut sim = Sim::new(1);
+    let from = sim.now().instant;
+    let interval = sim::settings().sync_interval;
+    let core = sim.hosts[0].core();
+    let due: Vec<Duration> = (0..200).map(|_| core.next_sync(from) - from).collect();
+    assert!(
+        due.iter()
+            .all(|d| *d >= interval / 2 && *d < interval * 3 / 2),
+        "{due:?}"
+    );
+    let earliest = due.iter().min().expect("200 values");
+    let latest = due.iter().max().expect("200 values");
+    assert!(
+        *latest - *earliest > interval * 3 / 4,
+        "spread {earliest:?}..{latest:?}"
+    );
+}
+
 #[test]
 fn a_member_that_missed_gossip_catches_up_by_full_sync() {
-    let mut sim = converged(3);
+    // Syncs a minute apart (so 30 to 90 s, spread at random): none comes while gossip
+    // still carries the record.
+    let mut sim = converged_with(Sim::with_sync_interval(3, secs(60)));
     // Each host swapped directories once, with the first member it reached.
     let started: Vec<usize> = sim.hosts.iter().map(|h| h.syncs).collect();
     assert!(started.iter().all(|&n| n == 1), "{started:?}");
@@ -392,7 +421,8 @@ fn a_member_that_missed_gossip_catches_up_by_full_sync() {
     sim.run(secs(15));
     assert!(!sim.hosts[2].routed().contains(&"h9".to_owned()));
     assert!(sim.hosts.iter().zip(&started).all(|(h, &n)| h.syncs == n));
-    sim.run(secs(20));
+    // By 90 s every member has synced again.
+    sim.run(secs(65));
     assert!(sim.hosts.iter().zip(&started).any(|(h, &n)| h.syncs > n));
     assert!(
         sim.hosts[2].routed().contains(&"h9".to_owned()),

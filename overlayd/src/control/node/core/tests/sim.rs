@@ -147,6 +147,9 @@ pub(super) struct Sim {
     held: VecDeque<Delivery>,
     /// The last gossip datagram sent from one host to another.
     pub(super) last_datagram: HashMap<(usize, usize), Bytes>,
+    /// Every core's `sync_interval` (the config's default unless a test set another
+    /// before its hosts started: [`Sim::with_sync_interval`]).
+    pub(super) sync_interval: Duration,
 }
 
 /// The settings of every core: the config's defaults, the address fixed.
@@ -167,6 +170,11 @@ impl Sim {
     /// `hosts` members, host 0 the admin (it made the network); every other one knows only
     /// the admin's address, as a host that just joined does. Not yet run.
     pub(super) fn new(hosts: usize) -> Sim {
+        Sim::with_sync_interval(hosts, settings().sync_interval)
+    }
+
+    /// Like [`Sim::new`], every core with full syncs `sync_interval` apart.
+    pub(super) fn with_sync_interval(hosts: usize, sync_interval: Duration) -> Sim {
         let network = Network {
             ca: CaKey::generate(),
             name: Name::new("simnet").expect("a name"),
@@ -182,6 +190,7 @@ impl Sim {
             stalled: HashSet::new(),
             held: VecDeque::new(),
             last_datagram: HashMap::new(),
+            sync_interval,
         };
         let mut admin = AdminState::default();
         let mut certificates = Vec::new();
@@ -283,7 +292,10 @@ impl Sim {
                 wireguard_key: host.keys.wireguard.clone(),
                 admin,
                 advertise: host.keys.addr.ip(),
-                settings: settings(),
+                settings: Settings {
+                    sync_interval: self.sync_interval,
+                    ..settings()
+                },
                 seed: index as u64 + 1,
             },
             now,
