@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::names::{self, NsKind, RUN_ROOT};
 use crate::scale::{self, ScaleOptions};
-use crate::{Mode, NETWORK, NETWORK_CIDR, Options, Testnet};
+use crate::{Mode, NETWORK, NETWORK_CIDR, NatSpec, Options, Testnet};
 
 /// Prefix of the CLI's runs unless `--prefix` says otherwise.
 const DEFAULT_PREFIX: &str = "tn";
@@ -65,6 +65,11 @@ enum Command {
         /// Write `offload = false` into every config.
         #[arg(long)]
         no_offload: bool,
+        /// Put host I behind a NAT router of its own: `hI` or `hI:cone` (endpoint-independent
+        /// mapping, port kept) or `hI:symmetric` (a new random port per destination); both
+        /// drop what nobody inside asked for. Repeat for more hosts.
+        #[arg(long, value_name = "hI[:KIND]")]
+        nat: Vec<NatSpec>,
     },
     /// Run a command in a host (`h1`) or container (`h1-c2`) namespace, e.g.
     /// `testnet exec h1-c1 -- ping 10.42.2.2`. In a host, OVERLAYD_SOCKET is its API socket;
@@ -116,6 +121,14 @@ enum Command {
         /// The new address.
         addr: Ipv4Addr,
     },
+    /// Show a NAT's UDP mappings (`show`, as conntrack lists them) or drop them all at once
+    /// (`flush`: a mapping expiry).
+    Nat {
+        /// What to do.
+        action: NatAction,
+        /// `hI` or `I`, a host behind a NAT.
+        host: String,
+    },
     /// Remove the namespaces and state of dead runs (of any prefix that has a run directory).
     Cleanup,
     /// Measure a network of N hosts, then remove it: time to form, a join, RSS per daemon,
@@ -136,6 +149,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum NatAction {
+    Show,
+    Flush,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -194,6 +213,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_daemons,
             keepalive,
             no_offload,
+            nat,
         } => {
             let prefix = cli.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
             let mut opts = Options::new(usize::from(hosts), usize::from(containers));
@@ -207,6 +227,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             opts.start_daemons = !no_daemons;
             opts.persistent_keepalive = keepalive;
             opts.offload = no_offload.then_some(false);
+            opts.nat = nat;
             opts.detach_daemons = true;
             up(opts)?;
         }
@@ -260,6 +281,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 )));
             }
             net.set_underlay_addr(i, addr)?;
+        }
+        Command::Nat { action, host } => {
+            let net = Testnet::attach(&current_prefix(cli.prefix)?)?;
+            let i = host_index(&net, &host)?;
+            if net.nat_kind(i)?.is_none() {
+                return Err(usage(format!("h{i} is not behind a NAT in this run")));
+            }
+            match action {
+                NatAction::Show => print!("{}", net.nat_mappings(i)?),
+                NatAction::Flush => net.flush_nat(i)?,
+            }
         }
         Command::Cleanup => {
             for ns in Testnet::cleanup_leftovers(None)? {
@@ -372,8 +404,19 @@ fn status(net: &mut Testnet) -> Result<()> {
             Some(pid) => format!("pid {pid} dead"),
         };
         let host_ns = net.host_ns(i);
+        let nat = match net.nat_kind(i)? {
+            Some(kind) => {
+                let ns = net.nat_ns(i);
+                format!(
+                    "  behind {kind} NAT {ns}{} at {}",
+                    mark(&ns),
+                    net.public_addr(i)?
+                )
+            }
+            None => String::new(),
+        };
         println!(
-            "h{i}: ns {host_ns}{}  underlay {}  overlayd {daemon}",
+            "h{i}: ns {host_ns}{}  underlay {}{nat}  overlayd {daemon}",
             mark(&host_ns),
             net.underlay_addr(i)?
         );

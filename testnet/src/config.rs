@@ -145,7 +145,8 @@ impl Testnet {
     }
 
     /// Host `i`'s gossip-mode config: its key, state directory and `[control]` table (port
-    /// [`CONTROL_PORT`], advertising its current underlay address); no address (the daemon
+    /// [`CONTROL_PORT`], advertising its current underlay address unless it is behind a
+    /// NAT); no address (the daemon
     /// takes `10.42.I.1`, the first of its certificate subnet), no subnets and no peers.
     pub fn gossip_config(&self, i: usize) -> Result<HostConfig> {
         let host = self.host(i)?;
@@ -162,7 +163,9 @@ impl Testnet {
             extra: Vec::new(),
             control: Some(ControlConfig {
                 listen_port: CONTROL_PORT,
-                advertise: Some(host.underlay.into()),
+                // Behind a NAT a host does not know the address the others see it at: it
+                // finds its own and learns the rest from its peers.
+                advertise: host.nat.is_none().then_some(host.underlay.into()),
                 extra: Vec::new(),
             }),
             peers: Vec::new(),
@@ -183,7 +186,10 @@ impl Testnet {
             .map(|(k, peer)| PeerConfig {
                 host: k,
                 public_key: peer.public_key.clone(),
-                endpoint: Some(SocketAddr::new(peer.underlay.into(), LISTEN_PORT)),
+                endpoint: Some(SocketAddr::new(
+                    peer.nat.map_or(peer.underlay, |n| n.public).into(),
+                    LISTEN_PORT,
+                )),
                 subnets: vec![peer.subnet.clone()],
                 persistent_keepalive: None,
                 extra: Vec::new(),

@@ -21,7 +21,8 @@ const LOSS_CHAINS: (&str, &str) = ("loss_in", "loss_out");
 
 impl Testnet {
     /// Cuts the underlay between every host in `a` and every host in `b` (both directions):
-    /// each host drops packets to and from the other side's current underlay addresses.
+    /// each host drops packets to and from the other side's current public addresses (a
+    /// host behind a NAT is seen at its NAT's).
     /// Partitions add up until [`Testnet::heal`]. A host that roams afterwards escapes
     /// the partition (the rules name addresses).
     pub fn partition(&self, a: &[usize], b: &[usize]) -> Result<()> {
@@ -34,8 +35,8 @@ impl Testnet {
         for (side, other) in [(a, b), (b, a)] {
             let blocked: BTreeSet<Ipv4Addr> = other
                 .iter()
-                .map(|&k| self.state.host[k - 1].underlay)
-                .collect();
+                .map(|&k| self.public_addr(k))
+                .collect::<Result<_>>()?;
             if blocked.is_empty() {
                 continue;
             }
@@ -93,25 +94,39 @@ impl Testnet {
         self.nft(i, &script)
     }
 
-    /// Host `i`'s current underlay address.
+    /// Host `i`'s current underlay address (behind its NAT, if it has one: see
+    /// [`Testnet::public_addr`]).
     pub fn underlay_addr(&self, i: usize) -> Result<Ipv4Addr> {
         Ok(self.host(i)?.underlay)
     }
 
     /// Roams host `i`: replaces its underlay address on `ul0` with `new` (inside
-    /// 198.18.0.0/15, not another host's). Peers learn it from the host's next packets.
+    /// 198.18.0.0/15, not another host's or NAT's). For a host behind a NAT, the NAT's
+    /// public address moves instead (as when a home router gets a new address): the host
+    /// keeps its own, its mappings are gone (the kernel drops them with the address), and
+    /// peers see it at `new` from its next packets. Peers learn it from the host's next
+    /// packets.
     pub fn set_underlay_addr(&mut self, i: usize, new: Ipv4Addr) -> Result<()> {
-        let old = self.host(i)?.underlay;
+        let host = self.host(i)?;
+        let old = host.nat.map_or(host.underlay, |n| n.public);
         if !names::in_underlay_range(new) {
             bail!("{new} is outside the underlay 198.18.0.0/15");
         }
-        if let Some(other) = self.state.host.iter().find(|h| h.underlay == new) {
-            if other.underlay == old {
-                return Ok(());
-            }
-            bail!("{new} is already {}'s underlay address", other.name);
+        if new == old {
+            return Ok(());
         }
-        let ns = self.host_ns(i);
+        for (k, other) in self.state.host.iter().enumerate() {
+            if other.underlay == new || other.nat.is_some_and(|n| n.public == new) {
+                bail!("{new} is already {}'s underlay address", other.name);
+            }
+            if other.nat.is_some() && new.octets()[..3] == [198, 19, (k + 1) as u8] {
+                bail!("{new} is inside the network behind {}'s NAT", other.name);
+            }
+        }
+        let (ns, link) = match host.nat {
+            Some(_) => (self.nat_ns(i), "wan0"),
+            None => (self.host_ns(i), "ul0"),
+        };
         // Delete first: removing the primary address of a subnet would also remove a new
         // secondary one in the same subnet.
         cmd::ip(&[
@@ -121,7 +136,7 @@ impl Testnet {
             "del",
             &format!("{old}/{UNDERLAY_PREFIX_LEN}"),
             "dev",
-            "ul0",
+            link,
         ])?;
         cmd::ip(&[
             "-n",
@@ -130,9 +145,13 @@ impl Testnet {
             "add",
             &format!("{new}/{UNDERLAY_PREFIX_LEN}"),
             "dev",
-            "ul0",
+            link,
         ])?;
-        self.state.host[i - 1].underlay = new;
+        let host = &mut self.state.host[i - 1];
+        match &mut host.nat {
+            Some(nat) => nat.public = new,
+            None => host.underlay = new,
+        }
         self.state.save()
     }
 

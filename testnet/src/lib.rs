@@ -36,7 +36,10 @@
 //!
 //! Host `I` (1-based): namespace `P-hI`, underlay `198.18.0.(10+I)/15` on `ul0`, container
 //! bridge `br0` with `10.42.I.1/24`. Container `J` of host `I`: namespace `P-hI-cJ`,
-//! `10.42.I.(1+J)/24` on `eth0`. Hosts may have no containers.
+//! `10.42.I.(1+J)/24` on `eth0`. Hosts may have no containers. A host put behind a NAT
+//! ([`Options::nat`]) has `198.19.I.2/24` on `ul0` instead, linked to its own router
+//! namespace `P-nI`, which has `198.18.0.(10+I)` on the switch and masquerades it (see
+//! [`nat`]).
 //!
 //! # Modes
 //!
@@ -88,6 +91,7 @@ mod daemon;
 mod faults;
 mod gossip;
 mod names;
+pub mod nat;
 mod neigh;
 mod proc;
 pub mod scale;
@@ -98,6 +102,7 @@ mod topology;
 pub use config::{ControlConfig, HostConfig, PeerConfig};
 pub use faults::NFT_TABLE;
 pub use names::{RUN_ROOT, validate_prefix};
+pub use nat::{NatKind, NatSpec};
 pub use protocol::api::{MemberState, PeerStatus, Status};
 pub use testnet::{ConfigHook, Mode, Options, Testnet, UpTimings};
 

@@ -52,6 +52,8 @@ pub(crate) enum NsKind {
     /// The containers come first so that deleting in sorted order goes leaves first.
     Container(usize, usize),
     Host(usize),
+    /// The NAT router in front of host `I` (`P-nI`).
+    Nat(usize),
     Underlay,
 }
 
@@ -61,6 +63,11 @@ pub(crate) fn underlay_ns(prefix: &str) -> String {
 
 pub(crate) fn host_ns(prefix: &str, host: usize) -> String {
     format!("{prefix}-h{host}")
+}
+
+/// The NAT router in front of host `host`.
+pub(crate) fn nat_ns(prefix: &str, host: usize) -> String {
+    format!("{prefix}-n{host}")
 }
 
 pub(crate) fn container_ns(prefix: &str, host: usize, container: usize) -> String {
@@ -75,10 +82,13 @@ pub(crate) fn parse_netns(name: &str) -> Option<(&str, NsKind)> {
     Some((prefix, parse_local(rest)?))
 }
 
-/// Parses the part after the prefix: `ul`, `hI` or `hI-cJ`.
+/// Parses the part after the prefix: `ul`, `hI`, `hI-cJ` or `nI`.
 pub(crate) fn parse_local(rest: &str) -> Option<NsKind> {
     if rest == "ul" {
         return Some(NsKind::Underlay);
+    }
+    if let Some(nat) = rest.strip_prefix('n') {
+        return Some(NsKind::Nat(parse_index(nat)?));
     }
     let rest = rest.strip_prefix('h')?;
     match rest.split_once("-c") {
@@ -99,6 +109,17 @@ fn parse_index(text: &str) -> Option<usize> {
 /// Host `host`'s first underlay address.
 pub(crate) fn underlay_addr(host: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, (10 + host) as u8)
+}
+
+/// The address of host `host` on the network behind its NAT, `198.19.I.2` (in
+/// `198.19.I.0/24`, whose `.1` is the NAT's inside address).
+pub(crate) fn nat_lan_addr(host: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, host as u8, 2)
+}
+
+/// The inside address of host `host`'s NAT router, `198.19.I.1`: its default gateway.
+pub(crate) fn nat_gateway_addr(host: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, host as u8, 1)
 }
 
 /// Whether an address is in the underlay range 198.18.0.0/15.
@@ -141,6 +162,8 @@ mod tests {
     fn parses_only_our_names() {
         assert_eq!(parse_netns("tn-ul"), Some(("tn", NsKind::Underlay)));
         assert_eq!(parse_netns("tn-h12"), Some(("tn", NsKind::Host(12))));
+        assert_eq!(parse_netns("tn-n3"), Some(("tn", NsKind::Nat(3))));
+        assert!(NsKind::Host(9) < NsKind::Nat(1) && NsKind::Nat(9) < NsKind::Underlay);
         assert_eq!(
             parse_netns("t1a2b3-h1-c2"),
             Some(("t1a2b3", NsKind::Container(1, 2)))
@@ -159,6 +182,9 @@ mod tests {
             "Tn-h1",
             "tn-h1c1",
             "tn-ul1",
+            "tn-n0",
+            "tn-n",
+            "tn-n1-c1",
             "docker-h1",
         ] {
             // `docker-h1` parses as a name we could have made; the caller only touches it
@@ -176,5 +202,7 @@ mod tests {
         assert!(in_underlay_range(Ipv4Addr::new(198, 19, 3, 4)));
         assert!(!in_underlay_range(Ipv4Addr::new(198, 20, 0, 1)));
         assert_eq!(host_subnet(3), "10.42.3.0/24");
+        assert_eq!(nat_lan_addr(3), Ipv4Addr::new(198, 19, 3, 2));
+        assert_eq!(nat_gateway_addr(3), Ipv4Addr::new(198, 19, 3, 1));
     }
 }

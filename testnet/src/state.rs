@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Mode;
 use crate::names::{self, RUN_ROOT};
+use crate::nat::{NatSpec, NatState};
 use crate::proc::ProcId;
 
 /// File name of the state inside the run directory.
@@ -63,6 +64,9 @@ pub(crate) struct HostState {
     pub public_key: String,
     /// The running daemon, if any.
     pub daemon: Option<ProcId>,
+    /// The NAT router in front of it, if any (`underlay` is then its address behind it).
+    #[serde(default)]
+    pub nat: Option<NatState>,
     pub containers: Vec<ContainerState>,
 }
 
@@ -76,19 +80,29 @@ pub(crate) struct ContainerState {
 }
 
 impl State {
-    /// The plan for a new run (no keys, no daemons yet).
+    /// The plan for a new run (no keys, no daemons yet). A host behind a NAT in `nat` gets
+    /// `198.19.I.2` and its NAT the public address it would have had.
     pub fn plan(
         prefix: &str,
         hosts: usize,
         containers: usize,
         mode: Mode,
         detach_daemons: bool,
+        nat: &[NatSpec],
     ) -> State {
         let host = (1..=hosts)
-            .map(|i| HostState {
+            .map(|i| (i, nat.iter().find(|n| n.host == i)))
+            .map(|(i, nat)| HostState {
                 name: format!("h{i}"),
                 netns: names::host_ns(prefix, i),
-                underlay: names::underlay_addr(i),
+                underlay: match nat {
+                    Some(_) => names::nat_lan_addr(i),
+                    None => names::underlay_addr(i),
+                },
+                nat: nat.map(|n| NatState {
+                    kind: n.kind,
+                    public: names::underlay_addr(i),
+                }),
                 overlay: names::host_overlay_addr(i),
                 subnet: names::host_subnet(i),
                 public_key: String::new(),

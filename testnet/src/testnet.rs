@@ -14,6 +14,7 @@ use crate::cmd;
 use crate::config::HostConfig;
 use crate::daemon::Daemon;
 use crate::names::{self, NsKind};
+use crate::nat::NatSpec;
 use crate::state::{HostState, State};
 use crate::{MAX_CONTAINERS, MAX_HOSTS, cleanup, neigh, topology};
 
@@ -81,6 +82,9 @@ pub struct Options {
     pub overlayctl: Option<PathBuf>,
     /// Changes each host's config before it is written (after the fields above).
     pub configure: Option<ConfigHook>,
+    /// Hosts behind a NAT router of their own (see `nat.rs`); the others keep public
+    /// underlay addresses.
+    pub nat: Vec<NatSpec>,
 }
 
 impl Options {
@@ -101,6 +105,7 @@ impl Options {
             overlayd: None,
             overlayctl: None,
             configure: None,
+            nat: Vec::new(),
         }
     }
 
@@ -174,6 +179,18 @@ impl Testnet {
                 opts.hosts
             );
         }
+        for (k, spec) in opts.nat.iter().enumerate() {
+            if !(1..=opts.hosts).contains(&spec.host) {
+                bail!(
+                    "cannot put h{} behind a NAT: this run has hosts 1 to {}",
+                    spec.host,
+                    opts.hosts
+                );
+            }
+            if opts.nat[..k].iter().any(|n| n.host == spec.host) {
+                bail!("h{} is named twice in the NAT list", spec.host);
+            }
+        }
         let mut state = claim_prefix(&opts)?;
         state.ranges = opts.ranges.clone();
         let mut net = Testnet {
@@ -192,7 +209,8 @@ impl Testnet {
         }
         topology::build_underlay(&prefix)?;
         for i in 1..=opts.hosts {
-            topology::build_host(&prefix, i, names::underlay_addr(i))?;
+            let host = &net.state.host[i - 1];
+            topology::build_host(&prefix, i, host.underlay, host.nat)?;
             for j in 1..=opts.containers {
                 topology::build_container(&prefix, i, j)?;
             }
@@ -350,12 +368,13 @@ impl Testnet {
         Ok(format!("{}-{local}", self.state.prefix))
     }
 
-    /// The address of `name`: a container's overlay address, or a host's current underlay
-    /// address.
+    /// The address of `name`: a container's overlay address, a host's current underlay
+    /// address (behind its NAT, if it has one), or a NAT router's (`nI`) public address.
     pub fn addr(&self, name: &str) -> Result<IpAddr> {
         match self.kind(name)? {
             NsKind::Host(i) => Ok(self.state.host[i - 1].underlay.into()),
             NsKind::Container(i, j) => Ok(self.state.host[i - 1].containers[j - 1].address.into()),
+            NsKind::Nat(i) => Ok(self.public_addr(i)?.into()),
             NsKind::Underlay => bail!("the underlay switch `ul` has no address"),
         }
     }
@@ -466,6 +485,7 @@ impl Testnet {
         let kind = names::parse_local(local).filter(|kind| match *kind {
             NsKind::Underlay => true,
             NsKind::Host(i) => i <= self.state.hosts,
+            NsKind::Nat(i) => self.state.host.get(i - 1).is_some_and(|h| h.nat.is_some()),
             NsKind::Container(i, j) => i <= self.state.hosts && j <= self.state.containers,
         });
         kind.with_context(|| {
@@ -473,9 +493,15 @@ impl Testnet {
                 0 => String::new(),
                 m => format!(", h1-c1 .. h{}-c{m}", self.state.hosts),
             };
+            let nats: Vec<String> = (self.state.host.iter())
+                .enumerate()
+                .filter(|(_, h)| h.nat.is_some())
+                .map(|(i, _)| format!(", n{}", i + 1))
+                .collect();
             format!(
-                "unknown name {name:?}: this run has h1 .. h{}{containers} and ul",
-                self.state.hosts
+                "unknown name {name:?}: this run has h1 .. h{}{containers}{} and ul",
+                self.state.hosts,
+                nats.concat()
             )
         })
     }
@@ -537,6 +563,7 @@ fn claim_prefix(opts: &Options) -> Result<State> {
             opts.containers,
             opts.mode,
             opts.detach_daemons,
+            &opts.nat,
         );
         if !state.create_run_dir()? {
             bail!(
@@ -554,6 +581,7 @@ fn claim_prefix(opts: &Options) -> Result<State> {
             opts.containers,
             opts.mode,
             opts.detach_daemons,
+            &opts.nat,
         );
         if state.create_run_dir()? {
             return Ok(state);

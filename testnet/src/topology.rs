@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use crate::MTU;
 use crate::cmd::{self, ip};
 use crate::names;
+use crate::nat::NatState;
 
 /// Prefix length of the underlay network 198.18.0.0/15.
 pub(crate) const UNDERLAY_PREFIX_LEN: u8 = 15;
@@ -22,20 +23,49 @@ pub(crate) fn build_underlay(prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// Host `host`: namespace `P-hI`, `ul0` on the underlay switch with `underlay`, forwarding
-/// on, container bridge `br0` with `10.42.I.1/24`.
-pub(crate) fn build_host(prefix: &str, host: usize, underlay: Ipv4Addr) -> Result<()> {
+/// Host `host`: namespace `P-hI`, `ul0` with `underlay`, forwarding on, container bridge
+/// `br0` with `10.42.I.1/24`. Without `nat`, `ul0` is on the underlay switch
+/// (`underlay/15`); with it, `ul0` is linked to `lan0` of the NAT router `P-nI` (built
+/// first, see `nat`), `underlay` is `198.19.I.2/24` and the default route goes through
+/// the router.
+pub(crate) fn build_host(
+    prefix: &str,
+    host: usize,
+    underlay: Ipv4Addr,
+    nat: Option<NatState>,
+) -> Result<()> {
     let ns = names::host_ns(prefix, host);
-    let switch = names::underlay_ns(prefix);
-    let port = format!("h{host}");
     add_netns(&ns)?;
-    ip(&[
-        "link", "add", "ul0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &switch,
-    ])?;
-    ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"])?;
-    let underlay = format!("{underlay}/{UNDERLAY_PREFIX_LEN}");
+    let underlay = match nat {
+        None => {
+            let switch = names::underlay_ns(prefix);
+            let port = format!("h{host}");
+            ip(&[
+                "link", "add", "ul0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns",
+                &switch,
+            ])?;
+            ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"])?;
+            format!("{underlay}/{UNDERLAY_PREFIX_LEN}")
+        }
+        Some(nat) => {
+            let router = names::nat_ns(prefix, host);
+            crate::nat::build_router(prefix, host, nat.kind, nat.public)?;
+            ip(&[
+                "link", "add", "ul0", "netns", &ns, "type", "veth", "peer", "name", "lan0",
+                "netns", &router,
+            ])?;
+            let gateway = format!("{}/24", names::nat_gateway_addr(host));
+            ip(&["-n", &router, "addr", "add", &gateway, "dev", "lan0"])?;
+            ip(&["-n", &router, "link", "set", "lan0", "up"])?;
+            format!("{underlay}/24")
+        }
+    };
     ip(&["-n", &ns, "addr", "add", &underlay, "dev", "ul0"])?;
     ip(&["-n", &ns, "link", "set", "ul0", "up"])?;
+    if nat.is_some() {
+        let gateway = names::nat_gateway_addr(host).to_string();
+        ip(&["-n", &ns, "route", "add", "default", "via", &gateway])?;
+    }
     cmd::run(&mut cmd::in_netns(
         &ns,
         &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
@@ -72,7 +102,7 @@ pub(crate) fn build_container(prefix: &str, host: usize, container: usize) -> Re
 }
 
 /// A new namespace with `lo` up.
-fn add_netns(ns: &str) -> Result<()> {
+pub(crate) fn add_netns(ns: &str) -> Result<()> {
     ip(&["netns", "add", ns]).with_context(|| format!("cannot create namespace {ns}"))?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     Ok(())
