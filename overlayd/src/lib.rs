@@ -59,7 +59,12 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let control_socket = control::bind_control_socket(config.control.listen_port)?;
+    // One port (the default): no socket of its own; QUIC shares the tunnels' below.
+    let own_control_socket = if config.one_port() {
+        None
+    } else {
+        Some(control::bind_control_socket(config.control_port())?)
+    };
     let tuning = config.effective_tuning();
     let udp = datapath::udp::Udp::bind_with(
         config.listen_port,
@@ -78,6 +83,21 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         }
     })?;
     let udp = Arc::new(udp);
+    let (control_socket, quic_inbox) = match own_control_socket {
+        Some(sock) => (control::ControlSocket::Own(sock), None),
+        None => {
+            let inbox = Arc::new(datapath::oneport::QuicInbox::default());
+            let local = udp
+                .local_addr()
+                .context("cannot read the UDP port's address")?;
+            let shared =
+                datapath::oneport::SharedQuicSocket::new(udp.clone(), inbox.clone(), local);
+            (
+                control::ControlSocket::Shared(Arc::new(shared)),
+                Some(inbox),
+            )
+        }
+    };
     let tun = datapath::tun::open_tun(&config.tun_name, tuning.tun_offload)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => anyhow::Error::new(UsageError(format!(
@@ -128,6 +148,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         router.clone(),
         config.mtu,
         tuning.sched_batch,
+        quic_inbox,
     ) {
         routes.remove_all().await;
         firewall::remove().await;
@@ -199,6 +220,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     tracing::info!(
         public_key = %config.private_key.public_key(),
         listen_port = config.listen_port,
+        control_port = config.control_port(),
         tun = %config.tun_name,
         mtu = config.mtu,
         peers = config.peers.len(),

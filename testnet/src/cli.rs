@@ -70,6 +70,10 @@ enum Command {
         /// drop what nobody inside asked for. Repeat for more hosts.
         #[arg(long, value_name = "hI[:KIND]")]
         nat: Vec<NatSpec>,
+        /// Gossip mode: the control plane shares the tunnels' UDP port (51820), as overlayd
+        /// does by default, instead of its own (51821). Also env TESTNET_ONE_PORT=1.
+        #[arg(long)]
+        one_port: bool,
     },
     /// Run a command in a host (`h1`) or container (`h1-c2`) namespace, e.g.
     /// `testnet exec h1-c1 -- ping 10.42.2.2`. In a host, OVERLAYD_SOCKET is its API socket;
@@ -214,6 +218,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             keepalive,
             no_offload,
             nat,
+            one_port,
         } => {
             let prefix = cli.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
             let mut opts = Options::new(usize::from(hosts), usize::from(containers));
@@ -228,6 +233,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             opts.persistent_keepalive = keepalive;
             opts.offload = no_offload.then_some(false);
             opts.nat = nat;
+            opts.one_port |= one_port;
             opts.detach_daemons = true;
             up(opts)?;
         }
@@ -439,7 +445,7 @@ fn mode_line(net: &Testnet) -> String {
         Mode::Gossip => format!(
             "mode: gossip (network {NETWORK} {NETWORK_CIDR} with h1 as admin, control port {}; \
              `testnet exec hI -- overlayctl peers` shows the members)",
-            crate::CONTROL_PORT
+            net.control_port()
         ),
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::{CONTROL_PORT, LISTEN_PORT, MTU, Mode, Testnet};
+use crate::{LISTEN_PORT, MTU, Mode, Testnet};
 
 /// One host's `overlayd` configuration. [`HostConfig::to_toml`] writes it the way `overlayd`
 /// reads it; fields left `None` are not written (the daemon's default applies).
@@ -50,7 +50,7 @@ pub struct HostConfig {
 /// The `[control]` table: where the control plane (QUIC) listens and is reached.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ControlConfig {
-    /// `listen_port`: UDP port of the control plane, [`CONTROL_PORT`].
+    /// `listen_port`: UDP port of the control plane, [`Testnet::control_port`].
     pub listen_port: u16,
     /// `advertise`: the underlay address other hosts reach this one at; `None` leaves it
     /// out, so the daemon finds (and follows) its address itself.
@@ -145,7 +145,7 @@ impl Testnet {
     }
 
     /// Host `i`'s gossip-mode config: its key, state directory and `[control]` table (port
-    /// [`CONTROL_PORT`], advertising its current underlay address unless it is behind a
+    /// [`Testnet::control_port`], advertising its current underlay address unless it is behind a
     /// NAT); no address (the daemon
     /// takes `10.42.I.1`, the first of its certificate subnet), no subnets and no peers.
     pub fn gossip_config(&self, i: usize) -> Result<HostConfig> {
@@ -162,7 +162,7 @@ impl Testnet {
             state_dir: Some(self.state_dir(i)),
             extra: Vec::new(),
             control: Some(ControlConfig {
-                listen_port: CONTROL_PORT,
+                listen_port: self.control_port(),
                 // Behind a NAT a host does not know the address the others see it at: it
                 // finds its own and learns the rest from its peers.
                 advertise: host.nat.is_none().then_some(host.underlay.into()),

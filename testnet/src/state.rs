@@ -44,6 +44,9 @@ pub(crate) struct State {
     /// [`crate::neigh`]): while it is up, they are not put back.
     #[serde(default)]
     pub neigh_limits: bool,
+    /// Gossip mode: the control plane shares the tunnels' port on every host.
+    #[serde(default)]
+    pub one_port: bool,
     /// Per host, index 0 is host 1.
     pub host: Vec<HostState>,
 }
@@ -127,6 +130,7 @@ impl State {
             detach_daemons,
             ranges: Vec::new(),
             neigh_limits: false,
+            one_port: false,
             host,
         }
     }

@@ -85,6 +85,11 @@ pub struct Options {
     /// Hosts behind a NAT router of their own (see `nat.rs`); the others keep public
     /// underlay addresses.
     pub nat: Vec<NatSpec>,
+    /// Gossip mode: the control plane shares the tunnels' UDP port ([`LISTEN_PORT`](crate::LISTEN_PORT))
+    /// on every host, as `overlayd` does by default; otherwise it has its own,
+    /// [`CONTROL_PORT`](crate::CONTROL_PORT) (the two-port layout). Defaults to whether env
+    /// `TESTNET_ONE_PORT` is `1`, so that any test can be run both ways.
+    pub one_port: bool,
 }
 
 impl Options {
@@ -106,6 +111,7 @@ impl Options {
             overlayctl: None,
             configure: None,
             nat: Vec::new(),
+            one_port: std::env::var_os("TESTNET_ONE_PORT").is_some_and(|v| v == "1"),
         }
     }
 
@@ -193,6 +199,7 @@ impl Testnet {
         }
         let mut state = claim_prefix(&opts)?;
         state.ranges = opts.ranges.clone();
+        state.one_port = opts.one_port;
         let mut net = Testnet {
             daemons: (0..opts.hosts).map(|_| None).collect(),
             state,
@@ -337,6 +344,17 @@ impl Testnet {
     /// How the hosts know each other.
     pub fn mode(&self) -> Mode {
         self.state.mode
+    }
+
+    /// UDP port of every host's control plane (gossip mode): [`CONTROL_PORT`](crate::CONTROL_PORT),
+    /// or [`LISTEN_PORT`](crate::LISTEN_PORT) when the run shares one port
+    /// ([`Options::one_port`]).
+    pub fn control_port(&self) -> u16 {
+        if self.state.one_port {
+            crate::LISTEN_PORT
+        } else {
+            crate::CONTROL_PORT
+        }
     }
 
     /// `/run/testnet/P`.

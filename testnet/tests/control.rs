@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{Pinger, now_s, pings, pings_once, root};
-use testnet::{CONTROL_PORT, MemberState, NETWORK, Options, Testnet};
+use testnet::{MemberState, NETWORK, Options, Testnet};
 
 /// Gossip mode, one container per host; hosts 1 to `members` form the network.
 fn up(hosts: usize, members: usize) -> Testnet {
@@ -520,7 +520,7 @@ fn join_is_refused_without_a_valid_token() {
 
     // Another network: a CA of its own, the right name and h1's control endpoint.
     let stranger = keys::CaKey::generate();
-    let endpoint = SocketAddr::new(net.addr("h1").expect("h1 addr"), CONTROL_PORT);
+    let endpoint = SocketAddr::new(net.addr("h1").expect("h1 addr"), net.control_port());
     let expires = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")

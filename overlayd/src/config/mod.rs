@@ -33,7 +33,8 @@ pub const DEFAULT_MTU: u16 = 1420;
 pub const DEFAULT_TUN_NAME: &str = "ovl0";
 /// Default state directory (network membership, control key, CA key on admins).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/overlayd";
-/// Default UDP port of the control plane (QUIC).
+/// The control plane's (QUIC) own UDP port in the two-port layout of earlier versions;
+/// by default it shares the tunnels' port.
 pub const DEFAULT_CONTROL_PORT: u16 = 51821;
 /// Default socket of the Docker plugin: dockerd finds plugin `overlayd` there.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker/plugins/overlayd.sock";
@@ -84,8 +85,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Control {
-    /// UDP port of the control plane (QUIC): gossip, full syncs, joins.
-    pub listen_port: u16,
+    /// UDP port of the control plane (QUIC): gossip, full syncs, joins. Unset or equal to
+    /// the tunnels' `listen_port`: one port for both (see [`Config::control_port`]).
+    pub listen_port: Option<u16>,
     /// The underlay address other members reach this host at; default: the source
     /// address the kernel picks towards the bootstrap host (on `init`: the first global
     /// address of this host).
@@ -120,7 +122,7 @@ pub struct Control {
 impl Default for Control {
     fn default() -> Self {
         Control {
-            listen_port: DEFAULT_CONTROL_PORT,
+            listen_port: None,
             advertise: None,
             probe_period_ms: 1000,
             probe_timeout_ms: 500,
@@ -309,6 +311,17 @@ pub struct PeerConfig {
 }
 
 impl Config {
+    /// UDP port of the control plane: `[control] listen_port`, by default the tunnels'.
+    pub fn control_port(&self) -> u16 {
+        self.control.listen_port.unwrap_or(self.listen_port)
+    }
+
+    /// Whether the tunnels and the control plane share one UDP port (the default): the
+    /// data path's socket then carries QUIC too (`datapath::oneport`).
+    pub fn one_port(&self) -> bool {
+        self.control_port() == self.listen_port
+    }
+
     /// The levers in force: the offloads only where `offload` allows them.
     pub fn effective_tuning(&self) -> Tuning {
         Tuning {

@@ -47,7 +47,7 @@ impl Config {
             );
         }
         let c = &self.control;
-        let _ = writeln!(out, "\n[control]\nlisten_port = {}", c.listen_port);
+        let _ = writeln!(out, "\n[control]\nlisten_port = {}", self.control_port());
         if let Some(a) = c.advertise {
             let _ = writeln!(out, "advertise = \"{a}\"");
         }

@@ -40,6 +40,32 @@ fn minimal_config_gets_defaults() {
 }
 
 #[test]
+fn the_control_plane_shares_the_tunnels_port_unless_given_its_own() {
+    let f = fixture();
+    let c = parse(&f, "").unwrap();
+    assert_eq!((c.control_port(), c.one_port()), (51820, true));
+    let c = parse(&f, "listen_port = 4000\n").unwrap();
+    assert_eq!(
+        (c.control_port(), c.one_port()),
+        (4000, true),
+        "follows listen_port"
+    );
+    // The two-port layout of earlier versions is still accepted.
+    let c = parse(&f, "[control]\nlisten_port = 51821\n").unwrap();
+    assert_eq!((c.control_port(), c.one_port()), (51821, false));
+    let c = parse(&f, "listen_port = 4000\n[control]\nlisten_port = 4000\n").unwrap();
+    assert!(c.one_port());
+    assert!(c.redacted().contains("[control]\nlisten_port = 4000\n"));
+    let e = parse(&f, "[control]\nlisten_port = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("listen_port 0 is not allowed") && !e.contains('\n'),
+        "{e}"
+    );
+}
+
+#[test]
 fn full_config_round_trips_through_redacted() {
     let f = fixture();
     let body = format!(

@@ -163,13 +163,9 @@ impl Config {
 
 impl Control {
     fn check(&self, wireguard_port: u16) -> Result<(), String> {
-        if self.listen_port == 0 {
-            return Err("[control] listen_port 0 is not allowed: members need a fixed port".into());
-        }
-        if self.listen_port == wireguard_port {
+        if self.listen_port == Some(0) {
             return Err(format!(
-                "[control] listen_port {} is also listen_port of the tunnels; use another (default {DEFAULT_CONTROL_PORT})",
-                self.listen_port
+                "[control] listen_port 0 is not allowed: members need a fixed port; leave it out to share the tunnels' port {wireguard_port}, or give another (e.g. {DEFAULT_CONTROL_PORT})"
             ));
         }
         if let Some(a) = self.advertise

@@ -66,11 +66,20 @@ pub struct Ctx {
     /// The control port, bound at start (so a port in use is an error at once) and turned
     /// into a QUIC endpoint only when this host first needs one: a daemon with only static
     /// peers never pays for QUIC (about 7 MiB of RSS).
-    pub control_socket: Mutex<Option<std::net::UdpSocket>>,
+    pub control_socket: Mutex<Option<ControlSocket>>,
     /// The QUIC endpoint, once made; see [`Ctx::endpoint`].
     pub endpoint: std::sync::OnceLock<quinn::Endpoint>,
     /// Bytes the control plane moved, for the metrics; shared with the connection tasks.
     pub traffic: Arc<Traffic>,
+}
+
+/// Where the control plane's QUIC runs.
+pub enum ControlSocket {
+    /// A port of its own (`[control] listen_port` set to another port than the tunnels').
+    Own(std::net::UdpSocket),
+    /// The tunnels' socket, shared (the default): the data path hands QUIC's datagrams over
+    /// (`datapath::oneport`).
+    Shared(Arc<crate::datapath::oneport::SharedQuicSocket<Udp>>),
 }
 
 /// Bytes the control plane moved since the daemon started, for the metrics: what
@@ -105,12 +114,14 @@ impl Ctx {
         let sock = socket
             .take()
             .context("the control socket is gone; restart overlayd")?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            None,
-            sock,
-            Arc::new(quinn::TokioRuntime),
-        )
+        let config = crate::datapath::oneport::endpoint_config();
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let endpoint = match sock {
+            ControlSocket::Own(sock) => quinn::Endpoint::new(config, None, sock, runtime),
+            ControlSocket::Shared(sock) => {
+                quinn::Endpoint::new_with_abstract_socket(config, None, sock, runtime)
+            }
+        }
         .context("cannot start the QUIC endpoint")?;
         let _ = self.endpoint.set(endpoint.clone());
         Ok(endpoint)

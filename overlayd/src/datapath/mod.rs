@@ -29,6 +29,7 @@
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+pub mod oneport;
 mod poller;
 pub mod sched;
 pub mod tun;
@@ -46,6 +47,7 @@ use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::router::{Inbound, Initiate, MIN_BUFFER_LEN, Outbound, Router};
 use crate::util::lock;
+use oneport::QuicInbox;
 use poller::Poller;
 use tun::Tun;
 use udp::{Bind, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, RecvBatch};
@@ -59,18 +61,23 @@ const TUN_WRITE_BATCH: usize = 256;
 
 /// Starts the two data-plane workers and the timer thread. They run until the process
 /// exits. Generic rather than `dyn`: each device's calls compile into the per-packet loops.
+/// With `quic`, the socket is shared with the control plane: QUIC's datagrams go there
+/// (see [`oneport`]).
 pub fn spawn<T: Tun + 'static, U: Bind + 'static>(
     tun: Arc<T>,
     udp: Arc<U>,
     router: Arc<Router>,
     mtu: u16,
     sched_batch: bool,
+    quic: Option<Arc<QuicInbox>>,
 ) -> io::Result<()> {
     // Reads never block: the workers wait in epoll, and whoever holds a direction's
     // buffers reads until the kernel has nothing more. TUN writes never wait.
     tun.set_nonblocking()?;
     {
-        let shared = Arc::new(Shared::new(tun, udp.clone(), router.clone(), mtu)?);
+        let mut shared = Shared::new(tun, udp.clone(), router.clone(), mtu)?;
+        shared.quic = quic;
+        let shared = Arc::new(shared);
         for i in 0..WORKERS {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -99,6 +106,8 @@ struct Shared<T, U> {
     tun: Arc<T>,
     udp: Arc<U>,
     router: Arc<Router>,
+    /// One-port mode: where QUIC's datagrams go.
+    quic: Option<Arc<QuicInbox>>,
 }
 
 impl<T: Tun, U: Bind> Shared<T, U> {
@@ -112,6 +121,7 @@ impl<T: Tun, U: Bind> Shared<T, U> {
             tun,
             udp,
             router,
+            quic: None,
         })
     }
 
@@ -200,6 +210,7 @@ impl Inside {
     /// caller re-arms the socket, which reports anything that arrives after the last read.
     fn drain<T: Tun, U: Bind>(&mut self, shared: &Shared<T, U>) {
         let (tun, udp, router) = (&*shared.tun, &*shared.udp, &*shared.router);
+        let quic = shared.quic.as_deref();
         let mut reply = |dst: SocketAddr, bytes: &[u8]| udp.send_message(dst, bytes);
         loop {
             let n = match udp.try_recv(&mut self.batch) {
@@ -225,6 +236,13 @@ impl Inside {
                 let (src, datagrams) = self.batch.datagrams(i);
                 let Some(src) = src else { continue };
                 for datagram in datagrams {
+                    // One port: QUIC's datagrams are the control plane's (one branch each).
+                    if let Some(quic) = quic
+                        && oneport::is_quic(datagram)
+                    {
+                        quic.deliver(src, datagram);
+                        continue;
+                    }
                     if filled == self.bufs.len() {
                         write_tun(tun, router, &mut self.gro, &mut self.bufs[..filled]);
                         filled = 0;

@@ -366,6 +366,66 @@ fn a_panic_on_the_path_re_arms_both_fds() {
 }
 
 #[test]
+fn one_port_hands_quic_to_the_inbox_and_wireguard_to_the_router() {
+    let (mut a, b) = a_after_handshake();
+    let inbox = Arc::new(super::oneport::QuicInbox::default());
+    a.shared.quic = Some(inbox.clone());
+    let packet = ipv4("10.42.2.2", "10.42.1.2", b"from b");
+    let quic_initial = [0xc3u8, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+    a.udp.deliver(addr(B_ADDR), &quic_initial);
+    a.udp.deliver(addr(B_ADDR), &from_b(&b, &packet));
+    a.udp.deliver(addr("198.18.0.13:4433"), &[0x45, 1, 2]);
+    assert_eq!(a.serve(), Poller::UDP);
+    // The tunnel's datagram reached the TUN, and nothing QUIC's was counted as malformed.
+    assert_eq!(a.tun.written(), vec![packet]);
+    assert_eq!(a.router.drops.get(DropReason::Malformed), 0);
+    let woken = Arc::new(NoWake);
+    let waker = std::task::Waker::from(woken);
+    let mut cx = std::task::Context::from_waker(&waker);
+    let socket = super::oneport::SharedQuicSocket::new(a.udp.clone(), inbox, addr(A_ADDR));
+    let mut storage = [[0u8; 64]; 4];
+    let mut bufs: Vec<std::io::IoSliceMut> = storage
+        .iter_mut()
+        .map(|b| std::io::IoSliceMut::new(b))
+        .collect();
+    let mut meta = [quinn::udp::RecvMeta::default(); 4];
+    let got = quinn::AsyncUdpSocket::poll_recv(&socket, &mut cx, &mut bufs, &mut meta);
+    assert!(matches!(got, std::task::Poll::Ready(Ok(2))), "{got:?}");
+    assert_eq!(
+        (meta[0].addr, meta[0].len),
+        (addr(B_ADDR), quic_initial.len())
+    );
+    assert_eq!(meta[1].addr, addr("198.18.0.13:4433"));
+    // quinn's sends leave on the same socket.
+    let transmit = quinn::udp::Transmit {
+        destination: addr(B_ADDR),
+        ecn: None,
+        contents: &[0x41, 7, 7],
+        segment_size: None,
+        src_ip: None,
+    };
+    quinn::AsyncUdpSocket::try_send(&socket, &transmit).unwrap();
+    assert_eq!(
+        a.udp.sent().last().unwrap(),
+        &(addr(B_ADDR), vec![0x41, 7, 7])
+    );
+}
+
+struct NoWake;
+impl std::task::Wake for NoWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+#[test]
+fn without_one_port_a_quic_looking_datagram_is_the_routers_junk() {
+    let (a, _b) = a_after_handshake();
+    a.udp.deliver(addr(B_ADDR), &[0xc3u8, 0, 0, 0, 1, 8, 1, 2]);
+    assert_eq!(a.serve(), Poller::UDP);
+    assert!(a.tun.written().is_empty());
+    assert_eq!(a.router.drops.get(DropReason::Malformed), 1);
+}
+
+#[test]
 fn spawned_workers_carry_packets_both_ways() {
     // The threads run until the test process exits, as they do in the daemon.
     let Pair { a, b } = pair();
@@ -378,6 +438,7 @@ fn spawned_workers_carry_packets_both_ways() {
             Arc::new(router),
             MTU,
             false,
+            None,
         )
         .unwrap();
     }

@@ -231,3 +231,115 @@ impl Drop for Pinger {
         let _ = self.child.wait();
     }
 }
+
+/// A `tcpdump` writing every packet of one interface of a namespace to a pcap file until it
+/// is stopped; then [`Capture::count`] counts the packets a filter matches. Killed on drop.
+pub struct Capture {
+    child: Option<std::process::Child>,
+    path: std::path::PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing on `iface` (`any` for all) of `name` (`hI`, `nI`, `ul`) into a file
+    /// in the run's directory, and returns once tcpdump listens.
+    pub fn start(net: &Testnet, name: &str, iface: &str) -> Capture {
+        use std::io::BufRead;
+        let path = net.run_dir().join(format!("capture-{name}-{iface}.pcap"));
+        let path_arg = path.to_string_lossy().into_owned();
+        let mut child = net
+            .spawn(
+                name,
+                &[
+                    "tcpdump",
+                    "--immediate-mode",
+                    "-i",
+                    iface,
+                    "-U",
+                    "-n",
+                    "-s",
+                    "256",
+                    "-w",
+                    &path_arg,
+                ],
+            )
+            .expect("start tcpdump");
+        let stderr = child.stderr.take().expect("tcpdump stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut capture = Capture {
+            child: Some(child),
+            path,
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("listening on") => return capture,
+                Ok(_) => {}
+                Err(_) => {
+                    capture.kill();
+                    panic!("tcpdump did not start listening on {name} {iface}");
+                }
+            }
+        }
+    }
+
+    /// Stops the capture (SIGINT, so tcpdump flushes its file).
+    pub fn stop(&mut self) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on the PID of the tcpdump this capture started.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The packets of the (stopped) capture that `filter` (tcpdump's syntax) matches, one
+    /// line each.
+    pub fn lines(&self, filter: &str) -> Vec<String> {
+        let out = Command::new("tcpdump")
+            .args(["-r"])
+            .arg(&self.path)
+            .args(["-n", "-q", filter])
+            .output()
+            .expect("run tcpdump -r");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// How many packets of the (stopped) capture `filter` matches.
+    pub fn count(&self, filter: &str) -> usize {
+        self.lines(filter).len()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -170,7 +170,7 @@ impl Member {
             }
         };
         let settings = Settings {
-            control_port: control.listen_port,
+            control_port: ctx.config.control_port(),
             listen_port: ctx.config.listen_port,
             certificate_days: control.certificate_days,
             follow_address: control.advertise.is_none(),
