@@ -169,13 +169,25 @@ impl<U: Bind + 'static> AsyncUdpSocket for SharedQuicSocket<U> {
         Box::pin(AlwaysWritable)
     }
 
+    /// A failed send is a lost datagram, as quinn's own socket treats it: only
+    /// `WouldBlock` goes back to quinn, since any other error would end the connection
+    /// (a firewall's drop on output is `EPERM`; an unreachable network, `ENETUNREACH`:
+    /// both pass when the path comes back, and QUIC's loss recovery resends).
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        match transmit.segment_size {
+        let sent = match transmit.segment_size {
             Some(size) if size > 0 && size < transmit.contents.len() => {
                 let segments: Vec<&[u8]> = transmit.contents.chunks(size).collect();
                 self.udp.send_segments(transmit.destination, &segments)
             }
             _ => self.udp.send_to(transmit.destination, transmit.contents),
+        };
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, endpoint = %transmit.destination, "QUIC send failed; the datagram is lost");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
         }
     }
 
