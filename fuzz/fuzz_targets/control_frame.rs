@@ -175,7 +175,7 @@ fuzz_target!(|data: &[u8]| {
                     apply_bundle(&bundle);
                 }
                 Response::Sync(bundle) => apply_bundle(&bundle),
-                Response::Ack | Response::Refused(_) => {}
+                Response::Ack | Response::Refused(_) | Response::Seen(_) => {}
             }
         }
         _ => {

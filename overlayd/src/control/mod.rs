@@ -119,6 +119,7 @@ impl Ctx {
         let endpoint = match sock {
             ControlSocket::Own(sock) => quinn::Endpoint::new(config, None, sock, runtime),
             ControlSocket::Shared(sock) => {
+                sock.open();
                 quinn::Endpoint::new_with_abstract_socket(config, None, sock, runtime)
             }
         }

@@ -77,6 +77,10 @@ pub enum Response {
     Ack,
     /// Refused, with one sentence for the operator.
     Refused(String),
+    /// A push received (as `Ack`), on a connection the sender opened: the address its
+    /// datagrams came from as the receiver saw them (its address behind a NAT, if any).
+    /// An observation the sender may publish as its own endpoint (see `core::discovery`).
+    Seen(std::net::SocketAddr),
 }
 
 /// The bytes of the length prefix before every frame's body.

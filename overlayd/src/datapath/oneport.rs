@@ -56,6 +56,9 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
 /// QUIC datagrams the data path took off the shared socket, waiting for quinn.
 #[derive(Default)]
 pub struct QuicInbox {
+    /// Whether quinn reads it: until the control plane makes its endpoint (a host with
+    /// only static peers never does), QUIC's datagrams are dropped, not kept.
+    open: std::sync::atomic::AtomicBool,
     inner: Mutex<Inbox>,
     /// Datagrams dropped because quinn had [`INBOX_LEN`] waiting.
     dropped: AtomicU64,
@@ -72,6 +75,10 @@ impl QuicInbox {
     /// Queues a copy of `datagram` from `src` for quinn and wakes it; dropped (and counted)
     /// when [`INBOX_LEN`] are waiting.
     pub fn deliver(&self, src: SocketAddr, datagram: &[u8]) {
+        if !self.open.load(Ordering::Relaxed) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let waker = {
             let mut inbox = lock(&self.inner);
             if inbox.queue.len() >= INBOX_LEN {
@@ -89,7 +96,12 @@ impl QuicInbox {
         }
     }
 
-    /// Datagrams dropped because quinn did not take them fast enough.
+    /// From now on, keeps QUIC's datagrams for quinn (its endpoint is made).
+    pub fn open(&self) {
+        self.open.store(true, Ordering::Relaxed);
+    }
+
+    /// Datagrams dropped because quinn did not take them fast enough, or had no endpoint.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -142,6 +154,11 @@ impl<U: Bind> SharedQuicSocket<U> {
     /// `inbox`.
     pub fn new(udp: Arc<U>, inbox: Arc<QuicInbox>, local: SocketAddr) -> SharedQuicSocket<U> {
         SharedQuicSocket { udp, inbox, local }
+    }
+
+    /// quinn reads it from now on: QUIC's datagrams are kept for it.
+    pub fn open(&self) {
+        self.inbox.open();
     }
 }
 
@@ -237,6 +254,10 @@ mod tests {
     #[test]
     fn the_inbox_wakes_quinn_hands_datagrams_in_order_and_drops_past_its_bound() {
         let inbox = QuicInbox::default();
+        // Nothing is kept before quinn reads it.
+        inbox.deliver("198.18.0.11:51820".parse().unwrap(), &[0xc0]);
+        assert_eq!(inbox.dropped(), 1);
+        inbox.open();
         let woken = Arc::new(Count(AtomicU64::new(0)));
         let waker = Waker::from(woken.clone());
         let mut cx = Context::from_waker(&waker);
@@ -262,7 +283,7 @@ mod tests {
         for _ in 0..INBOX_LEN + 5 {
             inbox.deliver(a, &[0x40]);
         }
-        assert_eq!(inbox.dropped(), 5);
+        assert_eq!(inbox.dropped(), 1 + 5);
         let mut taken = 0;
         while let Poll::Ready(n) = take(&mut storage, &mut meta, &mut cx) {
             taken += n;

@@ -369,6 +369,7 @@ fn a_panic_on_the_path_re_arms_both_fds() {
 fn one_port_hands_quic_to_the_inbox_and_wireguard_to_the_router() {
     let (mut a, b) = a_after_handshake();
     let inbox = Arc::new(super::oneport::QuicInbox::default());
+    inbox.open();
     a.shared.quic = Some(inbox.clone());
     let packet = ipv4("10.42.2.2", "10.42.1.2", b"from b");
     let quic_initial = [0xc3u8, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8];

@@ -71,6 +71,8 @@ enum Event {
     /// A request on a stream, from the member link it came on (`None`: a joiner).
     Request(Option<LinkId>, Box<Request>, oneshot::Sender<Response>),
     Bundle(Bundle),
+    /// The member on this link saw this host's datagrams come from this address.
+    Seen(LinkId, SocketAddr),
 }
 
 /// The keys of `dir`'s members and revocations, for the router to tell a member it does
@@ -340,6 +342,7 @@ impl Member {
                 let _ = reply.send(response);
             }
             Event::Bundle(bundle) => self.core.handle_bundle(&bundle, now),
+            Event::Seen(link, addr) => self.core.handle_seen(link, addr, now),
         }
     }
 
@@ -379,15 +382,24 @@ impl Member {
                 } => {
                     let conns = links
                         .iter()
-                        .filter_map(|link| self.conns.get(link).cloned());
+                        .filter_map(|link| Some((*link, self.conns.get(link)?.clone())));
                     let traffic = &self.ctx.traffic;
+                    // What the member saw of this host comes back as an event.
+                    let pushed = |(link, conn), tx: mpsc::UnboundedSender<Event>| {
+                        let pushing = push(conn, bundle.clone(), traffic.clone());
+                        async move {
+                            if let Some(seen) = pushing.await {
+                                let _ = tx.send(Event::Seen(link, seen));
+                            }
+                        }
+                    };
                     if wait {
-                        let pushes = conns.map(|conn| push(conn, bundle.clone(), traffic.clone()));
+                        let pushes = conns.map(|c| pushed(c, self.events_tx.clone()));
                         let all = futures::future::join_all(pushes);
                         let _ = tokio::time::timeout(PUSH_WAIT, all).await;
                     } else {
-                        for conn in conns {
-                            tokio::spawn(push(conn, bundle.clone(), traffic.clone()));
+                        for c in conns {
+                            tokio::spawn(pushed(c, self.events_tx.clone()));
                         }
                     }
                 }

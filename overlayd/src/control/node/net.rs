@@ -131,8 +131,13 @@ pub(super) fn sync(
     });
 }
 
-/// Pushes records to one member and waits for its ack.
-pub(super) async fn push(conn: quinn::Connection, bundle: Bundle, traffic: Arc<Traffic>) {
+/// Pushes records to one member and waits for its ack; returns where it saw this host's
+/// datagrams come from, when it says ([`Response::Seen`]).
+pub(super) async fn push(
+    conn: quinn::Connection,
+    bundle: Bundle,
+    traffic: Arc<Traffic>,
+) -> Option<SocketAddr> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await?;
         let sent = msg::write(&mut send, &Request::Push(bundle)).await?;
@@ -142,8 +147,13 @@ pub(super) async fn push(conn: quinn::Connection, bundle: Bundle, traffic: Arc<T
         Traffic::add(&traffic.sync_received, received);
         anyhow::Ok(response)
     };
-    if let Ok(Err(e)) = tokio::time::timeout(STREAM_TIMEOUT, exchange).await {
-        tracing::debug!(remote = %conn.remote_address(), error = %e, "push failed");
+    match tokio::time::timeout(STREAM_TIMEOUT, exchange).await {
+        Ok(Ok(Response::Seen(addr))) => Some(addr),
+        Ok(Err(e)) => {
+            tracing::debug!(remote = %conn.remote_address(), error = %e, "push failed");
+            None
+        }
+        _ => None,
     }
 }
 

@@ -28,12 +28,13 @@ pub struct LinkId(u64);
 
 /// A member connection being served.
 pub(super) struct Link {
-    /// The address it is with (the peer's control address).
-    addr: SocketAddr,
+    /// The address it is with (the peer's control address; for a connection the peer
+    /// opened, where its datagrams come from).
+    pub(super) addr: SocketAddr,
     /// The certificate its peer proved in the handshake.
     peer: NodeCertificate,
     /// Whether the peer opened it.
-    inbound: bool,
+    pub(super) inbound: bool,
 }
 
 /// Why the core closes a member connection ([`Action::Close`]).

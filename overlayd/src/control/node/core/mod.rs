@@ -40,6 +40,7 @@
 //! (member connections and addresses), `requests` (requests from other hosts and API
 //! commands), `view` (what the API shows and what is routed).
 
+mod discovery;
 mod gossip;
 mod limits;
 mod links;
@@ -234,6 +235,10 @@ pub struct Core {
     policy_handed: Option<Option<u64>>,
     /// Whether this host has swapped directories with a member since it started.
     caught_up: bool,
+    /// Where members saw this host's datagrams come from, by member (see `discovery`).
+    seen: HashMap<u32, SocketAddr>,
+    /// The address this host publishes as seen by the others, when not its own.
+    reflexive: Option<SocketAddr>,
     dirty: bool,
     actions: VecDeque<Action>,
 }
@@ -303,6 +308,8 @@ impl Core {
             refused_updates: 0,
             policy_handed: None,
             caught_up: false,
+            seen: HashMap::new(),
+            reflexive: None,
             dirty: false,
             actions: VecDeque::new(),
         };
@@ -396,13 +403,25 @@ impl Core {
 
     /// This host's record at the current version.
     fn own_record(&self, state: MemberState) -> Result<SignedMemberRecord, StartError> {
-        own_record(
+        let mut record = own_record(
             &self.net,
             &self.settings,
             self.advertise,
             state,
             &self.control_key,
-        )
+        )?;
+        if let Some(reflexive) = self.reflexive
+            && !record.record().endpoints.contains(&reflexive)
+        {
+            // Seen from outside first: where the others reach this host behind a NAT.
+            let mut unsigned = record.record().clone();
+            unsigned.endpoints.insert(0, reflexive);
+            unsigned
+                .endpoints
+                .truncate(protocol::records::MAX_ENDPOINTS);
+            record = unsigned.sign(&self.control_key)?;
+        }
+        Ok(record)
     }
 
     /// This host's latest record as held in the directory, alone in a bundle.

@@ -182,9 +182,9 @@ impl Core {
                 self.apply_bundle(&theirs, true, now);
                 Response::Sync(self.bundle())
             }
-            (Origin::Member(_), Request::Push(theirs)) => {
+            (Origin::Member(link), Request::Push(theirs)) => {
                 self.apply_bundle(&theirs, false, now);
-                Response::Ack
+                self.seen_answer(link)
             }
             (Origin::Member(_), Request::Join { .. }) => Response::Refused(
                 "this host is already a member; a join needs no certificate".into(),

@@ -514,10 +514,18 @@ impl Sim {
                     let bundle = checked(core, bundle, now);
                     let answer =
                         core.handle_request(Origin::Member(link), Request::Push(bundle), now);
-                    assert!(matches!(
-                        answer,
-                        Answer::Reply(Response::Ack) | Answer::Drop
-                    ));
+                    match answer {
+                        Answer::Reply(Response::Ack) | Answer::Drop => {}
+                        // What the receiver saw of the pusher goes back to it.
+                        Answer::Reply(Response::Seen(addr)) => {
+                            if let Some(&(from, theirs)) = self.hosts[to].links.get(&link)
+                                && let Some(core) = self.hosts[from].core.as_mut()
+                            {
+                                core.handle_seen(theirs, addr, now);
+                            }
+                        }
+                        other => panic!("a push answered with {other:?}"),
+                    }
                 }
             }
             Delivery::Sync(from, to, link, bundle) => {
