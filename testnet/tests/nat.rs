@@ -143,7 +143,7 @@ fn cone_and_symmetric_nats_map_filter_and_flush() {
     // from a port nobody wrote to does not (port-dependent filtering).
     h1_a.send_to(b"answer", cone_a).unwrap();
     assert_eq!(
-        receive(&h2).map(|(p, from)| (p, from)),
+        receive(&h2),
         Some((b"answer".to_vec(), SocketAddr::from((H1, 5000))))
     );
     let h1_other = socket_in(&net.host_ns(1), 5009);

@@ -111,6 +111,9 @@ pub enum Initiate<'a> {
     All,
     /// The peer with this key, if it has an endpoint and no handshake is under way.
     Peer(&'a PublicKey),
+    /// The peer with this key, if it has an endpoint and no session: a handshake under way
+    /// is sent again now rather than at its retry (a path to the peer just opened).
+    Punch(&'a PublicKey),
 }
 
 /// The peer table (swapped whole on every change), the writers' lock, and the shared
@@ -649,6 +652,11 @@ impl Router {
             Initiate::Peer(key) => {
                 self.initiate(key, &mut buf, &mut send);
             }
+            Initiate::Punch(key) => {
+                if let Some(peer) = self.table.load().by_key(key) {
+                    punch_peer(peer, &mut buf, &mut send);
+                }
+            }
         }
     }
 
@@ -686,6 +694,26 @@ fn initiate_peer(peer: &Peer, buf: &mut [u8], send: &mut dyn FnMut(SocketAddr, &
     if let Some(ep) = endpoint
         && let TunnResult::WriteToNetwork(b) = st.tunn.format_handshake_initiation(buf, false)
     {
+        handshakes::note_sent(peer, &mut st, b);
+        send(ep, b);
+        return true;
+    }
+    false
+}
+
+/// Sends a handshake initiation to `peer` now, a new one or the one under way again,
+/// unless it has a session (a handshake within the last 180 s) or no endpoint. For a path
+/// that just opened through NATs: the retry of a handshake whose first attempts the far
+/// NAT dropped would come up to 5 s later.
+fn punch_peer(peer: &Peer, buf: &mut [u8], send: &mut dyn FnMut(SocketAddr, &[u8])) -> bool {
+    let mut st = peer.lock();
+    if st.removed || st.tunn.stats().0.is_some_and(|age| age.as_secs() < 180) {
+        return false;
+    }
+    let Some(ep) = st.endpoint else {
+        return false;
+    };
+    if let TunnResult::WriteToNetwork(b) = st.tunn.format_handshake_initiation(buf, true) {
         handshakes::note_sent(peer, &mut st, b);
         send(ep, b);
         return true;

@@ -290,6 +290,17 @@ impl Member {
                 let inbound = conn.side().is_server();
                 match self.core.handle_connected(addr, peer, inbound, now) {
                     Ok((link, peer)) => {
+                        // One port: the QUIC connection just went through whatever NATs
+                        // are between (both sides dial each other as soon as they know the
+                        // other's published address: a simultaneous open, retried by QUIC);
+                        // the tunnel's datagrams take the same addresses and ports, so its
+                        // handshake goes now rather than at its next retry.
+                        if self.ctx.config.one_port() {
+                            self.ctx.router.initiate_and_send(
+                                crate::router::Initiate::Punch(&peer.wireguard_key),
+                                &*self.ctx.udp,
+                            );
+                        }
                         tokio::spawn(serve_connection(
                             conn.clone(),
                             addr,
