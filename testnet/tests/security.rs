@@ -190,7 +190,8 @@ fn push_as(
     let members: Vec<Vec<u8>> = records.iter().map(|r| r.to_bytes()).collect();
     let answer = run_in_netns(&net.host_ns(from), move || push(config, target, members));
     match answer {
-        Ok(Response::Ack) => {}
+        // `Seen` is an acknowledgement that also says where the push came from.
+        Ok(Response::Ack | Response::Seen(_)) => {}
         other => panic!(
             "h{to} did not acknowledge a push from {}: {other:?}",
             who.certificate.node

@@ -390,7 +390,8 @@ pub async fn send_gossip(
     let answer = link.ask(&Request::Push(Bundle::default())).await;
     link.close().await;
     match answer? {
-        Response::Ack => Ok(()),
+        // `Seen` acknowledges too, with the address the push came from.
+        Response::Ack | Response::Seen(_) => Ok(()),
         other => bail!("the daemon answered an empty push with {other:?}"),
     }
 }
