@@ -213,6 +213,7 @@ fn member_status(admin: bool, member_count: usize) -> Status {
             member_count,
             left: false,
         }),
+        config: None,
     }
 }
 
@@ -485,6 +486,7 @@ fn status_and_peers_show_members() {
         tx_bytes: 20,
         persistent_keepalive: None,
         drops: Default::default(),
+        origin: None,
     };
     let api = FakeApi::ok(&vec![member]);
     let stdout = success(&api.run(&["peers"], ""));

@@ -186,7 +186,8 @@ fn changed_subnets_move_the_routes_and_the_accepted_sources() {
         changed,
         Upserted::Updated {
             endpoint_changed: false,
-            subnets_changed: true
+            subnets_changed: true,
+            keepalive_changed: false,
         }
     );
     let a_at_b = pair.b.peer(&keys.a.public_key()).unwrap();
@@ -315,7 +316,8 @@ fn advertised_endpoint_applies_once_and_does_not_undo_roaming() {
         pair.b.upsert_peer(newer).unwrap(),
         Upserted::Updated {
             endpoint_changed: true,
-            subnets_changed: false
+            subnets_changed: false,
+            keepalive_changed: false,
         }
     );
     let (age, endpoint) = a_at_b.handshake_age_and_endpoint();
@@ -327,7 +329,8 @@ fn advertised_endpoint_applies_once_and_does_not_undo_roaming() {
         pair.b.upsert_peer(renamed).unwrap(),
         Upserted::Updated {
             endpoint_changed: false,
-            subnets_changed: false
+            subnets_changed: false,
+            keepalive_changed: false,
         }
     );
     assert_eq!(a_at_b.name().as_deref(), Some("a2"));
