@@ -532,7 +532,7 @@ fn sighup_reloads_without_a_restart() {
     // Nothing was lost, nothing handshook again, the daemon is the same.
     let (sent, got) = to_h2.finish();
     eprintln!("h1-c1 -> h2-c1 every 50 ms: {got}/{sent}");
-    assert!(sent > 50, "ping sent {sent}");
+    assert!(sent > 20, "ping sent {sent}");
     assert_eq!(sent, got, "pings to h2-c1 were lost across the reloads");
     let (sent, got) = to_h3.finish();
     eprintln!("h1-c1 -> h3-c1 every 50 ms: {got}/{sent}");
