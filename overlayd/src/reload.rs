@@ -155,10 +155,17 @@ impl Reloader {
                 .await
                 .map_err(|e| format!("config {}: {e}", path.display()))?;
         }
-        let listener = match (&in_force.metrics, diff.metrics) {
-            (Some(m), true) => Some(MetricsListener::bind(m.listen).map_err(|e| format!("{e:#}"))?),
-            _ => None,
-        };
+        // A new metrics address is bound now (one in use refuses the reload), unless it
+        // has the running endpoint's port: then only once that one has stopped.
+        let old_listen = running.metrics.map(|m| m.listen);
+        let new_listen = in_force.metrics.map(|m| m.listen);
+        let rebind = diff.metrics && old_listen != new_listen;
+        let mut listener = None;
+        if let (true, Some(addr)) = (rebind, new_listen)
+            && old_listen.is_none_or(|old| old.port() != addr.port())
+        {
+            listener = Some(MetricsListener::bind(addr).map_err(|e| format!("{e:#}"))?);
+        }
         let new_flow_log = if diff.flows && in_force.flows.enabled {
             match lock(&self.flows).clone() {
                 Some(log) => {
@@ -207,10 +214,20 @@ impl Reloader {
         if diff.socket_buffer {
             ctx.udp.set_buffers(in_force.tuning.socket_buffer);
         }
-        if diff.metrics {
+        if rebind {
             let mut served = lock(&self.metrics);
-            // The old endpoint goes first (the same port may be asked again).
             served.take();
+            if listener.is_none()
+                && let Some(addr) = new_listen
+            {
+                match MetricsListener::bind(addr) {
+                    Ok(l) => listener = Some(l),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "no metrics endpoint");
+                        changed.push(format!("[metrics] not served: {e:#}"));
+                    }
+                }
+            }
             *served = listener.map(|l| l.serve(self.metrics_sources.clone()));
         }
         if diff.flows {
