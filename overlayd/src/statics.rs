@@ -265,10 +265,13 @@ impl StaticPeers {
                 }
             };
             if reroute {
-                for net in inner.routed.remove(key).unwrap_or_default() {
-                    routes.remove(net).await;
+                // Only what changes: a subnet kept never goes without its route (a packet
+                // for it would follow the host's other routes meanwhile).
+                let old = inner.routed.remove(key).unwrap_or_default();
+                for net in old.iter().filter(|n| !wanted.contains(n)) {
+                    routes.remove(*net).await;
                 }
-                for net in &wanted {
+                for net in wanted.iter().filter(|n| !old.contains(n)) {
                     if let Err(e) = routes.add(*net, ctx.if_index, source).await {
                         tracing::warn!(peer = %key.short(), subnet = %net, error = %format!("{e:#}"), "cannot add a static peer's route");
                     }
@@ -345,6 +348,21 @@ fn check(
             return Err(format!(
                 "peer {key} is already a tunnel of this host (a member of its network); members are reached through the network, not as static peers"
             ));
+        }
+    }
+    // This host's own subnets and address: its certificate's too, which the config's
+    // rules do not see on a member.
+    let local = ctx.router.local_networks();
+    for spec in &upsert {
+        for subnet in &spec.subnets {
+            let overlaps =
+                |n: &IpNet| n.contains(&subnet.network()) || subnet.contains(&n.network());
+            if let Some(own) = local.iter().find(|n| overlaps(n)) {
+                return Err(format!(
+                    "peer {} cannot have subnet {subnet}: it overlaps {own} of this host; give every host its own subnet",
+                    spec.public_key
+                ));
+            }
         }
     }
     ctx.router

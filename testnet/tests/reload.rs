@@ -210,6 +210,14 @@ fn static_peers_from_the_cli_without_a_restart() {
     );
     let e = refused(&net, &["peer", "add", &h1_key, "--subnets", "10.42.9.0/24"]);
     assert!(e.contains("this host's own public key"), "{e}");
+    let e = refused(
+        &net,
+        &["peer", "add", &stranger, "--subnets", "10.42.1.128/25"],
+    );
+    assert!(
+        e.contains("cannot have subnet 10.42.1.128/25: it overlaps 10.42.1.0/24 of this host"),
+        "{e}"
+    );
     let e = refused(&net, &["peer", "remove", &stranger]);
     assert!(e.contains("no peer"), "{e}");
     assert_eq!(peers(&net).len(), 1, "only h2 after the refusals");
