@@ -237,13 +237,13 @@ pub fn watch_addresses(on_change: impl Fn() + Send + 'static) -> anyhow::Result<
         let mut addresses = NewAddresses::default();
         while let Some((msg, _)) = messages.next().await {
             match msg.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a)) => {
-                    if addresses.added(a.header.index, address_of(&a)) {
-                        tracing::info!(
-                            "a local address was added; refreshing handshakes so peers learn our endpoint"
-                        );
-                        on_change();
-                    }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a))
+                    if addresses.added(a.header.index, address_of(&a)) =>
+                {
+                    tracing::info!(
+                        "a local address was added; refreshing handshakes so peers learn our endpoint"
+                    );
+                    on_change();
                 }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(a)) => {
                     addresses.removed(a.header.index, address_of(&a));
