@@ -11,6 +11,10 @@
 //! | [`JOIN_PATH`] | [`JoinRequest`] | [`Status`] |
 //! | [`REVOKE_PATH`] | [`RevokeRequest`] | [`RevokeResponse`] |
 //! | [`LEAVE_PATH`] | `{}` | [`Status`] |
+//! | [`RELOAD_PATH`] | `{}` | [`ReloadReport`] |
+//! | [`STATIC_PEER_ADD_PATH`] | [`StaticPeerRequest`] | [`StaticPeerChange`] |
+//! | [`STATIC_PEER_SET_PATH`] | [`StaticPeerSetRequest`] | [`StaticPeerChange`] |
+//! | [`STATIC_PEER_REMOVE_PATH`] | [`StaticPeerRemoveRequest`] | [`StaticPeerChange`] |
 //!
 //! Errors come back as a non-2xx status with an [`ApiError`] body: 400 for a request the
 //! operator must change, 409 for one that does not fit this host's state (e.g. `init` on a
@@ -712,5 +716,29 @@ mod tests {
         let json = serde_json::to_string(&peer).unwrap();
         assert!(json.contains(r#""address":"10.42.2.1""#), "{json}");
         assert_eq!(serde_json::from_str::<PeerStatus>(&json).unwrap(), peer);
+    }
+
+    #[test]
+    fn a_peer_origin_is_optional_and_lowercase() {
+        let mut peer: PeerStatus = serde_json::from_str(OLD_PEER).unwrap();
+        assert_eq!(peer.origin, None, "daemons before it: none");
+        assert!(!serde_json::to_string(&peer).unwrap().contains("origin"));
+        peer.origin = Some(PeerOrigin::Cli);
+        let json = serde_json::to_string(&peer).unwrap();
+        assert!(json.contains(r#""origin":"cli""#), "{json}");
+        assert_eq!(serde_json::from_str::<PeerStatus>(&json).unwrap(), peer);
+    }
+
+    #[test]
+    fn requests_refuse_unknown_fields() {
+        let key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+        let add = format!(r#"{{"public_key":"{key}","subnets":["10.42.3.0/24"]}}"#);
+        let req: StaticPeerRequest = serde_json::from_str(&add).unwrap();
+        assert_eq!(req.persistent_keepalive, None);
+        let extra = format!(r#"{{"public_key":"{key}","subnets":[],"allowed_ips":[]}}"#);
+        assert!(serde_json::from_str::<StaticPeerRequest>(&extra).is_err());
+        let set = format!(r#"{{"public_key":"{key}","persistent_keepalive":0}}"#);
+        let req: StaticPeerSetRequest = serde_json::from_str(&set).unwrap();
+        assert_eq!((req.subnets, req.persistent_keepalive), (None, Some(0)));
     }
 }
