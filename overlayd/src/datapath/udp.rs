@@ -574,4 +574,30 @@ mod tests {
             assert_eq!(sockaddr_to(&s), Some(addr));
         }
     }
+
+    #[test]
+    fn socket_buffers_change_on_the_running_socket() {
+        let udp = Udp::bind_with(0, false, false, 1 << 20).unwrap();
+        // SAFETY: geteuid(2) has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            // The kernel reports twice what was set (its bookkeeping share).
+            assert_eq!(udp.receive_buffer().unwrap(), 2 << 20);
+        }
+        udp.set_buffers(256 << 10);
+        if root {
+            assert_eq!(udp.receive_buffer().unwrap(), 512 << 10);
+        }
+        udp.set_buffers(0);
+        let default: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_default")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let now = udp.receive_buffer().unwrap();
+        assert!(
+            now.abs_diff(default) <= 2,
+            "0 gives the kernel's default {default}, not {now}"
+        );
+    }
 }
