@@ -4,6 +4,7 @@
 mod client;
 mod control;
 mod generate;
+mod manage;
 mod mirror;
 mod observe;
 mod parse;
@@ -85,6 +86,17 @@ enum Command {
     /// A copy of the decrypted traffic on a local interface, for an IDS or tcpdump.
     #[command(subcommand)]
     Mirror(mirror::MirrorCommand),
+    /// Read overlayd's config file again and apply what changed, as SIGHUP does; settings
+    /// that need a restart are named and keep their running values.
+    Reload {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Static peers of the running daemon (stock WireGuard hosts beside the members):
+    /// added, changed and removed at once, kept across restarts.
+    #[command(subcommand)]
+    Peer(manage::PeerCommand),
     /// Shell completions and man pages, for packaging.
     #[command(subcommand, hide = true)]
     Generate(generate::GenerateCommand),
@@ -185,6 +197,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mirror(command) => mirror::run(&cli.socket, command),
         Command::Events { follow, json } => observe::events(&cli.socket, follow, json),
         Command::Flows { follow, json } => observe::flows(&cli.socket, follow, json),
+        Command::Reload { json } => manage::reload(&cli.socket, json),
+        Command::Peer(command) => manage::peer(&cli.socket, command),
         Command::Generate(command) => generate::run(command, Cli::command()),
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use ipnet::IpNet;
-use protocol::api::{Membership, PeerStatus, Status};
+use protocol::api::{ConfigInForce, Membership, PeerStatus, Status};
 use protocol::drops::DropReason;
 
 use crate::when;
@@ -77,6 +77,9 @@ pub fn status(s: &Status, now_unix: u64) -> String {
     let _ = writeln!(out, "peers:        {}", s.peer_count);
     let _ = writeln!(out, "uptime:       {}s", s.uptime_s);
     let _ = writeln!(out, "drops:        {}", drops(&s.drops));
+    if let Some(c) = &s.config {
+        config_in_force(&mut out, c, now_unix);
+    }
     match &s.member {
         Some(m) => membership(&mut out, m, now_unix),
         None => {
@@ -87,6 +90,43 @@ pub fn status(s: &Status, now_unix: u64) -> String {
         }
     }
     out
+}
+
+/// The config part of `overlayctl status`: the file in force, and the last reload.
+fn config_in_force(out: &mut String, c: &ConfigInForce, now_unix: u64) {
+    let _ = writeln!(
+        out,
+        "config:       {} (sha256 {}, read {})",
+        c.path,
+        crate::manage::short(&c.sha256),
+        when::ago(c.loaded_unix, now_unix)
+    );
+    for line in &c.restart_required {
+        let _ = writeln!(out, "  waiting for a restart: {line}");
+    }
+    match &c.last_reload {
+        None => {}
+        Some(r) if r.applied => {
+            let _ = writeln!(
+                out,
+                "last reload:  applied {} ({})",
+                when::ago(r.at_unix, now_unix),
+                if r.changed.is_empty() {
+                    "nothing changed".to_owned()
+                } else {
+                    r.changed.join("; ")
+                }
+            );
+        }
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "last reload:  refused {}: {}",
+                when::ago(r.at_unix, now_unix),
+                r.error.as_deref().unwrap_or("-")
+            );
+        }
+    }
 }
 
 /// The member part of `overlayctl status`.
@@ -219,6 +259,7 @@ mod tests {
             tx_bytes: 3 << 20,
             persistent_keepalive: None,
             drops: [(DropReason::SourceNotAllowed, 4)].into_iter().collect(),
+            origin: None,
         }
     }
 
@@ -308,6 +349,7 @@ mod tests {
             uptime_s: 42,
             drops: BTreeMap::new(),
             member,
+            config: None,
         }
     }
 

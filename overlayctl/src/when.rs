@@ -35,6 +35,14 @@ pub fn span(seconds: u64) -> String {
         .join(" ")
 }
 
+/// `12s ago`, `5m ago`, `2d 3h ago` (`just now` for a time not before `now_unix`).
+pub fn ago(at_unix: u64, now_unix: u64) -> String {
+    match now_unix.checked_sub(at_unix) {
+        None | Some(0) => "just now".to_owned(),
+        Some(n) => format!("{} ago", span(n)),
+    }
+}
+
 /// `in 89 days`, `in 1 day`, `in 5h 10m` (under a day) or `expired`.
 pub fn until(expires_unix: u64, now_unix: u64) -> String {
     match expires_unix.checked_sub(now_unix) {

@@ -213,6 +213,7 @@ fn member_status(admin: bool, member_count: usize) -> Status {
             member_count,
             left: false,
         }),
+        config: None,
     }
 }
 
@@ -485,6 +486,7 @@ fn status_and_peers_show_members() {
         tx_bytes: 20,
         persistent_keepalive: None,
         drops: Default::default(),
+        origin: None,
     };
     let api = FakeApi::ok(&vec![member]);
     let stdout = success(&api.run(&["peers"], ""));
@@ -580,5 +582,131 @@ fn mirror_start_stop_and_status() {
             "{}",
             text(&out.stderr)
         );
+    }
+}
+
+#[test]
+fn peer_add_set_remove_and_reload() {
+    use protocol::api::{
+        ConfigInForce, RELOAD_PATH, ReloadReport, STATIC_PEER_ADD_PATH, STATIC_PEER_REMOVE_PATH,
+        STATIC_PEER_SET_PATH, StaticPeerChange,
+    };
+    let key = public_key();
+    let k = key.to_string();
+    let change = |action: &str| StaticPeerChange {
+        public_key: key,
+        action: action.to_owned(),
+        file: "/var/lib/overlayd/peers.json".to_owned(),
+    };
+    let api = FakeApi::ok(&change("added"));
+    let stdout = success(&api.run(
+        &[
+            "peer",
+            "add",
+            &k,
+            "--endpoint",
+            "198.18.0.13:51820",
+            "--subnets",
+            "10.42.3.0/24,fd42:3::/64",
+            "--keepalive",
+            "25",
+        ],
+        "",
+    ));
+    assert_post(
+        &api.request(),
+        STATIC_PEER_ADD_PATH,
+        json!({"public_key": k, "name": null, "endpoint": "198.18.0.13:51820", "subnets": ["10.42.3.0/24", "fd42:3::/64"], "persistent_keepalive": 25}),
+    );
+    assert_eq!(
+        stdout,
+        format!("peer {k} added (kept in /var/lib/overlayd/peers.json)\n")
+    );
+
+    let api = FakeApi::ok(&change("updated"));
+    success(&api.run(&["peer", "set", &k, "--keepalive", "0"], ""));
+    assert_post(
+        &api.request(),
+        STATIC_PEER_SET_PATH,
+        json!({"public_key": k, "name": null, "endpoint": null, "subnets": null, "persistent_keepalive": 0}),
+    );
+    let api = FakeApi::ok(&change("removed"));
+    success(&api.run(&["peer", "remove", &k], ""));
+    assert_post(
+        &api.request(),
+        STATIC_PEER_REMOVE_PATH,
+        json!({"public_key": k}),
+    );
+
+    let api = FakeApi::ok(&ReloadReport {
+        changed: vec![format!("peer {k} added")],
+        restart_required: Vec::new(),
+        config: ConfigInForce {
+            path: "/etc/overlayd/overlayd.toml".into(),
+            sha256: "ab".repeat(32),
+            loaded_unix: 1,
+            restart_required: Vec::new(),
+            last_reload: None,
+        },
+    });
+    let stdout = success(&api.run(&["reload"], ""));
+    assert_post(&api.request(), RELOAD_PATH, json!({}));
+    assert_eq!(
+        stdout,
+        format!(
+            "reloaded /etc/overlayd/overlayd.toml (sha256 abababababab)\nchanged: peer {k} added\n"
+        )
+    );
+}
+
+#[test]
+fn peer_usage_errors_need_no_daemon() {
+    let missing = std::path::Path::new("/nonexistent/overlayd.sock");
+    for (args, needle) in [
+        (
+            vec!["peer", "add", "nope", "--subnets", "10.42.3.0/24"],
+            "'nope' is not a WireGuard public key",
+        ),
+        (
+            vec![
+                "peer",
+                "add",
+                "r8cTT3NzvOw1sXeRBaXSbDr7MxFHW0yl4+tfW0gL1D8=",
+                "--subnets",
+                "10.42.3",
+            ],
+            "'10.42.3' is not an address range",
+        ),
+        (
+            vec![
+                "peer",
+                "add",
+                "r8cTT3NzvOw1sXeRBaXSbDr7MxFHW0yl4+tfW0gL1D8=",
+                "--subnets",
+                "10.42.3.0/24",
+                "--keepalive",
+                "0",
+            ],
+            "0 is not in 1..=65535",
+        ),
+        (
+            vec![
+                "peer",
+                "set",
+                "r8cTT3NzvOw1sXeRBaXSbDr7MxFHW0yl4+tfW0gL1D8=",
+            ],
+            "nothing to change",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_overlayctl"))
+            .arg("--socket")
+            .arg(missing)
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {needle:?} not in {err}");
     }
 }

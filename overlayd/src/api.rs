@@ -4,6 +4,10 @@
 //!
 //! - `GET /v1/status` and `GET /v1/peers`: read here, from the router (tunnels, counters)
 //!   and the control plane's [`View`](crate::control::View) (membership, members).
+//! - `POST /v1/reload`: the config file read again and applied ([`crate::reload`]); a
+//!   refusal is a 400 with the same sentence as at start.
+//! - `POST /v1/peers/add`, `/v1/peers/set`, `/v1/peers/remove`: static peers changed in
+//!   the running daemon and kept in its state directory ([`crate::statics`]).
 //! - `GET /v1/mirror`, `POST /v1/mirror` and `/v1/mirror/stop`: the mirror of decrypted
 //!   traffic ([`crate::mirror::MirrorSlot`], on the router), started and stopped here.
 //! - `POST /v1/init`, `/v1/tokens`, `/v1/join`, `/v1/revoke`, `/v1/leave`: handed to the
@@ -42,6 +46,10 @@ use protocol::api::{
 };
 use protocol::api::{FLOWS_PATH, FlowLogEntry};
 use protocol::api::{MIRROR_PATH, MIRROR_STOP_PATH, MirrorStartRequest, MirrorStatus};
+use protocol::api::{
+    RELOAD_PATH, ReloadReport, STATIC_PEER_ADD_PATH, STATIC_PEER_REMOVE_PATH, STATIC_PEER_SET_PATH,
+    StaticPeerChange, StaticPeerRemoveRequest, StaticPeerRequest, StaticPeerSetRequest,
+};
 use std::time::Duration;
 
 use crate::address::first_host;
@@ -67,18 +75,14 @@ pub struct ApiState {
     pub tun_name: String,
     /// TUN MTU.
     pub mtu: u16,
-    /// Own subnets.
-    pub subnets: Vec<IpNet>,
     /// TUN offload in use.
     pub tun_offload: bool,
     /// Start time.
     pub started: Instant,
-    /// The control plane.
+    /// The control plane (its `ctx` holds the config in force).
     pub control: ControlHandle,
-    /// The flow log, when `[flows]` is on.
-    pub flows: Option<Arc<crate::flowlog::FlowLog>>,
-    /// The mirror's interface when `overlayctl mirror start` names none.
-    pub mirror_interface: String,
+    /// Reloads, the static peers, the flow log.
+    pub reload: Arc<crate::reload::Reloader>,
 }
 
 impl IntoResponse for ApiFailure {
@@ -212,10 +216,10 @@ async fn flows(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Json<Vec<FlowLogEntry>>, ApiFailure> {
     let after = after(query.as_deref())?;
-    match &s.flows {
+    match s.reload.flow_log() {
         Some(log) => Ok(Json(log.after(after))),
         None => Err(ApiFailure::conflict(
-            "the flow log is off on this host; set enabled = true under [flows] in overlayd's config and restart overlayd",
+            "the flow log is off on this host; set enabled = true under [flows] in overlayd's config and run `overlayctl reload`",
         )),
     }
 }
@@ -246,7 +250,12 @@ async fn mirror_start(
     body: Result<Json<MirrorStartRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<MirrorStatus>, ApiFailure> {
     let Json(req) = body.map_err(bad_body)?;
-    let interface = req.interface.unwrap_or_else(|| s.mirror_interface.clone());
+    let interface = req.interface.unwrap_or_else(|| {
+        s.control.ctx.config().mirror.as_ref().map_or_else(
+            || crate::mirror::DEFAULT_INTERFACE.to_owned(),
+            |m| m.interface.clone(),
+        )
+    });
     crate::mirror::check_interface_name(&interface).map_err(ApiFailure::bad)?;
     crate::mirror::check_ports(&req.ports).map_err(ApiFailure::bad)?;
     if interface == s.tun_name {
@@ -284,6 +293,37 @@ async fn mirror_stop(State(s): State<Arc<ApiState>>) -> Result<Json<MirrorStatus
     Ok(Json(mirror_status(last, false)))
 }
 
+async fn reload(State(s): State<Arc<ApiState>>) -> Result<Json<ReloadReport>, ApiFailure> {
+    s.reload.reload().await.map(Json).map_err(ApiFailure::bad)
+}
+
+async fn peer_add(
+    State(s): State<Arc<ApiState>>,
+    body: Result<Json<StaticPeerRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<StaticPeerChange>, ApiFailure> {
+    let Json(req) = body.map_err(bad_body)?;
+    let ctx = &s.control.ctx;
+    s.reload.statics.add(ctx, req).await.map(Json)
+}
+
+async fn peer_set(
+    State(s): State<Arc<ApiState>>,
+    body: Result<Json<StaticPeerSetRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<StaticPeerChange>, ApiFailure> {
+    let Json(req) = body.map_err(bad_body)?;
+    let ctx = &s.control.ctx;
+    s.reload.statics.set(ctx, req).await.map(Json)
+}
+
+async fn peer_remove(
+    State(s): State<Arc<ApiState>>,
+    body: Result<Json<StaticPeerRemoveRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<StaticPeerChange>, ApiFailure> {
+    let Json(req) = body.map_err(bad_body)?;
+    let ctx = &s.control.ctx;
+    s.reload.statics.remove(ctx, req).await.map(Json)
+}
+
 async fn leave(State(s): State<Arc<ApiState>>) -> Result<Json<Status>, ApiFailure> {
     s.control
         .ask(Command::Leave, Duration::from_secs(10))
@@ -299,9 +339,10 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<Status> {
         .ok()
         .and_then(|v| v.membership.clone());
     // This host's subnets: the config's (static mode) and its certificate's (member).
-    let mut subnets = s.subnets.clone();
+    let own = s.control.ctx.config().subnets.clone();
+    let mut subnets = own.clone();
     if let Some(m) = member.as_ref().filter(|m| !m.left) {
-        subnets.extend(m.subnets.iter().filter(|n| !s.subnets.contains(n)));
+        subnets.extend(m.subnets.iter().filter(|n| !own.contains(n)));
     }
     Json(Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -318,6 +359,7 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<Status> {
         uptime_s: s.started.elapsed().as_secs(),
         drops: s.router.total_drops(),
         member,
+        config: Some(s.reload.shown()),
     })
 }
 
@@ -345,8 +387,9 @@ async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
                 last_handshake_s: age.map(|d| d.as_secs_f64()),
                 rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
                 tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
-                persistent_keepalive: p.persistent_keepalive,
+                persistent_keepalive: p.persistent_keepalive(),
                 drops: p.drops.snapshot(),
+                origin: s.reload.statics.origin(&p.public_key),
             }
         })
         .collect();
@@ -365,6 +408,7 @@ async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
                 tx_bytes: 0,
                 persistent_keepalive: None,
                 drops: Default::default(),
+                origin: None,
             });
         }
     }
@@ -416,6 +460,10 @@ impl ApiSocket {
             .route(FLOWS_PATH, get(flows))
             .route(MIRROR_PATH, get(mirror_show).post(mirror_start))
             .route(MIRROR_STOP_PATH, post(mirror_stop))
+            .route(RELOAD_PATH, post(reload))
+            .route(STATIC_PEER_ADD_PATH, post(peer_add))
+            .route(STATIC_PEER_SET_PATH, post(peer_set))
+            .route(STATIC_PEER_REMOVE_PATH, post(peer_remove))
             .with_state(state);
         let listener = self.0.take_listener("API socket")?;
         axum::serve(listener, app)

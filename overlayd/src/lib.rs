@@ -6,8 +6,9 @@
 //! [`netlink`] routes; [`api`] the local API; [`metrics`] the Prometheus endpoint;
 //! [`docker`] the Docker network and IPAM plugin; [`config`] the file; [`mirror`] the copy
 //! of decrypted traffic for an IDS; [`address`] which overlay address this host takes;
-//! [`util`] the small effects they share (atomic writes, unix sockets, the clock). [`run`]
-//! wires them.
+//! [`util`] the small effects they share (atomic writes, unix sockets, the clock);
+//! [`statics`] the static peers in the running daemon; [`reload`] the config reloaded
+//! without a restart (SIGHUP, `overlayctl reload`). [`run`] wires them.
 
 pub mod address;
 pub mod api;
@@ -21,7 +22,9 @@ pub mod flowlog;
 pub mod metrics;
 pub mod mirror;
 pub mod netlink;
+pub mod reload;
 pub mod router;
+pub mod statics;
 pub mod util;
 
 use std::sync::Arc;
@@ -36,10 +39,13 @@ pub struct UsageError(pub String);
 
 /// Runs the daemon with a validated config until SIGTERM or SIGINT, then removes the
 /// routes it added and returns. Whatever it made before a failure is removed too.
-pub async fn run(config: config::Config) -> anyhow::Result<()> {
+pub async fn run(config: config::Config, text: String) -> anyhow::Result<()> {
     // First of all, so that a SIGTERM during start-up (nft, netlink, the control plane's
     // state) is held until the daemon can clean up, instead of killing it half made.
     let shutdown = shutdown_signal();
+    // Also before anything: SIGHUP's default action would kill the daemon. One that comes
+    // during start-up is taken once the daemon is up.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let api_socket = api::ApiSocket::bind(&config.api_socket)?;
     let plugin_socket = if config.docker.enabled {
         Some(docker::PluginSocket::bind(&config.docker.socket)?)
@@ -120,7 +126,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     routes
         .configure_link(if_index, config.mtu, config.address)
         .await?;
-    for peer in &config.peers {
+    for peer in config.static_peers() {
         for net in &peer.subnets {
             if let Err(e) = routes.add(*net, if_index, config.address).await {
                 routes.remove_all().await;
@@ -128,7 +134,8 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
             }
         }
     }
-    let router = Arc::new(router::Router::new(&config.private_key, &config.peers));
+    let static_peers: Vec<config::PeerConfig> = config.static_peers().cloned().collect();
+    let router = Arc::new(router::Router::new(&config.private_key, &static_peers));
     // Until the control plane knows more (a member's subnets): the config's own networks,
     // in the router and in nftables.
     let local = address::local_networks(config.address, &config.subnets, &[]);
@@ -170,9 +177,10 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         }
     }
     let routes = Arc::new(tokio::sync::Mutex::new(routes));
+    let statics = Arc::new(statics::StaticPeers::new(&config));
     let config = Arc::new(config);
     let control = control::spawn(Arc::new(control::Ctx {
-        config: config.clone(),
+        config: arc_swap::ArcSwap::new(config.clone()),
         router: router.clone(),
         routes: routes.clone(),
         if_index,
@@ -209,51 +217,73 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let metrics = metrics_listener.map(|listener| {
-        listener.serve(metrics::serve::Sources {
-            router: router.clone(),
-            view: control.view.clone(),
-            traffic: control.ctx.traffic.clone(),
-            docker_endpoints: plugin.as_ref().map(|(_, endpoints)| endpoints.clone()),
-        })
-    });
+    let metrics_sources = metrics::serve::Sources {
+        router: router.clone(),
+        view: control.view.clone(),
+        traffic: control.ctx.traffic.clone(),
+        docker_endpoints: plugin.as_ref().map(|(_, endpoints)| endpoints.clone()),
+    };
+    let metrics = metrics_listener.map(|listener| listener.serve(metrics_sources.clone()));
     tracing::info!(
         public_key = %config.private_key.public_key(),
         listen_port = config.listen_port,
         control_port = config.control_port(),
         tun = %config.tun_name,
         mtu = config.mtu,
-        peers = config.peers.len(),
+        peers = config.peers.len() + config.cli_peers.len(),
         tun_offload,
         udp_gso = udp.gso(),
         udp_gro = udp.gro(),
         "overlayd is up"
     );
+    let reloader = Arc::new(reload::Reloader::new(reload::Parts {
+        control: control.clone(),
+        statics,
+        metrics_sources,
+        metrics,
+        flows: flow_log,
+        text,
+    }));
+    let hangup_task = match hangups {
+        Ok(mut hangups) => {
+            let reloader = reloader.clone();
+            Some(tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!("SIGHUP received: reloading the config");
+                    // The outcome is logged and kept for `overlayctl status`.
+                    let _ = reloader.reload().await;
+                }
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install the SIGHUP handler; reload with `overlayctl reload`");
+            None
+        }
+    };
     let state = Arc::new(api::ApiState {
         router: router.clone(),
-        flows: flow_log.clone(),
         udp,
         public_key: config.private_key.public_key(),
         listen_port: config.listen_port,
         tun_name: config.tun_name.clone(),
         mtu: config.mtu,
-        subnets: config.subnets.clone(),
         tun_offload,
         started: Instant::now(),
         control,
-        mirror_interface: config.mirror.as_ref().map_or_else(
-            || mirror::DEFAULT_INTERFACE.to_owned(),
-            |m| m.interface.clone(),
-        ),
+        reload: reloader.clone(),
     });
     let served = api_socket.serve(state, shutdown).await;
+    if let Some(task) = hangup_task {
+        task.abort();
+    }
     // The window under way, so that a stop loses no flows.
-    if let Some(log) = &flow_log {
+    if let Some(log) = reloader.flow_log() {
         log.record(router.take_flows());
     }
     // Bridges and veths stay: running containers keep their interfaces across a restart.
     drop(plugin);
-    drop(metrics);
+    // The metrics endpoint goes with the reloader (the API's state held the other copy).
+    drop(reloader);
     // Its interface goes with it.
     let _ = router.mirror.stop();
     tracing::info!("shutting down: removing routes");

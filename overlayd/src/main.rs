@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let config = match Config::load(&args.config) {
+    let (config, text) = match Config::load_with_text(&args.config) {
         Ok(c) => c,
         Err(e) => {
             // Every config problem (ConfigError) is the operator's to fix: exit code 2.
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(overlayd::run(config)) {
+    match runtime.block_on(overlayd::run(config, text)) {
         Ok(()) => {
             // The data plane threads block in system calls; exiting closes the TUN,
             // which removes the device.

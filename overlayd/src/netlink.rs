@@ -214,7 +214,10 @@ impl Routes {
 
 /// Calls `on_change` whenever an address is added on this host (e.g. the underlay
 /// address moved). The daemon then starts handshakes with every peer, so that they learn
-/// its new endpoint at once instead of at its next keepalive.
+/// its new endpoint at once instead of at its next keepalive. Only a new address counts
+/// ([`NewAddresses`]): not the kernel's updates of one it has (IPv6 duplicate address
+/// detection ending, lifetimes), nor IPv6 link-local ones (no peer reaches those), each of
+/// which would start a handshake with every peer for nothing.
 pub fn watch_addresses(on_change: impl Fn() + Send + 'static) -> anyhow::Result<()> {
     use futures::StreamExt;
     use rtnetlink::packet_core::NetlinkPayload;
@@ -231,14 +234,95 @@ pub fn watch_addresses(on_change: impl Fn() + Send + 'static) -> anyhow::Result<
         .context("cannot subscribe to address events (netlink)")?;
     tokio::spawn(conn);
     tokio::spawn(async move {
+        let mut addresses = NewAddresses::default();
         while let Some((msg, _)) = messages.next().await {
-            if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(_)) = msg.payload {
-                tracing::info!(
-                    "a local address was added; refreshing handshakes so peers learn our endpoint"
-                );
-                on_change();
+            match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a))
+                    if addresses.added(a.header.index, address_of(&a)) =>
+                {
+                    tracing::info!(
+                        "a local address was added; refreshing handshakes so peers learn our endpoint"
+                    );
+                    on_change();
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(a)) => {
+                    addresses.removed(a.header.index, address_of(&a));
+                }
+                _ => {}
             }
         }
     });
     Ok(())
+}
+
+/// The address an address message is about (`Local` is this end's on a point-to-point
+/// link, where `Address` is the other end's).
+fn address_of(msg: &rtnetlink::packet_route::address::AddressMessage) -> Option<IpAddr> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let local = msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or_else(|| {
+        msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })
+}
+
+/// The addresses seen on this host's interfaces, to tell a new one from the kernel's
+/// updates of one it has.
+#[derive(Debug, Default)]
+pub struct NewAddresses {
+    seen: std::collections::HashSet<(u32, IpAddr)>,
+}
+
+impl NewAddresses {
+    /// A `RTM_NEWADDR` for `address` on interface `index`: whether it is a new address
+    /// peers could reach (not IPv6 link-local, not seen already).
+    pub fn added(&mut self, index: u32, address: Option<IpAddr>) -> bool {
+        let Some(ip) = address else { return false };
+        if let IpAddr::V6(v6) = ip
+            && v6.is_unicast_link_local()
+        {
+            return false;
+        }
+        self.seen.insert((index, ip))
+    }
+
+    /// A `RTM_DELADDR`: a later add of it is new again.
+    pub fn removed(&mut self, index: u32, address: Option<IpAddr>) {
+        if let Some(ip) = address {
+            self.seen.remove(&(index, ip));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_new_reachable_addresses_count() {
+        let mut a = NewAddresses::default();
+        let underlay: IpAddr = "198.18.0.11".parse().unwrap();
+        assert!(a.added(2, Some(underlay)), "a new address");
+        assert!(
+            !a.added(2, Some(underlay)),
+            "an update of it (DAD, lifetimes)"
+        );
+        assert!(a.added(3, Some(underlay)), "the same on another interface");
+        assert!(
+            !a.added(2, Some("fe80::1".parse().unwrap())),
+            "IPv6 link-local"
+        );
+        assert!(a.added(2, Some("2001:db8::1".parse().unwrap())));
+        assert!(!a.added(2, None));
+        a.removed(2, Some(underlay));
+        assert!(
+            a.added(2, Some(underlay)),
+            "back after a removal: moved again"
+        );
+    }
 }

@@ -135,3 +135,61 @@ fn missing_config_file() {
         &d,
     );
 }
+
+/// The static peers added with `overlayctl` (`state_dir/peers.json`) are checked with the
+/// file's at start and shown by `--check-config`; a key in both, or a peer that breaks the
+/// config's rules, is one line and exit code 2.
+#[test]
+fn peers_added_with_overlayctl_are_checked_and_shown() {
+    let d = dir();
+    let state = d.dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let key = keys::PrivateKey::generate().public_key();
+    let peers = |subnet: &str| {
+        format!(
+            "{{\"peers\": [{{\"public_key\": \"{key}\", \"endpoint\": \"198.18.0.13:51820\", \"subnets\": [\"{subnet}\"], \"persistent_keepalive\": 5}}]}}"
+        )
+    };
+    std::fs::write(state.join("peers.json"), peers("10.42.3.0/24")).unwrap();
+    let state_line = format!("state_dir = {:?}\n", state.display().to_string());
+    let config = write(&d, &format!("{state_line}subnets = [\"10.42.1.0/24\"]\n"));
+    let out = overlayd(&["--config", &config, "--check-config"]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains(&format!("# public_key = \"{key}\""))
+            && printed.contains("# subnets = [\"10.42.3.0/24\"]")
+            && printed.contains("# persistent_keepalive = 5"),
+        "{printed}"
+    );
+    // The same key as a [[peer]] of the file.
+    let both = write(
+        &d,
+        &format!(
+            "{state_line}subnets = [\"10.42.1.0/24\"]\n[[peer]]\npublic_key = \"{key}\"\nsubnets = [\"10.42.4.0/24\"]\n"
+        ),
+    );
+    assert_usage_error(
+        &overlayd(&["--config", &both, "--check-config"]),
+        "is a [[peer]] of this file and also one added with overlayctl",
+        &d,
+    );
+    // A peer of the file's rules broken by the state's: an overlap with this host.
+    let config = write(&d, &format!("{state_line}subnets = [\"10.42.1.0/24\"]\n"));
+    std::fs::write(state.join("peers.json"), peers("10.42.1.128/25")).unwrap();
+    assert_usage_error(
+        &overlayd(&["--config", &config, "--check-config"]),
+        "subnets overlap: 10.42.1.0/24 (this host) and 10.42.1.128/25",
+        &d,
+    );
+    std::fs::write(state.join("peers.json"), "{\"peers\": 7}").unwrap();
+    assert_usage_error(
+        &overlayd(&["--config", &config, "--check-config"]),
+        "peers.json: damaged or edited by hand",
+        &d,
+    );
+}

@@ -11,6 +11,10 @@
 //! | [`JOIN_PATH`] | [`JoinRequest`] | [`Status`] |
 //! | [`REVOKE_PATH`] | [`RevokeRequest`] | [`RevokeResponse`] |
 //! | [`LEAVE_PATH`] | `{}` | [`Status`] |
+//! | [`RELOAD_PATH`] | `{}` | [`ReloadReport`] |
+//! | [`STATIC_PEER_ADD_PATH`] | [`StaticPeerRequest`] | [`StaticPeerChange`] |
+//! | [`STATIC_PEER_SET_PATH`] | [`StaticPeerSetRequest`] | [`StaticPeerChange`] |
+//! | [`STATIC_PEER_REMOVE_PATH`] | [`StaticPeerRemoveRequest`] | [`StaticPeerChange`] |
 //!
 //! Errors come back as a non-2xx status with an [`ApiError`] body: 400 for a request the
 //! operator must change, 409 for one that does not fit this host's state (e.g. `init` on a
@@ -54,6 +58,17 @@ pub const FLOWS_PATH: &str = "/v1/flows";
 pub const MIRROR_PATH: &str = "/v1/mirror";
 /// Path of `mirror stop`: `POST {}` stops the mirror; answers its last [`MirrorStatus`].
 pub const MIRROR_STOP_PATH: &str = "/v1/mirror/stop";
+/// Path of `reload`: `POST {}` re-reads the config file and applies what changed
+/// ([`ReloadReport`]); a file that does not validate is a 400 with the same sentence as at
+/// start, and nothing changes.
+pub const RELOAD_PATH: &str = "/v1/reload";
+/// Path of `peer add`: `POST` a [`StaticPeerRequest`]; answers a [`StaticPeerChange`].
+pub const STATIC_PEER_ADD_PATH: &str = "/v1/peers/add";
+/// Path of `peer set`: `POST` a [`StaticPeerSetRequest`]; answers a [`StaticPeerChange`].
+pub const STATIC_PEER_SET_PATH: &str = "/v1/peers/set";
+/// Path of `peer remove`: `POST` a [`StaticPeerRemoveRequest`]; answers a
+/// [`StaticPeerChange`].
+pub const STATIC_PEER_REMOVE_PATH: &str = "/v1/peers/remove";
 /// Default path of the API socket.
 pub const DEFAULT_SOCKET: &str = "/run/overlayd/overlayd.sock";
 
@@ -88,6 +103,125 @@ pub struct Status {
     /// nor joined).
     #[serde(default)]
     pub member: Option<Membership>,
+    /// The config in force: its file, when it was read, and the last reload's result.
+    /// `None` from daemons before reloads existed.
+    #[serde(default)]
+    pub config: Option<ConfigInForce>,
+}
+
+/// The config a daemon runs with ([`Status::config`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigInForce {
+    /// The config file.
+    pub path: String,
+    /// SHA-256 of the file's text as last applied (at start or by a reload), in hex.
+    pub sha256: String,
+    /// When that text was read (unix seconds).
+    pub loaded_unix: u64,
+    /// Settings that changed in the file but wait for a restart (one line each, naming
+    /// the setting and why), as of the last reload; empty when none.
+    #[serde(default)]
+    pub restart_required: Vec<String>,
+    /// The last reload (SIGHUP or `overlayctl reload`), if any since the start.
+    #[serde(default)]
+    pub last_reload: Option<LastReload>,
+}
+
+/// What the last reload did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastReload {
+    /// When it ran (unix seconds).
+    pub at_unix: u64,
+    /// Whether it was applied; `false`: refused, nothing changed (see `error`).
+    pub applied: bool,
+    /// What it changed, one line each.
+    #[serde(default)]
+    pub changed: Vec<String>,
+    /// Why it was refused: the same sentence `overlayd --check-config` prints.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The answer to `POST /v1/reload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// What changed without a restart, one line each (empty: nothing changed).
+    pub changed: Vec<String>,
+    /// Settings that changed in the file but need a restart: one line each, naming the
+    /// setting and why; they keep their running values.
+    pub restart_required: Vec<String>,
+    /// The config in force now.
+    pub config: ConfigInForce,
+}
+
+/// `POST /v1/peers/add`: a static peer (a stock WireGuard host, or any peer outside the
+/// network) added to the running daemon and kept in its state directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticPeerRequest {
+    /// Its WireGuard public key.
+    pub public_key: PublicKey,
+    /// Its name (what the policy's `node:` selectors and `overlayctl peers` show).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where to reach it; learnt from its packets when absent.
+    #[serde(default)]
+    pub endpoint: Option<SocketAddr>,
+    /// Its subnets: routed to it, and the only inner sources accepted from it.
+    pub subnets: Vec<IpNet>,
+    /// Persistent keepalive interval in seconds.
+    #[serde(default)]
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// `POST /v1/peers/set`: changes a static peer added with `peer add`; what is left out
+/// stays as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticPeerSetRequest {
+    /// The peer's key.
+    pub public_key: PublicKey,
+    /// A new name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A new endpoint.
+    #[serde(default)]
+    pub endpoint: Option<SocketAddr>,
+    /// New subnets (replacing all of them).
+    #[serde(default)]
+    pub subnets: Option<Vec<IpNet>>,
+    /// A new keepalive interval in seconds; 0 turns keepalives off.
+    #[serde(default)]
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// `POST /v1/peers/remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticPeerRemoveRequest {
+    /// The peer's key.
+    pub public_key: PublicKey,
+}
+
+/// The answer to a static peer change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticPeerChange {
+    /// The peer's key.
+    pub public_key: PublicKey,
+    /// `added`, `updated`, `unchanged` or `removed`.
+    pub action: String,
+    /// The file the static peers added with `overlayctl` are kept in.
+    pub file: String,
+}
+
+/// Where a static peer comes from ([`PeerStatus::origin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerOrigin {
+    /// A `[[peer]]` of the config file (changed by editing it and reloading).
+    Config,
+    /// Added with `overlayctl peer add` (kept in the state directory).
+    Cli,
 }
 
 /// This host as a member of a network.
@@ -302,6 +436,10 @@ pub struct PeerStatus {
     pub persistent_keepalive: Option<u16>,
     /// Packets from or to this peer dropped, by reason.
     pub drops: BTreeMap<DropReason, u64>,
+    /// For a static peer, where it comes from; `None` for a member (and from daemons
+    /// before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<PeerOrigin>,
 }
 
 /// `POST /v1/policy`: a new network policy (the TOML file's text), for an admin to check,
@@ -578,5 +716,29 @@ mod tests {
         let json = serde_json::to_string(&peer).unwrap();
         assert!(json.contains(r#""address":"10.42.2.1""#), "{json}");
         assert_eq!(serde_json::from_str::<PeerStatus>(&json).unwrap(), peer);
+    }
+
+    #[test]
+    fn a_peer_origin_is_optional_and_lowercase() {
+        let mut peer: PeerStatus = serde_json::from_str(OLD_PEER).unwrap();
+        assert_eq!(peer.origin, None, "daemons before it: none");
+        assert!(!serde_json::to_string(&peer).unwrap().contains("origin"));
+        peer.origin = Some(PeerOrigin::Cli);
+        let json = serde_json::to_string(&peer).unwrap();
+        assert!(json.contains(r#""origin":"cli""#), "{json}");
+        assert_eq!(serde_json::from_str::<PeerStatus>(&json).unwrap(), peer);
+    }
+
+    #[test]
+    fn requests_refuse_unknown_fields() {
+        let key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+        let add = format!(r#"{{"public_key":"{key}","subnets":["10.42.3.0/24"]}}"#);
+        let req: StaticPeerRequest = serde_json::from_str(&add).unwrap();
+        assert_eq!(req.persistent_keepalive, None);
+        let extra = format!(r#"{{"public_key":"{key}","subnets":[],"allowed_ips":[]}}"#);
+        assert!(serde_json::from_str::<StaticPeerRequest>(&extra).is_err());
+        let set = format!(r#"{{"public_key":"{key}","persistent_keepalive":0}}"#);
+        let req: StaticPeerSetRequest = serde_json::from_str(&set).unwrap();
+        assert_eq!((req.subnets, req.persistent_keepalive), (None, Some(0)));
     }
 }

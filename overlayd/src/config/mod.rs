@@ -11,7 +11,9 @@
 //! - `print`: the redacted TOML `overlayd --check-config` prints ([`Config::redacted`]).
 //! - here: the validated types.
 
+pub mod diff;
 mod mirror;
+pub mod peers_file;
 mod print;
 mod raw;
 #[cfg(test)]
@@ -290,12 +292,15 @@ pub struct Config {
     pub flows: Flows,
     /// The mirror of decrypted traffic to start with the daemon (`[mirror]`); off: `None`.
     pub mirror: Option<crate::mirror::MirrorSpec>,
-    /// Static peers.
+    /// Static peers: the file's `[[peer]]`s.
     pub peers: Vec<PeerConfig>,
+    /// Static peers added with `overlayctl peer add`, as kept in the state directory
+    /// ([`peers_file`]); read by [`Config::load`], empty from [`Config::parse`].
+    pub cli_peers: Vec<PeerConfig>,
 }
 
 /// A validated static peer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     /// Its WireGuard public key.
     pub public_key: PublicKey,
@@ -333,12 +338,62 @@ impl Config {
         }
     }
 
-    /// Reads and validates `path`, including the private key file it names.
+    /// Reads and validates `path`, including the private key file it names, and the
+    /// static peers added with `overlayctl` (`state_dir/peers.json`, checked with the
+    /// file's: a key in both is an error).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], and the file's text as read.
+    pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        let mut config = Self::parse(path, &text)?;
+        let file = peers_file::path(&config.state_dir);
+        let cli = peers_file::read(&file).map_err(|message| ConfigError::Invalid {
+            path: file.clone(),
+            message,
+        })?;
+        config
+            .check_cli_peers(&cli)
+            .map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            })?;
+        config.cli_peers = cli;
+        Ok((config, text))
+    }
+
+    /// Whether `cli` (the static peers added with `overlayctl`) fit this config: no key
+    /// also a `[[peer]]` of the file, and the rules of every static peer over both
+    /// ([`validate::check_peers`]). `Err` is one sentence.
+    pub fn check_cli_peers(&self, cli: &[PeerConfig]) -> Result<(), String> {
+        if let Some(p) = cli
+            .iter()
+            .find(|p| self.peers.iter().any(|c| c.public_key == p.public_key))
+        {
+            return Err(format!(
+                "peer {} is a [[peer]] of this file and also one added with overlayctl ({}); remove it from one of them (`overlayctl peer remove {}`)",
+                p.public_key,
+                peers_file::path(&self.state_dir).display(),
+                p.public_key
+            ));
+        }
+        validate::check_peers(
+            &self.private_key.public_key(),
+            &self.subnets,
+            self.peers
+                .iter()
+                .chain(cli)
+                .map(|p| (&p.public_key, p.subnets.as_slice(), p.persistent_keepalive)),
+        )
+    }
+
+    /// Every static peer: the file's, then those added with `overlayctl`.
+    pub fn static_peers(&self) -> impl Iterator<Item = &PeerConfig> {
+        self.peers.iter().chain(&self.cli_peers)
     }
 }

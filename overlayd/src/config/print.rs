@@ -102,6 +102,27 @@ impl Config {
                 let _ = writeln!(out, "persistent_keepalive = {k}");
             }
         }
+        if !self.cli_peers.is_empty() {
+            // Comments: they are not the file's, and what is printed parses to the file.
+            let _ = writeln!(
+                out,
+                "\n# Static peers added with overlayctl, kept in {} (`overlayctl peer`):",
+                super::peers_file::path(&self.state_dir).display()
+            );
+        }
+        for p in &self.cli_peers {
+            let _ = writeln!(out, "# [[peer]]\n# public_key = \"{}\"", p.public_key);
+            if let Some(name) = &p.name {
+                let _ = writeln!(out, "# name = \"{name}\"");
+            }
+            if let Some(e) = p.endpoint {
+                let _ = writeln!(out, "# endpoint = \"{e}\"");
+            }
+            let _ = writeln!(out, "# subnets = {}", list(&p.subnets));
+            if let Some(k) = p.persistent_keepalive {
+                let _ = writeln!(out, "# persistent_keepalive = {k}");
+            }
+        }
         out
     }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+use keys::PublicKey;
 
 use super::raw::{RawConfig, RawDocker, one_line};
 use super::{
@@ -74,49 +75,14 @@ impl Config {
             )));
         }
         let own_public = private_key.public_key();
-        // (subnet, owner): owner 0 is this host, i + 1 is peer i.
-        let mut claims: Vec<(IpNet, usize)> = raw.subnets.iter().map(|n| (n.trunc(), 0)).collect();
-        for (i, peer) in raw.peers.iter().enumerate() {
-            if peer.public_key == own_public {
-                return Err(invalid(format!(
-                    "peer {} has this host's own public key; remove it",
-                    peer.public_key
-                )));
-            }
-            if let Some(dup) = raw.peers[..i]
+        check_peers(
+            &own_public,
+            &raw.subnets,
+            raw.peers
                 .iter()
-                .find(|p| p.public_key == peer.public_key)
-            {
-                return Err(invalid(format!(
-                    "peer {} is listed twice; merge the two [[peer]] sections",
-                    dup.public_key
-                )));
-            }
-            if peer.subnets.is_empty() {
-                return Err(invalid(format!(
-                    "peer {} has no subnets; give it at least one (e.g. its container subnet)",
-                    peer.public_key
-                )));
-            }
-            if peer.persistent_keepalive == Some(0) {
-                return Err(invalid(format!(
-                    "peer {}: persistent_keepalive 0 is not allowed; omit it to turn keepalives off",
-                    peer.public_key
-                )));
-            }
-            claims.extend(peer.subnets.iter().map(|n| (n.trunc(), i + 1)));
-        }
-        if let Some((a, b)) = protocol::routing::first_overlap(&claims) {
-            let owner = |net: IpNet| match claims.iter().find(|(n, _)| *n == net) {
-                Some((_, 0)) | None => "this host".to_owned(),
-                Some((_, i)) => format!("peer {}", raw.peers[i - 1].public_key),
-            };
-            return Err(invalid(format!(
-                "subnets overlap: {a} ({}) and {b} ({}); give every host its own subnet",
-                owner(a),
-                owner(b)
-            )));
-        }
+                .map(|p| (&p.public_key, p.subnets.as_slice(), p.persistent_keepalive)),
+        )
+        .map_err(&invalid)?;
         Ok(Config {
             path: path.to_owned(),
             private_key_file: key_file,
@@ -135,6 +101,7 @@ impl Config {
             metrics: raw.metrics,
             flows: raw.flows,
             mirror,
+            cli_peers: Vec::new(),
             peers: raw
                 .peers
                 .into_iter()
@@ -159,6 +126,55 @@ impl Config {
                 .collect::<Result<_, ConfigError>>()?,
         })
     }
+}
+
+/// The rules every static peer follows, the config's `[[peer]]`s and those added with
+/// `overlayctl peer add` alike (given together): not this host's key, each key once, at
+/// least one subnet, no keepalive of 0, and no subnet that overlaps another peer's or
+/// one of `own_subnets`. `Err` is one sentence.
+pub(crate) fn check_peers<'a>(
+    own_public: &PublicKey,
+    own_subnets: &[IpNet],
+    peers: impl Iterator<Item = (&'a PublicKey, &'a [IpNet], Option<u16>)>,
+) -> Result<(), String> {
+    let peers: Vec<(&PublicKey, &[IpNet], Option<u16>)> = peers.collect();
+    // (subnet, owner): owner 0 is this host, i + 1 is peer i.
+    let mut claims: Vec<(IpNet, usize)> = own_subnets.iter().map(|n| (n.trunc(), 0)).collect();
+    for (i, (key, subnets, keepalive)) in peers.iter().enumerate() {
+        if *key == own_public {
+            return Err(format!(
+                "peer {key} has this host's own public key; remove it"
+            ));
+        }
+        if let Some((dup, _, _)) = peers[..i].iter().find(|p| p.0 == *key) {
+            return Err(format!(
+                "peer {dup} is listed twice; merge the two [[peer]] sections"
+            ));
+        }
+        if subnets.is_empty() {
+            return Err(format!(
+                "peer {key} has no subnets; give it at least one (e.g. its container subnet)"
+            ));
+        }
+        if *keepalive == Some(0) {
+            return Err(format!(
+                "peer {key}: persistent_keepalive 0 is not allowed; omit it to turn keepalives off"
+            ));
+        }
+        claims.extend(subnets.iter().map(|n| (n.trunc(), i + 1)));
+    }
+    if let Some((a, b)) = protocol::routing::first_overlap(&claims) {
+        let owner = |net: IpNet| match claims.iter().find(|(n, _)| *n == net) {
+            Some((_, 0)) | None => "this host".to_owned(),
+            Some((_, i)) => format!("peer {}", peers[i - 1].0),
+        };
+        return Err(format!(
+            "subnets overlap: {a} ({}) and {b} ({}); give every host its own subnet",
+            owner(a),
+            owner(b)
+        ));
+    }
+    Ok(())
 }
 
 impl Control {

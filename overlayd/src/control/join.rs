@@ -52,7 +52,7 @@ pub(super) async fn join(
         .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
     let joiner = Joiner {
         name: node.clone(),
-        wireguard_key: ctx.config.private_key.public_key(),
+        wireguard_key: ctx.config().private_key.public_key(),
         control_key: control_key.verifying_key(),
     };
     let transport = Arc::new(tls::transport_config(
@@ -86,7 +86,7 @@ pub(super) async fn join(
             let admin = tls::remote_node(&conn)
                 .context("the bootstrap host did not show its node certificate")?;
             let proof =
-                keys::JoinProof::prove(&claim, &ctx.config.private_key, &admin.wireguard_key)?;
+                keys::JoinProof::prove(&claim, &ctx.config().private_key, &admin.wireguard_key)?;
             let mut request = Request::Join {
                 secret: *token.secret().as_bytes(),
                 name: node.clone(),

@@ -46,8 +46,9 @@ use state::{AdminState, NetworkState, StateDir};
 
 /// What the control plane needs from the daemon.
 pub struct Ctx {
-    /// The validated config.
-    pub config: Arc<Config>,
+    /// The config in force: the one the daemon started with, then each reload's (see
+    /// `crate::reload`). Read it with [`Ctx::config`].
+    pub config: arc_swap::ArcSwap<Config>,
     /// The tunnels.
     pub router: Arc<Router>,
     /// Kernel routes through the TUN.
@@ -105,6 +106,11 @@ impl Traffic {
 }
 
 impl Ctx {
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
     /// The QUIC endpoint on `[control] listen_port`, made on first use.
     pub fn endpoint(&self) -> anyhow::Result<quinn::Endpoint> {
         let mut socket = crate::util::lock(&self.control_socket);
@@ -142,11 +148,12 @@ impl Ctx {
     /// Failures are logged: the tunnels work without the address, only this host's own
     /// packets into the overlay lack a source the peers accept.
     pub async fn apply_address(&self, subnets: &[IpNet]) {
-        let wanted = crate::address::effective(self.config.address, subnets);
+        let config = self.config();
+        let wanted = crate::address::effective(config.address, subnets);
         // What a decrypted packet may be addressed to: this host's subnets and address.
-        let local = crate::address::local_networks(wanted, &self.config.subnets, subnets);
+        let local = crate::address::local_networks(wanted, &config.subnets, subnets);
         if self.router.set_local_networks(&local) {
-            crate::firewall::apply(&self.config.tun_name, &local).await;
+            crate::firewall::apply(&config.tun_name, &local).await;
         }
         let mut routes = self.routes.lock().await;
         let current = self.address();
@@ -280,6 +287,9 @@ pub enum Command {
         protocol::api::PolicyCheckRequest,
         Reply<protocol::api::PolicyVerdict>,
     ),
+    /// A reload changed the config in force (`Ctx::config`): the member takes its
+    /// `[control]` timings at once (a host in no network has nothing to change).
+    Reload(Reply<()>),
 }
 
 /// One member as the API shows it.
@@ -322,6 +332,7 @@ impl View {
             uptime_s: 0,
             drops: Default::default(),
             member: self.membership.clone(),
+            config: None,
         }
     }
 }
@@ -526,6 +537,10 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
                 let _ = reply.send(Err(not_member()));
                 continue;
             }
+            Command::Reload(reply) => {
+                let _ = reply.send(Ok(()));
+                continue;
+            }
         };
         match made {
             Ok((net, dir)) => handed = Some((net, dir, reply)),
@@ -618,12 +633,12 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(NetworkState, Directory), ApiFai
         next_serial: 1,
         ..AdminState::default()
     };
-    let issuer = plan.issuer(&ca, ctx.config.control.certificate_days);
+    let issuer = plan.issuer(&ca, ctx.config().control.certificate_days);
     let empty = Directory::new(ca.verifying_key(), network.clone());
     let subnets = issuer
         .allocate(&admin, &empty, node, req.subnet)
         .map_err(|e| ApiFailure::bad(e.0))?;
-    let (wireguard_key, now) = (ctx.config.private_key.public_key(), now_unix());
+    let (wireguard_key, now) = (ctx.config().private_key.public_key(), now_unix());
     let certificate = issuer
         .issue(
             node,

@@ -8,6 +8,7 @@
 //!   directory.json      0600  the verified member records and revocations (re-verified on load)
 //!   ca.key              0600  admins only: the network CA's private key
 //!   admin.json          0600  admins only: issued subnets and serials, join tokens (hashes)
+//!   peers.json          0600  static peers added with `overlayctl peer add` (config::peers_file)
 //! ```
 //!
 //! Every file is written to a temporary name and renamed, so a crash never leaves half a

@@ -40,6 +40,18 @@ pub struct Udp {
     gro: bool,
 }
 
+/// Sets `buffer`-byte buffers each way on `fd`.
+fn set_buffers(fd: std::os::fd::RawFd, buffer: usize) {
+    let len = libc::c_int::try_from(buffer).unwrap_or(libc::c_int::MAX);
+    // FORCE needs CAP_NET_ADMIN; without it the plain call is capped by rmem_max.
+    if setsockopt_int(fd, libc::SOL_SOCKET, SO_RCVBUFFORCE, len).is_err() {
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, len);
+    }
+    if setsockopt_int(fd, libc::SOL_SOCKET, SO_SNDBUFFORCE, len).is_err() {
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, len);
+    }
+}
+
 fn setsockopt_int(
     fd: libc::c_int,
     level: libc::c_int,
@@ -82,14 +94,7 @@ impl Udp {
         let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
         let fd = sock.as_raw_fd();
         if buffer > 0 {
-            let len = libc::c_int::try_from(buffer).unwrap_or(libc::c_int::MAX);
-            // FORCE needs CAP_NET_ADMIN; without it the plain call is capped by rmem_max.
-            if setsockopt_int(fd, libc::SOL_SOCKET, SO_RCVBUFFORCE, len).is_err() {
-                let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, len);
-            }
-            if setsockopt_int(fd, libc::SOL_SOCKET, SO_SNDBUFFORCE, len).is_err() {
-                let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, len);
-            }
+            set_buffers(fd, buffer);
         }
         let gro = gro && setsockopt_int(fd, SOL_UDP, UDP_GRO, 1).is_ok();
         // Setting a zero segment size is accepted exactly when the kernel knows UDP_SEGMENT.
@@ -99,6 +104,46 @@ impl Udp {
             gso: AtomicBool::new(gso),
             gro,
         })
+    }
+
+    /// Sets `buffer`-byte socket buffers each way on the running socket (a reload); 0 is
+    /// taken as the kernel's default size (`net.core.rmem_default`/`wmem_default`).
+    pub fn set_buffers(&self, buffer: usize) {
+        let fd = self.sock.as_raw_fd();
+        if buffer > 0 {
+            set_buffers(fd, buffer);
+        } else {
+            for (option, default) in [
+                (libc::SO_RCVBUF, "/proc/sys/net/core/rmem_default"),
+                (libc::SO_SNDBUF, "/proc/sys/net/core/wmem_default"),
+            ] {
+                let len = std::fs::read_to_string(default)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                    .unwrap_or(212_992);
+                let _ = setsockopt_int(fd, libc::SOL_SOCKET, option, len / 2);
+            }
+        }
+    }
+
+    /// The receive buffer's size as the kernel reports it (twice what was asked).
+    pub fn receive_buffer(&self) -> io::Result<usize> {
+        let mut len: libc::c_int = 0;
+        let mut size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `len` and `size` are valid for the call; the fd is this socket's.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&mut len as *mut libc::c_int).cast(),
+                &mut size,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(usize::try_from(len).unwrap_or(0))
     }
 
     /// Whether sends use GSO now.
@@ -528,5 +573,31 @@ mod tests {
             let (s, _) = sockaddr_from(addr);
             assert_eq!(sockaddr_to(&s), Some(addr));
         }
+    }
+
+    #[test]
+    fn socket_buffers_change_on_the_running_socket() {
+        let udp = Udp::bind_with(0, false, false, 1 << 20).unwrap();
+        // SAFETY: geteuid(2) has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            // The kernel reports twice what was set (its bookkeeping share).
+            assert_eq!(udp.receive_buffer().unwrap(), 2 << 20);
+        }
+        udp.set_buffers(256 << 10);
+        if root {
+            assert_eq!(udp.receive_buffer().unwrap(), 512 << 10);
+        }
+        udp.set_buffers(0);
+        let default: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_default")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let now = udp.receive_buffer().unwrap();
+        assert!(
+            now.abs_diff(default) <= 2,
+            "0 gives the kernel's default {default}, not {now}"
+        );
     }
 }

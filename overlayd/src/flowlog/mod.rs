@@ -14,6 +14,7 @@ pub mod file;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,8 +38,10 @@ pub struct FlowLog {
     /// Taken for a whole collection, so that records reach the ring and the file in
     /// the order of their numbers. `None` inside: no file.
     file: Mutex<Option<RotatingFile>>,
-    path: Option<PathBuf>,
-    window: Duration,
+    /// The file's path and size bound as opened (a reload reopens it when they change).
+    path: Mutex<(Option<PathBuf>, u64)>,
+    /// The window in seconds; a reload may change it (the next window takes it).
+    window_s: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -50,32 +53,40 @@ struct Ring {
 impl FlowLog {
     /// The flow log `config` asks for, its file opened (created 0600 if missing).
     pub fn open(config: &Flows) -> anyhow::Result<FlowLog> {
-        let file = match &config.file {
-            Some(path) => Some(RotatingFile::open(path, config.max_bytes).with_context(|| {
-                format!(
-                    "cannot open the flow log file {}; create its folder or change [flows] file",
-                    path.display()
-                )
-            })?),
-            None => None,
-        };
         Ok(FlowLog {
             ring: Mutex::new(Ring::default()),
-            file: Mutex::new(file),
-            path: config.file.clone(),
-            window: Duration::from_secs(config.window_s),
+            file: Mutex::new(open_file(config)?),
+            path: Mutex::new((config.file.clone(), config.max_bytes)),
+            window_s: AtomicU64::new(config.window_s),
         })
     }
 
+    /// Takes `config`'s file, size bound and window (a reload): a new file is opened
+    /// first, so that one that cannot be opened changes nothing; the records in memory
+    /// stay.
+    pub fn reconfigure(&self, config: &Flows) -> anyhow::Result<()> {
+        // In `record`'s order: the file, then its path.
+        let mut file = lock(&self.file);
+        let mut path = lock(&self.path);
+        if *path != (config.file.clone(), config.max_bytes) {
+            *file = open_file(config)?;
+            *path = (config.file.clone(), config.max_bytes);
+        }
+        self.window_s.store(config.window_s, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Starts the collector thread: every window, the router's flows go to the log. It
-    /// runs until the process exits.
+    /// runs until the process exits (while the flow log is off, the router counts nothing
+    /// and it finds nothing).
     pub fn spawn(self: &Arc<Self>, router: Arc<Router>) -> std::io::Result<()> {
         let log = self.clone();
         std::thread::Builder::new()
             .name("flowlog".into())
             .spawn(move || {
                 loop {
-                    std::thread::sleep(log.window);
+                    let window = log.window_s.load(Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_secs(window));
                     log.record(router.take_flows());
                 }
             })?;
@@ -106,9 +117,10 @@ impl FlowLog {
                 f.write_line(&line)
             });
             if let Err(e) = written {
+                let path = lock(&self.path).0.clone().unwrap_or_default();
                 tracing::warn!(
                     error = %e,
-                    file = %self.path.as_deref().unwrap_or_else(|| "".as_ref()).display(),
+                    file = %path.display(),
                     "cannot write the flow log file; its records stay in memory (overlayctl flows)"
                 );
             }
@@ -123,6 +135,20 @@ impl FlowLog {
             .filter(|e| e.seq > seq)
             .cloned()
             .collect()
+    }
+}
+
+fn open_file(config: &Flows) -> anyhow::Result<Option<RotatingFile>> {
+    match &config.file {
+        Some(path) => Ok(Some(
+            RotatingFile::open(path, config.max_bytes).with_context(|| {
+                format!(
+                    "cannot open the flow log file {}; create its folder or change [flows] file",
+                    path.display()
+                )
+            })?,
+        )),
+        None => Ok(None),
     }
 }
 

@@ -44,6 +44,7 @@ const MEMBER_STATES: [MemberState; 5] = [
 ];
 
 /// Where a scrape reads its figures.
+#[derive(Clone)]
 pub struct Sources {
     /// The tunnels: peers, handshakes, drops, cookies, the policy's counters.
     pub router: Arc<Router>,

@@ -538,18 +538,52 @@ impl Router {
             }
             self.tick_policy(peer, &mut st);
             let endpoint = st.endpoint;
-            match st.tunn.update_timers(buf) {
+            let idle = match st.tunn.update_timers(buf) {
                 TunnResult::WriteToNetwork(b) => {
                     if let Some(ep) = endpoint {
                         handshakes::note_sent(peer, &mut st, b);
                         send(ep, b);
                     }
+                    false
                 }
                 TunnResult::Err(WireGuardError::ConnectionExpired) => {
                     handshakes::note_expired(peer, &mut st);
+                    false
                 }
-                _ => {}
+                TunnResult::Done => true,
+                _ => false,
+            };
+            if idle {
+                self.persistent_keepalive(peer, &mut st, ms, buf, send);
             }
+        }
+    }
+
+    /// Sends `peer` a persistent keepalive when its interval has passed since the last
+    /// (boringtun's rule, which this replaces: every interval, while no handshake is under
+    /// way; without a session, the keepalive starts one). `now_ms` is the router's clock.
+    fn persistent_keepalive(
+        &self,
+        peer: &Peer,
+        st: &mut PeerState,
+        now_ms: u64,
+        buf: &mut [u8],
+        send: &mut dyn FnMut(SocketAddr, &[u8]),
+    ) {
+        let Some(interval) = peer.persistent_keepalive() else {
+            return;
+        };
+        let due = st
+            .keepalive_sent_ms
+            .is_none_or(|sent| now_ms.saturating_sub(sent) >= u64::from(interval) * 1000);
+        if !due || st.handshake_pending {
+            return;
+        }
+        st.keepalive_sent_ms = Some(now_ms);
+        let Some(ep) = st.endpoint else { return };
+        if let TunnResult::WriteToNetwork(b) = st.tunn.encapsulate(&[], buf) {
+            handshakes::note_sent(peer, st, b);
+            send(ep, b);
         }
     }
 
@@ -561,6 +595,12 @@ impl Router {
         if **self.known.load() != known {
             self.known.store(Arc::new(known));
         }
+    }
+
+    /// What the control plane knows of `key` (a member's, a revoked member's), if it is
+    /// no routed member or is one ([`Router::set_known_keys`]).
+    pub fn known_key(&self, key: &PublicKey) -> Option<KnownKey> {
+        self.known.load().get(key).cloned()
     }
 
     /// A handshake initiation from `key` at `src` authenticated its static key, but `key`

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -47,6 +47,9 @@ pub struct PeerState {
     pub(super) handshake_pending: bool,
     /// Its flows since the flow log last took them, while the flow log is on.
     pub(super) flows: Option<FlowWindow>,
+    /// When the last persistent keepalive went (the router's clock, ms); `None`: one is
+    /// due at the next tick (the interval was just set or changed, as `wg set` does).
+    pub(super) keepalive_sent_ms: Option<u64>,
 }
 
 /// What may change about a peer without touching its tunnel; swapped whole.
@@ -76,8 +79,10 @@ pub struct Peer {
     pub index: usize,
     /// Its static public key.
     pub public_key: PublicKey,
-    /// Keepalive interval, fixed when its tunnel was made.
-    pub persistent_keepalive: Option<u16>,
+    /// Persistent keepalive interval in seconds, 0 for none. The router sends these
+    /// keepalives itself (`Router::tick`), not boringtun, whose interval is fixed when
+    /// its `Tunn` is made: so the interval changes without touching the tunnel.
+    keepalive: AtomicU16,
     info: ArcSwap<PeerInfo>,
     state: Mutex<PeerState>,
     /// Payload bytes received.
@@ -95,6 +100,14 @@ impl Peer {
     /// another thread; the state is still the best we have, so keep going.
     pub fn lock(&self) -> MutexGuard<'_, PeerState> {
         crate::util::lock(&self.state)
+    }
+
+    /// Its persistent keepalive interval in seconds, if any.
+    pub fn persistent_keepalive(&self) -> Option<u16> {
+        match self.keepalive.load(Ordering::Relaxed) {
+            0 => None,
+            s => Some(s),
+        }
     }
 
     /// Seconds since the last handshake, and the current endpoint.
@@ -141,7 +154,8 @@ pub struct PeerSpec {
     pub subnets: Vec<IpNet>,
     /// Its certificate's groups, for the policy (none for a static peer).
     pub groups: Vec<Name>,
-    /// Keepalive interval in seconds; only used when the peer is added.
+    /// Persistent keepalive interval in seconds; a change takes effect at once, on the
+    /// tunnel as it is.
     pub persistent_keepalive: Option<u16>,
 }
 
@@ -154,12 +168,14 @@ pub enum Upserted {
         /// Its index.
         index: usize,
     },
-    /// An existing peer, its tunnel kept. Both `false` when only the name changed.
+    /// An existing peer, its tunnel kept. All `false` when only the name changed.
     Updated {
         /// The given endpoint was new and is now where its packets go.
         endpoint_changed: bool,
         /// Its subnets changed (routes rebuilt).
         subnets_changed: bool,
+        /// Its persistent keepalive interval changed.
+        keepalive_changed: bool,
     },
     /// Nothing changed.
     Unchanged,
@@ -295,70 +311,160 @@ impl Router {
     }
 
     /// Adds a peer, or updates the one with the same key in place (its tunnel, sessions
-    /// and counters stay): name, subnets (routes rebuilt), and endpoint when it differs
-    /// from the one last given for this peer, so that an endpoint learnt from the peer's
-    /// authenticated packets is not overwritten by the same stale advertisement again.
-    /// `persistent_keepalive` is only used for a new peer. Refuses this host's own key
-    /// and subnets that overlap another peer's; then nothing changes.
+    /// and counters stay): name, subnets (routes rebuilt), keepalive interval, and endpoint
+    /// when it differs from the one last given for this peer, so that an endpoint learnt
+    /// from the peer's authenticated packets is not overwritten by the same stale
+    /// advertisement again. Refuses this host's own key and subnets that overlap another
+    /// peer's; then nothing changes.
     pub fn upsert_peer(&self, spec: PeerSpec) -> Result<Upserted, RouterError> {
+        let mut done = self.change_peers(&[], vec![spec])?;
+        Ok(done.pop().unwrap_or(Upserted::Unchanged))
+    }
+
+    /// Removes the peers with the keys in `remove` and adds or updates each of `upsert`
+    /// (as [`Router::upsert_peer`] does) in one step: checked as a whole first (see
+    /// [`Router::check_changes`]), then published as one table, so that a subnet may move
+    /// from one peer to another, or two peers swap theirs. On a refusal nothing changes.
+    /// Returns what happened to each of `upsert`, in order.
+    pub fn change_peers(
+        &self,
+        remove: &[PublicKey],
+        upsert: Vec<PeerSpec>,
+    ) -> Result<Vec<Upserted>, RouterError> {
         let _writer = crate::util::lock(&self.writer);
-        let who = || label(spec.name.as_deref(), &spec.public_key);
-        if spec.public_key == self.own_key {
-            return Err(RouterError::OwnKey { peer: who() });
-        }
-        let mut subnets: Vec<IpNet> = spec.subnets.iter().map(IpNet::trunc).collect();
-        subnets.sort();
-        subnets.dedup();
         let current = self.table.load_full();
-        for other in current.present() {
-            if other.public_key == spec.public_key {
-                continue;
+        let upsert: Vec<(PeerSpec, Vec<IpNet>)> = upsert
+            .into_iter()
+            .map(|spec| {
+                let subnets = normalized(&spec.subnets);
+                (spec, subnets)
+            })
+            .collect();
+        self.check_in(&current, remove, &upsert)?;
+        let mut next = PeerTable::clone(&current);
+        let mut removed = Vec::new();
+        for key in remove {
+            if let Some(index) = next.by_key.remove(key.as_bytes())
+                && let Some(peer) = next.peers[index].take()
+            {
+                removed.push(peer);
             }
-            let info = other.info.load();
-            for subnet in &subnets {
-                if let Some(theirs) = info.subnets.iter().find(|t| overlaps(subnet, t)) {
-                    return Err(RouterError::SubnetOverlap {
-                        peer: who(),
-                        subnet: *subnet,
-                        other: label(info.name.as_deref(), &other.public_key),
-                        other_subnet: *theirs,
-                    });
+        }
+        let mut rebuild = !removed.is_empty();
+        let mut done = Vec::with_capacity(upsert.len());
+        for (spec, subnets) in upsert {
+            match next.by_key(&spec.public_key).cloned() {
+                Some(peer) => {
+                    let (upserted, routes_changed) = self.update(&peer, spec, subnets);
+                    rebuild |= routes_changed;
+                    done.push(upserted);
+                }
+                None => {
+                    done.push(self.add(&mut next, spec, subnets));
+                    rebuild = true;
                 }
             }
         }
-        match current.by_key(&spec.public_key) {
-            Some(peer) => Ok(self.update(&current, peer, spec, subnets)),
-            None => {
-                let who = who();
-                self.add(&current, spec, subnets, who)
-            }
+        if rebuild {
+            next.rebuild_routes();
+            self.table.store(Arc::new(next));
         }
+        for peer in removed {
+            self.retire(&peer);
+        }
+        Ok(done)
     }
 
-    fn add(
+    /// Whether [`Router::change_peers`] would take these changes now, without making them:
+    /// none of `upsert` has this host's key, and once the peers in `remove` are gone and
+    /// `upsert` applied, no subnet of one of `upsert` overlaps a subnet of another peer.
+    pub fn check_changes(
+        &self,
+        remove: &[PublicKey],
+        upsert: &[PeerSpec],
+    ) -> Result<(), RouterError> {
+        let _writer = crate::util::lock(&self.writer);
+        let upsert: Vec<(PeerSpec, Vec<IpNet>)> = upsert
+            .iter()
+            .map(|spec| (spec.clone(), normalized(&spec.subnets)))
+            .collect();
+        self.check_in(&self.table.load(), remove, &upsert)
+    }
+
+    fn check_in(
         &self,
         current: &PeerTable,
-        spec: PeerSpec,
-        subnets: Vec<IpNet>,
-        who: String,
-    ) -> Result<Upserted, RouterError> {
-        let index = current.peers.len();
-        if index >= MAX_PEER_INDICES {
-            return Err(RouterError::IndicesExhausted { peer: who });
+        remove: &[PublicKey],
+        upsert: &[(PeerSpec, Vec<IpNet>)],
+    ) -> Result<(), RouterError> {
+        // Every peer after the change: (name, key, subnets).
+        let mut after: Vec<(Option<String>, PublicKey, Vec<IpNet>)> = current
+            .present()
+            .filter(|p| {
+                !remove.contains(&p.public_key)
+                    && !upsert.iter().any(|(s, _)| s.public_key == p.public_key)
+            })
+            .map(|p| {
+                let info = p.info.load();
+                (info.name.clone(), p.public_key, info.subnets.clone())
+            })
+            .collect();
+        let mut new = 0;
+        for (spec, subnets) in upsert {
+            if spec.public_key == self.own_key {
+                return Err(RouterError::OwnKey {
+                    peer: label(spec.name.as_deref(), &spec.public_key),
+                });
+            }
+            if current.by_key(&spec.public_key).is_none() {
+                new += 1;
+            }
+            after.push((spec.name.clone(), spec.public_key, subnets.clone()));
         }
+        if current.peers.len() + new > MAX_PEER_INDICES {
+            let (spec, _) = &upsert[upsert.len() - 1];
+            return Err(RouterError::IndicesExhausted {
+                peer: label(spec.name.as_deref(), &spec.public_key),
+            });
+        }
+        for (spec, subnets) in upsert {
+            for (name, key, theirs) in &after {
+                if *key == spec.public_key {
+                    continue;
+                }
+                for subnet in subnets {
+                    if let Some(other) = theirs.iter().find(|t| overlaps(subnet, t)) {
+                        return Err(RouterError::SubnetOverlap {
+                            peer: label(spec.name.as_deref(), &spec.public_key),
+                            subnet: *subnet,
+                            other: label(name.as_deref(), key),
+                            other_subnet: *other,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a new peer into `next`, the table being built.
+    fn add(&self, next: &mut PeerTable, spec: PeerSpec, subnets: Vec<IpNet>) -> Upserted {
+        // Below MAX_PEER_INDICES: checked by `check_in` (fits 24 bits).
+        let index = next.peers.len();
         let tunn = Tunn::new(
             self.private_key.clone(),
             spec.public_key.to_dalek(),
             None,
-            spec.persistent_keepalive,
-            // fits: index < 2^24, checked above
+            // Persistent keepalives are the router's (`Peer::keepalive`).
+            None,
             index as u32,
             Some(self.mac1_only.clone()),
         );
+        let who = label(spec.name.as_deref(), &spec.public_key);
         let peer = Arc::new(Peer {
             index,
             public_key: spec.public_key,
-            persistent_keepalive: spec.persistent_keepalive,
+            keepalive: AtomicU16::new(spec.persistent_keepalive.unwrap_or(0)),
             info: ArcSwap::from_pointee(PeerInfo::new(spec.name, subnets, spec.groups)),
             state: Mutex::new(PeerState {
                 tunn,
@@ -368,33 +474,33 @@ impl Router {
                 policy: None,
                 handshake_pending: false,
                 flows: None,
+                // As boringtun did: the first keepalive one interval after the tunnel is
+                // made (the handshake at start or on adding comes from `initiate`).
+                keepalive_sent_ms: Some(self.clock_ms.load(Ordering::Relaxed)),
             }),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             drops: DropCounters::default(),
             handshakes: HandshakeCounters::default(),
         });
-        let mut next = current.clone();
         next.peers.push(Some(peer));
         next.by_key.insert(*spec.public_key.as_bytes(), index);
-        next.rebuild_routes();
-        self.table.store(Arc::new(next));
         tracing::debug!(peer = %who, index, "peer added");
-        Ok(Upserted::Added { index })
+        Upserted::Added { index }
     }
 
-    fn update(
-        &self,
-        current: &PeerTable,
-        peer: &Arc<Peer>,
-        spec: PeerSpec,
-        subnets: Vec<IpNet>,
-    ) -> Upserted {
+    /// Updates `peer` in place; also returns whether its routes must be rebuilt.
+    fn update(&self, peer: &Arc<Peer>, spec: PeerSpec, subnets: Vec<IpNet>) -> (Upserted, bool) {
         let info = peer.info.load_full();
         let subnets_changed = info.subnets != subnets;
         let name_changed = info.name != spec.name || info.groups != spec.groups;
+        let keepalive = spec.persistent_keepalive.unwrap_or(0);
+        let keepalive_changed = peer.keepalive.swap(keepalive, Ordering::Relaxed) != keepalive;
         let endpoint_changed = {
             let mut st = peer.lock();
+            if keepalive_changed {
+                st.keepalive_sent_ms = None;
+            }
             if st.configured_endpoint == spec.endpoint {
                 false
             } else {
@@ -412,19 +518,16 @@ impl Router {
             peer.info
                 .store(Arc::new(PeerInfo::new(spec.name, subnets, spec.groups)));
         }
-        if subnets_changed {
-            let mut next = current.clone();
-            next.rebuild_routes();
-            self.table.store(Arc::new(next));
-        }
-        if endpoint_changed || subnets_changed || name_changed {
+        let upserted = if endpoint_changed || subnets_changed || name_changed || keepalive_changed {
             Upserted::Updated {
                 endpoint_changed,
                 subnets_changed,
+                keepalive_changed,
             }
         } else {
             Upserted::Unchanged
-        }
+        };
+        (upserted, subnets_changed)
     }
 
     /// Removes the peer with `key`: its routes go, and from when this returns nothing is
@@ -444,18 +547,33 @@ impl Router {
         };
         next.rebuild_routes();
         self.table.store(Arc::new(next));
+        self.retire(&peer);
+        true
+    }
+
+    /// Marks a peer just taken out of the published table as removed (see
+    /// [`Router::remove_peer`]).
+    fn retire(&self, peer: &Peer) {
         {
             let mut st = peer.lock();
             st.removed = true;
             st.endpoint = None;
-            self.park_flows(&peer, &mut st);
+            self.park_flows(peer, &mut st);
         }
         for (reason, n) in peer.drops.snapshot() {
             self.drops.add_many(reason, n);
         }
-        tracing::debug!(peer = %label(peer.name().as_deref(), key), index, "peer removed");
-        true
+        let key = &peer.public_key;
+        tracing::debug!(peer = %label(peer.name().as_deref(), key), index = peer.index, "peer removed");
     }
+}
+
+/// Subnets with their host bits cleared, sorted, without repeats.
+fn normalized(subnets: &[IpNet]) -> Vec<IpNet> {
+    let mut subnets: Vec<IpNet> = subnets.iter().map(IpNet::trunc).collect();
+    subnets.sort();
+    subnets.dedup();
+    subnets
 }
 
 #[cfg(test)]

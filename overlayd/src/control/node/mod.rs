@@ -90,6 +90,20 @@ fn known_keys(dir: &Mutex<Directory>) -> HashMap<PublicKey, KnownKey> {
     known
 }
 
+/// What the core takes from `config`.
+fn settings(config: &crate::config::Config) -> Settings {
+    let control = &config.control;
+    Settings {
+        control_port: config.control_port(),
+        listen_port: config.listen_port,
+        certificate_days: control.certificate_days,
+        follow_address: control.advertise.is_none(),
+        sync_interval: Duration::from_millis(control.sync_interval_ms),
+        rejoin_interval: Duration::from_millis(control.rejoin_interval_ms),
+        membership: control.membership(),
+    }
+}
+
 /// Now, on both clocks: the only place the member reads them.
 fn now() -> Now {
     Now {
@@ -149,10 +163,11 @@ impl Member {
             "the control key in {} does not match this host's certificate; restore the key or join again",
             ctx.state.root().display()
         );
+        let config = ctx.config();
         anyhow::ensure!(
-            ctx.config.private_key.public_key() == me.wireguard_key,
+            config.private_key.public_key() == me.wireguard_key,
             "private_key_file {} holds another WireGuard key than this host's certificate; restore the key or join again",
-            ctx.config.private_key_file.display()
+            config.private_key_file.display()
         );
         let admin = match ctx.state.ca_key()? {
             Some(ca) => Some((ca, ctx.state.admin()?)),
@@ -162,24 +177,16 @@ impl Member {
             Some(dir) => dir,
             None => ctx.state.directory(&net.ca, &net.network)?,
         };
-        let control = &ctx.config.control;
+        let control = &config.control;
         let advertise = match control.advertise {
             Some(ip) => ip,
             None => {
                 let towards = core::first_member_endpoint(&directory, &me.node)
                     .or_else(|| net.bootstrap.first().copied());
-                super::detect_address(towards, &ctx.config.tun_name)?
+                super::detect_address(towards, &config.tun_name)?
             }
         };
-        let settings = Settings {
-            control_port: ctx.config.control_port(),
-            listen_port: ctx.config.listen_port,
-            certificate_days: control.certificate_days,
-            follow_address: control.advertise.is_none(),
-            sync_interval: Duration::from_millis(control.sync_interval_ms),
-            rejoin_interval: Duration::from_millis(control.rejoin_interval_ms),
-            membership: control.membership(),
-        };
+        let settings = settings(&config);
         let mut seed = [0u8; 8];
         getrandom::getrandom(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let identity = TlsIdentity {
@@ -194,7 +201,7 @@ impl Member {
                 me,
                 directory,
                 control_key,
-                wireguard_key: ctx.config.private_key.clone(),
+                wireguard_key: config.private_key.clone(),
                 admin,
                 advertise,
                 settings,
@@ -295,7 +302,7 @@ impl Member {
                         // other's published address: a simultaneous open, retried by QUIC);
                         // the tunnel's datagrams take the same addresses and ports, so its
                         // handshake goes now rather than at its next retry.
-                        if self.ctx.config.one_port() {
+                        if self.ctx.config.load().one_port() {
                             self.ctx.router.initiate_and_send(
                                 crate::router::Initiate::Punch(&peer.wireguard_key),
                                 &*self.ctx.udp,
@@ -363,7 +370,7 @@ impl Member {
             match action {
                 Action::Connect(addr) => self.connect(addr),
                 Action::Policy(policy) => {
-                    let capacity = self.ctx.config.control.policy_flows;
+                    let capacity = self.ctx.config().control.policy_flows;
                     self.ctx.router.set_policy(policy.map(|p| {
                         ActivePolicy::new(
                             p.policy,
@@ -460,7 +467,8 @@ impl Member {
                     *shown = view;
                 }
                 Action::DetectAddress { towards } => {
-                    if let Ok(ip) = super::detect_address(Some(towards), &self.ctx.config.tun_name)
+                    if let Ok(ip) =
+                        super::detect_address(Some(towards), &self.ctx.config().tun_name)
                     {
                         self.core.handle_address(ip, now());
                     }
@@ -507,6 +515,13 @@ impl Member {
             }
             Command::PolicyCheck(req, reply) => {
                 let _ = reply.send(self.core.policy_check(&req));
+            }
+            Command::Reload(reply) => {
+                let result = self
+                    .core
+                    .set_settings(settings(&self.ctx.config()), now)
+                    .map_err(ApiFailure::internal);
+                let _ = reply.send(result);
             }
             Command::Leave(reply) => {
                 let result = self.leave(now).await;

@@ -186,7 +186,8 @@ fn changed_subnets_move_the_routes_and_the_accepted_sources() {
         changed,
         Upserted::Updated {
             endpoint_changed: false,
-            subnets_changed: true
+            subnets_changed: true,
+            keepalive_changed: false,
         }
     );
     let a_at_b = pair.b.peer(&keys.a.public_key()).unwrap();
@@ -315,7 +316,8 @@ fn advertised_endpoint_applies_once_and_does_not_undo_roaming() {
         pair.b.upsert_peer(newer).unwrap(),
         Upserted::Updated {
             endpoint_changed: true,
-            subnets_changed: false
+            subnets_changed: false,
+            keepalive_changed: false,
         }
     );
     let (age, endpoint) = a_at_b.handshake_age_and_endpoint();
@@ -327,7 +329,8 @@ fn advertised_endpoint_applies_once_and_does_not_undo_roaming() {
         pair.b.upsert_peer(renamed).unwrap(),
         Upserted::Updated {
             endpoint_changed: false,
-            subnets_changed: false
+            subnets_changed: false,
+            keepalive_changed: false,
         }
     );
     assert_eq!(a_at_b.name().as_deref(), Some("a2"));
@@ -404,4 +407,129 @@ fn peer_changes_race_the_data_path() {
     });
     assert!(started.elapsed() < Duration::from_secs(120));
     assert!(pair.b.peers().len() <= 9);
+}
+
+/// Datagrams `router` sends on one tick.
+fn tick(router: &Router) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    router.tick(&mut buf, &mut |_, b| out.push(b.to_vec()));
+    out
+}
+
+#[test]
+fn a_keepalive_changes_on_the_open_tunnel() {
+    let (pair, keys) = empty_pair_then_added();
+    initiate(&pair, true, &keys.b.public_key());
+    both_ways(&pair, "10.42.1.2", "10.42.2.2");
+    let b_at_a = pair.a.peer(&keys.b.public_key()).unwrap();
+    assert_eq!(b_at_a.persistent_keepalive(), None);
+    let initiated = b_at_a.handshakes.initiated();
+    assert!(tick(&pair.a).is_empty(), "no keepalive before one is set");
+    // Turned on: one keepalive at the next tick (as `wg set` sends one at once), a data
+    // message of the session that is open, then none until the interval has passed.
+    let mut with = spec(&keys.b, "b", &["10.42.2.0/24"], Some(B_ADDR));
+    with.persistent_keepalive = Some(25);
+    assert_eq!(
+        pair.a.upsert_peer(with.clone()).unwrap(),
+        Upserted::Updated {
+            endpoint_changed: false,
+            subnets_changed: false,
+            keepalive_changed: true,
+        }
+    );
+    assert_eq!(b_at_a.persistent_keepalive(), Some(25));
+    let sent = tick(&pair.a);
+    assert_eq!(sent.len(), 1, "one keepalive");
+    assert_eq!(sent[0][0], 4, "a data message (type 4), not a handshake");
+    assert_eq!(sent[0].len(), 32, "an empty one: a keepalive");
+    assert!(tick(&pair.a).is_empty(), "the next is 25 s away");
+    assert_eq!(pair.a.upsert_peer(with).unwrap(), Upserted::Unchanged);
+    // B takes it on the same session.
+    let mut out = vec![0u8; 2048];
+    assert_eq!(
+        pair.b
+            .decapsulate(A_ADDR.parse().unwrap(), &sent[0], &mut out, &mut |_, _| {}),
+        Inbound::Consumed
+    );
+    assert_eq!(b_at_a.handshakes.initiated(), initiated, "no new handshake");
+    // Off again: nothing more.
+    let off = spec(&keys.b, "b", &["10.42.2.0/24"], Some(B_ADDR));
+    assert!(matches!(
+        pair.a.upsert_peer(off).unwrap(),
+        Upserted::Updated {
+            keepalive_changed: true,
+            ..
+        }
+    ));
+    assert!(tick(&pair.a).is_empty());
+    both_ways(&pair, "10.42.1.2", "10.42.2.2");
+}
+
+#[test]
+fn changes_are_checked_whole_and_made_as_one() {
+    let (pair, keys) = empty_pair_then_added();
+    initiate(&pair, true, &keys.b.public_key());
+    let c = PrivateKey::generate();
+    let d = PrivateKey::generate();
+    let c_spec = |subnet: &str| spec(&c, "c", &[subnet], None);
+    pair.a.upsert_peer(c_spec("10.42.3.0/24")).unwrap();
+    // C and a new D swap nothing yet: D asks for C's subnet while C keeps it: refused,
+    // nothing changed.
+    let e = pair
+        .a
+        .change_peers(&[], vec![spec(&d, "d", &["10.42.3.0/25"], None)])
+        .unwrap_err();
+    assert!(matches!(e, RouterError::SubnetOverlap { .. }), "{e}");
+    assert!(pair.a.peer(&d.public_key()).is_none());
+    assert_eq!(
+        pair.a
+            .check_changes(&[], &[spec(&d, "d", &["10.42.3.0/25"], None)]),
+        Err(e)
+    );
+    // C's subnet moves to D while C moves on, in one change; B's tunnel is untouched.
+    let before = pair.a.table();
+    let done = pair
+        .a
+        .change_peers(
+            &[],
+            vec![
+                spec(&d, "d", &["10.42.3.0/24"], None),
+                c_spec("10.42.4.0/24"),
+            ],
+        )
+        .unwrap();
+    assert!(matches!(done[0], Upserted::Added { .. }));
+    assert!(matches!(
+        done[1],
+        Upserted::Updated {
+            subnets_changed: true,
+            ..
+        }
+    ));
+    assert!(!std::sync::Arc::ptr_eq(&before, &pair.a.table()));
+    // Removing C and giving its subnet to D, too.
+    pair.a
+        .change_peers(
+            &[c.public_key()],
+            vec![spec(&d, "d", &["10.42.4.0/24"], None)],
+        )
+        .unwrap();
+    assert!(pair.a.peer(&c.public_key()).is_none());
+    assert_eq!(
+        pair.a.peer(&d.public_key()).unwrap().subnets(),
+        vec!["10.42.4.0/24".parse::<IpNet>().unwrap()]
+    );
+    // This host's own key, among others: refused whole.
+    let own = spec(&keys.a, "me", &["10.42.8.0/24"], None);
+    let e = pair
+        .a
+        .change_peers(&[d.public_key()], vec![own])
+        .unwrap_err();
+    assert!(matches!(e, RouterError::OwnKey { .. }));
+    assert!(
+        pair.a.peer(&d.public_key()).is_some(),
+        "the removal was not made"
+    );
+    both_ways(&pair, "10.42.1.2", "10.42.2.2");
 }

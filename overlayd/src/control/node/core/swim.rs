@@ -86,6 +86,37 @@ impl Core {
             .mul_f64(self.rng.random_range(0.5..1.5))
     }
 
+    /// Takes new settings from a reload at `now`: foca's new timings (suspicion, gossip;
+    /// its probe period and timeout cannot change while it runs, so a reload keeps them),
+    /// the full sync and rejoin intervals (the next round comes no later than one new
+    /// interval from now) and the certificate lifetime. The ports, the address to follow
+    /// and the probe timings stay as they are. On an error nothing changes.
+    pub fn set_settings(&mut self, settings: Settings, now: Now) -> Result<(), String> {
+        let mut membership = settings.membership.clone();
+        membership.probe_period = self.settings.membership.probe_period;
+        membership.probe_rtt = self.settings.membership.probe_rtt;
+        let foca = membership.to_foca().map_err(|e| format!("[control] {e}"))?;
+        self.foca.set_config(foca).map_err(|e| {
+            format!(
+                "foca (SWIM) refused the new [control] timings ({e}); restart overlayd to use them"
+            )
+        })?;
+        self.settings.membership = membership;
+        self.settings.certificate_days = settings.certificate_days;
+        if self.settings.sync_interval != settings.sync_interval {
+            self.settings.sync_interval = settings.sync_interval;
+            self.periodic.sync = self.periodic.sync.min(now.instant + settings.sync_interval);
+        }
+        if self.settings.rejoin_interval != settings.rejoin_interval {
+            self.settings.rejoin_interval = settings.rejoin_interval;
+            self.periodic.rejoin = self
+                .periodic
+                .rejoin
+                .min(now.instant + settings.rejoin_interval);
+        }
+        Ok(())
+    }
+
     /// A gossip datagram came on member link `link` (dropped if the link has lapsed since:
     /// it was queued before).
     pub fn handle_datagram(&mut self, link: LinkId, bytes: &[u8], now: Now) {

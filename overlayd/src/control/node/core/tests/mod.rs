@@ -548,3 +548,45 @@ fn only_an_admin_makes_tokens_and_revokes_and_never_itself() {
         400
     );
 }
+
+/// How long after `crash(2)` h0 sees h2 down, polled every 100 ms up to 15 s.
+fn time_to_down(sim: &mut Sim) -> Duration {
+    sim.crash(2);
+    let mut waited = Duration::ZERO;
+    while sim.hosts[0].state_of("h2") != Some(ViewState::Down) && waited < secs(15) {
+        sim.run(Duration::from_millis(100));
+        waited += Duration::from_millis(100);
+    }
+    waited
+}
+
+#[test]
+fn new_timings_from_a_reload_apply_to_the_running_member() {
+    let mut default = converged(3);
+    let before = time_to_down(&mut default);
+    let mut sim = converged(3);
+    for i in 0..3 {
+        let mut new = sim::settings();
+        new.membership.suspect_to_down_after = secs(1);
+        new.sync_interval = secs(5);
+        // A reload keeps these: foca cannot change them while it runs.
+        new.membership.probe_period = secs(3);
+        new.membership.probe_rtt = secs(2);
+        let now = sim.now();
+        sim.hosts[i]
+            .core()
+            .set_settings(new, now)
+            .expect("the new timings are taken");
+        assert!(
+            sim.hosts[i].core().poll_timeout() <= now.instant + secs(5),
+            "the next full sync comes within the new interval"
+        );
+    }
+    let after = time_to_down(&mut sim);
+    eprintln!("crash seen down after {before:?} (suspicion 4 s), {after:?} (1 s, set live)");
+    assert!(
+        after + secs(2) <= before,
+        "a 1 s suspicion did not shorten the detection: {after:?} vs {before:?} with 4 s"
+    );
+    assert_eq!(sim.hosts[0].state_of("h1"), Some(ViewState::Alive));
+}
