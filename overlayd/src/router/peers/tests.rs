@@ -533,3 +533,36 @@ fn changes_are_checked_whole_and_made_as_one() {
     );
     both_ways(&pair, "10.42.1.2", "10.42.2.2");
 }
+
+/// A member list synced again with nothing new (every directory change does it, for every
+/// member): no table is built or published, and each spec is `Unchanged`; a spec that
+/// differs in anything still goes through the full path.
+#[test]
+fn an_unchanged_upsert_publishes_no_new_table() {
+    let (pair, keys) = empty_pair_then_added();
+    let before = pair.a.table.load_full();
+    let same = spec(&keys.b, "b", &["10.42.2.0/24"], Some(B_ADDR));
+    let done = pair.a.change_peers(&[], vec![same.clone(), same]).unwrap();
+    assert_eq!(done, vec![Upserted::Unchanged; 2]);
+    assert!(Arc::ptr_eq(&before, &pair.a.table.load_full()));
+    let moved = spec(&keys.b, "b", &["10.42.3.0/24"], Some(B_ADDR));
+    assert!(matches!(
+        pair.a.upsert_peer(moved).unwrap(),
+        Upserted::Updated {
+            subnets_changed: true,
+            ..
+        }
+    ));
+    assert!(!Arc::ptr_eq(&before, &pair.a.table.load_full()));
+    let keepalive = PeerSpec {
+        persistent_keepalive: Some(25),
+        ..spec(&keys.b, "b", &["10.42.3.0/24"], Some(B_ADDR))
+    };
+    assert!(matches!(
+        pair.a.upsert_peer(keepalive).unwrap(),
+        Upserted::Updated {
+            keepalive_changed: true,
+            ..
+        }
+    ));
+}
