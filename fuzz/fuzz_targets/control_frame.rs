@@ -73,7 +73,7 @@ fn admit(ask: JoinAsk) {
         cidr: net(overlay_fuzz::CIDR),
         ranges: &ranges,
         subnet_prefix: 24,
-        certificate_days: 365,
+        certificate_lifetime_s: 365 * 86_400,
     };
     let dir = f.directory();
     let mut admin = AdminState {

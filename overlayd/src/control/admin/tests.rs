@@ -52,7 +52,7 @@ impl Fixture {
             cidr: "10.42.0.0/16".parse().unwrap(),
             ranges: &self.ranges,
             subnet_prefix: 24,
-            certificate_days: 365,
+            certificate_lifetime_s: 365 * 86_400,
         }
     }
 

@@ -88,7 +88,7 @@ impl Core {
     fn forget_gone_observers(&mut self) {
         let dir = self.dir();
         let alive: std::collections::HashSet<u32> =
-            dir.live_members().map(|m| m.serial as u32).collect();
+            dir.live_members().map(|m| m.number).collect();
         drop(dir);
         self.seen.retain(|node, _| alive.contains(node));
     }
