@@ -351,7 +351,11 @@ impl Issuer<'_> {
         let groups = groups
             .or_else(|| issued.and_then(|i| i.groups.clone()))
             .unwrap_or_else(|| current.groups.clone());
-        let serial = admin.next_serial.max(current.serial + 1).max(1);
+        let next = current
+            .serial
+            .checked_add(1)
+            .ok_or_else(|| Refused("renewal refused: no serial is left above this certificate's".into()))?;
+        let serial = admin.next_serial.max(next);
         let cert = NodeCertificate {
             network: self.network.clone(),
             node: name.clone(),
@@ -369,7 +373,7 @@ impl Issuer<'_> {
             .ca
             .sign(&cert)
             .map_err(|e| Refused(format!("cannot sign the certificate: {e}")))?;
-        admin.next_serial = admin.next_serial.max(serial + 1);
+        admin.next_serial = admin.next_serial.max(serial.saturating_add(1));
         admin.issued.insert(
             name.clone(),
             Issued {
