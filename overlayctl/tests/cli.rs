@@ -9,8 +9,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use protocol::api::{
-    ApiError, INIT_PATH, JOIN_PATH, LEAVE_PATH, MemberState, Membership, PEERS_PATH, PeerStatus,
-    NODE_GROUPS_PATH, NodeGroupsResponse, REVOKE_PATH, RevokeResponse, STATUS_PATH, Status, TOKENS_PATH, TokenResponse,
+    ApiError, INIT_PATH, JOIN_PATH, LEAVE_PATH, MemberState, Membership, NODE_GROUPS_PATH,
+    NodeGroupsResponse, PEERS_PATH, PeerStatus, REVOKE_PATH, RevokeResponse, STATUS_PATH, Status,
+    TOKENS_PATH, TokenResponse,
 };
 use serde_json::json;
 
@@ -161,7 +162,10 @@ fn usage_errors_need_no_daemon() {
         (&["join", "ovljoin1.x", "--name", "a-"], "not a valid name"),
         (&["revoke", "Node_C"], "not a valid name"),
         (&["node", "groups", "Node_C", "web"], "not a valid name"),
-        (&["node", "groups", "node-c", "web,a b"], "not a valid group"),
+        (
+            &["node", "groups", "node-c", "web,a b"],
+            "not a valid group",
+        ),
     ];
     for (args, needle) in cases {
         let out = overlayctl_at(&sock, args, "");
@@ -443,7 +447,10 @@ fn node_groups_posts_the_new_groups() {
         NODE_GROUPS_PATH,
         json!({"name": "node-a", "groups": []}),
     );
-    assert!(stdout.contains("with no groups (serial 10); in force now"), "{stdout}");
+    assert!(
+        stdout.contains("with no groups (serial 10); in force now"),
+        "{stdout}"
+    );
 }
 
 #[test]

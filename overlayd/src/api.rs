@@ -37,8 +37,9 @@ use axum::routing::{get, post};
 use ipnet::IpNet;
 use keys::PublicKey;
 use protocol::api::{
-    ApiError, INIT_PATH, InitRequest, JOIN_PATH, JoinRequest, LEAVE_PATH, PEERS_PATH, PeerStatus,
-    NODE_GROUPS_PATH, NodeGroupsRequest, REVOKE_PATH, RevokeRequest, STATUS_PATH, Status, TOKENS_PATH, TokenRequest,
+    ApiError, INIT_PATH, InitRequest, JOIN_PATH, JoinRequest, LEAVE_PATH, NODE_GROUPS_PATH,
+    NodeGroupsRequest, PEERS_PATH, PeerStatus, REVOKE_PATH, RevokeRequest, STATUS_PATH, Status,
+    TOKENS_PATH, TokenRequest,
 };
 use protocol::api::{
     EVENTS_PATH, POLICY_CHECK_PATH, POLICY_PATH, PolicyCheckRequest, PolicySetRequest, PolicyShown,

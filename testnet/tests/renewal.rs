@@ -186,8 +186,8 @@ fn a_member_down_past_its_expiry_is_told_to_join_again() {
     let mut net = network(30, 'b');
     net.kill_daemon(3).expect("kill h3's daemon");
     // Kept down until the certificate it saved last has expired.
-    let saved = std::fs::read_to_string(net.state_dir(3).join("network.json"))
-        .expect("h3's network.json");
+    let saved =
+        std::fs::read_to_string(net.state_dir(3).join("network.json")).expect("h3's network.json");
     let saved: serde_json::Value = serde_json::from_str(&saved).expect("JSON");
     let certificate: keys::SignedCertificate = saved["certificate"]
         .as_str()
@@ -206,10 +206,16 @@ fn a_member_down_past_its_expiry_is_told_to_join_again() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let error = loop {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if let Some(line) = log.lines().find(|l| l.contains("join again with a new token")) {
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("join again with a new token"))
+        {
             break line.to_owned();
         }
-        assert!(Instant::now() < deadline, "no clear error in h3's log:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "no clear error in h3's log:\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(

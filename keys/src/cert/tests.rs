@@ -467,6 +467,6 @@ fn version_1_certificates_are_still_read() {
     assert_eq!(text.verify(&ca.verifying_key(), NOW).unwrap(), read);
     let mut stretched = body;
     stretched[0] = CERT_VERSION;
-    let forged = SignedCertificate::from_parts(stretched, signed.signature().clone());
+    let forged = SignedCertificate::from_parts(stretched, *signed.signature());
     assert!(forged.verify(&ca.verifying_key(), NOW).is_err());
 }

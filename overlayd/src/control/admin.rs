@@ -351,10 +351,9 @@ impl Issuer<'_> {
         let groups = groups
             .or_else(|| issued.and_then(|i| i.groups.clone()))
             .unwrap_or_else(|| current.groups.clone());
-        let next = current
-            .serial
-            .checked_add(1)
-            .ok_or_else(|| Refused("renewal refused: no serial is left above this certificate's".into()))?;
+        let next = current.serial.checked_add(1).ok_or_else(|| {
+            Refused("renewal refused: no serial is left above this certificate's".into())
+        })?;
         let serial = admin.next_serial.max(next);
         let cert = NodeCertificate {
             network: self.network.clone(),

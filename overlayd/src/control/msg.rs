@@ -338,7 +338,10 @@ mod tests {
         assert_eq!(buf[LENGTH_PREFIX_LEN], 3);
         let mut r = buf.as_slice();
         let header = read_request_header(&mut r, MAX_FRAME).await.unwrap();
-        assert_eq!(read_request_body(&mut r, header).await.unwrap(), Request::Renew);
+        assert_eq!(
+            read_request_body(&mut r, header).await.unwrap(),
+            Request::Renew
+        );
         let largest = Request::Reissued(vec![0xff; keys::MAX_SIGNED_LEN]);
         let mut buf = Vec::new();
         write(&mut buf, &largest).await.unwrap();

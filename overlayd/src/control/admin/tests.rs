@@ -584,8 +584,20 @@ fn a_reissue_keeps_the_member_and_is_refused_once_it_is_gone() {
         .unwrap();
     assert!(renewed.serial > first.serial && renewed.not_after > first.not_after);
     assert_eq!(
-        (&renewed.node, renewed.number, renewed.wireguard_key, &renewed.subnets, &renewed.groups),
-        (&first.node, first.number, first.wireguard_key, &first.subnets, &first.groups)
+        (
+            &renewed.node,
+            renewed.number,
+            renewed.wireguard_key,
+            &renewed.subnets,
+            &renewed.groups
+        ),
+        (
+            &first.node,
+            first.number,
+            first.wireguard_key,
+            &first.subnets,
+            &first.groups
+        )
     );
     assert_eq!(admin.issued[&first.node].serial, renewed.serial);
     assert!(admin.next_serial > renewed.serial);
@@ -603,10 +615,16 @@ fn a_reissue_keeps_the_member_and_is_refused_once_it_is_gone() {
         .unwrap()
         .verify(&f.ca.verifying_key(), later)
         .unwrap();
-    assert_eq!(again.groups, groups, "a renewal of an older copy keeps the new groups");
+    assert_eq!(
+        again.groups, groups,
+        "a renewal of an older copy keeps the new groups"
+    );
 
     // Revoked: refused.
-    let revocation = f.issuer().revoke(&admin, &f.dir, &first.node, later).unwrap();
+    let revocation = f
+        .issuer()
+        .revoke(&admin, &f.dir, &first.node, later)
+        .unwrap();
     let mut revoked = f.dir.clone();
     revoked.apply_revocation(&revocation).unwrap();
     let before = admin.clone();

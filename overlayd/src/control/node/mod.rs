@@ -161,13 +161,16 @@ impl Member {
         view: Arc<Mutex<View>>,
     ) -> anyhow::Result<Member> {
         let now = now();
-        let me = net.certificate.verify(&net.ca, now.unix).map_err(|e| match e {
-            keys::CertError::Expired { .. } => match net.certificate.unverified_body() {
-                Ok(me) => anyhow::anyhow!("{}", core::expired_sentence(&me)),
-                Err(_) => anyhow::anyhow!("this host's certificate cannot be used: {e}"),
-            },
-            e => anyhow::anyhow!("this host's certificate cannot be used: {e}"),
-        })?;
+        let me = net
+            .certificate
+            .verify(&net.ca, now.unix)
+            .map_err(|e| match e {
+                keys::CertError::Expired { .. } => match net.certificate.unverified_body() {
+                    Ok(me) => anyhow::anyhow!("{}", core::expired_sentence(&me)),
+                    Err(_) => anyhow::anyhow!("this host's certificate cannot be used: {e}"),
+                },
+                e => anyhow::anyhow!("this host's certificate cannot be used: {e}"),
+            })?;
         let control_key = ctx.state.control_key()?;
         anyhow::ensure!(
             control_key.verifying_key() == me.control_key,
@@ -362,7 +365,9 @@ impl Member {
                                     name = %admission.name,
                                     "renewed a member's certificate"
                                 ),
-                                _ => tracing::info!(name = %admission.name, "admitted a new member"),
+                                _ => {
+                                    tracing::info!(name = %admission.name, "admitted a new member")
+                                }
                             }
                             admission.response
                         }
@@ -497,11 +502,10 @@ impl Member {
                             let _ = tx.send(Event::Renewed(link, answer));
                         });
                     }
-                    None => self.core.handle_renewed(
-                        link,
-                        Err("the connection closed".into()),
-                        now(),
-                    ),
+                    None => {
+                        self.core
+                            .handle_renewed(link, Err("the connection closed".into()), now())
+                    }
                 },
                 Action::Deliver {
                     link,
@@ -526,12 +530,16 @@ impl Member {
                 Action::Identity(certificate) => {
                     self.identity.certificate = certificate;
                     let id = &self.identity;
-                    let configs = tls::server_config(id, self.check.clone(), self.transport.clone())
-                        .and_then(|server| {
-                            let client =
-                                tls::client_config(id, self.check.clone(), self.transport.clone())?;
-                            Ok((server, client))
-                        });
+                    let configs =
+                        tls::server_config(id, self.check.clone(), self.transport.clone())
+                            .and_then(|server| {
+                                let client = tls::client_config(
+                                    id,
+                                    self.check.clone(),
+                                    self.transport.clone(),
+                                )?;
+                                Ok((server, client))
+                            });
                     match (configs, self.ctx.endpoint()) {
                         (Ok((server, client)), Ok(endpoint)) => {
                             // New handshakes (either way) show the new certificate; open

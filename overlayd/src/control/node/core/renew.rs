@@ -524,16 +524,14 @@ mod tests {
             network: keys::Name::new("net").unwrap(),
             node: keys::Name::new("h1").unwrap(),
             wireguard_key: keys::PublicKey::from_bytes([1; 32]),
-            control_key: keys::SigningKey::from_seed([2; 32]).verifying_key(),
+            control_key: keys::SigningKey::generate().verifying_key(),
             subnets: Vec::new(),
             groups: Vec::new(),
             not_before: 0,
             not_after: 0,
             serial: 1,
             number: 1,
-            ca_fingerprint: keys::SigningKey::from_seed([3; 32])
-                .verifying_key()
-                .fingerprint(),
+            ca_fingerprint: keys::SigningKey::generate().verifying_key().fingerprint(),
         };
         cert.not_before = issued - NOT_BEFORE_SLACK_S;
         cert.not_after = issued + 60;

@@ -318,11 +318,7 @@ impl Core {
             let dir = self.dir();
             dir.live_members()
                 .filter(|m| *m.name != self.me.node && m.control_port != 0)
-                .filter(|m| {
-                    self.liveness
-                        .get(&(m.number))
-                        .is_none_or(|(_, up)| !*up)
-                })
+                .filter(|m| self.liveness.get(&(m.number)).is_none_or(|(_, up)| !*up))
                 .filter_map(|m| {
                     m.endpoints
                         .first()

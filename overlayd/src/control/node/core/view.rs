@@ -22,11 +22,7 @@ impl Core {
         let dir = self.dir();
         dir.live_members()
             .filter(|m| *m.name != self.me.node)
-            .filter(|m| {
-                self.liveness
-                    .get(&(m.number))
-                    .is_none_or(|(_, up)| *up)
-            })
+            .filter(|m| self.liveness.get(&(m.number)).is_none_or(|(_, up)| *up))
             .map(|m| PeerSpec {
                 public_key: *m.wireguard_key,
                 name: Some(m.name.to_string()),

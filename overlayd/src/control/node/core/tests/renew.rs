@@ -49,7 +49,11 @@ fn members_renew_60_second_certificates_and_nobody_notices() {
             seen.push(now);
         }
     });
-    assert!(trouble.is_empty(), "{:?}", &trouble[..trouble.len().min(10)]);
+    assert!(
+        trouble.is_empty(),
+        "{:?}",
+        &trouble[..trouble.len().min(10)]
+    );
     let last = serials(&mut sim);
     for i in 0..3 {
         // 180 s of 60-second certificates renewed at 40 s: at least 4 renewals each.
@@ -64,7 +68,11 @@ fn members_renew_60_second_certificates_and_nobody_notices() {
         // What it saved is the renewed certificate, and when it took it.
         let saved = &sim.hosts[i].saved.0;
         assert_eq!(
-            saved.certificate.unverified_body().expect("a certificate").serial,
+            saved
+                .certificate
+                .unverified_body()
+                .expect("a certificate")
+                .serial,
             cert.serial
         );
         assert!(saved.renewed_unix.is_some_and(|t| t > START_UNIX + 30));
@@ -76,7 +84,11 @@ fn members_renew_60_second_certificates_and_nobody_notices() {
     let mut all: Vec<u64> = seen.iter().flatten().copied().collect();
     all.sort();
     all.dedup();
-    let issued = sim.hosts[0].admin.as_ref().expect("the admin saved").next_serial;
+    let issued = sim.hosts[0]
+        .admin
+        .as_ref()
+        .expect("the admin saved")
+        .next_serial;
     assert!(all.len() >= 3 + 12 && *all.last().unwrap() < issued);
 }
 
@@ -123,7 +135,9 @@ fn new_groups_reach_the_member_and_its_peers() {
         groups: vec!["db".into(), "eu".into()],
     };
     let admin = sim.hosts[0].core();
-    let change = admin.change_groups(&request, now).expect("the admin re-issues");
+    let change = admin
+        .change_groups(&request, now)
+        .expect("the admin re-issues");
     let saved = change.admin().clone();
     let answer = admin.commit_groups(change, now).expect("committed");
     sim.hosts[0].admin = Some(saved);
@@ -133,7 +147,11 @@ fn new_groups_reach_the_member_and_its_peers() {
     let after = sim.hosts[2].core().certificate().clone();
     assert_eq!(after.serial, answer.serial);
     assert_eq!(
-        after.groups.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
+        after
+            .groups
+            .iter()
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>(),
         ["db", "eu"]
     );
     assert_eq!(

@@ -133,7 +133,7 @@ enum Delivery {
     Sync(usize, usize, LinkId, Bundle),
     /// From, its link, to, the link at `to`, the request (`Renew`, `Reissued`), and the
     /// member number a `Reissued` is for.
-    Ask(usize, LinkId, usize, LinkId, Request, u32),
+    Ask(usize, LinkId, usize, LinkId, Box<Request>, u32),
 }
 
 /// The simulated network.
@@ -487,8 +487,14 @@ impl Sim {
         if let Some(&(to, theirs)) = self.hosts[from].links.get(&link)
             && self.reachable(from, to)
         {
-            self.queue
-                .push_back(Delivery::Ask(from, link, to, theirs, request, number));
+            self.queue.push_back(Delivery::Ask(
+                from,
+                link,
+                to,
+                theirs,
+                Box::new(request),
+                number,
+            ));
         }
     }
 
@@ -571,11 +577,11 @@ impl Sim {
                 }
             }
             Delivery::Ask(from, mine, to, theirs, request, number) => {
-                let renew = request == Request::Renew;
+                let renew = *request == Request::Renew;
                 let Some(core) = self.hosts[to].core.as_mut() else {
                     return;
                 };
-                let response = match core.handle_request(Origin::Member(theirs), request, now) {
+                let response = match core.handle_request(Origin::Member(theirs), *request, now) {
                     Answer::Reply(response) => response,
                     Answer::Drop => return,
                     // Saved, then answered, as the driver does.

@@ -67,14 +67,18 @@ fn load(state: &Path, now: Now) -> Loaded {
         keys::read_private_key_file(&state.parent().expect("a parent").join("private.key"))
             .expect("private.key");
     assert_eq!(wireguard_key.public_key(), me.wireguard_key);
-    let admin = match dir.ca_key().expect("ca.key") {
-        Some(ca) => Some((ca, dir.admin().expect("admin.json"))),
-        None => None,
-    };
+    let admin = dir
+        .ca_key()
+        .expect("ca.key")
+        .map(|ca| (ca, dir.admin().expect("admin.json")));
     let directory = dir
         .directory(&net.ca, &net.network)
         .expect("directory.json");
-    assert_eq!(directory.live_members().count(), 2, "both members were saved");
+    assert_eq!(
+        directory.live_members().count(),
+        2,
+        "both members were saved"
+    );
     let advertise = directory
         .live_member(&me.node)
         .and_then(|m| m.endpoints.first())
@@ -131,7 +135,11 @@ fn a_state_directory_from_before_renewal_is_read_and_upgraded() {
             .expect("text")
             .parse()
             .expect("a certificate");
-        assert_eq!(cert.body()[0], 1, "the fixture holds a version-1 certificate");
+        assert_eq!(
+            cert.body()[0],
+            1,
+            "the fixture holds a version-1 certificate"
+        );
         cert
     };
     let old = saved_certificate(&admin_state);
@@ -168,7 +176,11 @@ fn a_state_directory_from_before_renewal_is_read_and_upgraded() {
     assert_eq!(renewed.number, old_admin.number);
     assert_eq!(
         (renewed.wireguard_key, &renewed.subnets, &renewed.groups),
-        (old_admin.wireguard_key, &old_admin.subnets, &old_admin.groups)
+        (
+            old_admin.wireguard_key,
+            &old_admin.subnets,
+            &old_admin.groups
+        )
     );
     assert!(renewed.not_after > old_admin.not_after);
 
@@ -184,7 +196,8 @@ fn a_state_directory_from_before_renewal_is_read_and_upgraded() {
     let (from_member, _) = h1
         .handle_connected(member_addr, Some(old_member.clone()), true, now)
         .expect("the admin accepts");
-    let Answer::AfterSave(change) = h1.handle_request(Origin::Member(from_member), Request::Renew, now)
+    let Answer::AfterSave(change) =
+        h1.handle_request(Origin::Member(from_member), Request::Renew, now)
     else {
         panic!("the admin renews");
     };
