@@ -7,6 +7,9 @@
 //! - A member kept down past its certificate's expiry (30 s certificates here): started
 //!   again, it logs the one clear error that says to join again with a token, and is no
 //!   member; after a new `overlayctl join` it is back and pings.
+//! - Groups changed live (issue 18, part 2): under a policy that lets only group `web`
+//!   ping, h2 (no groups) cannot ping h3-c1; `overlayctl node groups h2 web` on h1, and
+//!   h2-c1 pings h3-c1 within 5 s, with the same daemon (no restart) and a higher serial.
 //!
 //! ```text
 //!                   P-ul: br0 (underlay switch)
@@ -247,5 +250,85 @@ fn a_member_down_past_its_expiry_is_told_to_join_again() {
         .expect("h3 is back");
     let to = net.addr("h3-c1").expect("h3-c1's address").to_string();
     assert!(common::pings(&net, "h1-c1", &to), "h1-c1 pings h3-c1");
+    net.down().expect("testnet down");
+}
+
+const WEB_MAY_PING: &str = r#"
+[[allow]]
+from  = ["group:web"]
+to    = ["any"]
+ports = ["icmp"]
+"#;
+
+#[test]
+fn new_groups_are_taken_live_and_the_policy_follows() {
+    if !root() {
+        return;
+    }
+    let mut net = Testnet::up(Options {
+        prefix: Some(format!("{}c", common::prefix('r'))),
+        ..Options::new(3, 1)
+    })
+    .expect("testnet up");
+    let to = net.addr("h3-c1").expect("h3-c1's address").to_string();
+    let file = net.run_dir().join("policy.toml");
+    std::fs::write(&file, WEB_MAY_PING).expect("write the policy");
+    net.overlayctl_ok(1, &["policy", "set", &file.display().to_string()])
+        .expect("policy set");
+    // In force on h2 once h2-c1 no longer gets through (h2 has no group).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::pings_once(&net, "h2-c1", &to) {
+        assert!(
+            Instant::now() < deadline,
+            "the policy never took h2's ping away"
+        );
+    }
+    let before = membership(&net, 2);
+    assert!(before.groups.is_empty(), "{before:?}");
+    let pid = net.daemon_pid(2);
+    let out = net
+        .overlayctl_ok(1, &["node", "groups", "h2", "web"])
+        .expect("node groups");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("re-issued the certificate of h2"), "{said}");
+    let changed = Instant::now();
+    let deadline = changed + Duration::from_secs(5);
+    while !common::pings_once(&net, "h2-c1", &to) {
+        if Instant::now() >= deadline {
+            for i in 1..=3 {
+                let log = std::fs::read_to_string(net.log_path(i)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                eprintln!("h{i}'s log, last lines:\n{}", tail.join("\n"));
+            }
+            eprintln!("h2: {:?}", membership(&net, 2));
+            panic!("h2-c1 does not ping h3-c1 5 s after its new groups");
+        }
+    }
+    let took = changed.elapsed();
+    eprintln!(
+        "new groups: h2-c1 pings h3-c1 after {:.2} s",
+        took.as_secs_f64()
+    );
+    let after = membership(&net, 2);
+    assert_eq!(after.groups, ["web"]);
+    assert!(after.certificate_serial > before.certificate_serial);
+    assert_eq!(net.daemon_pid(2), pid, "no restart");
+    assert!(net.daemon_alive(2));
+    // h3 has no group: still denied.
+    let from_h3 = net.addr("h2-c1").expect("h2-c1's address").to_string();
+    assert!(!common::pings_once(&net, "h3-c1", &from_h3));
+    // A name nobody holds, or a member asking: one-line refusals.
+    let out = net
+        .overlayctl(1, &["node", "groups", "nobody", "web"])
+        .expect("run overlayctl");
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1
+    );
+    let out = net
+        .overlayctl(2, &["node", "groups", "h3", "web"])
+        .expect("run overlayctl");
+    assert!(!out.status.success());
     net.down().expect("testnet down");
 }
