@@ -455,6 +455,29 @@ mod tests {
         assert!(matches!(out(&pair.b, &answer), Outbound::Send { .. }));
     }
 
+    /// This host's own groups change (its certificate re-issued with new ones): the same
+    /// policy version handed again with them applies to every peer at once, though no
+    /// peer changed.
+    #[test]
+    fn this_hosts_new_groups_take_effect_at_the_same_version() {
+        let pair = named_pair();
+        handshake(&pair);
+        enforce(&pair.a, WEB_TO_DB_DNS, 1, "a", "none");
+        let query = udp("10.42.1.2", 4000, "10.42.2.2", 53);
+        assert_eq!(
+            out(&pair.a, &query),
+            Outbound::Dropped(DropReason::PolicyDenied)
+        );
+        enforce(&pair.a, WEB_TO_DB_DNS, 1, "a", "web");
+        assert!(matches!(out(&pair.a, &query), Outbound::Send { .. }));
+        enforce(&pair.a, WEB_TO_DB_DNS, 1, "a", "none");
+        let other = udp("10.42.1.2", 4001, "10.42.2.2", 53);
+        assert_eq!(
+            out(&pair.a, &other),
+            Outbound::Dropped(DropReason::PolicyDenied)
+        );
+    }
+
     #[test]
     fn changed_groups_take_effect_without_a_new_policy() {
         let pair = named_pair();
