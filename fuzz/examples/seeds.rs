@@ -197,6 +197,22 @@ fn control_frame(c: &mut Corpus) {
     c.put(t, "response-sync", &frame(1, &Response::Sync(bundle(f))));
     c.put(t, "ack", &frame(1, &Response::Ack));
     c.put(t, "refused", &frame(1, &Response::Refused("no".into())));
+    c.put(t, "renew", &frame(0, &Request::Renew));
+    c.put(
+        t,
+        "reissued",
+        &frame(0, &Request::Reissued(f.members[2].certificate.to_bytes())),
+    );
+    c.put(
+        t,
+        "renewed",
+        &frame(
+            1,
+            &Response::Renewed {
+                certificate: f.members[1].certificate.to_bytes(),
+            },
+        ),
+    );
     let bare = postcard::to_allocvec(&bundle(f)).expect("a bundle encodes");
     c.put(t, "bare-bundle", &with(3, &bare));
 }

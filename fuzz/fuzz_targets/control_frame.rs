@@ -73,7 +73,7 @@ fn admit(ask: JoinAsk) {
         cidr: net(overlay_fuzz::CIDR),
         ranges: &ranges,
         subnet_prefix: 24,
-        certificate_days: 365,
+        certificate_lifetime_s: 365 * 86_400,
     };
     let dir = f.directory();
     let mut admin = AdminState {
@@ -122,6 +122,39 @@ fn admit(ask: JoinAsk) {
     );
 }
 
+/// A certificate offered as a re-issue (`Reissued`, `Renewed`): if it verifies, the
+/// fixture admin re-issues it (as it renews a member that proved it), and the result must
+/// keep its name, keys, subnets and number with a higher serial.
+fn reissue(bytes: &[u8]) {
+    let f = fixture();
+    let Ok(signed) = keys::SignedCertificate::from_bytes(bytes) else {
+        return;
+    };
+    let Ok(current) = signed.verify(&f.ca.verifying_key(), NOW) else {
+        return;
+    };
+    let issuer = Issuer {
+        ca: &f.ca,
+        network: &f.network,
+        cidr: net(overlay_fuzz::CIDR),
+        ranges: &[],
+        subnet_prefix: 24,
+        certificate_lifetime_s: 60,
+    };
+    let mut admin = AdminState::default();
+    let Ok(renewed) = issuer.reissue(&mut admin, &f.directory(), &current, None, NOW) else {
+        return;
+    };
+    let cert = renewed
+        .verify(&f.ca.verifying_key(), NOW)
+        .expect("a re-issued certificate verifies");
+    assert_eq!(
+        (&cert.node, cert.wireguard_key, cert.control_key, &cert.subnets, cert.number),
+        (&current.node, current.wireguard_key, current.control_key, &current.subnets, current.number)
+    );
+    assert!(cert.serial > current.serial, "a re-issue without a higher serial");
+}
+
 /// The `JoinAsk` the admin makes of a `Join` (`JoinAsk::from_request`, as the membership
 /// core calls it); with `honest`, the WireGuard key is replaced by the target's own (seed
 /// from the proof's first byte, so the fuzzer picks it) and the proof made for the claim.
@@ -151,6 +184,8 @@ fuzz_target!(|data: &[u8]| {
             round_trip(&request);
             match request {
                 Request::Sync(bundle) | Request::Push(bundle) => apply_bundle(&bundle),
+                Request::Reissued(certificate) => reissue(&certificate),
+                Request::Renew => {}
                 join => {
                     if let Some(ask) = ask(join, mode % 5 == 4) {
                         admit(ask);
@@ -175,6 +210,7 @@ fuzz_target!(|data: &[u8]| {
                     apply_bundle(&bundle);
                 }
                 Response::Sync(bundle) => apply_bundle(&bundle),
+                Response::Renewed { certificate } => reissue(&certificate),
                 Response::Ack | Response::Refused(_) | Response::Seen(_) => {}
             }
         }

@@ -37,7 +37,7 @@ fn settings() -> Settings {
     Settings {
         control_port: 51821,
         listen_port: 51820,
-        certificate_days: 365,
+        certificate_lifetime_s: 365 * 86_400,
         follow_address: false,
         sync_interval: Duration::from_secs(30),
         rejoin_interval: Duration::from_secs(2),
@@ -73,6 +73,7 @@ fn member(start: Instant) -> (Core, Vec<(u32, LinkId)>) {
         generation: 0,
         record_version: 0,
         left: false,
+        renewed_unix: None,
         bootstrap: Vec::new(),
     };
     let start_at = now(start, start);

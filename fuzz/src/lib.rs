@@ -112,6 +112,7 @@ fn member(ca: &CaKey, node: &str, seed: u8, serial: u64, subnets: &[&str]) -> Me
         not_before: NOW - DAY,
         not_after: NOW + 365 * DAY,
         serial,
+        number: serial as u32,
         ca_fingerprint: ca.fingerprint(),
     };
     Member {

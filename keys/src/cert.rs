@@ -13,15 +13,22 @@
 //! below is written down here and pinned by a test, so it cannot change by reordering a
 //! struct or upgrading a crate; it has exactly one encoding per value (the reader refuses
 //! anything the writer never produces); it needs no new dependency; and it is small enough
-//! to read in a fuzz target's failure. Version 1 (integers big-endian):
+//! to read in a fuzz target's failure. Version 2 (integers big-endian):
 //!
 //! ```text
-//! version u8 = 1 | CA fingerprint [16] | serial u64 | not_before u64 | not_after u64
-//! | network name | node name | WireGuard key [32] | Ed25519 key [32]
+//! version u8 = 2 | CA fingerprint [16] | serial u64 | number u32 | not_before u64
+//! | not_after u64 | network name | node name | WireGuard key [32] | Ed25519 key [32]
 //! | subnet count u8, each: family u8 (4|6), address [4|16], prefix length u8
 //! | group count u8, each: name
 //! name = length u8 (1..=63) | ASCII [a-z0-9-]
 //! ```
+//!
+//! The serial is new on every certificate the CA issues (a renewal, new groups); the
+//! `number` is the member's own, given at its join and kept by every renewal: its SWIM
+//! identity, and what names it across renewals. Version 1 is the same without `number`;
+//! it is still read (certificates issued before version 2 stay valid until they are
+//! renewed), its number being its serial's low 32 bits, which is what members of that
+//! version used as their SWIM identity. Only version 2 is written.
 //!
 //! The version and CA fingerprint come first so that a verifier reads nothing else before
 //! the signature is checked. The signature covers the whole body under the context
@@ -49,8 +56,10 @@ pub const MAX_SUBNETS: usize = 8;
 /// The most groups one certificate (or join token) holds.
 pub const MAX_GROUPS: usize = 8;
 
-/// The body format this crate writes and reads.
-const CERT_VERSION: u8 = 1;
+/// The body format this crate writes (and reads).
+const CERT_VERSION: u8 = 2;
+/// The body format before `number`, still read.
+const CERT_VERSION_1: u8 = 1;
 /// The signing context of certificate bodies (see [`SigningKey::sign`](crate::SigningKey::sign)).
 pub(crate) const CERT_SIGNING_CONTEXT: &str = "overlay node certificate v1";
 /// The text form's prefix.
@@ -62,6 +71,7 @@ const SUBNET_MAX_ENCODED_LEN: usize = 1 + 16 + 1;
 const MAX_BODY_LEN: usize = 1
     + FINGERPRINT_LEN
     + 3 * 8
+    + 4
     + 2 * NAME_MAX_ENCODED_LEN
     + 32
     + 32
@@ -69,7 +79,7 @@ const MAX_BODY_LEN: usize = 1
     + MAX_SUBNETS * SUBNET_MAX_ENCODED_LEN
     + 1
     + MAX_GROUPS * NAME_MAX_ENCODED_LEN;
-/// The longest signed certificate in bytes (891 + 66 = 957), below the ~1150 bytes a
+/// The longest signed certificate in bytes (895 + 66 = 961), below the ~1150 bytes a
 /// gossip datagram may carry.
 pub const MAX_SIGNED_LEN: usize = 2 + MAX_BODY_LEN + SIGNATURE_LEN;
 // Leave a gossip datagram room for its own header when the limits above are raised.
@@ -95,8 +105,12 @@ pub struct NodeCertificate {
     pub not_before: u64,
     /// Last valid second (unix time), inclusive.
     pub not_after: u64,
-    /// Chosen by the CA; unique per certificate it issues (revocation names it).
+    /// Chosen by the CA; unique per certificate it issues, higher on every re-issue
+    /// (revocation names it, and every serial of the same name up to it).
     pub serial: u64,
+    /// The member's number in the network: given once, at its join (unique, never reused),
+    /// and kept by every certificate re-issued to it. Its SWIM identity.
+    pub number: u32,
     /// The fingerprint of the CA that signs it.
     pub ca_fingerprint: Fingerprint,
 }
@@ -158,7 +172,7 @@ pub enum CertError {
     },
     /// A body format from another overlay version.
     #[error(
-        "certificate format version {version} is not supported (this overlay reads version 1); upgrade overlayd"
+        "certificate format version {version} is not supported (this overlay reads versions 1 and 2); upgrade overlayd"
     )]
     UnsupportedVersion {
         /// The version byte found.
@@ -205,6 +219,7 @@ impl NodeCertificate {
         w.u8(CERT_VERSION);
         w.bytes(self.ca_fingerprint.as_bytes());
         w.u64(self.serial);
+        w.u32(self.number);
         w.u64(self.not_before);
         w.u64(self.not_after);
         w.name(&self.network);
@@ -223,11 +238,17 @@ impl NodeCertificate {
     pub(crate) fn decode(body: &[u8]) -> Result<NodeCertificate, CertError> {
         let mut r = Reader::new(body);
         let version = r.u8("version")?;
-        if version != CERT_VERSION {
+        if version != CERT_VERSION && version != CERT_VERSION_1 {
             return Err(CertError::UnsupportedVersion { version });
         }
         let ca_fingerprint = Fingerprint::from_bytes(r.array("CA fingerprint")?);
         let serial = r.u64("serial")?;
+        let number = if version == CERT_VERSION_1 {
+            // What members of version 1 took as their SWIM identity.
+            serial as u32
+        } else {
+            r.u32("number")?
+        };
         let not_before = r.u64("not_before")?;
         let not_after = r.u64("not_after")?;
         let network = r.name("network name")?;
@@ -255,6 +276,7 @@ impl NodeCertificate {
             not_before,
             not_after,
             serial,
+            number,
             ca_fingerprint,
         };
         cert.check().map_err(|part| CertError::Malformed { part })?;
@@ -316,7 +338,7 @@ impl SignedCertificate {
     /// anything that matters on it; use [`verify`](Self::verify).
     pub fn unverified_body(&self) -> Result<NodeCertificate, CertError> {
         match self.body.first() {
-            Some(&CERT_VERSION) => NodeCertificate::decode(&self.body),
+            Some(&(CERT_VERSION | CERT_VERSION_1)) => NodeCertificate::decode(&self.body),
             Some(&version) => Err(CertError::UnsupportedVersion { version }),
             None => Err(CertError::Malformed { part: "empty body" }),
         }
@@ -329,7 +351,7 @@ impl SignedCertificate {
     pub fn verify(&self, ca: &VerifyingKey, now_unix: u64) -> Result<NodeCertificate, CertError> {
         let mut r = Reader::new(&self.body);
         let version = r.u8("version")?;
-        if version != CERT_VERSION {
+        if version != CERT_VERSION && version != CERT_VERSION_1 {
             return Err(CertError::UnsupportedVersion { version });
         }
         let found = Fingerprint::from_bytes(r.array("CA fingerprint")?);

@@ -50,6 +50,10 @@ impl Writer {
         self.0.extend_from_slice(&value.to_be_bytes());
     }
 
+    pub fn u32(&mut self, value: u32) {
+        self.0.extend_from_slice(&value.to_be_bytes());
+    }
+
     pub fn u64(&mut self, value: u64) {
         self.0.extend_from_slice(&value.to_be_bytes());
     }
@@ -137,6 +141,10 @@ impl<'a> Reader<'a> {
 
     pub fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
         self.array(what).map(u16::from_be_bytes)
+    }
+
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
+        self.array(what).map(u32::from_be_bytes)
     }
 
     pub fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {

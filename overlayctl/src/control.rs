@@ -1,6 +1,6 @@
-//! The control-plane commands (`init`, `token create`, `join`, `revoke`, `leave`): their
-//! arguments, the checks that make a bad command line a usage error before the daemon is
-//! asked, one POST each, and the text shown for the answer.
+//! The control-plane commands (`init`, `token create`, `join`, `revoke`, `node groups`,
+//! `leave`): their arguments, the checks that make a bad command line a usage error before
+//! the daemon is asked, one POST each, and the text shown for the answer.
 //!
 //! The renderings are pure (time comes in as `now_unix`); the handlers do the I/O.
 
@@ -11,8 +11,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use ipnet::IpNet;
 use protocol::api::{
-    INIT_PATH, InitRequest, JOIN_PATH, JoinRequest, LEAVE_PATH, Membership, REVOKE_PATH,
-    RevokeRequest, RevokeResponse, Status, TOKENS_PATH, TokenRequest, TokenResponse,
+    INIT_PATH, InitRequest, JOIN_PATH, JoinRequest, LEAVE_PATH, Membership, NODE_GROUPS_PATH,
+    NodeGroupsRequest, NodeGroupsResponse, REVOKE_PATH, RevokeRequest, RevokeResponse, Status,
+    TOKENS_PATH, TokenRequest, TokenResponse,
 };
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -87,6 +88,29 @@ pub struct JoinArgs {
     #[arg(long, value_name = "CIDR", value_parser = parse::cidr)]
     subnet: Option<IpNet>,
     /// Print overlayd's answer (the status) as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `overlayctl node ...`.
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Give a member new groups: its certificate is re-issued with them (new serial, same
+    /// keys and subnets) and pushed to it; it takes it without a restart, and the policy
+    /// follows at once. `overlayctl node groups NAME ""` removes every group.
+    Groups(NodeGroupsArgs),
+}
+
+/// `overlayctl node groups`.
+#[derive(Args, Debug)]
+pub struct NodeGroupsArgs {
+    /// The member's node name (this host's own name works too).
+    #[arg(value_name = "NAME", value_parser = parse::name)]
+    name: String,
+    /// Its groups, separated by commas (e.g. web,eu); they replace the ones it has.
+    #[arg(value_name = "GROUPS")]
+    groups: String,
+    /// Print overlayd's answer as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -276,6 +300,43 @@ pub fn revoke(socket: &Path, args: RevokeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `overlayctl node ...`.
+pub fn node(socket: &Path, command: NodeCommand) -> anyhow::Result<()> {
+    let NodeCommand::Groups(args) = command;
+    let groups = args
+        .groups
+        .split(',')
+        .filter(|g| !g.is_empty())
+        .map(|g| parse::group(g).map_err(|e| UsageError(e).into()))
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    let request = NodeGroupsRequest {
+        name: args.name,
+        groups,
+    };
+    let answer: NodeGroupsResponse =
+        client::post(socket, NODE_GROUPS_PATH, &request, LOCAL_TIMEOUT)?;
+    if args.json {
+        return print_json(&answer);
+    }
+    let groups = if answer.groups.is_empty() {
+        "no groups".to_string()
+    } else {
+        format!("groups {}", answer.groups.join(","))
+    };
+    if answer.own {
+        println!(
+            "re-issued this host's certificate with {groups} (serial {}); in force now",
+            answer.serial
+        );
+    } else {
+        println!(
+            "re-issued the certificate of {} with {groups} (serial {}); pushed to it, it takes it without a restart",
+            answer.name, answer.serial
+        );
+    }
+    Ok(())
+}
+
 /// `overlayctl leave`.
 pub fn leave(socket: &Path, args: LeaveArgs) -> anyhow::Result<()> {
     let empty = serde_json::Map::new();
@@ -349,6 +410,9 @@ mod tests {
             subnets: vec!["10.42.0.0/24".parse().unwrap()],
             groups: vec![],
             certificate_expires_unix: 0,
+            certificate_serial: 0,
+            certificate_renewed_unix: None,
+            certificate_renew_at_unix: 0,
             admin: true,
             control_port: 51821,
             member_count: 1,

@@ -58,6 +58,9 @@ enum Command {
     },
     /// Revoke a member for good (admin hosts): its tunnels close and it cannot rejoin.
     Revoke(control::RevokeArgs),
+    /// Members' certificates (admin hosts).
+    #[command(subcommand)]
+    Node(control::NodeCommand),
     /// Leave the network: the other members drop this host and close their tunnels to it.
     Leave(control::LeaveArgs),
     /// Security events: spoofed sources, unknown keys, handshake floods, revoked hosts
@@ -192,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Revoke(args) => control::revoke(&cli.socket, args),
+        Command::Node(command) => control::node(&cli.socket, command),
         Command::Leave(args) => control::leave(&cli.socket, args),
         Command::Policy(command) => policy::run(&cli.socket, command),
         Command::Mirror(command) => mirror::run(&cli.socket, command),

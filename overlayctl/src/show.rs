@@ -152,6 +152,18 @@ fn membership(out: &mut String, m: &Membership, now_unix: u64) {
         when::utc(m.certificate_expires_unix),
         when::until(m.certificate_expires_unix, now_unix)
     );
+    if m.certificate_serial != 0 {
+        let renewed = match m.certificate_renewed_unix {
+            Some(t) => format!("last renewed {}", when::utc(t)),
+            None => "not renewed yet".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "renewal:      serial {}, {renewed}; next {}",
+            m.certificate_serial,
+            when::utc(m.certificate_renew_at_unix)
+        );
+    }
     let _ = writeln!(
         out,
         "admin:        {}",
@@ -363,6 +375,9 @@ mod tests {
             subnets: vec!["10.42.1.0/24".parse().unwrap()],
             groups: vec!["web".to_owned(), "db".to_owned()],
             certificate_expires_unix: NOW + 89 * 86_400 + 60,
+            certificate_serial: 0,
+            certificate_renewed_unix: None,
+            certificate_renew_at_unix: 0,
             admin: true,
             control_port: 51821,
             member_count: 3,
@@ -406,6 +421,9 @@ mod tests {
             left: true,
             groups: vec![],
             certificate_expires_unix: NOW - 1,
+            certificate_serial: 0,
+            certificate_renewed_unix: None,
+            certificate_renew_at_unix: 0,
             ..member()
         };
         let text = status(&status_of(Some(m)), NOW);

@@ -9,8 +9,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use protocol::api::{
-    ApiError, INIT_PATH, JOIN_PATH, LEAVE_PATH, MemberState, Membership, PEERS_PATH, PeerStatus,
-    REVOKE_PATH, RevokeResponse, STATUS_PATH, Status, TOKENS_PATH, TokenResponse,
+    ApiError, INIT_PATH, JOIN_PATH, LEAVE_PATH, MemberState, Membership, NODE_GROUPS_PATH,
+    NodeGroupsResponse, PEERS_PATH, PeerStatus, REVOKE_PATH, RevokeResponse, STATUS_PATH, Status,
+    TOKENS_PATH, TokenResponse,
 };
 use serde_json::json;
 
@@ -160,6 +161,11 @@ fn usage_errors_need_no_daemon() {
         ),
         (&["join", "ovljoin1.x", "--name", "a-"], "not a valid name"),
         (&["revoke", "Node_C"], "not a valid name"),
+        (&["node", "groups", "Node_C", "web"], "not a valid name"),
+        (
+            &["node", "groups", "node-c", "web,a b"],
+            "not a valid group",
+        ),
     ];
     for (args, needle) in cases {
         let out = overlayctl_at(&sock, args, "");
@@ -208,6 +214,9 @@ fn member_status(admin: bool, member_count: usize) -> Status {
             subnets: vec!["10.42.1.0/24".parse().unwrap()],
             groups: vec!["web".to_owned()],
             certificate_expires_unix: now_unix() + 90 * 86_400,
+            certificate_serial: 0,
+            certificate_renewed_unix: None,
+            certificate_renew_at_unix: 0,
             admin,
             control_port: 51821,
             member_count,
@@ -405,6 +414,42 @@ fn revoke_says_what_was_revoked() {
         format!(
             "revoked node-c (certificate serial 7, key {key}); every member closes its tunnel to it\n"
         )
+    );
+}
+
+#[test]
+fn node_groups_posts_the_new_groups() {
+    let api = FakeApi::ok(&NodeGroupsResponse {
+        name: "node-c".to_owned(),
+        serial: 9,
+        groups: vec!["web".to_owned(), "eu".to_owned()],
+        own: false,
+    });
+    let stdout = success(&api.run(&["node", "groups", "node-c", "web,eu"], ""));
+    assert_post(
+        &api.request(),
+        NODE_GROUPS_PATH,
+        json!({"name": "node-c", "groups": ["web", "eu"]}),
+    );
+    assert_eq!(
+        stdout,
+        "re-issued the certificate of node-c with groups web,eu (serial 9); pushed to it, it takes it without a restart\n"
+    );
+    let api = FakeApi::ok(&NodeGroupsResponse {
+        name: "node-a".to_owned(),
+        serial: 10,
+        groups: Vec::new(),
+        own: true,
+    });
+    let stdout = success(&api.run(&["node", "groups", "node-a", ""], ""));
+    assert_post(
+        &api.request(),
+        NODE_GROUPS_PATH,
+        json!({"name": "node-a", "groups": []}),
+    );
+    assert!(
+        stdout.contains("with no groups (serial 10); in force now"),
+        "{stdout}"
     );
 }
 

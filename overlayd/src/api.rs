@@ -10,7 +10,7 @@
 //!   the running daemon and kept in its state directory ([`crate::statics`]).
 //! - `GET /v1/mirror`, `POST /v1/mirror` and `/v1/mirror/stop`: the mirror of decrypted
 //!   traffic ([`crate::mirror::MirrorSlot`], on the router), started and stopped here.
-//! - `POST /v1/init`, `/v1/tokens`, `/v1/join`, `/v1/revoke`, `/v1/leave`: handed to the
+//! - `POST /v1/init`, `/v1/tokens`, `/v1/join`, `/v1/revoke`, `/v1/node/groups`, `/v1/leave`: handed to the
 //!   control plane's task as a [`Command`] and answered within a bounded time (25 s for a
 //!   join, which waits for the admin host; 10 s for the rest). `init` and `join` answer
 //!   with the status: the control plane answers them once the new member has started and
@@ -37,8 +37,9 @@ use axum::routing::{get, post};
 use ipnet::IpNet;
 use keys::PublicKey;
 use protocol::api::{
-    ApiError, INIT_PATH, InitRequest, JOIN_PATH, JoinRequest, LEAVE_PATH, PEERS_PATH, PeerStatus,
-    REVOKE_PATH, RevokeRequest, STATUS_PATH, Status, TOKENS_PATH, TokenRequest,
+    ApiError, INIT_PATH, InitRequest, JOIN_PATH, JoinRequest, LEAVE_PATH, NODE_GROUPS_PATH,
+    NodeGroupsRequest, PEERS_PATH, PeerStatus, REVOKE_PATH, RevokeRequest, STATUS_PATH, Status,
+    TOKENS_PATH, TokenRequest,
 };
 use protocol::api::{
     EVENTS_PATH, POLICY_CHECK_PATH, POLICY_PATH, PolicyCheckRequest, PolicySetRequest, PolicyShown,
@@ -154,6 +155,18 @@ async fn revoke(
     let answer = s
         .control
         .ask(|r| Command::Revoke(req, r), Duration::from_secs(10))
+        .await?;
+    Ok(Json(answer).into_response())
+}
+
+async fn node_groups(
+    State(s): State<Arc<ApiState>>,
+    body: Result<Json<NodeGroupsRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiFailure> {
+    let Json(req) = body.map_err(bad_body)?;
+    let answer = s
+        .control
+        .ask(|r| Command::NodeGroups(req, r), Duration::from_secs(10))
         .await?;
     Ok(Json(answer).into_response())
 }
@@ -453,6 +466,7 @@ impl ApiSocket {
             .route(TOKENS_PATH, post(tokens))
             .route(JOIN_PATH, post(join))
             .route(REVOKE_PATH, post(revoke))
+            .route(NODE_GROUPS_PATH, post(node_groups))
             .route(LEAVE_PATH, post(leave))
             .route(POLICY_PATH, get(policy_show).post(policy_set))
             .route(POLICY_CHECK_PATH, post(policy_check))

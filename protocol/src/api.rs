@@ -10,6 +10,7 @@
 //! | [`TOKENS_PATH`] | [`TokenRequest`] | [`TokenResponse`] |
 //! | [`JOIN_PATH`] | [`JoinRequest`] | [`Status`] |
 //! | [`REVOKE_PATH`] | [`RevokeRequest`] | [`RevokeResponse`] |
+//! | [`NODE_GROUPS_PATH`] | [`NodeGroupsRequest`] | [`NodeGroupsResponse`] |
 //! | [`LEAVE_PATH`] | `{}` | [`Status`] |
 //! | [`RELOAD_PATH`] | `{}` | [`ReloadReport`] |
 //! | [`STATIC_PEER_ADD_PATH`] | [`StaticPeerRequest`] | [`StaticPeerChange`] |
@@ -43,6 +44,8 @@ pub const TOKENS_PATH: &str = "/v1/tokens";
 pub const JOIN_PATH: &str = "/v1/join";
 /// Path of `revoke` (admins only).
 pub const REVOKE_PATH: &str = "/v1/revoke";
+/// Path of `node groups` (admins only): re-issue a member's certificate with new groups.
+pub const NODE_GROUPS_PATH: &str = "/v1/node/groups";
 /// Path of `leave`.
 pub const LEAVE_PATH: &str = "/v1/leave";
 /// Path of the policy: `GET` the policy in force, `POST` a new one (admins only).
@@ -245,6 +248,18 @@ pub struct Membership {
     pub groups: Vec<String>,
     /// When its certificate expires (unix seconds).
     pub certificate_expires_unix: u64,
+    /// Its certificate's serial (new with every renewal). Absent in answers of daemons
+    /// before renewal: 0.
+    #[serde(default)]
+    pub certificate_serial: u64,
+    /// When this host last took a renewed or re-issued certificate (unix seconds); `None`
+    /// until the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_renewed_unix: Option<u64>,
+    /// When it asks for the next renewal (unix seconds): two thirds into its lifetime.
+    /// Absent in answers of daemons before renewal: 0.
+    #[serde(default)]
+    pub certificate_renew_at_unix: u64,
     /// Whether this host holds the CA key (can issue tokens and revoke).
     pub admin: bool,
     /// UDP port of the control plane (QUIC).
@@ -400,6 +415,30 @@ pub struct RevokeResponse {
     pub serial: u64,
     /// Its revoked WireGuard key.
     pub public_key: PublicKey,
+}
+
+/// `POST /v1/node/groups`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeGroupsRequest {
+    /// The member.
+    pub name: String,
+    /// Its groups from now on (may be empty).
+    pub groups: Vec<String>,
+}
+
+/// The answer to `POST /v1/node/groups`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeGroupsResponse {
+    /// The member.
+    pub name: String,
+    /// The serial of its re-issued certificate.
+    pub serial: u64,
+    /// Its groups.
+    pub groups: Vec<String>,
+    /// Whether the certificate is this host's own (taken at once); otherwise it is pushed
+    /// to the member, which takes it when it is reachable.
+    pub own: bool,
 }
 
 /// One peer as this host sees it: a static peer from the config, or a member of the

@@ -30,6 +30,7 @@ fn cert_for(ca: &CaKey) -> NodeCertificate {
         not_before: NOW - DAY,
         not_after: NOW + DAY,
         serial: 42,
+        number: 7,
         ca_fingerprint: ca.fingerprint(),
     }
 }
@@ -43,9 +44,10 @@ fn body_matches_the_documented_layout() {
     let ca = ca(1);
     let cert = cert_for(&ca);
     let signed = ca.sign(&cert).unwrap();
-    let mut expected = vec![1u8];
+    let mut expected = vec![2u8];
     expected.extend_from_slice(ca.fingerprint().as_bytes());
     expected.extend_from_slice(&42u64.to_be_bytes());
+    expected.extend_from_slice(&7u32.to_be_bytes());
     expected.extend_from_slice(&(NOW - DAY).to_be_bytes());
     expected.extend_from_slice(&(NOW + DAY).to_be_bytes());
     expected.extend_from_slice(b"\x04prod\x05web-1");
@@ -340,7 +342,7 @@ fn every_error_says_what_to_do() {
         },
         CertError::Truncated { part: "body" },
         CertError::Malformed { part: "group" },
-        CertError::UnsupportedVersion { version: 2 },
+        CertError::UnsupportedVersion { version: 3 },
         CertError::NotSignable { reason: "r" },
     ] {
         let message = err.to_string();
@@ -373,6 +375,7 @@ prop_compose! {
         groups in proptest::collection::vec(arb_name(), 0..=MAX_GROUPS),
         times in (any::<u64>(), any::<u64>()),
         serial in any::<u64>(),
+        number in any::<u32>(),
     ) -> NodeCertificate {
         NodeCertificate {
             network,
@@ -384,6 +387,7 @@ prop_compose! {
             not_before: times.0.min(times.1),
             not_after: times.0.max(times.1),
             serial,
+            number,
             ca_fingerprint: ca,
         }
     }
@@ -428,4 +432,41 @@ proptest! {
         let _ = text.parse::<SignedCertificate>();
         let _ = format!("ovlcert1.{text}").parse::<SignedCertificate>();
     }
+}
+
+/// The body of `cert` in format version 1 (no `number`), as overlay wrote it before
+/// version 2.
+fn encode_v1(cert: &NodeCertificate) -> Vec<u8> {
+    let v2 = cert.encode();
+    // Version 2 is version 1 with the number after the serial (1 + 16 + 8 bytes in).
+    let mut v1 = vec![CERT_VERSION_1];
+    v1.extend_from_slice(&v2[1..25]);
+    v1.extend_from_slice(&v2[29..]);
+    v1
+}
+
+/// A certificate of format version 1, signed before version 2 existed, still verifies, and
+/// its number is its serial's low 32 bits (what members of version 1 took as their SWIM
+/// identity); a version-1 body cannot be stretched into version 2 (the signature covers
+/// the version byte).
+#[test]
+fn version_1_certificates_are_still_read() {
+    let ca = ca(1);
+    let mut cert = cert_for(&ca);
+    cert.serial = (1 << 32) + 5;
+    let body = encode_v1(&cert);
+    assert_eq!(body.len(), cert.encode().len() - 4);
+    let signature = ca.signing_key().sign(CERT_SIGNING_CONTEXT, &body);
+    let signed = SignedCertificate::from_parts(body.clone(), signature);
+    let read = signed.verify(&ca.verifying_key(), NOW).unwrap();
+    assert_eq!(read.number, 5);
+    assert_eq!(read.serial, (1 << 32) + 5);
+    assert_eq!(read.groups, cert.groups);
+    assert_eq!(signed.unverified_body().unwrap().number, 5);
+    let text: SignedCertificate = signed.to_string().parse().unwrap();
+    assert_eq!(text.verify(&ca.verifying_key(), NOW).unwrap(), read);
+    let mut stretched = body;
+    stretched[0] = CERT_VERSION;
+    let forged = SignedCertificate::from_parts(stretched, *signed.signature());
+    assert!(forged.verify(&ca.verifying_key(), NOW).is_err());
 }

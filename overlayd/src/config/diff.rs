@@ -208,6 +208,13 @@ impl Diff {
             &rc.certificate_days,
             &fc.certificate_days,
         );
+        if rc.certificate_lifetime_s != fc.certificate_lifetime_s {
+            d.control |= d.live_if(
+                "[control] certificate_lifetime_s",
+                &rc.certificate_lifetime(),
+                &fc.certificate_lifetime(),
+            );
+        }
         if rc.policy_flows != fc.policy_flows {
             d.live.push(format!(
                 "[control] policy_flows {} -> {} (from the next policy version; the flows tracked now are kept)",

@@ -114,11 +114,24 @@ pub struct Control {
     /// of its directory it has not heard from. This is what heals a partition and brings
     /// a restarted member back; each round costs one small datagram.
     pub rejoin_interval_ms: u64,
-    /// How many days the certificates this host issues as admin are valid.
+    /// How many days the certificates this host issues as admin are valid. Members renew
+    /// theirs by themselves once two thirds of it has passed (docs/pki.md).
     pub certificate_days: u32,
+    /// The same in seconds, in place of `certificate_days` when set: for tests of renewal
+    /// (at least 30 s, at most 3650 days).
+    pub certificate_lifetime_s: Option<u64>,
     /// Under a network policy: the most flows tracked per peer (connection tracking); past
     /// it, a new flow pushes out that peer's flow idle the longest.
     pub policy_flows: usize,
+}
+
+impl Control {
+    /// How long the certificates this host issues as admin are valid, in seconds:
+    /// `certificate_lifetime_s`, else `certificate_days`.
+    pub fn certificate_lifetime(&self) -> u64 {
+        self.certificate_lifetime_s
+            .unwrap_or(u64::from(self.certificate_days) * 86_400)
+    }
 }
 
 impl Default for Control {
@@ -133,6 +146,7 @@ impl Default for Control {
             sync_interval_ms: 30_000,
             rejoin_interval_ms: 2000,
             certificate_days: 365,
+            certificate_lifetime_s: None,
             policy_flows: protocol::policy::flows::DEFAULT_CAPACITY,
         }
     }

@@ -63,6 +63,9 @@ impl Config {
             c.certificate_days,
             c.policy_flows
         );
+        if let Some(s) = c.certificate_lifetime_s {
+            let _ = writeln!(out, "certificate_lifetime_s = {s}");
+        }
         let d = &self.docker;
         let _ = writeln!(
             out,

@@ -367,3 +367,27 @@ fn the_mirror_is_off_by_default_and_checked_when_on() {
         assert!(e.contains(says) && !e.contains('\n'), "{body:?}: {e}");
     }
 }
+
+#[test]
+fn certificate_lifetime_in_seconds_replaces_days_and_is_validated() {
+    let f = fixture();
+    let c = parse(&f, "").unwrap();
+    assert_eq!(c.control.certificate_lifetime(), 365 * 86_400);
+    let c = parse(&f, "[control]\ncertificate_days = 30\n").unwrap();
+    assert_eq!(c.control.certificate_lifetime(), 30 * 86_400);
+    let c = parse(&f, "[control]\ncertificate_lifetime_s = 60\n").unwrap();
+    assert_eq!(c.control.certificate_lifetime(), 60);
+    // It survives the redacted printer.
+    let again = Config::parse(&c.path, &c.redacted()).unwrap();
+    assert_eq!(again.control.certificate_lifetime(), 60);
+    for bad in ["0", "29", "315360001"] {
+        let e = parse(&f, &format!("[control]\ncertificate_lifetime_s = {bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("certificate_lifetime_s") && e.contains("30 to"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}

@@ -12,6 +12,12 @@ use super::{
     DEFAULT_DOCKERD_SOCKET, DEFAULT_MTU, Docker, Flows, Metrics, PeerConfig,
 };
 
+/// The shortest certificate lifetime: a member renews at two thirds of it and needs a few
+/// seconds for the round trip and the retries.
+pub const MIN_CERTIFICATE_LIFETIME_S: u64 = 30;
+/// The longest: ten years.
+pub const MAX_CERTIFICATE_LIFETIME_S: u64 = 3650 * 86_400;
+
 impl Config {
     /// Validates `text` as if read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
@@ -193,6 +199,13 @@ impl Control {
         }
         if self.certificate_days == 0 {
             return Err("[control] certificate_days must be at least 1".into());
+        }
+        if let Some(s) = self.certificate_lifetime_s
+            && !(MIN_CERTIFICATE_LIFETIME_S..=MAX_CERTIFICATE_LIFETIME_S).contains(&s)
+        {
+            return Err(format!(
+                "[control] certificate_lifetime_s = {s} is out of range; give {MIN_CERTIFICATE_LIFETIME_S} to {MAX_CERTIFICATE_LIFETIME_S} seconds (or leave it out and set certificate_days)"
+            ));
         }
         if self.policy_flows == 0 {
             return Err("[control] policy_flows must be at least 1 (default 65536)".into());

@@ -30,6 +30,10 @@ use protocol::records::{Directory, Revocation, SignedRevocation};
 use super::msg::Request;
 use super::state::{AdminState, Issued, TokenEntry};
 
+/// How long before its issue a certificate is valid from: slack for hosts whose clocks run
+/// behind. A certificate's issue time is its `not_before` plus this.
+pub const NOT_BEFORE_SLACK_S: u64 = 3600;
+
 /// The most tokens kept; used and expired ones are dropped first.
 const MAX_TOKENS: usize = 10_000;
 
@@ -106,8 +110,8 @@ pub struct Issuer<'a> {
     pub ranges: &'a [IpNet],
     /// Prefix length of member subnets.
     pub subnet_prefix: u8,
-    /// Validity of new certificates, in days.
-    pub certificate_days: u32,
+    /// Validity of new certificates, in seconds.
+    pub certificate_lifetime_s: u64,
 }
 
 impl Issuer<'_> {
@@ -260,10 +264,12 @@ impl Issuer<'_> {
             control_key,
             subnets,
             groups,
-            // An hour of slack for hosts whose clocks run behind.
-            not_before: now.saturating_sub(3600),
+            not_before: now.saturating_sub(NOT_BEFORE_SLACK_S),
             not_after: self.not_after(now),
             serial,
+            // A new member's number is the serial of its first certificate: serials never
+            // repeat, so neither do numbers.
+            number: serial as u32,
             ca_fingerprint: self.ca.fingerprint(),
         };
         self.ca
@@ -291,13 +297,99 @@ impl Issuer<'_> {
                 wireguard_key,
                 serial,
                 not_after: self.not_after(now),
+                number: Some(serial as u32),
+                groups: None,
             },
         );
     }
 
+    /// Re-issues the certificate of the member whose current certificate is `current`
+    /// (verified by the caller: proven in a TLS handshake, or held in the directory):
+    /// the same name, keys, subnets and number, a new serial and expiry, and `groups` if
+    /// given, else the groups an admin last set for it (`overlayctl node groups`), else
+    /// its own. Remembers it in `admin` (saved by the caller before anyone sees it). For a
+    /// renewal, `overlayctl node groups`, and an admin's own renewal.
+    ///
+    /// Refused when the name has been given to another member since (another number in
+    /// `admin`, a record of another member of that name in `dir`), when the member left
+    /// (`dir` holds its `Left` record), or when it is revoked.
+    pub fn reissue(
+        &self,
+        admin: &mut AdminState,
+        dir: &Directory,
+        current: &NodeCertificate,
+        groups: Option<Vec<Name>>,
+        now: u64,
+    ) -> Result<SignedCertificate, Refused> {
+        let name = &current.node;
+        if dir.is_certificate_revoked(current) {
+            return Err(Refused(format!(
+                "renewal refused: the certificate of {name} (serial {}) is revoked",
+                current.serial
+            )));
+        }
+        let issued = admin.issued.get(name);
+        let given_away = issued.is_some_and(|i| {
+            i.number() != current.number || i.wireguard_key != current.wireguard_key
+        }) || dir.all_members().any(|(m, _)| {
+            m.name == name && m.number != current.number && m.serial > current.serial
+        });
+        if given_away {
+            return Err(Refused(format!(
+                "renewal refused: the name {name} now belongs to another member; join again with a token (overlayctl join)"
+            )));
+        }
+        if dir.all_members().any(|(m, state)| {
+            m.name == name
+                && state == protocol::records::MemberState::Left
+                && m.serial >= current.serial
+        }) {
+            return Err(Refused(format!(
+                "renewal refused: {name} left the network; join again with a token (overlayctl join)"
+            )));
+        }
+        let groups = groups
+            .or_else(|| issued.and_then(|i| i.groups.clone()))
+            .unwrap_or_else(|| current.groups.clone());
+        let next = current.serial.checked_add(1).ok_or_else(|| {
+            Refused("renewal refused: no serial is left above this certificate's".into())
+        })?;
+        let serial = admin.next_serial.max(next);
+        let cert = NodeCertificate {
+            network: self.network.clone(),
+            node: name.clone(),
+            wireguard_key: current.wireguard_key,
+            control_key: current.control_key,
+            subnets: current.subnets.clone(),
+            groups: groups.clone(),
+            not_before: now.saturating_sub(NOT_BEFORE_SLACK_S),
+            not_after: self.not_after(now),
+            serial,
+            number: current.number,
+            ca_fingerprint: self.ca.fingerprint(),
+        };
+        let signed = self
+            .ca
+            .sign(&cert)
+            .map_err(|e| Refused(format!("cannot sign the certificate: {e}")))?;
+        admin.next_serial = admin.next_serial.max(serial.saturating_add(1));
+        admin.issued.insert(
+            name.clone(),
+            Issued {
+                wireguard_key: current.wireguard_key,
+                serial,
+                not_after: cert.not_after,
+                number: Some(current.number),
+                // The latest groups issued: what the next renewal keeps.
+                groups: Some(groups),
+            },
+        );
+        Ok(signed)
+    }
+
     /// The last valid second of a certificate issued at `now`.
     fn not_after(&self, now: u64) -> u64 {
-        now.saturating_add(u64::from(self.certificate_days) * 86_400)
+        now.saturating_add(self.certificate_lifetime_s)
     }
 
     /// The main range's subnet `main` and its parallels in the extra ranges, in order.

@@ -233,6 +233,7 @@ pub(super) fn accept(
         generation: 0,
         record_version: 0,
         left: false,
+        renewed_unix: None,
         bootstrap: token.endpoints().to_vec(),
     };
     Ok((net, dir))

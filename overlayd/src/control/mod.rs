@@ -273,6 +273,11 @@ pub enum Command {
     Token(TokenRequest, Reply<TokenResponse>),
     /// `overlayctl revoke`.
     Revoke(RevokeRequest, Reply<RevokeResponse>),
+    /// `overlayctl node groups`.
+    NodeGroups(
+        protocol::api::NodeGroupsRequest,
+        Reply<protocol::api::NodeGroupsResponse>,
+    ),
     /// `overlayctl leave`.
     Leave(Reply<protocol::api::Status>),
     /// `overlayctl policy set`.
@@ -525,6 +530,10 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
                 let _ = reply.send(Err(not_member()));
                 continue;
             }
+            Command::NodeGroups(_, reply) => {
+                let _ = reply.send(Err(not_member()));
+                continue;
+            }
             Command::Leave(reply) => {
                 let _ = reply.send(Err(not_member()));
                 continue;
@@ -603,14 +612,14 @@ impl InitPlan {
     }
 
     /// The new network's certificate issuer, holding `ca`.
-    pub fn issuer<'a>(&'a self, ca: &'a CaKey, certificate_days: u32) -> Issuer<'a> {
+    pub fn issuer<'a>(&'a self, ca: &'a CaKey, certificate_lifetime_s: u64) -> Issuer<'a> {
         Issuer {
             ca,
             network: &self.network,
             cidr: self.cidr,
             ranges: &self.ranges,
             subnet_prefix: self.subnet_prefix,
-            certificate_days,
+            certificate_lifetime_s,
         }
     }
 }
@@ -633,7 +642,7 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(NetworkState, Directory), ApiFai
         next_serial: 1,
         ..AdminState::default()
     };
-    let issuer = plan.issuer(&ca, ctx.config().control.certificate_days);
+    let issuer = plan.issuer(&ca, ctx.config().control.certificate_lifetime());
     let empty = Directory::new(ca.verifying_key(), network.clone());
     let subnets = issuer
         .allocate(&admin, &empty, node, req.subnet)
@@ -664,6 +673,7 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(NetworkState, Directory), ApiFai
         generation: 0,
         record_version: 0,
         left: false,
+        renewed_unix: None,
         bootstrap: Vec::new(),
     };
     ctx.state.save_network(&net).map_err(internal)?;

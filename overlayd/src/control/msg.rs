@@ -53,6 +53,14 @@ pub enum Request {
     Sync(Bundle),
     /// Fresh records (a member that started, left, or a revocation); answered with `Ack`.
     Push(Bundle),
+    /// From a member to an admin: re-issue the certificate this connection's TLS handshake
+    /// proved (same name, keys, subnets, number; new serial and expiry). Answered with
+    /// `Renewed` or `Refused`.
+    Renew,
+    /// From an admin to a member: a certificate re-issued for it (new groups,
+    /// `overlayctl node groups`), `SignedCertificate::to_bytes`; the member takes it if it
+    /// is a re-issue of its own. Answered with `Ack` or `Refused`.
+    Reissued(Vec<u8>),
 }
 
 /// The answer on the same stream.
@@ -81,6 +89,11 @@ pub enum Response {
     /// datagrams came from as the receiver saw them (its address behind a NAT, if any).
     /// An observation the sender may publish as its own endpoint (see `core::discovery`).
     Seen(std::net::SocketAddr),
+    /// The answer to `Renew`: the re-issued certificate, `SignedCertificate::to_bytes`.
+    Renewed {
+        /// The certificate.
+        certificate: Vec<u8>,
+    },
 }
 
 /// The bytes of the length prefix before every frame's body.
@@ -119,6 +132,18 @@ pub async fn read_sized<T: serde::de::DeserializeOwned>(
     Ok((value, LENGTH_PREFIX_LEN + len))
 }
 
+/// Like [`read_limited`], also returning the frame's size on the wire.
+pub async fn read_limited_sized<T: serde::de::DeserializeOwned>(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    max: usize,
+) -> anyhow::Result<(T, usize)> {
+    let len = read_length(stream, max).await?;
+    let body = read_body(stream, Vec::new(), len).await?;
+    let value =
+        postcard::from_bytes(&body).map_err(|e| anyhow::anyhow!("malformed message: {e}"))?;
+    Ok((value, LENGTH_PREFIX_LEN + len))
+}
+
 /// Like [`read`], refusing a frame longer than `max` bytes before reading it.
 pub async fn read_limited<T: serde::de::DeserializeOwned>(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
@@ -137,13 +162,15 @@ pub const PUSH_FRAME: usize = 320 << 10;
 pub const SMALL_FRAME: usize = 64 << 10;
 
 /// The largest request of each kind, by the first byte of its body (postcard writes an
-/// enum's variant index as a varint: one byte for the three variants of [`Request`]). A
+/// enum's variant index as a varint: one byte for the five variants of [`Request`]). A
 /// join and a push carry a few records; only a sync carries a whole directory.
 pub fn request_limit(tag: u8) -> usize {
     match tag {
         0 => 16 << 10,   // Join: ~200 bytes
         1 => MAX_FRAME,  // Sync: the sender's directory
         2 => PUSH_FRAME, // Push: a member's own record, a revocation, a policy
+        3 => 16,         // Renew: the tag alone
+        4 => 4 << 10,    // Reissued: one certificate (at most keys::MAX_SIGNED_LEN bytes)
         _ => 0,
     }
 }
@@ -300,6 +327,42 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// The tags of the requests of renewal are their positions, and each has a limit that
+    /// fits its largest honest instance and nothing much larger.
+    #[tokio::test]
+    async fn renewal_requests_have_their_own_small_limits() {
+        let mut buf = Vec::new();
+        write(&mut buf, &Request::Renew).await.unwrap();
+        assert_eq!(buf[LENGTH_PREFIX_LEN], 3);
+        let mut r = buf.as_slice();
+        let header = read_request_header(&mut r, MAX_FRAME).await.unwrap();
+        assert_eq!(
+            read_request_body(&mut r, header).await.unwrap(),
+            Request::Renew
+        );
+        let largest = Request::Reissued(vec![0xff; keys::MAX_SIGNED_LEN]);
+        let mut buf = Vec::new();
+        write(&mut buf, &largest).await.unwrap();
+        assert_eq!(buf[LENGTH_PREFIX_LEN], 4);
+        let mut r = buf.as_slice();
+        let header = read_request_header(&mut r, MAX_FRAME).await.unwrap();
+        assert_eq!(read_request_body(&mut r, header).await.unwrap(), largest);
+        let mut buf = Vec::new();
+        write(&mut buf, &Request::Reissued(vec![0; 8 << 10]))
+            .await
+            .unwrap();
+        let e = read_request_header(&mut buf.as_slice(), MAX_FRAME)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("kind 4"), "{e}");
+        let renewed = Response::Renewed {
+            certificate: vec![1; 10],
+        };
+        let mut buf = Vec::new();
+        write(&mut buf, &renewed).await.unwrap();
+        assert_eq!(buf[LENGTH_PREFIX_LEN], 5);
     }
 
     /// A length alone reserves nothing: 8 MiB announced and 10 bytes sent fail without an

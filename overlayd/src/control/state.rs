@@ -61,6 +61,10 @@ pub struct NetworkState {
     pub record_version: u64,
     /// Set by `leave`: the daemon does not rejoin on restart.
     pub left: bool,
+    /// When this host last installed a renewed (or re-issued) certificate, unix seconds;
+    /// absent until the first, and in files written before renewal existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_unix: Option<u64>,
     /// Control endpoints of the admin this host joined through (a last resort to find the
     /// network when every member in the directory is unreachable).
     pub bootstrap: Vec<SocketAddr>,
@@ -70,7 +74,7 @@ pub struct NetworkState {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminState {
-    /// The next certificate serial (also the member's SWIM node number).
+    /// The next certificate serial (at a join, also the member's number).
     pub next_serial: u64,
     /// Subnets issued, by member name; never given to another name.
     pub allocations: BTreeMap<Name, IpNet>,
@@ -93,6 +97,21 @@ pub struct Issued {
     pub serial: u64,
     /// Its last valid second.
     pub not_after: u64,
+    /// The member's number (kept by every certificate re-issued to it); absent in files
+    /// written before certificates carried one, where it is the serial's low 32 bits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<u32>,
+    /// The groups an admin set with `overlayctl node groups` (renewals keep them); absent:
+    /// those of the member's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<Name>>,
+}
+
+impl Issued {
+    /// The member's number: see [`Issued::number`].
+    pub fn number(&self) -> u32 {
+        self.number.unwrap_or(self.serial as u32)
+    }
 }
 
 /// One join token, by the hash of its secret (the secret itself is not kept).

@@ -34,6 +34,10 @@ pub struct ActivePolicy {
     pub policy: Policy,
     /// Its version.
     pub version: u64,
+    /// Unique to this value: a policy handed again at the same version (this host's groups
+    /// changed with a re-issued certificate) is another instance, and every peer's rules
+    /// are computed again for it.
+    instance: u64,
     /// This host's name and groups (from its certificate).
     local_name: Name,
     local_groups: Vec<Name>,
@@ -55,10 +59,13 @@ impl ActivePolicy {
         local_groups: Vec<Name>,
         flow_capacity: usize,
     ) -> ActivePolicy {
+        /// The instance the next `ActivePolicy` gets.
+        static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(0);
         let allowed = policy.rules.iter().map(|_| AtomicU64::new(0)).collect();
         ActivePolicy {
             policy,
             version,
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             local_name,
             local_groups,
             flow_capacity: if flow_capacity == 0 {
@@ -98,8 +105,10 @@ impl ActivePolicy {
 
 /// What a peer keeps of the policy under its lock.
 pub(super) struct PeerPolicyState {
-    /// The policy version and the peer's info these rules were computed for.
+    /// The policy (its version and instance) and the peer's info these rules were
+    /// computed for.
     version: u64,
+    instance: u64,
     info: Arc<PeerInfo>,
     rules: PeerRules,
     flows: FlowTable,
@@ -128,6 +137,7 @@ fn refresh(active: &ActivePolicy, peer: &Peer, st: &mut PeerState) -> usize {
     let info = peer.info_full();
     if let Some(p) = &st.policy
         && p.version == active.version
+        && p.instance == active.instance
         && Arc::ptr_eq(&p.info, &info)
     {
         return 0;
@@ -151,6 +161,7 @@ fn refresh(active: &ActivePolicy, peer: &Peer, st: &mut PeerState) -> usize {
     };
     st.policy = Some(PeerPolicyState {
         version: active.version,
+        instance: active.instance,
         info,
         rules,
         flows,
@@ -442,6 +453,29 @@ mod tests {
         pair.b.set_policy(None);
         pair.b.tick(&mut vec![0u8; 2048], &mut |_, _| {});
         assert!(matches!(out(&pair.b, &answer), Outbound::Send { .. }));
+    }
+
+    /// This host's own groups change (its certificate re-issued with new ones): the same
+    /// policy version handed again with them applies to every peer at once, though no
+    /// peer changed.
+    #[test]
+    fn this_hosts_new_groups_take_effect_at_the_same_version() {
+        let pair = named_pair();
+        handshake(&pair);
+        enforce(&pair.a, WEB_TO_DB_DNS, 1, "a", "none");
+        let query = udp("10.42.1.2", 4000, "10.42.2.2", 53);
+        assert_eq!(
+            out(&pair.a, &query),
+            Outbound::Dropped(DropReason::PolicyDenied)
+        );
+        enforce(&pair.a, WEB_TO_DB_DNS, 1, "a", "web");
+        assert!(matches!(out(&pair.a, &query), Outbound::Send { .. }));
+        enforce(&pair.a, WEB_TO_DB_DNS, 1, "a", "none");
+        let other = udp("10.42.1.2", 4001, "10.42.2.2", 53);
+        assert_eq!(
+            out(&pair.a, &other),
+            Outbound::Dropped(DropReason::PolicyDenied)
+        );
     }
 
     #[test]

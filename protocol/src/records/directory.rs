@@ -78,8 +78,10 @@ pub struct LiveMember<'a> {
     pub endpoints: &'a [SocketAddr],
     /// The version of its record.
     pub version: u64,
-    /// Its certificate's serial (also its SWIM node number).
+    /// Its certificate's serial (new with every certificate issued).
     pub serial: u64,
+    /// Its number in the network (kept across certificates): its SWIM node number.
+    pub number: u32,
     /// UDP port of its control plane.
     pub control_port: u16,
 }
@@ -415,6 +417,12 @@ impl Directory {
             .map(Held::live)
     }
 
+    /// The certificate of the record held for `name` (checked when the record was
+    /// applied), alive or left.
+    pub fn member_certificate(&self, name: &Name) -> Option<&NodeCertificate> {
+        self.members.get(name).map(|held| &held.certificate)
+    }
+
     /// Every member record held (live ones and those of members that left): what a full
     /// sync ships, each to be applied by the receiver.
     pub fn member_records(&self) -> impl Iterator<Item = &SignedMemberRecord> {
@@ -463,6 +471,7 @@ impl Held {
             endpoints: &self.signed.record().endpoints,
             version: self.signed.record().version,
             serial: self.certificate.serial,
+            number: self.certificate.number,
             control_port: self.signed.record().control_port,
         }
     }

@@ -37,7 +37,7 @@
 //! A member body is signed by the member's key under [`MEMBER_RECORD_CONTEXT`], a
 //! revocation body by the CA's key under [`REVOCATION_CONTEXT`], so neither signature can
 //! pass for the other nor for a certificate's. The longest signed member record is
-//! [`MAX_SIGNED_MEMBER_LEN`] (1,112) bytes, below the ~1,150 a gossip datagram may carry.
+//! [`MAX_SIGNED_MEMBER_LEN`] (1,116) bytes, below the ~1,150 a gossip datagram may carry.
 
 mod directory;
 
@@ -70,7 +70,7 @@ const ENDPOINT_MAX_ENCODED_LEN: usize = 1 + 16 + 2;
 const MAX_MEMBER_BODY_LEN: usize =
     1 + keys::MAX_SIGNED_LEN + 8 + 1 + 2 + 1 + MAX_ENDPOINTS * ENDPOINT_MAX_ENCODED_LEN;
 /// The longest signed member record in bytes (every certificate limit reached, four IPv6
-/// endpoints): 1,112.
+/// endpoints): 1,116.
 pub const MAX_SIGNED_MEMBER_LEN: usize = 2 + MAX_MEMBER_BODY_LEN + SIGNATURE_LEN;
 // A gossip datagram carries at most ~1,150 bytes.
 const _: () = assert!(MAX_SIGNED_MEMBER_LEN <= 1150);

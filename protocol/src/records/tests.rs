@@ -47,6 +47,7 @@ impl Host {
             not_before: NOW - DAY,
             not_after: NOW + DAY,
             serial,
+            number: serial as u32,
             ca_fingerprint: ca.fingerprint(),
         };
         Host {
@@ -148,6 +149,7 @@ fn a_full_record_fits_a_gossip_datagram() {
         not_before: NOW - DAY,
         not_after: NOW + DAY,
         serial: u64::MAX,
+        number: u32::MAX,
         ca_fingerprint: ca.fingerprint(),
     };
     let endpoints: Vec<SocketAddr> = (1..=4)
@@ -167,7 +169,7 @@ fn a_full_record_fits_a_gossip_datagram() {
     cert.subnets = (0..8).map(|i| net(&format!("fd00:42:{i}::/64"))).collect();
     let len = record(&cert).sign(&key).unwrap().to_bytes().len();
     assert_eq!(len, MAX_SIGNED_MEMBER_LEN);
-    assert_eq!(MAX_SIGNED_MEMBER_LEN, 1112);
+    assert_eq!(MAX_SIGNED_MEMBER_LEN, 1116);
 }
 
 #[test]
@@ -480,6 +482,7 @@ fn wireguard_key_of_another_live_member_is_refused() {
         not_before: NOW - DAY,
         not_after: NOW + DAY,
         serial: 2,
+        number: 2,
         ca_fingerprint: ca.fingerprint(),
     };
     copycat.certificate = ca.sign(&cert).unwrap();

@@ -52,7 +52,7 @@ impl Fixture {
             cidr: "10.42.0.0/16".parse().unwrap(),
             ranges: &self.ranges,
             subnet_prefix: 24,
-            certificate_days: 365,
+            certificate_lifetime_s: 365 * 86_400,
         }
     }
 
@@ -560,4 +560,104 @@ fn extra_ranges_must_match_the_main_one_and_not_overlap() {
         )
         .is_none()
     );
+}
+
+/// A renewal keeps everything but the serial and the expiry; it is refused once the name
+/// belongs to another member (admitted again after a revocation), once the member left, and
+/// for a revoked certificate. A refusal changes nothing.
+#[test]
+fn a_reissue_keeps_the_member_and_is_refused_once_it_is_gone() {
+    let mut f = Fixture::new();
+    f.init();
+    let token = f.token(600);
+    let host = Host::new();
+    let signed = f.join_as(&token, "h2", &host, NOW).unwrap();
+    let first = signed.verify(&f.ca.verifying_key(), NOW).unwrap();
+    f.record(&signed, &host, RecordState::Alive);
+    let later = NOW + 100;
+    let mut admin = f.admin.clone();
+    let renewed = f
+        .issuer()
+        .reissue(&mut admin, &f.dir, &first, None, later)
+        .unwrap()
+        .verify(&f.ca.verifying_key(), later)
+        .unwrap();
+    assert!(renewed.serial > first.serial && renewed.not_after > first.not_after);
+    assert_eq!(
+        (
+            &renewed.node,
+            renewed.number,
+            renewed.wireguard_key,
+            &renewed.subnets,
+            &renewed.groups
+        ),
+        (
+            &first.node,
+            first.number,
+            first.wireguard_key,
+            &first.subnets,
+            &first.groups
+        )
+    );
+    assert_eq!(admin.issued[&first.node].serial, renewed.serial);
+    assert!(admin.next_serial > renewed.serial);
+    // New groups are kept by the next renewal.
+    let groups = vec![Name::new("db").unwrap()];
+    let regrouped = f
+        .issuer()
+        .reissue(&mut admin, &f.dir, &renewed, Some(groups.clone()), later)
+        .unwrap();
+    let regrouped = regrouped.verify(&f.ca.verifying_key(), later).unwrap();
+    assert_eq!(regrouped.groups, groups);
+    let again = f
+        .issuer()
+        .reissue(&mut admin, &f.dir, &renewed, None, later)
+        .unwrap()
+        .verify(&f.ca.verifying_key(), later)
+        .unwrap();
+    assert_eq!(
+        again.groups, groups,
+        "a renewal of an older copy keeps the new groups"
+    );
+
+    // Revoked: refused.
+    let revocation = f
+        .issuer()
+        .revoke(&admin, &f.dir, &first.node, later)
+        .unwrap();
+    let mut revoked = f.dir.clone();
+    revoked.apply_revocation(&revocation).unwrap();
+    let before = admin.clone();
+    let e = f
+        .issuer()
+        .reissue(&mut admin, &revoked, &again, None, later)
+        .unwrap_err();
+    assert!(e.0.contains("revoked"), "{e}");
+    assert_eq!(admin.next_serial, before.next_serial);
+
+    // The name given to another member (another number): refused.
+    let mut given = admin.clone();
+    given.issued.get_mut(&first.node).unwrap().number = Some(first.number + 1000);
+    let e = f
+        .issuer()
+        .reissue(&mut given, &f.dir, &again, None, later)
+        .unwrap_err();
+    assert!(e.0.contains("another member"), "{e}");
+
+    // Left: refused.
+    let left = protocol::records::MemberRecord {
+        certificate: signed.clone(),
+        version: 2,
+        state: RecordState::Left,
+        control_port: 51821,
+        endpoints: vec!["198.18.0.12:51820".parse().unwrap()],
+    }
+    .sign(&host.control)
+    .unwrap();
+    f.dir.apply_member(&left, NOW).unwrap();
+    let e = f
+        .issuer()
+        .reissue(&mut admin, &f.dir, &first, None, later)
+        .unwrap_err();
+    assert!(e.0.contains("left"), "{e}");
 }

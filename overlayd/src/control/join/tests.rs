@@ -131,7 +131,7 @@ fn issue_for(
         cidr: "10.42.0.0/16".parse().unwrap(),
         ranges: &[],
         subnet_prefix: 24,
-        certificate_days: 365,
+        certificate_lifetime_s: 365 * 86_400,
     };
     let subnet = format!("10.42.{serial}.0/24").parse().unwrap();
     issuer

@@ -73,6 +73,10 @@ enum Event {
     Bundle(Bundle),
     /// The member on this link saw this host's datagrams come from this address.
     Seen(LinkId, SocketAddr),
+    /// The answer to a `Request::Renew` on this link.
+    Renewed(LinkId, Result<Response, String>),
+    /// The answer of this member (by number) to a `Request::Reissued`.
+    Delivered(u32, Result<Response, String>),
 }
 
 /// The keys of `dir`'s members and revocations, for the router to tell a member it does
@@ -96,7 +100,7 @@ fn settings(config: &crate::config::Config) -> Settings {
     Settings {
         control_port: config.control_port(),
         listen_port: config.listen_port,
-        certificate_days: control.certificate_days,
+        certificate_lifetime_s: control.certificate_lifetime(),
         follow_address: control.advertise.is_none(),
         sync_interval: Duration::from_millis(control.sync_interval_ms),
         rejoin_interval: Duration::from_millis(control.rejoin_interval_ms),
@@ -127,6 +131,10 @@ pub struct Member {
     datagrams_tx: Inbound,
     datagrams_rx: FairQueue<Gossip>,
     client_config: quinn::ClientConfig,
+    /// What the TLS configs are made of, to make them again with a renewed certificate.
+    identity: TlsIdentity,
+    check: tls::PeerCheck,
+    transport: Arc<quinn::TransportConfig>,
     /// Dynamic peers in the router: key → subnets routed in the kernel.
     routed: HashMap<PublicKey, Vec<IpNet>>,
     accept_task: tokio::task::JoinHandle<()>,
@@ -156,7 +164,13 @@ impl Member {
         let me = net
             .certificate
             .verify(&net.ca, now.unix)
-            .map_err(|e| anyhow::anyhow!("this host's certificate cannot be used: {e}"))?;
+            .map_err(|e| match e {
+                keys::CertError::Expired { .. } => match net.certificate.unverified_body() {
+                    Ok(me) => anyhow::anyhow!("{}", core::expired_sentence(&me)),
+                    Err(_) => anyhow::anyhow!("this host's certificate cannot be used: {e}"),
+                },
+                e => anyhow::anyhow!("this host's certificate cannot be used: {e}"),
+            })?;
         let control_key = ctx.state.control_key()?;
         anyhow::ensure!(
             control_key.verifying_key() == me.control_key,
@@ -216,7 +230,7 @@ impl Member {
         let check = watch::peer_check(dir.clone(), ctx.router.events.clone());
         let transport = Arc::new(tls::transport_config(KEEPALIVE, IDLE_TIMEOUT));
         let server = tls::server_config(&identity, check.clone(), transport.clone())?;
-        let client_config = tls::client_config(&identity, check, transport)?;
+        let client_config = tls::client_config(&identity, check.clone(), transport.clone())?;
         let endpoint = ctx.endpoint()?;
         endpoint.set_server_config(Some(server));
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -239,6 +253,9 @@ impl Member {
             datagrams_tx,
             datagrams_rx,
             client_config,
+            identity,
+            check,
+            transport,
             routed: HashMap::new(),
             accept_task,
             throttle: Throttle::default(),
@@ -343,7 +360,15 @@ impl Member {
                     Answer::AfterSave(change) => match self.ctx.state.save_admin(change.admin()) {
                         Ok(()) => {
                             let admission = self.core.commit(change);
-                            tracing::info!(name = %admission.name, "admitted a new member");
+                            match &admission.response {
+                                Response::Renewed { .. } => tracing::info!(
+                                    name = %admission.name,
+                                    "renewed a member's certificate"
+                                ),
+                                _ => {
+                                    tracing::info!(name = %admission.name, "admitted a new member")
+                                }
+                            }
                             admission.response
                         }
                         Err(e) => self.core.refuse_join(
@@ -361,6 +386,8 @@ impl Member {
             }
             Event::Bundle(bundle) => self.core.handle_bundle(&bundle, now),
             Event::Seen(link, addr) => self.core.handle_seen(link, addr, now),
+            Event::Renewed(link, answer) => self.core.handle_renewed(link, answer, now),
+            Event::Delivered(number, answer) => self.core.handle_delivered(number, answer, now),
         }
     }
 
@@ -466,6 +493,71 @@ impl Member {
                     self.watch.view(&shown, &view, now_unix());
                     *shown = view;
                 }
+                Action::Renew { link } => match self.conns.get(&link) {
+                    Some(conn) => {
+                        let (conn, tx) = (conn.clone(), self.events_tx.clone());
+                        let traffic = self.ctx.traffic.clone();
+                        tokio::spawn(async move {
+                            let answer = net::ask(conn, Request::Renew, traffic).await;
+                            let _ = tx.send(Event::Renewed(link, answer));
+                        });
+                    }
+                    None => {
+                        self.core
+                            .handle_renewed(link, Err("the connection closed".into()), now())
+                    }
+                },
+                Action::Deliver {
+                    link,
+                    number,
+                    certificate,
+                } => match self.conns.get(&link) {
+                    Some(conn) => {
+                        let (conn, tx) = (conn.clone(), self.events_tx.clone());
+                        let traffic = self.ctx.traffic.clone();
+                        tokio::spawn(async move {
+                            let request = Request::Reissued(certificate);
+                            let answer = net::ask(conn, request, traffic).await;
+                            let _ = tx.send(Event::Delivered(number, answer));
+                        });
+                    }
+                    None => self.core.handle_delivered(
+                        number,
+                        Err("the connection closed".into()),
+                        now(),
+                    ),
+                },
+                Action::Identity(certificate) => {
+                    self.identity.certificate = certificate;
+                    let id = &self.identity;
+                    let configs =
+                        tls::server_config(id, self.check.clone(), self.transport.clone())
+                            .and_then(|server| {
+                                let client = tls::client_config(
+                                    id,
+                                    self.check.clone(),
+                                    self.transport.clone(),
+                                )?;
+                                Ok((server, client))
+                            });
+                    match (configs, self.ctx.endpoint()) {
+                        (Ok((server, client)), Ok(endpoint)) => {
+                            // New handshakes (either way) show the new certificate; open
+                            // connections keep going (peers follow the renewal).
+                            endpoint.set_server_config(Some(server));
+                            self.client_config = client;
+                        }
+                        (Err(e), _) | (_, Err(e)) => tracing::warn!(
+                            error = %format!("{e:#}"),
+                            "cannot present the renewed certificate in the control plane's TLS"
+                        ),
+                    }
+                }
+                Action::SaveAdmin(admin) => {
+                    if let Err(e) = self.ctx.state.save_admin(&admin) {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot save the admin's state");
+                    }
+                }
                 Action::DetectAddress { towards } => {
                     if let Ok(ip) =
                         super::detect_address(Some(towards), &self.ctx.config().tun_name)
@@ -501,6 +593,18 @@ impl Member {
             }
             Command::Revoke(req, reply) => {
                 let answer = self.core.revoke(req, now);
+                self.execute().await;
+                let _ = reply.send(answer);
+            }
+            Command::NodeGroups(req, reply) => {
+                let answer = self.core.change_groups(&req, now).and_then(|change| {
+                    // What was issued is remembered before anyone sees it.
+                    self.ctx
+                        .state
+                        .save_admin(change.admin())
+                        .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
+                    self.core.commit_groups(change, now)
+                });
                 self.execute().await;
                 let _ = reply.send(answer);
             }

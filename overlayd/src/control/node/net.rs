@@ -131,6 +131,30 @@ pub(super) fn sync(
     });
 }
 
+/// Sends `request` to one member on a stream of its own and returns the answer (`Err`: the
+/// stream failed or timed out, as one line).
+pub(super) async fn ask(
+    conn: quinn::Connection,
+    request: Request,
+    traffic: Arc<Traffic>,
+) -> Result<Response, String> {
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let sent = msg::write(&mut send, &request).await?;
+        Traffic::add(&traffic.sync_sent, sent);
+        send.finish()?;
+        let (response, received) =
+            msg::read_limited_sized::<Response>(&mut recv, msg::SMALL_FRAME).await?;
+        Traffic::add(&traffic.sync_received, received);
+        anyhow::Ok(response)
+    };
+    match tokio::time::timeout(STREAM_TIMEOUT, exchange).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err("no answer in time".into()),
+    }
+}
+
 /// Pushes records to one member and waits for its ack; returns where it saw this host's
 /// datagrams come from, when it says ([`Response::Seen`]).
 pub(super) async fn push(
@@ -178,7 +202,7 @@ pub(super) async fn serve_connection(
     };
     // Gossip is only taken from a connection whose certificate names its sender.
     let node = match &remote {
-        Remote::Member(cert) => Some(cert.serial as u32),
+        Remote::Member(cert) => Some(cert.number),
         Remote::Joiner => None,
     };
     // What this connection may hand on to the member task, whatever it sends.

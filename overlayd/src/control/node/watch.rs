@@ -64,7 +64,7 @@ impl Watch {
                 None,
                 || {
                     format!(
-                        "this host's certificate expires in {} days {} h (less than {days} days), at unix time {}; ask an admin for a new one (leave, then join with a new token)",
+                        "this host's certificate expires in {} days {} h (less than {days} days), at unix time {}; it is renewed by an admin automatically (docs/pki.md): if it is not renewed soon, check that an admin is up and reachable",
                         left / DAY_S,
                         left % DAY_S / 3600,
                         me.certificate_expires_unix

@@ -35,6 +35,7 @@ fn node_certificate(ca: &CaKey, network: &str, node: &str, key: &SigningKey) -> 
         not_before: now() - 60,
         not_after: now() + 3600,
         serial: 7,
+        number: 7,
         ca_fingerprint: ca.fingerprint(),
     }
 }

@@ -87,8 +87,7 @@ impl Core {
     /// Drops the votes of members no longer alive in the directory (left, revoked).
     fn forget_gone_observers(&mut self) {
         let dir = self.dir();
-        let alive: std::collections::HashSet<u32> =
-            dir.live_members().map(|m| m.serial as u32).collect();
+        let alive: std::collections::HashSet<u32> = dir.live_members().map(|m| m.number).collect();
         drop(dir);
         self.seen.retain(|node, _| alive.contains(node));
     }

@@ -279,7 +279,7 @@ mod tests {
                 cidr: "10.42.0.0/16".parse().unwrap(),
                 ranges: &[],
                 subnet_prefix: 24,
-                certificate_days: 365,
+                certificate_lifetime_s: 365 * 86_400,
             };
             let certificate = issuer
                 .issue(

@@ -31,8 +31,9 @@ pub(super) struct Link {
     /// The address it is with (the peer's control address; for a connection the peer
     /// opened, where its datagrams come from).
     pub(super) addr: SocketAddr,
-    /// The certificate its peer proved in the handshake.
-    peer: NodeCertificate,
+    /// The certificate its peer proved in the handshake, or a renewal of it that the
+    /// directory has since received ([`Core::follow_renewals`]).
+    pub(super) peer: NodeCertificate,
     /// Whether the peer opened it.
     pub(super) inbound: bool,
 }
@@ -71,7 +72,7 @@ impl Core {
         let (peer, link) = match (peer, lapse) {
             (Some(peer), None) => {
                 if inbound {
-                    self.close_oldest_inbound(peer.serial, now);
+                    self.close_oldest_inbound(peer.number, now);
                 }
                 self.next_link += 1;
                 let id = LinkId(self.next_link);
@@ -137,13 +138,14 @@ impl Core {
         self.queue(Action::Connect(addr));
     }
 
-    /// Makes room for one more connection from the member whose certificate serial is
-    /// `serial`: closes its oldest ones beyond [`INBOUND_PER_MEMBER`] - 1.
-    fn close_oldest_inbound(&mut self, serial: u64, now: Now) {
+    /// Makes room for one more connection from the member whose number is `number`
+    /// (whatever certificate it showed): closes its oldest ones beyond
+    /// [`INBOUND_PER_MEMBER`] - 1.
+    fn close_oldest_inbound(&mut self, number: u32, now: Now) {
         let mut theirs: Vec<LinkId> = self
             .links
             .iter()
-            .filter(|(_, l)| l.peer.serial == serial && l.inbound)
+            .filter(|(_, l)| l.peer.number == number && l.inbound)
             .map(|(id, _)| *id)
             .collect();
         theirs.sort();
@@ -171,13 +173,13 @@ impl Core {
         self.current_node(id, now).is_some()
     }
 
-    /// The SWIM node number (certificate serial) of the member on link `id`, if the link
+    /// The SWIM node number (certificate number) of the member on link `id`, if the link
     /// is current ([`Core::is_current`]).
     pub(super) fn current_node(&self, id: LinkId, now: Now) -> Option<u32> {
         let link = self.links.get(&id)?;
         lapsed(&self.dir(), &link.peer, now.unix)
             .is_none()
-            .then_some(link.peer.serial as u32)
+            .then_some(link.peer.number)
     }
 
     /// Closes every member connection whose peer's certificate is revoked or has expired,
@@ -243,7 +245,7 @@ impl Core {
     pub(super) fn addr_of_node(&self, node: u32) -> Option<SocketAddr> {
         let dir = self.dir();
         dir.all_members()
-            .find(|(m, _)| m.serial as u32 == node && m.control_port != 0)
+            .find(|(m, _)| m.number == node && m.control_port != 0)
             .and_then(|(m, _)| {
                 m.endpoints
                     .first()
@@ -257,7 +259,7 @@ impl Core {
             .find(|(m, _)| {
                 m.control_port == addr.port() && m.endpoints.iter().any(|e| e.ip() == addr.ip())
             })
-            .map(|(m, _)| m.serial as u32)
+            .map(|(m, _)| m.number)
     }
 }
 

@@ -45,6 +45,7 @@ mod gossip;
 mod limits;
 mod links;
 mod policy;
+mod renew;
 mod requests;
 mod swim;
 mod view;
@@ -77,6 +78,7 @@ pub(super) use limits::TokenBucket;
 use links::Link;
 pub use links::{CloseReason, LinkId, first_member_endpoint, lapsed, revoked_reason};
 pub use policy::PolicyInForce;
+pub use renew::{GroupsChange, expired_sentence, renew_at};
 pub use requests::{AdminChange, Admission, Answer, Origin};
 use swim::Periodic;
 
@@ -98,8 +100,8 @@ pub struct Settings {
     pub control_port: u16,
     /// UDP port of its tunnels, in its record.
     pub listen_port: u16,
-    /// Validity of the certificates this host issues (admins only), in days.
-    pub certificate_days: u32,
+    /// Validity of the certificates this host issues (admins only), in seconds.
+    pub certificate_lifetime_s: u64,
     /// Whether to follow this host's underlay address (the config sets none): asked for
     /// once a second with [`Action::DetectAddress`].
     pub follow_address: bool,
@@ -201,6 +203,28 @@ pub enum Action {
         /// A member's endpoint.
         towards: SocketAddr,
     },
+    /// Ask the member on `link` (an admin, it is hoped) for a renewed certificate: a
+    /// `Request::Renew`; hand the answer to [`Core::handle_renewed`].
+    Renew {
+        /// The connection.
+        link: LinkId,
+    },
+    /// This host's certificate changed (renewed, or re-issued with new groups): present it
+    /// in the control plane's TLS handshakes from now on.
+    Identity(keys::SignedCertificate),
+    /// Save the admin's state (it issued a certificate this host uses) before the actions
+    /// that follow.
+    SaveAdmin(AdminState),
+    /// Hand the member on `link` a certificate re-issued for it (`Request::Reissued`);
+    /// report the answer with [`Core::handle_delivered`].
+    Deliver {
+        /// The connection.
+        link: LinkId,
+        /// The member's number.
+        number: u32,
+        /// `SignedCertificate::to_bytes`.
+        certificate: Vec<u8>,
+    },
 }
 
 /// A member's membership, without I/O (see the module docs).
@@ -239,6 +263,11 @@ pub struct Core {
     seen: HashMap<u32, SocketAddr>,
     /// The address this host publishes as seen by the others, when not its own.
     reflexive: Option<SocketAddr>,
+    /// This host's certificate renewal (see `renew`).
+    renewal: renew::Renewal,
+    /// Certificates an admin re-issued for members (new groups) that they have not taken
+    /// yet, by member number: the bytes, their serial, and whether a delivery is out.
+    deliveries: HashMap<u32, (Vec<u8>, u64, bool)>,
     dirty: bool,
     actions: VecDeque<Action>,
 }
@@ -274,7 +303,7 @@ impl Core {
         }));
         let foca = Foca::with_custom_broadcast(
             NodeId {
-                node: me.serial as u32,
+                node: me.number,
                 generation: net.generation,
             },
             settings.membership.to_foca()?,
@@ -310,6 +339,8 @@ impl Core {
             caught_up: false,
             seen: HashMap::new(),
             reflexive: None,
+            renewal: renew::Renewal::default(),
+            deliveries: HashMap::new(),
             dirty: false,
             actions: VecDeque::new(),
         };
@@ -390,6 +421,8 @@ impl Core {
     /// Brings everything that follows the directory and liveness in line: connections of
     /// revoked members closed, tunnels and routes, the saved directory, the API's view.
     fn refresh(&mut self, now: Now) {
+        // A member may have renewed: its connections carry the new certificate.
+        self.follow_renewals();
         // A revocation may have come in: its member's connections go at once.
         self.close_lapsed(now);
         self.hand_policy();

@@ -44,8 +44,8 @@ pub enum Answer {
 #[derive(Debug)]
 #[must_use = "save it, then commit it"]
 pub struct AdminChange<T> {
-    admin: AdminState,
-    answer: T,
+    pub(super) admin: AdminState,
+    pub(super) answer: T,
 }
 
 impl<T> AdminChange<T> {
@@ -189,6 +189,24 @@ impl Core {
             (Origin::Member(_), Request::Join { .. }) => Response::Refused(
                 "this host is already a member; a join needs no certificate".into(),
             ),
+            (Origin::Member(link), Request::Renew) => match self.renew_member(link, now) {
+                Ok(change) => return Answer::AfterSave(change),
+                Err(e) => {
+                    self.throttle
+                        .warn(now.instant, "refused a certificate renewal", &e);
+                    Response::Refused(e.0)
+                }
+            },
+            (Origin::Member(_), Request::Reissued(bytes)) => {
+                match self.install_certificate(&bytes, now) {
+                    Ok(()) => Response::Ack,
+                    Err(e) => {
+                        self.throttle
+                            .warn(now.instant, "refused a re-issued certificate", &e);
+                        Response::Refused(format!("certificate not taken: {e}"))
+                    }
+                }
+            }
             (Origin::Joiner, request) => match JoinAsk::from_request(request) {
                 Some(ask) => match self.admit(&ask, now) {
                     Ok(change) => return Answer::AfterSave(change),
@@ -200,14 +218,14 @@ impl Core {
         Answer::Reply(response)
     }
 
-    fn issuer(&self) -> Option<Issuer<'_>> {
+    pub(super) fn issuer(&self) -> Option<Issuer<'_>> {
         Some(Issuer {
             ca: self.ca_key.as_ref()?,
             network: &self.net.network,
             cidr: self.net.cidr,
             ranges: &self.net.ranges,
             subnet_prefix: self.net.subnet_prefix,
-            certificate_days: self.settings.certificate_days,
+            certificate_lifetime_s: self.settings.certificate_lifetime_s,
         })
     }
 

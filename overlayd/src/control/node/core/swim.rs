@@ -102,7 +102,7 @@ impl Core {
             )
         })?;
         self.settings.membership = membership;
-        self.settings.certificate_days = settings.certificate_days;
+        self.settings.certificate_lifetime_s = settings.certificate_lifetime_s;
         if self.settings.sync_interval != settings.sync_interval {
             self.settings.sync_interval = settings.sync_interval;
             self.periodic.sync = self.periodic.sync.min(now.instant + settings.sync_interval);
@@ -151,7 +151,7 @@ impl Core {
             let dir = self.dir();
             membership::screen(bytes, sender, |node| {
                 dir.all_members()
-                    .find(|(m, _)| m.serial == u64::from(node))
+                    .find(|(m, _)| m.number == node)
                     .map(|(m, _)| m.version)
             })
         };
@@ -318,15 +318,11 @@ impl Core {
             let dir = self.dir();
             dir.live_members()
                 .filter(|m| *m.name != self.me.node && m.control_port != 0)
-                .filter(|m| {
-                    self.liveness
-                        .get(&(m.serial as u32))
-                        .is_none_or(|(_, up)| !*up)
-                })
+                .filter(|m| self.liveness.get(&(m.number)).is_none_or(|(_, up)| !*up))
                 .filter_map(|m| {
                     m.endpoints
                         .first()
-                        .map(|e| (m.serial as u32, SocketAddr::new(e.ip(), m.control_port)))
+                        .map(|e| (m.number, SocketAddr::new(e.ip(), m.control_port)))
                 })
                 .collect()
         };
@@ -353,8 +349,12 @@ impl Core {
             tracing::info!(members = ?expired, "certificates expired; their tunnels are closed");
             self.dirty = true;
         }
-        // A certificate expires on its own clock, record or not: its connections go.
+        // A certificate expires on its own clock, record or not: its connections go (unless
+        // their member renewed it).
+        self.follow_renewals();
         self.close_lapsed(now);
+        self.renewal_tick(now);
+        self.deliver_pending(now);
         let view = self.view();
         self.queue(Action::View(view));
     }

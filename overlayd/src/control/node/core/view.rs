@@ -22,11 +22,7 @@ impl Core {
         let dir = self.dir();
         dir.live_members()
             .filter(|m| *m.name != self.me.node)
-            .filter(|m| {
-                self.liveness
-                    .get(&(m.serial as u32))
-                    .is_none_or(|(_, up)| *up)
-            })
+            .filter(|m| self.liveness.get(&(m.number)).is_none_or(|(_, up)| *up))
             .map(|m| PeerSpec {
                 public_key: *m.wireguard_key,
                 name: Some(m.name.to_string()),
@@ -52,7 +48,7 @@ impl Core {
             if *m.name == self.me.node {
                 continue;
             }
-            let node = m.serial as u32;
+            let node = m.number;
             let view_state = match state {
                 MemberState::Left => ViewState::Left,
                 MemberState::Alive => match (foca_states.get(&node), self.liveness.get(&node)) {
@@ -94,6 +90,9 @@ impl Core {
                 subnets: self.me.subnets.clone(),
                 groups: self.me.groups.iter().map(|g| g.to_string()).collect(),
                 certificate_expires_unix: self.me.not_after,
+                certificate_serial: self.me.serial,
+                certificate_renewed_unix: self.net.renewed_unix,
+                certificate_renew_at_unix: super::renew_at(&self.me),
                 admin: self.ca_key.is_some(),
                 control_port: self.settings.control_port,
                 member_count: alive + 1,

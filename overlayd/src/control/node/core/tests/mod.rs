@@ -4,7 +4,9 @@
 //! full sync every 30 s.
 
 mod policy;
+mod renew;
 mod sim;
+mod upgrade;
 
 use std::time::Duration;
 
@@ -460,7 +462,7 @@ fn a_down_for_a_generation_never_signed_is_ignored_and_one_signed_is_refuted() {
     let id = |sim: &mut Sim, i: usize| {
         let core = sim.hosts[i].core();
         NodeId {
-            node: core.certificate().serial as u32,
+            node: core.certificate().number,
             generation: core.network().generation,
         }
     };

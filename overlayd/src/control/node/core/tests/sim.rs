@@ -42,6 +42,8 @@ const CONTROL_PORT: u16 = 51821;
 pub(super) struct Network {
     pub(super) ca: CaKey,
     pub(super) name: Name,
+    /// How long its certificates are valid.
+    pub(super) lifetime_s: u64,
 }
 
 impl Network {
@@ -52,7 +54,7 @@ impl Network {
             cidr: "10.42.0.0/16".parse().expect("a CIDR"),
             ranges: &[],
             subnet_prefix: 24,
-            certificate_days: 365,
+            certificate_lifetime_s: self.lifetime_s,
         }
     }
 }
@@ -129,6 +131,9 @@ enum Delivery {
     Push(usize, LinkId, Bundle),
     /// From, to, the link at `to`, the bundle.
     Sync(usize, usize, LinkId, Bundle),
+    /// From, its link, to, the link at `to`, the request (`Renew`, `Reissued`), and the
+    /// member number a `Reissued` is for.
+    Ask(usize, LinkId, usize, LinkId, Box<Request>, u32),
 }
 
 /// The simulated network.
@@ -150,6 +155,9 @@ pub(super) struct Sim {
     /// Every core's `sync_interval` (the config's default unless a test set another
     /// before its hosts started: [`Sim::with_sync_interval`]).
     pub(super) sync_interval: Duration,
+    /// The lifetime of the certificates the admin issues (the config's default unless a
+    /// test set another: [`Sim::with_lifetime`]).
+    pub(super) lifetime_s: u64,
 }
 
 /// The settings of every core: the config's defaults, the address fixed.
@@ -158,7 +166,7 @@ pub(super) fn settings() -> Settings {
     Settings {
         control_port: CONTROL_PORT,
         listen_port: 51820,
-        certificate_days: control.certificate_days,
+        certificate_lifetime_s: control.certificate_lifetime(),
         follow_address: false,
         sync_interval: Duration::from_millis(control.sync_interval_ms),
         rejoin_interval: Duration::from_millis(control.rejoin_interval_ms),
@@ -175,9 +183,19 @@ impl Sim {
 
     /// Like [`Sim::new`], every core with full syncs `sync_interval` apart.
     pub(super) fn with_sync_interval(hosts: usize, sync_interval: Duration) -> Sim {
+        Sim::build(hosts, sync_interval, settings().certificate_lifetime_s)
+    }
+
+    /// Like [`Sim::new`], with certificates valid for `lifetime_s` (from [`START_UNIX`]).
+    pub(super) fn with_lifetime(hosts: usize, lifetime_s: u64) -> Sim {
+        Sim::build(hosts, settings().sync_interval, lifetime_s)
+    }
+
+    fn build(hosts: usize, sync_interval: Duration, lifetime_s: u64) -> Sim {
         let network = Network {
             ca: CaKey::generate(),
             name: Name::new("simnet").expect("a name"),
+            lifetime_s,
         };
         let mut sim = Sim {
             network,
@@ -191,6 +209,7 @@ impl Sim {
             held: VecDeque::new(),
             last_datagram: HashMap::new(),
             sync_interval,
+            lifetime_s,
         };
         let mut admin = AdminState::default();
         let mut certificates = Vec::new();
@@ -232,6 +251,7 @@ impl Sim {
                 generation: 0,
                 record_version: 0,
                 left: false,
+                renewed_unix: None,
                 bootstrap: if i == 0 {
                     Vec::new()
                 } else {
@@ -294,6 +314,7 @@ impl Sim {
                 advertise: host.keys.addr.ip(),
                 settings: Settings {
                     sync_interval: self.sync_interval,
+                    certificate_lifetime_s: self.lifetime_s,
                     ..settings()
                 },
                 seed: index as u64 + 1,
@@ -448,6 +469,32 @@ impl Sim {
                 let ip = self.hosts[from].keys.addr.ip();
                 self.hosts[from].core().handle_address(ip, now);
             }
+            Action::Renew { link } => self.ask(from, link, Request::Renew, 0),
+            Action::Deliver {
+                link,
+                number,
+                certificate,
+            } => self.ask(from, link, Request::Reissued(certificate), number),
+            // Connections read the certificate from the core when they open.
+            Action::Identity(_) => {}
+            Action::SaveAdmin(admin) => self.hosts[from].admin = Some(admin),
+        }
+    }
+
+    /// Host `from` sends `request` on its `link` (answered later, as a stream is); lost if
+    /// the other end is unreachable (the core's timeout or next round retries).
+    fn ask(&mut self, from: usize, link: LinkId, request: Request, number: u32) {
+        if let Some(&(to, theirs)) = self.hosts[from].links.get(&link)
+            && self.reachable(from, to)
+        {
+            self.queue.push_back(Delivery::Ask(
+                from,
+                link,
+                to,
+                theirs,
+                Box::new(request),
+                number,
+            ));
         }
     }
 
@@ -498,6 +545,7 @@ impl Sim {
         let now = self.now();
         let to = match &delivery {
             Delivery::Datagram(to, ..) | Delivery::Push(to, ..) | Delivery::Sync(_, to, ..) => *to,
+            Delivery::Ask(_, _, to, ..) => *to,
         };
         if self.stalled.contains(&to) {
             self.held.push_back(delivery);
@@ -525,6 +573,30 @@ impl Sim {
                             }
                         }
                         other => panic!("a push answered with {other:?}"),
+                    }
+                }
+            }
+            Delivery::Ask(from, mine, to, theirs, request, number) => {
+                let renew = *request == Request::Renew;
+                let Some(core) = self.hosts[to].core.as_mut() else {
+                    return;
+                };
+                let response = match core.handle_request(Origin::Member(theirs), *request, now) {
+                    Answer::Reply(response) => response,
+                    Answer::Drop => return,
+                    // Saved, then answered, as the driver does.
+                    Answer::AfterSave(change) => {
+                        let admin = change.admin().clone();
+                        let response = core.commit(change).response;
+                        self.hosts[to].admin = Some(admin);
+                        response
+                    }
+                };
+                if let Some(core) = self.hosts[from].core.as_mut() {
+                    if renew {
+                        core.handle_renewed(mine, Ok(response), now);
+                    } else {
+                        core.handle_delivered(number, Ok(response), now);
                     }
                 }
             }
