@@ -119,6 +119,11 @@ pub struct Control {
     /// Under a network policy: the most flows tracked per peer (connection tracking); past
     /// it, a new flow pushes out that peer's flow idle the longest.
     pub policy_flows: usize,
+    /// Relaying for members that cannot reach each other (both behind NATs that pick a new
+    /// port per destination): `true` names this host a relay, which members choose before
+    /// any other; `false`: it never relays; unset: it relays when members see it at its own
+    /// address (a public one). See docs/nat.md.
+    pub relay: Option<bool>,
 }
 
 impl Default for Control {
@@ -134,6 +139,7 @@ impl Default for Control {
             rejoin_interval_ms: 2000,
             certificate_days: 365,
             policy_flows: protocol::policy::flows::DEFAULT_CAPACITY,
+            relay: None,
         }
     }
 }

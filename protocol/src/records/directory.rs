@@ -82,6 +82,9 @@ pub struct LiveMember<'a> {
     pub serial: u64,
     /// UDP port of its control plane.
     pub control_port: u16,
+    /// Whether it relays: named a relay (`Some(true)`), refuses to (`Some(false)`), or
+    /// relays when it has a public address (`None`).
+    pub relay: Option<bool>,
 }
 
 /// A member record that passed the rules, and what its certificate says.
@@ -464,6 +467,7 @@ impl Held {
             version: self.signed.record().version,
             serial: self.certificate.serial,
             control_port: self.signed.record().control_port,
+            relay: self.signed.record().relay,
         }
     }
 }

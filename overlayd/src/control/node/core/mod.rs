@@ -109,6 +109,8 @@ pub struct Settings {
     pub rejoin_interval: Duration,
     /// The SWIM timings.
     pub membership: membership::Config,
+    /// `[control] relay`, in this host's record.
+    pub relay: Option<bool>,
 }
 
 /// What a member starts from.
@@ -460,6 +462,7 @@ fn own_record(
         state,
         control_port: settings.control_port,
         endpoints: vec![SocketAddr::new(advertise, settings.listen_port)],
+        relay: settings.relay,
     }
     .sign(key)?)
 }

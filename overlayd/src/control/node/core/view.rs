@@ -34,6 +34,7 @@ impl Core {
                 subnets: m.subnets.to_vec(),
                 groups: m.groups.to_vec(),
                 persistent_keepalive: None,
+                advertised: true,
             })
             .collect()
     }
@@ -70,6 +71,7 @@ impl Core {
                 subnets: m.subnets.to_vec(),
                 endpoint: m.endpoints.first().copied(),
                 state: view_state,
+                nat: m.endpoints.len() > 1,
             });
         }
         for r in dir.revocations() {
@@ -81,6 +83,7 @@ impl Core {
                     subnets: Vec::new(),
                     endpoint: None,
                     state: ViewState::Revoked,
+                    nat: false,
                 });
             }
         }
@@ -100,6 +103,7 @@ impl Core {
                 left: false,
             }),
             members,
+            nat: self.reflexive.is_some(),
         }
     }
 }
