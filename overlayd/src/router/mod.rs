@@ -482,8 +482,9 @@ impl Router {
             return Inbound::Dropped(DropReason::UnknownPeer);
         };
         let mut st = peer.lock();
-        if st.removed {
-            // Removed after this batch loaded its table: nothing more from it.
+        if st.removed || (relayed && st.endpoint == Some(src)) {
+            // Removed after this batch loaded its table: nothing more from it. (Or a
+            // member "relaying" its own messages: it would become its own relay.)
             drop(st);
             self.drop_global(DropReason::UnknownPeer, Some(src));
             return Inbound::Dropped(DropReason::UnknownPeer);

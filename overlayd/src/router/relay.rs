@@ -221,6 +221,11 @@ impl Router {
         }
     }
 
+    /// This host's WireGuard key.
+    pub fn own_key(&self) -> PublicKey {
+        self.own_key
+    }
+
     /// Whether this host forwards datagrams for others (`[control] relay`, on by default).
     pub fn set_relay_serve(&self, on: bool) {
         self.relay_serve
@@ -243,6 +248,10 @@ impl Router {
         out: &mut Vec<u8>,
     ) -> Option<SocketAddr> {
         let counts = &self.relay_counts;
+        if relay_kind(datagram) != Some(TO_RELAY) {
+            counts.refused_destination.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         self.refresh_relay_map_if_changed();
         let map = self.relay_map.load();
         let source = match map.by_addr.get(&src) {
@@ -412,10 +421,15 @@ impl Router {
                     self.relay_map_changed();
                     return true;
                 }
+                st.stuck_since_ms = None;
+                // A relay itself (public): it is reached directly, once the first
+                // initiation that reached it before it knew this host is sent again.
+                if candidates.iter().any(|c| c.index == peer.index) {
+                    return true;
+                }
                 let Some(c) = candidates.iter().find(usable) else {
                     return false;
                 };
-                st.stuck_since_ms = None;
                 st.via = Some(c.endpoint);
                 st.via_since_ms = now_ms;
                 st.probed_ms = now_ms;

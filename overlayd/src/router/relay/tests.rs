@@ -346,3 +346,29 @@ fn a_forged_address_in_a_record_does_not_steer_a_live_tunnel() {
         Some(addr("203.0.113.9:5555"))
     );
 }
+
+#[test]
+fn relayed_wireguard_and_quic_datagrams_are_told_apart_per_datagram() {
+    use crate::datapath::oneport::is_quic;
+    let mut to = vec![TO_RELAY, 0, 0, 0];
+    to.extend_from_slice(&[7; KEY_ID_LEN]);
+    to.extend_from_slice(&[4, 0, 0, 0, 9, 9]);
+    let mut from = to.clone();
+    from[0] = FROM_RELAY;
+    assert_eq!(relay_kind(&to), Some(TO_RELAY));
+    assert_eq!(relay_kind(&from), Some(FROM_RELAY));
+    assert!(!is_quic(&to) && !is_quic(&from));
+    // WireGuard's four types and QUIC's first bytes are no relay's.
+    for t in 1u8..=4 {
+        assert_eq!(relay_kind(&[t, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), None);
+    }
+    for b in [0xc0u8, 0x40, 0x50, 0x51] {
+        assert_eq!(relay_kind(&[b, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), None);
+        assert!(is_quic(&[b]));
+    }
+    // A header with nothing behind it, or with non-zero reserved bytes, is none either.
+    assert_eq!(relay_kind(&to[..HEADER_LEN]), None);
+    let mut reserved = to.clone();
+    reserved[2] = 1;
+    assert_eq!(relay_kind(&reserved), None);
+}
