@@ -38,8 +38,7 @@ use ipnet::IpNet;
 use keys::PublicKey;
 use protocol::api::{
     ApiError, INIT_PATH, InitRequest, JOIN_PATH, JoinRequest, LEAVE_PATH, PEERS_PATH, PeerPath,
-    PeerStatus,
-    REVOKE_PATH, RevokeRequest, STATUS_PATH, Status, TOKENS_PATH, TokenRequest,
+    PeerStatus, REVOKE_PATH, RevokeRequest, STATUS_PATH, Status, TOKENS_PATH, TokenRequest,
 };
 use protocol::api::{
     EVENTS_PATH, POLICY_CHECK_PATH, POLICY_PATH, PolicyCheckRequest, PolicySetRequest, PolicyShown,

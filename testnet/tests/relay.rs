@@ -114,7 +114,10 @@ fn two_members_behind_symmetric_nats_talk_through_a_relay_that_cannot_read_them(
             eprintln!("h{i} peers: {:?}", net.peers_json(i));
             let log = std::fs::read_to_string(net.log_path(i)).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("h{i} log:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "h{i} log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
     }
     assert_eq!(seen, (Some(PeerPath::Relayed), Some("h4".to_owned())));
@@ -128,7 +131,12 @@ fn two_members_behind_symmetric_nats_talk_through_a_relay_that_cannot_read_them(
     // The marker, both ways, through the relay.
     for (from, to) in [("h2-c1", "10.42.3.2"), ("h3-c1", "10.42.2.2")] {
         let out = net
-            .exec(from, &["ping", "-c", "3", "-i", "0.2", "-W", "2", "-p", MARKER_HEX, to])
+            .exec(
+                from,
+                &[
+                    "ping", "-c", "3", "-i", "0.2", "-W", "2", "-p", MARKER_HEX, to,
+                ],
+            )
             .expect("ping with the marker");
         assert!(out.status.success(), "{from} -> {to}: {out:?}");
     }
@@ -164,7 +172,9 @@ fn two_members_behind_symmetric_nats_talk_through_a_relay_that_cannot_read_them(
     let seen = path(&net, 2, "h3");
     eprintln!("h2 reaches h3: {seen:?}");
     assert!(
-        resumed.iter().all(|t| t.is_some_and(|t| t - killed <= 10.0)),
+        resumed
+            .iter()
+            .all(|t| t.is_some_and(|t| t - killed <= 10.0)),
         "traffic did not resume within 10 s of the relay's death"
     );
     assert!(

@@ -397,8 +397,7 @@ impl Router {
         out: &mut [u8],
         reply: &mut dyn FnMut(SocketAddr, &[u8]),
     ) -> Inbound {
-        if relay::relay_kind(datagram) != Some(relay::FROM_RELAY) || !self.from_known_relay(&src)
-        {
+        if relay::relay_kind(datagram) != Some(relay::FROM_RELAY) || !self.knows_relay(&src) {
             self.drops.add(DropReason::UnknownPeer);
             return Inbound::Dropped(DropReason::UnknownPeer);
         }

@@ -550,7 +550,9 @@ impl Router {
             } else {
                 st.configured_endpoint = spec.endpoint;
                 let proved = spec.advertised && st.endpoint.is_some() && relay::has_session(&st);
-                st.held_endpoint = spec.endpoint.filter(|ep| proved && st.endpoint != Some(*ep));
+                st.held_endpoint = spec
+                    .endpoint
+                    .filter(|ep| proved && st.endpoint != Some(*ep));
                 match spec.endpoint {
                     Some(ep) if st.endpoint != Some(ep) && !proved => {
                         st.endpoint = Some(ep);

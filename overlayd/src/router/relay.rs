@@ -81,9 +81,7 @@ pub fn key_id(key: &PublicKey) -> [u8; KEY_ID_LEN] {
 #[inline]
 pub fn relay_kind(datagram: &[u8]) -> Option<u8> {
     match datagram {
-        [kind @ (TO_RELAY | FROM_RELAY), 0, 0, 0, ..] if datagram.len() > HEADER_LEN => {
-            Some(*kind)
-        }
+        [kind @ (TO_RELAY | FROM_RELAY), 0, 0, 0, ..] if datagram.len() > HEADER_LEN => Some(*kind),
         _ => None,
     }
 }
@@ -267,7 +265,10 @@ impl Router {
             counts.refused_destination.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        let Some(to) = map.entries.get(&dst).filter(|_| dst != source && table.has_index(dst))
+        let Some(to) = map
+            .entries
+            .get(&dst)
+            .filter(|_| dst != source && table.has_index(dst))
         else {
             counts.refused_destination.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -287,7 +288,7 @@ impl Router {
 
     /// Whether `src` may send this host datagrams [`FROM_RELAY`]: it is the direct
     /// endpoint of a peer.
-    pub(super) fn from_known_relay(&self, src: &SocketAddr) -> bool {
+    pub(super) fn knows_relay(&self, src: &SocketAddr) -> bool {
         self.refresh_relay_map_if_changed();
         let known = self.relay_map.load().knows(src);
         if !known {
@@ -369,16 +370,18 @@ impl Router {
         let usable = |c: &&Candidate| c.index != peer.index;
         match st.via {
             Some(relay) => {
-                let listed = candidates.iter().filter(usable).any(|c| c.endpoint == relay);
+                let listed = candidates
+                    .iter()
+                    .filter(usable)
+                    .any(|c| c.endpoint == relay);
                 let since = |t: u64| now_ms.saturating_sub(t);
                 // No session through it yet; or data goes out through it and nothing has
                 // come back for a while (the relay died: SWIM would say so only later).
-                let stale = (!fresh
-                    && st.handshake_pending
-                    && since(st.via_since_ms) >= RELAY_RETRY_MS)
-                    || (since(st.sent_relayed_ms) < 1000
-                        && since(st.heard_ms) >= RELAY_SILENT_MS
-                        && since(st.via_since_ms) >= RELAY_SILENT_MS);
+                let stale =
+                    (!fresh && st.handshake_pending && since(st.via_since_ms) >= RELAY_RETRY_MS)
+                        || (since(st.sent_relayed_ms) < 1000
+                            && since(st.heard_ms) >= RELAY_SILENT_MS
+                            && since(st.via_since_ms) >= RELAY_SILENT_MS);
                 if !listed || stale {
                     // The next relay after this one (or the first again), or direct.
                     let mut usable: Vec<&Candidate> = candidates.iter().filter(usable).collect();
@@ -474,8 +477,7 @@ impl Router {
                 continue;
             };
             let mut st = peer.lock();
-            let Some(endpoint) = st.endpoint.filter(|e| !st.removed && in_use.contains(e))
-            else {
+            let Some(endpoint) = st.endpoint.filter(|e| !st.removed && in_use.contains(e)) else {
                 continue;
             };
             let message = if has_session(&st) {

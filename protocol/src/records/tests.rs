@@ -776,5 +776,9 @@ fn the_relay_byte_is_left_out_when_unset_and_read_back_when_set() {
         assert_eq!(back.record().relay, relay);
     }
     let back = SignedMemberRecord::from_bytes(&bytes).unwrap();
-    assert_eq!(back.record().relay, None, "a record without the byte reads as before");
+    assert_eq!(
+        back.record().relay,
+        None,
+        "a record without the byte reads as before"
+    );
 }

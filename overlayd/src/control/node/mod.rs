@@ -472,7 +472,9 @@ impl Member {
                         .router
                         .set_known_keys(known_keys(&self.core.directory()));
                     let own = self.ctx.router.own_key();
-                    self.ctx.router.set_relays(relays(&self.core.directory(), &own));
+                    self.ctx
+                        .router
+                        .set_relays(relays(&self.core.directory(), &own));
                 }
                 Action::SaveNetwork(net) => {
                     if let Err(e) = self.ctx.state.save_network(&net) {

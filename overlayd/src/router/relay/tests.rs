@@ -129,16 +129,18 @@ impl Net {
     fn tick(&mut self, at: &str, ms: u64) {
         let mut wire = Vec::new();
         let mut buf = vec![0u8; 2048];
-        self.router(at)
-            .tick_at(ms, &mut buf, &mut |dst, b| wire.push((addr(at), dst, b.to_vec())));
+        self.router(at).tick_at(ms, &mut buf, &mut |dst, b| {
+            wire.push((addr(at), dst, b.to_vec()))
+        });
         self.pump(wire);
     }
 
     fn initiate(&mut self, at: &str) {
         let mut wire = Vec::new();
         let mut buf = vec![0u8; 2048];
-        self.router(at)
-            .initiate_all(&mut buf, &mut |dst, b| wire.push((addr(at), dst, b.to_vec())));
+        self.router(at).initiate_all(&mut buf, &mut |dst, b| {
+            wire.push((addr(at), dst, b.to_vec()))
+        });
         self.pump(wire);
     }
 
@@ -221,18 +223,32 @@ fn a_stranger_a_revoked_member_and_a_greedy_one_cannot_use_the_relay() {
     let table = r.table();
 
     // A stranger asks R to send to B: refused, nothing goes out.
-    assert_eq!(r.forward_relayed(&table, addr(STRANGER), &datagram, &mut out), None);
+    assert_eq!(
+        r.forward_relayed(&table, addr(STRANGER), &datagram, &mut out),
+        None
+    );
     assert_eq!(r.relay_counters().refused_source.load(Ordering::Relaxed), 1);
     // A member may not pick where it goes: a key id of no member, or its own.
     let mut elsewhere = datagram.clone();
     elsewhere[4..HEADER_LEN].copy_from_slice(&[0xee; KEY_ID_LEN]);
-    assert_eq!(r.forward_relayed(&table, addr(A), &elsewhere, &mut out), None);
+    assert_eq!(
+        r.forward_relayed(&table, addr(A), &elsewhere, &mut out),
+        None
+    );
     let mut back = datagram.clone();
     back[4..HEADER_LEN].copy_from_slice(&key_id(&net.keys[&addr(A)]));
     assert_eq!(r.forward_relayed(&table, addr(A), &back, &mut out), None);
-    assert_eq!(r.relay_counters().refused_destination.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        r.relay_counters()
+            .refused_destination
+            .load(Ordering::Relaxed),
+        2
+    );
     // A member to a member: forwarded, to B's endpoint only, never larger.
-    assert_eq!(r.forward_relayed(&table, addr(A), &datagram, &mut out), Some(addr(B)));
+    assert_eq!(
+        r.forward_relayed(&table, addr(A), &datagram, &mut out),
+        Some(addr(B))
+    );
     assert_eq!(out.len(), datagram.len());
 
     // Past its budget, a member's datagrams are refused until the next tick.
@@ -250,12 +266,21 @@ fn a_stranger_a_revoked_member_and_a_greedy_one_cannot_use_the_relay() {
     let a_key = net.keys[&addr(A)];
     assert!(net.router(R).remove_peer(&a_key));
     let r = net.router(R);
-    assert_eq!(r.forward_relayed(&table, addr(A), &datagram, &mut out), None);
-    assert_eq!(r.forward_relayed(&r.table(), addr(A), &datagram, &mut out), None);
+    assert_eq!(
+        r.forward_relayed(&table, addr(A), &datagram, &mut out),
+        None
+    );
+    assert_eq!(
+        r.forward_relayed(&r.table(), addr(A), &datagram, &mut out),
+        None
+    );
     // Nor to A: B's datagrams for it have nowhere to go.
     let mut to_a = datagram.clone();
     to_a[4..HEADER_LEN].copy_from_slice(&key_id(&a_key));
-    assert_eq!(r.forward_relayed(&r.table(), addr(B), &to_a, &mut out), None);
+    assert_eq!(
+        r.forward_relayed(&r.table(), addr(B), &to_a, &mut out),
+        None
+    );
     let before = net.forwarded.len();
     net.send(A, &ipv4("10.42.1.2", "10.42.2.2", b"after revocation"));
     assert_eq!(net.forwarded.len(), before);
@@ -266,9 +291,13 @@ fn a_stranger_a_revoked_member_and_a_greedy_one_cannot_use_the_relay() {
     let mut from = datagram.clone();
     from[0] = FROM_RELAY;
     let mut plain = vec![0u8; 2048];
-    let r = b.decapsulate_relayed_with(&b.table(), addr(STRANGER), &from, &mut plain, &mut |_, _| {
-        panic!("no answer to a stranger")
-    });
+    let r = b.decapsulate_relayed_with(
+        &b.table(),
+        addr(STRANGER),
+        &from,
+        &mut plain,
+        &mut |_, _| panic!("no answer to a stranger"),
+    );
     assert!(matches!(r, Inbound::Dropped(_)));
     assert_eq!(b.relay_counters().refused_from.load(Ordering::Relaxed), 1);
 }
@@ -300,7 +329,11 @@ fn a_relay_that_goes_is_replaced_and_a_direct_path_replaces_the_relay() {
     let q = ipv4("10.42.1.2", "10.42.2.2", b"direct");
     net.send(A, &q);
     assert_eq!(net.received(B).last(), Some(&q));
-    assert_eq!(net.forwarded.len(), before, "nothing through a relay any more");
+    assert_eq!(
+        net.forwarded.len(),
+        before,
+        "nothing through a relay any more"
+    );
 }
 
 /// Issue 20's attack on discovery: a member that lies in `Response::Seen` (or is the lone
@@ -330,7 +363,9 @@ fn a_forged_address_in_a_record_does_not_steer_a_live_tunnel() {
     };
     // The record says A is at the forged address: the tunnel stays where A's
     // authenticated packets come from, and R's traffic for A goes there.
-    net.router(R).upsert_peer(spec("203.0.113.9:4444", true)).unwrap();
+    net.router(R)
+        .upsert_peer(spec("203.0.113.9:4444", true))
+        .unwrap();
     assert_eq!(a_at_r.handshake_age_and_endpoint().1, Some(addr(A)));
     let mut out = vec![0u8; 2048];
     let packet = ipv4("10.42.3.2", "10.42.1.2", b"to a");
@@ -340,7 +375,9 @@ fn a_forged_address_in_a_record_does_not_steer_a_live_tunnel() {
     }
     // The same change from the operator's config moves it (as every record did before):
     // that is what a forged record did to every member's tunnel.
-    net.router(R).upsert_peer(spec("203.0.113.9:5555", false)).unwrap();
+    net.router(R)
+        .upsert_peer(spec("203.0.113.9:5555", false))
+        .unwrap();
     assert_eq!(
         a_at_r.handshake_age_and_endpoint().1,
         Some(addr("203.0.113.9:5555"))
