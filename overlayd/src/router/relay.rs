@@ -150,8 +150,6 @@ pub struct RelayCounters {
 pub(super) struct Candidate {
     index: usize,
     endpoint: SocketAddr,
-    /// Whether it has a session (else it is woken with an initiation when chosen).
-    fresh: bool,
 }
 
 /// Whether the peer's tunnel has a session now.
@@ -316,13 +314,11 @@ impl Router {
                 out.push(Candidate {
                     index: peer.index,
                     endpoint,
-                    fresh: has_session(&st),
                 });
             }
         }
-        // Those with a session first (a member behind a NAT this host cannot reach has
-        // none); the list's order otherwise.
-        out.sort_by_key(|c| !c.fresh);
+        // The list's order, session or not: both sides of a pair then take the same relay
+        // (one without a session gets an initiation before it is used, `touch_relays`).
         out
     }
 
