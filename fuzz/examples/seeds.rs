@@ -113,6 +113,18 @@ fn router(c: &mut Corpus) {
         seq.extend_from_slice(body);
     }
     c.put(t, "sequence", &seq);
+    // Mode 6: relay framing (how: bit 0 from the stranger, bit 1 "from a relay", bit 2
+    // naming B, bit 3 no header written).
+    c.put(t, "relay-to-relay-from-a", &with(6, &with(0b0000, &data)));
+    c.put(t, "relay-from-relay-from-a", &with(6, &with(0b0010, &init)));
+    c.put(
+        t,
+        "relay-from-stranger-naming-b",
+        &with(6, &with(0b0101, &data)),
+    );
+    let mut framed = vec![0x11u8, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    framed.extend_from_slice(&data);
+    c.put(t, "relay-raw-header", &with(6, &with(0b1000, &framed)));
 }
 
 fn bundle(f: &Fixture) -> Bundle {

@@ -19,7 +19,10 @@
 //! 3. the input as a TUN packet into A's `encapsulate`, what A sends into B, and the same
 //!    the other way;
 //! 4. a fresh genuine handshake initiation of A's, cut and flipped, into B, replies pumped;
-//! 5. a sequence of raw datagrams (length-prefixed), each to A or B, from peer or stranger.
+//! 5. a sequence of raw datagrams (length-prefixed), each to A or B, from peer or stranger;
+//! 6. the input behind a relay header (to a relay or from one, naming A or B) into B, from
+//!    A or the stranger: B forwards nothing (with two peers every key id names the sender
+//!    or no one), and nothing reaches its TUN or moves an endpoint.
 //!
 //! Checked: nothing panics; raw bytes never reach a TUN and never move an endpoint; a
 //! packet a router writes to its TUN is exactly what the other's TUN gave, comes from the
@@ -264,7 +267,7 @@ fuzz_target!(|data: &[u8]| {
 
 fn run(pair: &Pair, mode: u8, data: &[u8]) {
     let (a, b, stranger) = (addr(A_ADDR), addr(B_ADDR), addr(STRANGER));
-    match mode % 6 {
+    match mode % 7 {
         0 => raw(pair, a, b, data),
         1 => raw(pair, stranger, b, data),
         2 => {
@@ -364,6 +367,7 @@ fn run(pair: &Pair, mode: u8, data: &[u8]) {
             let got = pair.pump(replies);
             assert!(got.is_empty(), "a handshake put packets on a TUN");
         }
+        6 => relayed(pair, data),
         _ => {
             for chunk in chunks(data) {
                 let Some((&how, datagram)) = chunk.split_first() else {
@@ -376,4 +380,48 @@ fn run(pair: &Pair, mode: u8, data: &[u8]) {
             }
         }
     }
+}
+
+/// Mode 6 (see the module docs).
+fn relayed(pair: &Pair, data: &[u8]) {
+    use overlayd::router::relay::{FROM_RELAY, TO_RELAY, key_id};
+    let Some((&how, rest)) = data.split_first() else {
+        return;
+    };
+    let from = if how & 1 == 0 {
+        addr(A_ADDR)
+    } else {
+        addr(STRANGER)
+    };
+    let datagram = if how & 8 == 0 {
+        let kind = if how & 2 == 0 { TO_RELAY } else { FROM_RELAY };
+        let named = if how & 4 == 0 { &pair.a } else { &pair.b };
+        let mut d = vec![kind, 0, 0, 0];
+        d.extend_from_slice(&key_id(&named.own_key()));
+        d.extend_from_slice(rest);
+        d
+    } else {
+        rest.to_vec()
+    };
+    let table = pair.b.table();
+    let mut out = Vec::new();
+    assert_eq!(
+        pair.b.forward_relayed(&table, from, &datagram, &mut out),
+        None,
+        "B relayed a datagram with two peers"
+    );
+    let before = (pair.endpoint_at_a(), pair.endpoint_at_b());
+    let mut plain = vec![0u8; datagram.len().max(overlayd::router::MIN_BUFFER_LEN) + 64];
+    let r = pair
+        .b
+        .decapsulate_relayed_with(&table, from, &datagram, &mut plain, &mut |_, _| {});
+    assert!(
+        !matches!(r, Inbound::ToTun { .. }),
+        "relay-framed bytes reached B's TUN"
+    );
+    assert_eq!(
+        (pair.endpoint_at_a(), pair.endpoint_at_b()),
+        before,
+        "relay-framed bytes moved an endpoint"
+    );
 }

@@ -78,6 +78,7 @@ impl Member {
             state,
             control_port: 51821,
             endpoints: endpoints.to_vec(),
+            relay: None,
         }
         .sign(&self.key)
         .expect("a fixture record follows the rules")

@@ -191,6 +191,11 @@ impl<'a> Reader<'a> {
         Ok(SocketAddr::new(ip, port))
     }
 
+    /// Whether every byte was read.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Succeeds only if every byte was read.
     pub fn finish(self) -> Result<(), WireError> {
         if self.0.is_empty() {

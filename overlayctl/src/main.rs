@@ -50,7 +50,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Every peer: name, state, endpoint, subnets, last handshake, bytes each way, drops.
+    /// Every peer: name, state, endpoint, path (direct, punched, or relayed through whom),
+    /// subnets, last handshake, bytes each way, drops.
     Peers {
         /// Print JSON instead of a table.
         #[arg(long)]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use ipnet::IpNet;
-use protocol::api::{ConfigInForce, Membership, PeerStatus, Status};
+use protocol::api::{ConfigInForce, Membership, PeerPath, PeerStatus, Status};
 use protocol::drops::DropReason;
 
 use crate::when;
@@ -182,13 +182,15 @@ fn on(b: bool) -> &'static str {
 }
 
 /// `overlayctl peers`: ADDRESS is the peer's overlay address (the first of its first
-/// subnet), ENDPOINT its underlay one.
+/// subnet), ENDPOINT its underlay one, PATH how its datagrams go (`direct`, `punched`
+/// through a NAT, or `relayed(NAME)` through member NAME).
 pub fn peers(peers: &[PeerStatus]) -> String {
     let header = [
         "NAME",
         "STATE",
         "PUBLIC KEY",
         "ENDPOINT",
+        "PATH",
         "ADDRESS",
         "SUBNETS",
         "HANDSHAKE",
@@ -196,7 +198,7 @@ pub fn peers(peers: &[PeerStatus]) -> String {
         "TX",
         "DROPS",
     ];
-    let rows: Vec<[String; 10]> = peers
+    let rows: Vec<[String; 11]> = peers
         .iter()
         .map(|p| {
             [
@@ -204,6 +206,11 @@ pub fn peers(peers: &[PeerStatus]) -> String {
                 p.state.map_or("-", |s| s.as_str()).to_owned(),
                 p.public_key.to_string(),
                 p.endpoint.map_or("-".to_owned(), |e| e.to_string()),
+                match (p.path, &p.relay) {
+                    (Some(PeerPath::Relayed), Some(relay)) => format!("relayed({relay})"),
+                    (Some(path), _) => path.as_str().to_owned(),
+                    (None, _) => "-".to_owned(),
+                },
                 p.address.map_or("-".to_owned(), |a| a.to_string()),
                 if p.subnets.is_empty() {
                     "-".to_owned()
@@ -272,6 +279,8 @@ mod tests {
             persistent_keepalive: None,
             drops: [(DropReason::SourceNotAllowed, 4)].into_iter().collect(),
             origin: None,
+            path: Some(PeerPath::Direct),
+            relay: None,
         }
     }
 
@@ -287,11 +296,23 @@ mod tests {
             subnets: vec![],
             last_handshake_s: None,
             drops: BTreeMap::new(),
+            path: None,
             ..static_peer(member_key)
         };
-        let text = peers(&[static_peer(key), member]);
+        let relayed = PeerStatus {
+            name: Some("node-c".to_owned()),
+            state: Some(MemberState::Alive),
+            path: Some(PeerPath::Relayed),
+            relay: Some("node-r".to_owned()),
+            ..static_peer(member_key)
+        };
+        let text = peers(&[static_peer(key), member, relayed]);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(
+            lines[3].contains("198.18.0.12:51820  relayed(node-r)  10.42.2.1"),
+            "{text}"
+        );
         let header: Vec<&str> = lines[0].split_whitespace().collect();
         assert_eq!(
             header,
@@ -301,6 +322,7 @@ mod tests {
                 "PUBLIC",
                 "KEY",
                 "ENDPOINT",
+                "PATH",
                 "ADDRESS",
                 "SUBNETS",
                 "HANDSHAKE",
@@ -313,7 +335,8 @@ mod tests {
         assert!(static_row.starts_with("-       -        "), "{text}");
         for needle in [
             &key.to_string()[..],
-            "198.18.0.12:51820  10.42.2.1  10.42.2.0/24",
+            "198.18.0.12:51820  direct ",
+            "10.42.2.1  10.42.2.0/24",
             "3s ago",
             "1000 B",
             "3.0 MiB",
@@ -328,6 +351,7 @@ mod tests {
                 "node-b",
                 "suspect",
                 &member_key.to_string()[..],
+                "-",
                 "-",
                 "-",
                 "-",

@@ -532,8 +532,10 @@ fn status_and_peers_show_members() {
         persistent_keepalive: None,
         drops: Default::default(),
         origin: None,
+        path: Some(protocol::api::PeerPath::Relayed),
+        relay: Some("node-r".to_owned()),
     };
-    let api = FakeApi::ok(&vec![member]);
+    let api = FakeApi::ok(&vec![member.clone()]);
     let stdout = success(&api.run(&["peers"], ""));
     assert_eq!(api.request().path, PEERS_PATH);
     let mut lines = stdout.lines();
@@ -544,10 +546,15 @@ fn status_and_peers_show_members() {
             .starts_with("NAME    STATE  PUBLIC KEY"),
         "{stdout}"
     );
-    assert!(
-        lines.next().unwrap().starts_with("node-b  alive  "),
-        "{stdout}"
-    );
+    let row = lines.next().unwrap();
+    assert!(row.starts_with("node-b  alive  "), "{stdout}");
+    assert!(row.contains("relayed(node-r)"), "{stdout}");
+    // --json carries the path and the relay.
+    let api = FakeApi::ok(&vec![member]);
+    let stdout = success(&api.run(&["peers", "--json"], ""));
+    let shown: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shown[0]["path"], "relayed", "{stdout}");
+    assert_eq!(shown[0]["relay"], "node-r", "{stdout}");
 }
 
 #[test]

@@ -38,8 +38,8 @@ use ipnet::IpNet;
 use keys::PublicKey;
 use protocol::api::{
     ApiError, INIT_PATH, InitRequest, JOIN_PATH, JoinRequest, LEAVE_PATH, NODE_GROUPS_PATH,
-    NodeGroupsRequest, PEERS_PATH, PeerStatus, REVOKE_PATH, RevokeRequest, STATUS_PATH, Status,
-    TOKENS_PATH, TokenRequest,
+    NodeGroupsRequest, PEERS_PATH, PeerPath, PeerStatus, REVOKE_PATH, RevokeRequest, STATUS_PATH,
+    Status, TOKENS_PATH, TokenRequest,
 };
 use protocol::api::{
     EVENTS_PATH, POLICY_CHECK_PATH, POLICY_PATH, PolicyCheckRequest, PolicySetRequest, PolicyShown,
@@ -377,11 +377,11 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<Status> {
 }
 
 async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
-    let members = s
+    let (members, nat) = s
         .control
         .view
         .lock()
-        .map(|v| v.members.clone())
+        .map(|v| (v.members.clone(), v.nat))
         .unwrap_or_default();
     let tunnels = s.router.peers();
     let mut list: Vec<PeerStatus> = tunnels
@@ -390,6 +390,27 @@ async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
             let (age, endpoint) = p.handshake_age_and_endpoint();
             let member = members.iter().find(|m| m.public_key == p.public_key);
             let subnets = p.subnets();
+            let via = p.via();
+            let path = match (via, endpoint) {
+                (Some(_), _) => Some(PeerPath::Relayed),
+                (None, Some(_)) if nat || member.is_some_and(|m| m.nat) => Some(PeerPath::Punched),
+                (None, Some(_)) => Some(PeerPath::Direct),
+                (None, None) => None,
+            };
+            // The relay by name: the peer whose endpoint it is.
+            let relay = via.map(|addr| {
+                tunnels
+                    .iter()
+                    .find(|r| r.handshake_age_and_endpoint().1 == Some(addr) && r.via().is_none())
+                    .and_then(|r| {
+                        members
+                            .iter()
+                            .find(|m| m.public_key == r.public_key)
+                            .map(|m| m.name.clone())
+                            .or_else(|| r.name())
+                    })
+                    .unwrap_or_else(|| addr.to_string())
+            });
             PeerStatus {
                 name: member.map(|m| m.name.clone()).or_else(|| p.name()),
                 state: member.map(|m| m.state),
@@ -403,6 +424,8 @@ async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
                 persistent_keepalive: p.persistent_keepalive(),
                 drops: p.drops.snapshot(),
                 origin: s.reload.statics.origin(&p.public_key),
+                path,
+                relay,
             }
         })
         .collect();
@@ -422,6 +445,8 @@ async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
                 persistent_keepalive: None,
                 drops: Default::default(),
                 origin: None,
+                path: None,
+                relay: None,
             });
         }
     }

@@ -136,6 +136,7 @@ pub async fn run(config: config::Config, text: String) -> anyhow::Result<()> {
     }
     let static_peers: Vec<config::PeerConfig> = config.static_peers().cloned().collect();
     let router = Arc::new(router::Router::new(&config.private_key, &static_peers));
+    router.set_relay_serve(config.control.relay != Some(false));
     // Until the control plane knows more (a member's subnets): the config's own networks,
     // in the router and in nftables.
     let local = address::local_networks(config.address, &config.subnets, &[]);

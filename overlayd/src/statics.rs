@@ -327,6 +327,7 @@ fn check(
             subnets: p.subnets.clone(),
             groups: Vec::new(),
             persistent_keepalive: p.persistent_keepalive,
+            advertised: false,
         })
         .collect();
     for spec in &upsert {

@@ -479,6 +479,38 @@ pub struct PeerStatus {
     /// before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<PeerOrigin>,
+    /// How its datagrams go now; `None` without a tunnel or an endpoint (and from daemons
+    /// before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PeerPath>,
+    /// With `path` `relayed`: the member they go through (its name, or its address when
+    /// it is no member this host knows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+}
+
+/// How a peer's datagrams go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerPath {
+    /// Straight to its endpoint; neither host is behind a NAT.
+    Direct,
+    /// Straight to its endpoint, through a NAT on one side or both (its mapping opened by
+    /// both sides sending at once).
+    Punched,
+    /// Through a third member (`relay`), which cannot decrypt them.
+    Relayed,
+}
+
+impl PeerPath {
+    /// Its name in the CLI and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerPath::Direct => "direct",
+            PeerPath::Punched => "punched",
+            PeerPath::Relayed => "relayed",
+        }
+    }
 }
 
 /// `POST /v1/policy`: a new network policy (the TOML file's text), for an admin to check,

@@ -212,6 +212,7 @@ fn record(
         state: RecordState::Alive,
         control_port: CONTROL_PORT,
         endpoints: vec![endpoint],
+        relay: None,
     }
     .sign(key)
     .expect("a signable record")

@@ -158,6 +158,7 @@ fn exploit(
         state: RecordState::Left,
         control_port: CONTROL_PORT,
         endpoints: Vec::new(),
+        relay: None,
     }
     .sign(&control_key)
     .expect("a signable record");

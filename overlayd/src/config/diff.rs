@@ -67,6 +67,10 @@ pub const RESTART: &[(&str, &str)] = &[
         "this host's signed record names the address",
     ),
     (
+        "[control] relay",
+        "this host's signed record says whether it relays",
+    ),
+    (
         "[control] probe_period_ms",
         "foca (SWIM) cannot change its probe period while it runs",
     ),
@@ -151,6 +155,7 @@ impl Diff {
             &Shown(rc.advertise),
             &Shown(fc.advertise),
         );
+        d.restart_if("[control] relay", &Shown(rc.relay), &Shown(fc.relay));
         d.restart_if(
             "[control] probe_period_ms",
             &rc.probe_period_ms,
@@ -387,6 +392,7 @@ pub fn merge(running: &Config, mut file: Config) -> Result<Config, String> {
     file.state_dir = running.state_dir.clone();
     file.control.listen_port = running.control.listen_port;
     file.control.advertise = running.control.advertise;
+    file.control.relay = running.control.relay;
     file.control.probe_period_ms = running.control.probe_period_ms;
     file.control.probe_timeout_ms = running.control.probe_timeout_ms;
     file.docker = running.docker.clone();

@@ -123,6 +123,11 @@ pub struct Control {
     /// Under a network policy: the most flows tracked per peer (connection tracking); past
     /// it, a new flow pushes out that peer's flow idle the longest.
     pub policy_flows: usize,
+    /// Relaying for members that cannot reach each other (both behind NATs that pick a new
+    /// port per destination): `true` names this host a relay, which members choose before
+    /// any other; `false`: it never relays; unset: it relays when members see it at its own
+    /// address (a public one). See docs/nat.md.
+    pub relay: Option<bool>,
 }
 
 impl Control {
@@ -148,6 +153,7 @@ impl Default for Control {
             certificate_days: 365,
             certificate_lifetime_s: None,
             policy_flows: protocol::policy::flows::DEFAULT_CAPACITY,
+            relay: None,
         }
     }
 }

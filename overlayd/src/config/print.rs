@@ -51,6 +51,9 @@ impl Config {
         if let Some(a) = c.advertise {
             let _ = writeln!(out, "advertise = \"{a}\"");
         }
+        if let Some(relay) = c.relay {
+            let _ = writeln!(out, "relay = {relay}");
+        }
         let _ = writeln!(
             out,
             "probe_period_ms = {}\nprobe_timeout_ms = {}\nsuspect_timeout_ms = {}\ngossip_interval_ms = {}\nsync_interval_ms = {}\nrejoin_interval_ms = {}\ncertificate_days = {}\npolicy_flows = {}",

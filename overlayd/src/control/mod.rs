@@ -310,6 +310,9 @@ pub struct MemberView {
     pub endpoint: Option<SocketAddr>,
     /// Its state.
     pub state: MemberState,
+    /// Whether it is behind a NAT: its record lists an address the others see it at before
+    /// its own.
+    pub nat: bool,
 }
 
 /// What the control plane shows the API.
@@ -319,6 +322,8 @@ pub struct View {
     pub membership: Option<Membership>,
     /// The other members.
     pub members: Vec<MemberView>,
+    /// Whether this host is behind a NAT (it publishes an address the others see it at).
+    pub nat: bool,
 }
 
 impl View {

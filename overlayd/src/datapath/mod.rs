@@ -45,7 +45,7 @@ use protocol::drops::DropReason;
 use protocol::policy::enforce::Direction;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use crate::router::{Inbound, Initiate, MIN_BUFFER_LEN, Outbound, Router};
+use crate::router::{Inbound, Initiate, MIN_BUFFER_LEN, Outbound, Router, relay};
 use crate::util::lock;
 use oneport::QuicInbox;
 use poller::Poller;
@@ -193,6 +193,10 @@ struct Inside {
     batch: RecvBatch,
     bufs: Vec<Vec<u8>>,
     gro: GROTable,
+    /// Datagrams this host forwards as a relay, sent at the end of each batch, in runs
+    /// (GSO) as the encrypted ones are.
+    relayed: Vec<Vec<u8>>,
+    relay_sends: Vec<(SocketAddr, usize, usize)>,
 }
 
 impl Inside {
@@ -203,6 +207,8 @@ impl Inside {
                 .map(|_| Vec::with_capacity(TUN_READ_LEN + TUN_OFFSET))
                 .collect(),
             gro: GROTable::default(),
+            relayed: Vec::new(),
+            relay_sends: Vec::new(),
         }
     }
 
@@ -243,6 +249,23 @@ impl Inside {
                         quic.deliver(src, datagram);
                         continue;
                     }
+                    // Relay framing (one more compare each; see `router::relay`).
+                    let relayed = relay::relay_kind(datagram);
+                    if relayed == Some(relay::TO_RELAY) {
+                        let at = self.relay_sends.len();
+                        if at == self.relayed.len() {
+                            self.relayed.push(Vec::with_capacity(datagram.len()));
+                        }
+                        let out = &mut self.relayed[at];
+                        if let Some(dst) = router.forward_relayed(&table, src, datagram, out) {
+                            self.relay_sends.push((dst, at, out.len()));
+                            if self.relay_sends.len() == MAX_GSO_SEGMENTS {
+                                send_runs(udp, router, &self.relay_sends, &self.relayed);
+                                self.relay_sends.clear();
+                            }
+                        }
+                        continue;
+                    }
                     if filled == self.bufs.len() {
                         write_tun(tun, router, &mut self.gro, &mut self.bufs[..filled]);
                         filled = 0;
@@ -253,13 +276,24 @@ impl Inside {
                     // docs/performance.md).
                     // The header room is written by tun-rs and the plaintext by the router.
                     buf.resize(TUN_OFFSET + datagram.len().max(MIN_BUFFER_LEN), 0);
-                    if let Inbound::ToTun { len } = router.decapsulate_with(
-                        &table,
-                        src,
-                        datagram,
-                        &mut buf[TUN_OFFSET..],
-                        &mut reply,
-                    ) {
+                    let inbound = if relayed.is_some() {
+                        router.decapsulate_relayed_with(
+                            &table,
+                            src,
+                            datagram,
+                            &mut buf[TUN_OFFSET..],
+                            &mut reply,
+                        )
+                    } else {
+                        router.decapsulate_with(
+                            &table,
+                            src,
+                            datagram,
+                            &mut buf[TUN_OFFSET..],
+                            &mut reply,
+                        )
+                    };
+                    if let Inbound::ToTun { len } = inbound {
                         buf.truncate(TUN_OFFSET + len);
                         // Accepted by the router: its source, destination and policy.
                         if let Some(c) = copier.as_mut() {
@@ -270,6 +304,10 @@ impl Inside {
                 }
             }
             drop(copier); // wakes the mirror's writer
+            if !self.relay_sends.is_empty() {
+                send_runs(udp, router, &self.relay_sends, &self.relayed);
+                self.relay_sends.clear();
+            }
             if filled == 0 {
                 if emptied {
                     return;

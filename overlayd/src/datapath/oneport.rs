@@ -7,6 +7,9 @@
 //! Every WireGuard message starts with its type, 1 to 4, and three zero bytes, so its first
 //! byte never has that bit. So a datagram whose first byte has 0x40 goes to quinn, every
 //! other one to the router (which drops and counts what is no WireGuard message either).
+//! A third kind shares the port: WireGuard messages framed for a relay, whose first byte
+//! is 0x10 or 0x11 followed by three zero bytes (`router::relay`), also without the bit;
+//! the data path tells them from WireGuard's by that byte, after this check.
 //!
 //! Receiving stays the data path's: its workers `recvmmsg` (+GRO) in batches and look at
 //! each datagram's first byte ([`is_quic`]) before the router does; QUIC's are copied into

@@ -41,6 +41,7 @@ fn member_view(subnet: &str) -> Arc<Mutex<View>> {
             left: false,
         }),
         members: Vec::new(),
+        nat: false,
     };
     Arc::new(Mutex::new(view))
 }

@@ -40,6 +40,7 @@ mod flows;
 mod handshakes;
 mod peers;
 mod policy;
+pub mod relay;
 
 pub use drops::{DropCounters, LogLimiter};
 pub use flows::PeerFlows;
@@ -166,6 +167,18 @@ pub struct Router {
     epoch: Instant,
     /// Flow log windows of peers removed since the flow log last took them.
     flows_parked: Mutex<Vec<PeerFlows>>,
+    /// What this host forwards as a relay (`relay.rs`): rebuilt every tick and removal.
+    relay_map: ArcSwap<relay::RelayMap>,
+    /// The relays this host may use, best first ([`Router::set_relays`]).
+    relay_prefs: ArcSwap<Vec<PublicKey>>,
+    /// Whether this host forwards for others ([`Router::set_relay_serve`]).
+    relay_serve: std::sync::atomic::AtomicBool,
+    /// What it relayed and refused.
+    relay_counts: relay::RelayCounters,
+    /// A peer's endpoint or relay changed since the relay map was built.
+    relay_dirty: std::sync::atomic::AtomicBool,
+    /// When the relays in use last heard from this host (the router's clock, ms).
+    relays_touched_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Router {
@@ -204,6 +217,12 @@ impl Router {
             clock_ms: std::sync::atomic::AtomicU64::new(0),
             epoch: Instant::now(),
             flows_parked: Mutex::new(Vec::new()),
+            relay_map: ArcSwap::default(),
+            relay_prefs: ArcSwap::default(),
+            relay_serve: std::sync::atomic::AtomicBool::new(true),
+            relay_counts: relay::RelayCounters::default(),
+            relay_dirty: std::sync::atomic::AtomicBool::new(false),
+            relays_touched_ms: std::sync::atomic::AtomicU64::new(0),
         };
         for p in peers {
             let spec = PeerSpec {
@@ -213,6 +232,7 @@ impl Router {
                 subnets: p.subnets.clone(),
                 groups: Vec::new(),
                 persistent_keepalive: p.persistent_keepalive,
+                advertised: false,
             };
             if let Err(e) = router.upsert_peer(spec) {
                 tracing::error!(error = %e, "static peer skipped");
@@ -298,14 +318,26 @@ impl Router {
             self.drop_peer(peer, DropReason::PolicyDenied, None);
             return Outbound::Dropped(DropReason::PolicyDenied);
         }
-        let Some(endpoint) = st.endpoint else {
+        let Some(endpoint) = st.via.or(st.endpoint) else {
             drop(st);
             self.drop_peer(peer, DropReason::NoEndpoint, None);
             return Outbound::Dropped(DropReason::NoEndpoint);
         };
-        match st.tunn.encapsulate(packet, out) {
+        // Through a relay: the message goes behind a relay header (room for it is in
+        // `out`: the data path's buffers have 64 bytes to spare).
+        let head = if st.via.is_some() {
+            relay::HEADER_LEN
+        } else {
+            0
+        };
+        let (framing, body) = out.split_at_mut(head);
+        match st.tunn.encapsulate(packet, body) {
             TunnResult::WriteToNetwork(b) => {
-                let len = b.len();
+                let len = b.len() + head;
+                if head > 0 {
+                    relay::frame_in_place(peer, framing);
+                    st.sent_relayed_ms = self.clock_ms.load(Ordering::Relaxed);
+                }
                 // Without a session this is an initiation (the packet waits in the tunnel);
                 // a data packet costs one byte compare here.
                 handshakes::note_sent(peer, &mut st, b);
@@ -351,6 +383,38 @@ impl Router {
         out: &mut [u8],
         reply: &mut dyn FnMut(SocketAddr, &[u8]),
     ) -> Inbound {
+        self.decapsulate_path(table, src, false, datagram, out, reply)
+    }
+
+    /// As [`Router::decapsulate_with`], for a datagram a relay at `src` forwarded (its
+    /// [`relay::FROM_RELAY`] header still on): accepted only from a peer's endpoint; what
+    /// authenticates moves its sender to that relay, and answers go back through it.
+    pub fn decapsulate_relayed_with(
+        &self,
+        table: &PeerTable,
+        src: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+        reply: &mut dyn FnMut(SocketAddr, &[u8]),
+    ) -> Inbound {
+        if relay::relay_kind(datagram) != Some(relay::FROM_RELAY) || !self.knows_relay(&src) {
+            self.drops.add(DropReason::UnknownPeer);
+            return Inbound::Dropped(DropReason::UnknownPeer);
+        }
+        self.decapsulate_path(table, src, true, &datagram[relay::HEADER_LEN..], out, reply)
+    }
+
+    /// Handles one WireGuard message from `src`: the peer itself, or with `relayed` the
+    /// relay that forwarded it.
+    fn decapsulate_path(
+        &self,
+        table: &PeerTable,
+        src: SocketAddr,
+        relayed: bool,
+        datagram: &[u8],
+        out: &mut [u8],
+        reply: &mut dyn FnMut(SocketAddr, &[u8]),
+    ) -> Inbound {
         let packet = match Tunn::parse_incoming_packet(datagram) {
             Ok(p) => p,
             Err(_) => {
@@ -374,7 +438,11 @@ impl Router {
                 Err(TunnResult::WriteToNetwork(cookie)) => {
                     self.flood.handshake();
                     self.flood.cookie();
-                    reply(src, cookie);
+                    // Through a relay the sender is not known before the Diffie-Hellman
+                    // the cookie saves, so there is no one to frame it for: dropped.
+                    if !relayed {
+                        reply(src, cookie);
+                    }
                     self.cookie_replies.fetch_add(1, Ordering::Relaxed);
                     self.drop_global(DropReason::UnderLoad, Some(src));
                     return Inbound::Dropped(DropReason::UnderLoad);
@@ -413,8 +481,9 @@ impl Router {
             return Inbound::Dropped(DropReason::UnknownPeer);
         };
         let mut st = peer.lock();
-        if st.removed {
-            // Removed after this batch loaded its table: nothing more from it.
+        if st.removed || (relayed && st.endpoint == Some(src)) {
+            // Removed after this batch loaded its table: nothing more from it. (Or a
+            // member "relaying" its own messages: it would become its own relay.)
             drop(st);
             self.drop_global(DropReason::UnknownPeer, Some(src));
             return Inbound::Dropped(DropReason::UnknownPeer);
@@ -427,28 +496,36 @@ impl Router {
                 // all the same: the endpoint moves only on cryptographic proof, as
                 // WireGuard's does (whitepaper §6.5: roaming on authenticated packets).
                 if is_handshake && b.first() != Some(&COOKIE_REPLY_TYPE) {
-                    st.endpoint = Some(src);
+                    self.set_path(&mut st, src, relayed);
                     // A response to our initiation (we answer with a keepalive), or our
                     // response to theirs: either way a new session.
                     handshakes::note_completed(peer, &mut st);
                 }
-                reply(src, b);
+                let id = relay::key_id(&peer.public_key);
+                let mut answer = |b: &[u8]| {
+                    if relayed {
+                        relay::send_framed(src, &id, b, reply);
+                    } else {
+                        reply(src, b);
+                    }
+                };
+                answer(b);
                 // Packets queued while the handshake was under way.
                 while let TunnResult::WriteToNetwork(b) = st.tunn.decapsulate(None, &[], out) {
-                    reply(src, b);
+                    answer(b);
                 }
                 Inbound::Consumed
             }
             TunnResult::WriteToTunnelV4(b, addr) => {
-                self.accept(table, peer, &mut st, src, IpAddr::V4(addr), b)
+                self.accept(table, peer, &mut st, (src, relayed), IpAddr::V4(addr), b)
             }
             TunnResult::WriteToTunnelV6(b, addr) => {
-                self.accept(table, peer, &mut st, src, IpAddr::V6(addr), b)
+                self.accept(table, peer, &mut st, (src, relayed), IpAddr::V6(addr), b)
             }
             TunnResult::Done => {
                 if is_data {
                     // an authenticated keepalive
-                    st.endpoint = Some(src);
+                    self.set_path(&mut st, src, relayed);
                 }
                 Inbound::Consumed
             }
@@ -459,12 +536,12 @@ impl Router {
                         // kept an old one. Start a fresh handshake rather than wait for
                         // the peer's rekey timeout; only towards the endpoint we know, as
                         // this packet is not authenticated and its source may be forged.
-                        if let Some(endpoint) = st.endpoint
+                        if st.via.or(st.endpoint).is_some()
                             && let TunnResult::WriteToNetwork(init) =
                                 st.tunn.format_handshake_initiation(out, false)
                         {
                             handshakes::note_sent(peer, &mut st, init);
-                            reply(endpoint, init);
+                            relay::send_on_path(peer, &st, init, reply);
                         }
                         DropReason::NoSession
                     }
@@ -495,13 +572,13 @@ impl Router {
         table: &PeerTable,
         peer: &Peer,
         st: &mut PeerState,
-        src: SocketAddr,
+        (src, relayed): (SocketAddr, bool),
         inner_source: IpAddr,
         packet: &[u8],
     ) -> Inbound {
         let (len, inner_destination) = (packet.len(), destination(packet));
         // It decrypted under this peer's session: authenticated, so it may roam.
-        st.endpoint = Some(src);
+        self.set_path(st, src, relayed);
         if table.routes.lookup(inner_source) != Some(peer.index) {
             self.drop_peer(peer, DropReason::SourceNotAllowed, Some(src));
             let name = peer.name();
@@ -530,19 +607,36 @@ impl Router {
     /// every ~250 ms. Messages due go to `send`.
     pub fn tick(&self, buf: &mut [u8], send: &mut dyn FnMut(SocketAddr, &[u8])) {
         let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.tick_at(ms, buf, send);
+    }
+
+    /// [`Router::tick`] at `ms` on the router's clock (tests drive it by hand).
+    pub fn tick_at(&self, ms: u64, buf: &mut [u8], send: &mut dyn FnMut(SocketAddr, &[u8])) {
         self.clock_ms.store(ms, Ordering::Relaxed);
-        for peer in self.table.load().present() {
+        let table = self.table.load_full();
+        let candidates = self.relay_candidates(&table);
+        // Peers whose path just changed, and the relays in use.
+        let mut switched = Vec::new();
+        let mut in_use = Vec::new();
+        for peer in table.present() {
             let mut st = peer.lock();
             if st.removed {
                 continue;
             }
             self.tick_policy(peer, &mut st);
-            let endpoint = st.endpoint;
+            if self.manage_path(peer, &mut st, ms, &candidates, buf, send) {
+                switched.push(peer.clone());
+            }
+            if let Some(via) = st.via
+                && !in_use.contains(&via)
+            {
+                in_use.push(via);
+            }
             let idle = match st.tunn.update_timers(buf) {
                 TunnResult::WriteToNetwork(b) => {
-                    if let Some(ep) = endpoint {
+                    if st.via.or(st.endpoint).is_some() {
                         handshakes::note_sent(peer, &mut st, b);
-                        send(ep, b);
+                        relay::send_on_path(peer, &st, b, send);
                     }
                     false
                 }
@@ -557,6 +651,17 @@ impl Router {
                 self.persistent_keepalive(peer, &mut st, ms, buf, send);
             }
         }
+        // The relays in use hear from this host every second, and at once when a peer just
+        // took one: before the initiation it is to forward.
+        let due = ms.saturating_sub(self.relays_touched_ms.load(Ordering::Relaxed)) >= 1000;
+        if due || !switched.is_empty() {
+            self.relays_touched_ms.store(ms, Ordering::Relaxed);
+            self.touch_relays(&table, &in_use, buf, send);
+        }
+        for peer in switched {
+            self.initiate_on_path(&peer, buf, send);
+        }
+        self.refresh_relay_map(&table);
     }
 
     /// Sends `peer` a persistent keepalive when its interval has passed since the last
@@ -580,10 +685,12 @@ impl Router {
             return;
         }
         st.keepalive_sent_ms = Some(now_ms);
-        let Some(ep) = st.endpoint else { return };
+        if st.via.or(st.endpoint).is_none() {
+            return;
+        }
         if let TunnResult::WriteToNetwork(b) = st.tunn.encapsulate(&[], buf) {
             handshakes::note_sent(peer, st, b);
-            send(ep, b);
+            relay::send_on_path(peer, st, b, send);
         }
     }
 
@@ -730,24 +837,25 @@ fn initiate_peer(peer: &Peer, buf: &mut [u8], send: &mut dyn FnMut(SocketAddr, &
     if st.removed {
         return false;
     }
-    let endpoint = st.endpoint;
-    if let Some(ep) = endpoint
+    if st.via.or(st.endpoint).is_some()
         && let TunnResult::WriteToNetwork(b) = st.tunn.format_handshake_initiation(buf, false)
     {
         handshakes::note_sent(peer, &mut st, b);
-        send(ep, b);
+        relay::send_on_path(peer, &st, b, send);
         return true;
     }
     false
 }
 
 /// Sends a handshake initiation to `peer` now, a new one or the one under way again,
-/// unless it has a session (a handshake within the last 180 s) or no endpoint. For a path
-/// that just opened through NATs: the retry of a handshake whose first attempts the far
-/// NAT dropped would come up to 5 s later.
+/// unless it has a session (a handshake within the last 180 s) on a direct path, or no
+/// endpoint. For a path that just opened through NATs: the retry of a handshake whose
+/// first attempts the far NAT dropped would come up to 5 s later. It goes to the peer's
+/// own endpoint, also while it is relayed: answered directly, it moves the peer off the
+/// relay.
 fn punch_peer(peer: &Peer, buf: &mut [u8], send: &mut dyn FnMut(SocketAddr, &[u8])) -> bool {
     let mut st = peer.lock();
-    if st.removed || st.tunn.stats().0.is_some_and(|age| age.as_secs() < 180) {
+    if st.removed || (st.via.is_none() && relay::has_session(&st)) {
         return false;
     }
     let Some(ep) = st.endpoint else {
@@ -759,6 +867,25 @@ fn punch_peer(peer: &Peer, buf: &mut [u8], send: &mut dyn FnMut(SocketAddr, &[u8
         return true;
     }
     false
+}
+
+impl Router {
+    /// Where an authenticated message from `src` says the peer is now: at `src` itself,
+    /// or, `relayed`, behind the relay at `src` (its own endpoint is kept for direct
+    /// probes). A change is noted for the relay map.
+    fn set_path(&self, st: &mut PeerState, src: SocketAddr, relayed: bool) {
+        let before = (st.endpoint, st.via);
+        st.heard_ms = self.clock_ms.load(Ordering::Relaxed);
+        if relayed {
+            st.via = Some(src);
+        } else {
+            st.endpoint = Some(src);
+            st.via = None;
+        }
+        if (st.endpoint, st.via) != before {
+            self.relay_map_changed();
+        }
+    }
 }
 
 /// The destination address of an IPv4 or IPv6 packet.

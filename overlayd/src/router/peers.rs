@@ -22,7 +22,7 @@ use protocol::policy::flowlog::FlowWindow;
 use protocol::routing::RoutingTable;
 
 use super::policy::{ActivePolicy, PeerPolicyState};
-use super::{DropCounters, HandshakeCounters, Router};
+use super::{DropCounters, HandshakeCounters, Router, relay};
 
 /// Peer indices available to one process: boringtun keeps 24 bits for them.
 pub const MAX_PEER_INDICES: usize = 1 << 24;
@@ -50,6 +50,22 @@ pub struct PeerState {
     /// When the last persistent keepalive went (the router's clock, ms); `None`: one is
     /// due at the next tick (the interval was just set or changed, as `wg set` does).
     pub(super) keepalive_sent_ms: Option<u64>,
+    /// The relay its datagrams go through (that member's endpoint), if they do
+    /// (`relay.rs`); `endpoint` then stays the peer's own, for direct probes.
+    pub via: Option<SocketAddr>,
+    /// When it took its relay (the router's clock, ms).
+    pub(super) via_since_ms: u64,
+    /// Since when an initiation is out without a session, on the direct path.
+    pub(super) stuck_since_ms: Option<u64>,
+    /// When an initiation last went straight to it while relayed.
+    pub(super) probed_ms: u64,
+    /// When its last authenticated message came (the router's clock, ms).
+    pub(super) heard_ms: u64,
+    /// When a data packet last went to it through a relay.
+    pub(super) sent_relayed_ms: u64,
+    /// A new address its record gave while the tunnel had a session, held back
+    /// (`PeerSpec::advertised`): tried once the tunnel is stuck without one.
+    pub(super) held_endpoint: Option<SocketAddr>,
 }
 
 /// What may change about a peer without touching its tunnel; swapped whole.
@@ -130,6 +146,11 @@ impl Peer {
         (st.tunn.stats().0, st.endpoint)
     }
 
+    /// The relay its datagrams go through now (that member's endpoint), if any.
+    pub fn via(&self) -> Option<SocketAddr> {
+        self.lock().via
+    }
+
     /// Its subnets now: routed to it, and the only inner sources accepted from it.
     pub fn subnets(&self) -> Vec<IpNet> {
         self.info.load().subnets.clone()
@@ -171,6 +192,11 @@ pub struct PeerSpec {
     /// Persistent keepalive interval in seconds; a change takes effect at once, on the
     /// tunnel as it is.
     pub persistent_keepalive: Option<u16>,
+    /// Whether `endpoint` is what the peer's own record says (the control plane), not the
+    /// operator's config: then a new one does not move a tunnel that has a session (its
+    /// endpoint was proved by an authenticated packet, and a record's address may be one a
+    /// lying member made the peer publish); it is tried once the tunnel has no session.
+    pub advertised: bool,
 }
 
 /// What [`Router::upsert_peer`] did.
@@ -257,6 +283,11 @@ impl PeerTable {
 
     pub(super) fn by_key_bytes(&self, key: &[u8; 32]) -> Option<&Arc<Peer>> {
         self.by_key.get(key).and_then(|i| self.peers[*i].as_ref())
+    }
+
+    /// Whether the peer at `index` is present (not removed from this table).
+    pub(super) fn has_index(&self, index: usize) -> bool {
+        self.peers.get(index).is_some_and(Option::is_some)
     }
 
     /// The peer whose session has `receiver_index` (boringtun: peer index << 8 | n).
@@ -394,8 +425,14 @@ impl Router {
             next.rebuild_routes();
             self.table.store(Arc::new(next));
         }
+        // An endpoint given may have changed: the relay map follows.
+        self.relay_map_changed();
+        let retired = !removed.is_empty();
         for peer in removed {
             self.retire(&peer);
+        }
+        if retired {
+            self.refresh_relay_map(&self.table.load());
         }
         Ok(done)
     }
@@ -502,6 +539,13 @@ impl Router {
                 // As boringtun did: the first keepalive one interval after the tunnel is
                 // made (the handshake at start or on adding comes from `initiate`).
                 keepalive_sent_ms: Some(self.clock_ms.load(Ordering::Relaxed)),
+                via: None,
+                via_since_ms: 0,
+                stuck_since_ms: None,
+                probed_ms: 0,
+                heard_ms: 0,
+                sent_relayed_ms: 0,
+                held_endpoint: None,
             }),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
@@ -530,8 +574,12 @@ impl Router {
                 false
             } else {
                 st.configured_endpoint = spec.endpoint;
+                let proved = spec.advertised && st.endpoint.is_some() && relay::has_session(&st);
+                st.held_endpoint = spec
+                    .endpoint
+                    .filter(|ep| proved && st.endpoint != Some(*ep));
                 match spec.endpoint {
-                    Some(ep) if st.endpoint != Some(ep) => {
+                    Some(ep) if st.endpoint != Some(ep) && !proved => {
                         st.endpoint = Some(ep);
                         true
                     }
@@ -571,8 +619,11 @@ impl Router {
             return false;
         };
         next.rebuild_routes();
-        self.table.store(Arc::new(next));
+        let next = Arc::new(next);
+        self.table.store(next.clone());
         self.retire(&peer);
+        // Nothing more is relayed from or to it (a revocation takes effect here).
+        self.refresh_relay_map(&next);
         true
     }
 
@@ -583,6 +634,7 @@ impl Router {
             let mut st = peer.lock();
             st.removed = true;
             st.endpoint = None;
+            st.via = None;
             self.park_flows(peer, &mut st);
         }
         for (reason, n) in peer.drops.snapshot() {

@@ -352,6 +352,7 @@ mod tests {
                     subnets: vec![subnet.parse().unwrap()],
                     groups: vec![name(group)],
                     persistent_keepalive: None,
+                    advertised: false,
                 })
                 .unwrap();
         }
@@ -495,6 +496,7 @@ mod tests {
                 subnets: vec!["10.42.2.0/24".parse().unwrap()],
                 groups: vec![name("cache")],
                 persistent_keepalive: None,
+                advertised: false,
             })
             .unwrap();
         pair.a.tick(&mut vec![0u8; 2048], &mut |_, _| {});

@@ -84,6 +84,9 @@ pub struct LiveMember<'a> {
     pub number: u32,
     /// UDP port of its control plane.
     pub control_port: u16,
+    /// Whether it relays: named a relay (`Some(true)`), refuses to (`Some(false)`), or
+    /// relays when it has a public address (`None`).
+    pub relay: Option<bool>,
 }
 
 /// A member record that passed the rules, and what its certificate says.
@@ -473,6 +476,7 @@ impl Held {
             serial: self.certificate.serial,
             number: self.certificate.number,
             control_port: self.signed.record().control_port,
+            relay: self.signed.record().relay,
         }
     }
 }

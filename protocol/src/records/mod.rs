@@ -37,7 +37,7 @@
 //! A member body is signed by the member's key under [`MEMBER_RECORD_CONTEXT`], a
 //! revocation body by the CA's key under [`REVOCATION_CONTEXT`], so neither signature can
 //! pass for the other nor for a certificate's. The longest signed member record is
-//! [`MAX_SIGNED_MEMBER_LEN`] (1,116) bytes, below the ~1,150 a gossip datagram may carry.
+//! [`MAX_SIGNED_MEMBER_LEN`] (1,117) bytes, below the ~1,150 a gossip datagram may carry.
 
 mod directory;
 
@@ -68,9 +68,9 @@ const STATE_LEFT: u8 = 2;
 /// An IPv6 endpoint: family, address, port.
 const ENDPOINT_MAX_ENCODED_LEN: usize = 1 + 16 + 2;
 const MAX_MEMBER_BODY_LEN: usize =
-    1 + keys::MAX_SIGNED_LEN + 8 + 1 + 2 + 1 + MAX_ENDPOINTS * ENDPOINT_MAX_ENCODED_LEN;
+    1 + keys::MAX_SIGNED_LEN + 8 + 1 + 2 + 1 + MAX_ENDPOINTS * ENDPOINT_MAX_ENCODED_LEN + 1;
 /// The longest signed member record in bytes (every certificate limit reached, four IPv6
-/// endpoints): 1,116.
+/// endpoints, the relay byte): 1,117.
 pub const MAX_SIGNED_MEMBER_LEN: usize = 2 + MAX_MEMBER_BODY_LEN + SIGNATURE_LEN;
 // A gossip datagram carries at most ~1,150 bytes.
 const _: () = assert!(MAX_SIGNED_MEMBER_LEN <= 1150);
@@ -243,7 +243,17 @@ pub struct MemberRecord {
     /// Where its WireGuard tunnel is reached (at most [`MAX_ENDPOINTS`], no duplicates, no
     /// port 0); IPv6 flow labels and scope ids are not carried.
     pub endpoints: Vec<SocketAddr>,
+    /// Whether it relays for members that cannot reach each other: named a relay
+    /// (`Some(true)`), never (`Some(false)`), or when members see it at its own address
+    /// (`None`). Encoded as one byte after the endpoints, left out when `None`: a record
+    /// without it reads as before.
+    pub relay: Option<bool>,
 }
+
+/// The byte after the endpoints of a record whose member is named a relay.
+const RELAY_NAMED: u8 = 1;
+/// The byte after the endpoints of a record whose member never relays.
+const RELAY_NEVER: u8 = 2;
 
 impl MemberRecord {
     fn check(&self) -> Result<(), &'static str> {
@@ -277,6 +287,11 @@ impl MemberRecord {
         w.u16(self.control_port);
         w.count(self.endpoints.len());
         self.endpoints.iter().for_each(|e| w.socket(e));
+        match self.relay {
+            Some(true) => w.u8(RELAY_NAMED),
+            Some(false) => w.u8(RELAY_NEVER),
+            None => {}
+        }
         w.finish_plain()
     }
 
@@ -307,6 +322,15 @@ impl MemberRecord {
         let endpoints = (0..r.count(MAX_ENDPOINTS, "endpoint count")?)
             .map(|_| r.socket("endpoint"))
             .collect::<Result<_, _>>()?;
+        let relay = if r.is_empty() {
+            None
+        } else {
+            match r.u8("relay")? {
+                RELAY_NAMED => Some(true),
+                RELAY_NEVER => Some(false),
+                _ => return Err(RecordError::Malformed { part: "relay" }),
+            }
+        };
         r.finish()?;
         let record = MemberRecord {
             certificate,
@@ -314,6 +338,7 @@ impl MemberRecord {
             state,
             control_port,
             endpoints,
+            relay,
         };
         record
             .check()

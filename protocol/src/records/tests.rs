@@ -64,6 +64,7 @@ impl Host {
             state,
             control_port: 51821,
             endpoints: endpoints.iter().map(|e| addr(e)).collect(),
+            relay: None,
         }
     }
 
@@ -161,6 +162,7 @@ fn a_full_record_fits_a_gossip_datagram() {
         state: MemberState::Alive,
         control_port: u16::MAX,
         endpoints: endpoints.clone(),
+        relay: Some(true),
     };
     let len = record(&cert).sign(&key).unwrap().to_bytes().len();
     assert!(len <= 1150, "{len} bytes");
@@ -169,7 +171,7 @@ fn a_full_record_fits_a_gossip_datagram() {
     cert.subnets = (0..8).map(|i| net(&format!("fd00:42:{i}::/64"))).collect();
     let len = record(&cert).sign(&key).unwrap().to_bytes().len();
     assert_eq!(len, MAX_SIGNED_MEMBER_LEN);
-    assert_eq!(MAX_SIGNED_MEMBER_LEN, 1116);
+    assert_eq!(MAX_SIGNED_MEMBER_LEN, 1117);
 }
 
 #[test]
@@ -758,4 +760,28 @@ fn the_directory_holds_the_newest_signed_policy_and_persists_it() {
     let loaded: Directory = serde_json::from_str(&json).unwrap();
     assert_eq!(loaded, dir);
     assert_eq!(loaded.policy().unwrap().1.version(), 2);
+}
+
+#[test]
+fn the_relay_byte_is_left_out_when_unset_and_read_back_when_set() {
+    let ca = CaKey::generate();
+    let host = Host::new(&ca, "web-1", &["10.42.1.0/24"]);
+    let plain = host.record(1, MemberState::Alive, &["198.18.0.11:51820"]);
+    let bytes = plain.sign(&host.key).unwrap().to_bytes();
+    for relay in [Some(true), Some(false)] {
+        let record = MemberRecord {
+            relay,
+            ..plain.clone()
+        };
+        let signed = record.sign(&host.key).unwrap();
+        assert_eq!(signed.to_bytes().len(), bytes.len() + 1, "one byte more");
+        let back = SignedMemberRecord::from_bytes(&signed.to_bytes()).unwrap();
+        assert_eq!(back.record().relay, relay);
+    }
+    let back = SignedMemberRecord::from_bytes(&bytes).unwrap();
+    assert_eq!(
+        back.record().relay,
+        None,
+        "a record without the byte reads as before"
+    );
 }

@@ -145,6 +145,7 @@ impl Fixture {
             state,
             control_port: 51821,
             endpoints: vec!["198.18.0.12:51820".parse().unwrap()],
+            relay: None,
         }
         .sign(&host.control)
         .unwrap();

@@ -94,6 +94,27 @@ fn known_keys(dir: &Mutex<Directory>) -> HashMap<PublicKey, KnownKey> {
     known
 }
 
+/// The members this host may relay through, best first: those named relays, then those
+/// with a public address (their record lists only their own address: a member behind a
+/// NAT publishes the address the others see first, its own after), each group by name;
+/// never one that refuses (`relay = false`). The router tries them in this order.
+/// None when this host is one of them itself: every member reaches a public host (a
+/// member behind a NAT opens the path), and a relay that went through another for some
+/// peer could not forward for that peer.
+fn relays(dir: &Mutex<Directory>, own: &PublicKey) -> Vec<PublicKey> {
+    let dir = lock(dir);
+    let mut chosen: Vec<(bool, String, PublicKey)> = dir
+        .live_members()
+        .filter(|m| m.relay == Some(true) || (m.relay.is_none() && m.endpoints.len() == 1))
+        .map(|m| (m.relay != Some(true), m.name.to_string(), *m.wireguard_key))
+        .collect();
+    if chosen.iter().any(|(_, _, key)| key == own) {
+        return Vec::new();
+    }
+    chosen.sort();
+    chosen.into_iter().map(|(_, _, key)| key).collect()
+}
+
 /// What the core takes from `config`.
 fn settings(config: &crate::config::Config) -> Settings {
     let control = &config.control;
@@ -105,6 +126,7 @@ fn settings(config: &crate::config::Config) -> Settings {
         sync_interval: Duration::from_millis(control.sync_interval_ms),
         rejoin_interval: Duration::from_millis(control.rejoin_interval_ms),
         membership: control.membership(),
+        relay: control.relay,
     }
 }
 
@@ -476,6 +498,10 @@ impl Member {
                     self.ctx
                         .router
                         .set_known_keys(known_keys(&self.core.directory()));
+                    let own = self.ctx.router.own_key();
+                    self.ctx
+                        .router
+                        .set_relays(relays(&self.core.directory(), &own));
                 }
                 Action::SaveNetwork(net) => {
                     if let Err(e) = self.ctx.state.save_network(&net) {

@@ -207,6 +207,7 @@ mod tests {
             subnets: Vec::new(),
             endpoint: None,
             state,
+            nat: false,
         }
     }
 

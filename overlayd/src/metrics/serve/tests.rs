@@ -57,7 +57,9 @@ fn a_snapshot_reads_the_router_and_the_view() {
             subnets: Vec::new(),
             endpoint: None,
             state: MemberState::Suspect,
+            nat: false,
         }],
+        nat: false,
     };
     let a = sources(Arc::new(pair.a), view);
     a.traffic.gossip_sent.store(42, Ordering::Relaxed);

@@ -23,6 +23,7 @@ fn spec(key: &PrivateKey, name: &str, subnets: &[&str], endpoint: Option<&str>) 
         groups: Vec::new(),
         subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
         persistent_keepalive: None,
+        advertised: false,
     }
 }
 

@@ -298,6 +298,7 @@ mod tests {
                 state: MemberState::Alive,
                 control_port: 51821,
                 endpoints: vec!["198.18.0.11:51820".parse().unwrap()],
+                relay: None,
             }
             .sign(&control)
             .unwrap()

@@ -100,7 +100,12 @@ impl Core {
                 bundle: self.own_bundle(),
                 wait: false,
             });
-            if let Some(node) = self.node_of_addr(addr) {
+            // (By its certificate when it came from an address its record does not give:
+            // a member behind a NAT that picks a port per destination.)
+            if let Some(node) = self
+                .node_of_addr(addr)
+                .or_else(|| inbound.then_some(peer.serial as u32))
+            {
                 self.announce(node);
             }
             // The first member reached after a start: swap directories with it at once, so
@@ -251,6 +256,15 @@ impl Core {
                     .first()
                     .map(|e| SocketAddr::new(e.ip(), m.control_port))
             })
+    }
+
+    /// The newest connection whose peer proved the certificate of `node` (its serial).
+    pub(super) fn link_of_node(&self, node: u32) -> Option<LinkId> {
+        self.links
+            .iter()
+            .filter(|(_, l)| l.peer.serial as u32 == node)
+            .map(|(id, _)| *id)
+            .max()
     }
 
     pub(super) fn node_of_addr(&self, addr: SocketAddr) -> Option<u32> {

@@ -111,6 +111,8 @@ pub struct Settings {
     pub rejoin_interval: Duration,
     /// The SWIM timings.
     pub membership: membership::Config,
+    /// `[control] relay`, in this host's record.
+    pub relay: Option<bool>,
 }
 
 /// What a member starts from.
@@ -493,6 +495,7 @@ fn own_record(
         state,
         control_port: settings.control_port,
         endpoints: vec![SocketAddr::new(advertise, settings.listen_port)],
+        relay: settings.relay,
     }
     .sign(key)?)
 }

@@ -191,12 +191,19 @@ impl Core {
     /// Sends what foca queued and schedules its timers; acts on its notifications.
     pub(super) fn drain(&mut self, now: Now) {
         while let Some((dst, bytes)) = self.rt.to_send() {
-            match self.addr_of_node(dst.node) {
-                Some(addr) => match self.conns.get(&addr) {
-                    Some(&link) => self.queue(Action::Transmit { link, bytes }),
-                    None => self.connect(addr),
+            // Its record's address; or a connection it opened from another (behind a NAT
+            // that picks a port per destination, its record's address is the one another
+            // member saw, and only it can open a path to this host).
+            let addr = self.addr_of_node(dst.node);
+            match addr
+                .and_then(|a| self.conns.get(&a).copied())
+                .or_else(|| self.link_of_node(dst.node))
+            {
+                Some(link) => self.queue(Action::Transmit { link, bytes }),
+                None => match addr {
+                    Some(addr) => self.connect(addr),
+                    None => tracing::debug!(node = dst.node, "no address for a gossip target"),
                 },
-                None => tracing::debug!(node = dst.node, "no address for a gossip target"),
             }
         }
         while let Some((after, timer)) = self.rt.to_schedule() {

@@ -30,6 +30,7 @@ impl Core {
                 subnets: m.subnets.to_vec(),
                 groups: m.groups.to_vec(),
                 persistent_keepalive: None,
+                advertised: true,
             })
             .collect()
     }
@@ -66,6 +67,7 @@ impl Core {
                 subnets: m.subnets.to_vec(),
                 endpoint: m.endpoints.first().copied(),
                 state: view_state,
+                nat: m.endpoints.len() > 1,
             });
         }
         for r in dir.revocations() {
@@ -77,6 +79,7 @@ impl Core {
                     subnets: Vec::new(),
                     endpoint: None,
                     state: ViewState::Revoked,
+                    nat: false,
                 });
             }
         }
@@ -99,6 +102,7 @@ impl Core {
                 left: false,
             }),
             members,
+            nat: self.reflexive.is_some(),
         }
     }
 }

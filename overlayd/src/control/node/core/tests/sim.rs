@@ -171,6 +171,7 @@ pub(super) fn settings() -> Settings {
         sync_interval: Duration::from_millis(control.sync_interval_ms),
         rejoin_interval: Duration::from_millis(control.rejoin_interval_ms),
         membership: control.membership(),
+        relay: None,
     }
 }
 
@@ -638,6 +639,7 @@ impl Sim {
             state: MemberState::Alive,
             control_port: CONTROL_PORT,
             endpoints: vec![keys.addr],
+            relay: None,
         }
         .sign(&keys.control)
         .expect("a record")
