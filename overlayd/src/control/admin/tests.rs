@@ -651,6 +651,7 @@ fn a_reissue_keeps_the_member_and_is_refused_once_it_is_gone() {
         version: 2,
         state: RecordState::Left,
         control_port: 51821,
+        relay: None,
         endpoints: vec!["198.18.0.12:51820".parse().unwrap()],
     }
     .sign(&host.control)
