@@ -120,6 +120,7 @@ fn bundle(f: &Fixture) -> Bundle {
         members: vec![f.alive(0, 1).to_bytes(), f.alive(1, 3).to_bytes()],
         revocations: vec![f.revocation(&f.members[2]).to_bytes()],
         policy: None,
+        names: Vec::new(),
     }
 }
 

@@ -72,6 +72,16 @@ impl Config {
             d.dockerd_socket.display().to_string(),
             d.mtu
         );
+        let _ = writeln!(
+            out,
+            "\n[dns]\nenabled = {}\naddress = \"{}\"\nmax_names = {}",
+            self.dns.enabled,
+            self.dns
+                .address
+                .map_or("(last but one of the network's range)".to_owned(), |a| a
+                    .to_string()),
+            self.dns.max_names
+        );
         if let Some(m) = &self.metrics {
             let _ = writeln!(out, "\n[metrics]\nlisten = \"{}\"", m.listen);
             if m.allow_all_interfaces {

@@ -314,6 +314,21 @@ pub struct View {
     pub membership: Option<Membership>,
     /// The other members.
     pub members: Vec<MemberView>,
+    /// The container names served: this host's and those of the members routed.
+    pub names: Vec<NameView>,
+}
+
+/// A container name the DNS server answers (`control::node::core`'s `names`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameView {
+    /// The member that published it.
+    pub owner: String,
+    /// Whether that is this host.
+    pub local: bool,
+    /// When its set was accepted here (unix seconds).
+    pub since_unix: u64,
+    /// The name, its aliases, address, Docker network and range.
+    pub entry: protocol::records::names::NameEntry,
 }
 
 impl View {

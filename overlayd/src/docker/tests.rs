@@ -38,6 +38,7 @@ fn member_view(subnet: &str) -> Arc<Mutex<View>> {
             left: false,
         }),
         members: Vec::new(),
+        names: Vec::new(),
     };
     Arc::new(Mutex::new(view))
 }

@@ -345,6 +345,7 @@ pub async fn push(
             members,
             revocations: Vec::new(),
             policy: None,
+            names: Vec::new(),
         }))
         .await;
     link.close().await;

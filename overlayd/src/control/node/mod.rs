@@ -101,6 +101,7 @@ fn settings(config: &crate::config::Config) -> Settings {
         sync_interval: Duration::from_millis(control.sync_interval_ms),
         rejoin_interval: Duration::from_millis(control.rejoin_interval_ms),
         membership: control.membership(),
+        max_names: config.dns.max_names,
     }
 }
 

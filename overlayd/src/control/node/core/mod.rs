@@ -44,6 +44,7 @@ mod discovery;
 mod gossip;
 mod limits;
 mod links;
+mod names;
 mod policy;
 mod requests;
 mod swim;
@@ -62,6 +63,7 @@ use bytes::Bytes;
 use foca::{AccumulatingRuntime, Foca, PostcardCodec};
 use keys::{CaKey, NodeCertificate, PrivateKey, SigningKey};
 use protocol::membership::{self, NodeId};
+use protocol::records::names::NameTable;
 use protocol::records::{Directory, MemberRecord, MemberState, RecordError, SignedMemberRecord};
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
@@ -109,6 +111,8 @@ pub struct Settings {
     pub rejoin_interval: Duration,
     /// The SWIM timings.
     pub membership: membership::Config,
+    /// The most container names one member may publish (`[dns] max_names`).
+    pub max_names: usize,
 }
 
 /// What a member starts from.
@@ -239,6 +243,10 @@ pub struct Core {
     seen: HashMap<u32, SocketAddr>,
     /// The address this host publishes as seen by the others, when not its own.
     reflexive: Option<SocketAddr>,
+    /// Every member's container names, this host's included (`names`).
+    names: NameTable,
+    /// The version of this host's last name set.
+    names_version: u64,
     dirty: bool,
     actions: VecDeque<Action>,
 }
@@ -310,6 +318,8 @@ impl Core {
             caught_up: false,
             seen: HashMap::new(),
             reflexive: None,
+            names: NameTable::default(),
+            names_version: 0,
             dirty: false,
             actions: VecDeque::new(),
         };
@@ -393,6 +403,9 @@ impl Core {
         // A revocation may have come in: its member's connections go at once.
         self.close_lapsed(now);
         self.hand_policy();
+        if self.names.retain_live(&self.dir()) {
+            tracing::debug!("dropped the names of members gone");
+        }
         let peers = self.peers();
         self.queue(Action::Peers(peers));
         let dir = self.dir().clone();
@@ -442,6 +455,7 @@ impl Core {
             members: vec![own],
             revocations: Vec::new(),
             policy: None,
+            names: self.own_names(),
         }
     }
 }

@@ -40,6 +40,7 @@ impl Core {
 
     /// What the API shows now.
     pub fn view(&self) -> View {
+        let names = self.names_view(&self.peers());
         let dir = self.dir();
         let foca_states: HashMap<u32, foca::State> = self
             .foca
@@ -85,6 +86,7 @@ impl Core {
             }
         }
         View {
+            names,
             membership: Some(protocol::api::Membership {
                 network: self.net.network.to_string(),
                 cidr: self.net.cidr,

@@ -406,6 +406,7 @@ fn a_member_that_missed_gossip_catches_up_by_full_sync() {
         members: vec![outsider.to_bytes()],
         revocations: Vec::new(),
         policy: None,
+        names: Vec::new(),
     });
     let answer = sim.hosts[0]
         .core()

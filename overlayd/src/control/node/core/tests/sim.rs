@@ -163,6 +163,7 @@ pub(super) fn settings() -> Settings {
         sync_interval: Duration::from_millis(control.sync_interval_ms),
         rejoin_interval: Duration::from_millis(control.rejoin_interval_ms),
         membership: control.membership(),
+        max_names: protocol::records::names::DEFAULT_MAX_NAMES,
     }
 }
 
