@@ -72,6 +72,8 @@ pub struct Ctx {
     pub endpoint: std::sync::OnceLock<quinn::Endpoint>,
     /// Bytes the control plane moved, for the metrics; shared with the connection tasks.
     pub traffic: Arc<Traffic>,
+    /// This host's container names, as the Docker plugin last learnt them.
+    pub local_names: tokio::sync::watch::Receiver<crate::docker::names::LocalNames>,
 }
 
 /// Where the control plane's QUIC runs.

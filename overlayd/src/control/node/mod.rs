@@ -136,6 +136,8 @@ pub struct Member {
     saver: saver::Saver,
     /// What becomes a security event.
     watch: watch::Watch,
+    /// This host's container names from the Docker plugin.
+    names: tokio::sync::watch::Receiver<crate::docker::names::LocalNames>,
 }
 
 impl Drop for Member {
@@ -230,7 +232,9 @@ impl Member {
         ));
         let saver = saver::Saver::start(ctx.state.clone());
         let watch = watch::Watch::new(ctx.router.events.clone());
+        let names = ctx.local_names.clone();
         let mut member = Member {
+            names,
             ctx,
             view,
             core,
@@ -250,6 +254,11 @@ impl Member {
         // before the routes to the members, which prefer it as source.
         let subnets = member.core.certificate().subnets.clone();
         member.ctx.apply_address(&subnets).await;
+        // This host's names as the plugin knows them now (it may have learnt them first).
+        let names = member.names.borrow_and_update().as_ref().clone();
+        if !names.is_empty() {
+            member.core.set_names(names, now);
+        }
         // Routes from the directory, the view, and a connection to every known member.
         member.execute().await;
         let (net, me) = (member.core.network(), member.core.certificate());
@@ -281,6 +290,10 @@ impl Member {
                     }
                 }
                 Some(ev) = self.events_rx.recv() => self.event(ev),
+                Ok(()) = self.names.changed() => {
+                    let names = self.names.borrow_and_update().as_ref().clone();
+                    self.core.set_names(names, now());
+                }
                 gossip = self.datagrams_rx.recv() => {
                     self.core.handle_datagram(gossip.link, &gossip.bytes, now());
                 }
