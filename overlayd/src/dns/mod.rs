@@ -109,62 +109,85 @@ pub async fn run(
 pub async fn serve(udp: UdpSocket, tcp: TcpListener, view: Arc<Mutex<View>>, resolv_conf: PathBuf) {
     let udp = Arc::new(udp);
     let limit = Arc::new(Semaphore::new(IN_FLIGHT));
-    let resolv_conf = Arc::new(Forwarder {
+    let forwarder = Arc::new(Forwarder {
         resolv_conf,
         skip: udp.local_addr().map(|a| vec![a.ip()]).unwrap_or_default(),
     });
-    let tcp_task = {
-        let (view, limit, resolv_conf) = (view.clone(), limit.clone(), resolv_conf.clone());
-        async move {
-            loop {
-                let Ok((stream, client)) = tcp.accept().await else {
-                    continue;
-                };
+    tokio::join!(
+        tcp_loop(tcp, view.clone(), limit.clone(), forwarder.clone()),
+        udp_loop(udp, view, limit, forwarder)
+    );
+}
+
+async fn tcp_loop(
+    tcp: TcpListener,
+    view: Arc<Mutex<View>>,
+    limit: Arc<Semaphore>,
+    forwarder: Arc<Forwarder>,
+) {
+    loop {
+        let (stream, client) = match tcp.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS: cannot accept a TCP connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (view, forwarder) = (view.clone(), forwarder.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_tcp(stream, client.ip(), &view, &forwarder).await;
+        });
+    }
+}
+
+async fn udp_loop(
+    udp: Arc<UdpSocket>,
+    view: Arc<Mutex<View>>,
+    limit: Arc<Semaphore>,
+    forwarder: Arc<Forwarder>,
+) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (len, client) = match udp.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS: cannot receive");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let question = buf[..len].to_vec();
+        match respond(&view, &question, client.ip()) {
+            Reply::Drop => {}
+            Reply::Answer(bytes) => {
+                let _ = udp.send_to(&bytes, client).await;
+            }
+            Reply::Forward(query) => {
+                // Beyond the questions in flight, a forward is dropped: the asker retries.
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
                     continue;
                 };
-                let (view, resolv_conf) = (view.clone(), resolv_conf.clone());
+                let (udp, forwarder) = (udp.clone(), forwarder.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    serve_tcp(stream, client.ip(), &view, &resolv_conf).await;
+                    let bytes = forward(&query, &question, &forwarder).await;
+                    let _ = udp.send_to(&bytes, client).await;
                 });
             }
         }
-    };
-    let udp_task = async {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((len, client)) = udp.recv_from(&mut buf).await else {
-                continue;
-            };
-            let question = buf[..len].to_vec();
-            match respond(&view, &question, client.ip()) {
-                Reply::Drop => {}
-                Reply::Answer(bytes) => {
-                    let _ = udp.send_to(&bytes, client).await;
-                }
-                Reply::Forward(query) => {
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        continue;
-                    };
-                    let (udp, resolv_conf) = (udp.clone(), resolv_conf.clone());
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        let bytes = forward(&query, &question, &resolv_conf).await;
-                        let _ = udp.send_to(&bytes, client).await;
-                    });
-                }
-            }
-        }
-    };
-    tokio::join!(tcp_task, udp_task);
+    }
 }
 
 async fn serve_tcp(
     mut stream: tokio::net::TcpStream,
     client: IpAddr,
     view: &Mutex<View>,
-    resolv_conf: &Forwarder,
+    forwarder: &Forwarder,
 ) {
     loop {
         let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else {
@@ -180,7 +203,7 @@ async fn serve_tcp(
         let bytes = match respond(view, &question, client) {
             Reply::Drop => return,
             Reply::Answer(bytes) => bytes,
-            Reply::Forward(query) => forward(&query, &question, resolv_conf).await,
+            Reply::Forward(query) => forward(&query, &question, forwarder).await,
         };
         let Ok(len) = u16::try_from(bytes.len()) else {
             return;

@@ -255,7 +255,7 @@ impl Member {
         let subnets = member.core.certificate().subnets.clone();
         member.ctx.apply_address(&subnets).await;
         // This host's names as the plugin knows them now (it may have learnt them first).
-        let names = member.names.borrow_and_update().as_ref().clone();
+        let names = Vec::clone(&member.names.borrow_and_update());
         if !names.is_empty() {
             member.core.set_names(names, now);
         }
@@ -291,7 +291,7 @@ impl Member {
                 }
                 Some(ev) = self.events_rx.recv() => self.event(ev),
                 Ok(()) = self.names.changed() => {
-                    let names = self.names.borrow_and_update().as_ref().clone();
+                    let names = Vec::clone(&self.names.borrow_and_update());
                     self.core.set_names(names, now());
                 }
                 gossip = self.datagrams_rx.recv() => {

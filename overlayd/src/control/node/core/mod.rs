@@ -403,7 +403,8 @@ impl Core {
         // A revocation may have come in: its member's connections go at once.
         self.close_lapsed(now);
         self.hand_policy();
-        if self.names.retain_live(&self.dir()) {
+        let dir = self.dir.clone();
+        if self.names.retain_live(&lock(&dir)) {
             tracing::debug!("dropped the names of members gone");
         }
         let peers = self.peers();

@@ -47,8 +47,9 @@ impl Core {
         };
         match set.sign(&self.control_key) {
             Ok(signed) => {
-                let dir = self.dir().clone();
-                match self.names.apply(&dir, &signed, cap, now.unix) {
+                let dir = self.dir.clone();
+                let applied = self.names.apply(&super::lock(&dir), &signed, cap, now.unix);
+                match applied {
                     Ok(_) => {
                         self.push_connected(
                             Bundle {
@@ -73,7 +74,8 @@ impl Core {
         if names.is_empty() {
             return;
         }
-        let dir = self.dir().clone();
+        let dir = self.dir.clone();
+        let dir = super::lock(&dir);
         for bytes in names {
             match self
                 .names
