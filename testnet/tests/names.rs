@@ -20,6 +20,8 @@
 //! across a tunnel.
 
 mod common;
+#[path = "common/hostile.rs"]
+mod hostile;
 
 use std::net::IpAddr;
 use std::process::{Command, Output, Stdio};
@@ -27,8 +29,11 @@ use std::time::{Duration, Instant};
 
 use common::docker::*;
 use common::root;
+use hostile::{Credentials, member_config, push_bundle, run_in_netns};
+use overlayd::control::msg::{Bundle, Response};
 use protocol::api::MemberState;
-use testnet::Testnet;
+use protocol::records::names::{NameEntry, NameSet};
+use testnet::{CONTROL_PORT, Testnet};
 
 /// Within how long a name must show up, or go, on the other host.
 const WITHIN: Duration = Duration::from_secs(5);
@@ -92,6 +97,49 @@ fn start(run: &Run, i: usize, net: &str, name: &str, extra: &[&str]) {
     run.ok(i, &args);
 }
 
+/// The names `overlayctl names --json` shows on host `i`.
+fn names_on(run: &Run, i: usize) -> Vec<protocol::api::NameInfo> {
+    let shown = run.net.overlayctl_ok(i, &["names", "--json"]).expect("names");
+    serde_json::from_slice(&shown.stdout).expect("names JSON")
+}
+
+/// Pushes name set `set`, signed with `key`, to host `to` from host `from`'s namespace
+/// over a member connection made with `who`'s stolen credentials.
+fn push_names(run: &Run, who: &Credentials, from: usize, to: usize, set: &NameSet) {
+    let signed = set.sign(&who.control_key).expect("sign").to_bytes();
+    let config = member_config(&who.identity());
+    let target = std::net::SocketAddr::new(
+        run.net.addr(&format!("h{to}")).expect("host addr"),
+        CONTROL_PORT,
+    );
+    let bundle = Bundle {
+        names: vec![signed],
+        ..Bundle::default()
+    };
+    let answer = run_in_netns(&run.net.host_ns(from), move || {
+        push_bundle(config, target, bundle)
+    });
+    assert!(
+        matches!(answer, Ok(Response::Ack | Response::Seen(_))),
+        "h{to} did not take the push: {answer:?}"
+    );
+}
+
+/// Polls host `i`'s log until it has a line with every one of `needles`.
+fn logged(run: &Run, i: usize, needles: &[&str]) -> bool {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let log = std::fs::read_to_string(run.net.log_path(i)).unwrap_or_default();
+        if log.lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn compose(run: &Run, i: usize, file: &str, args: &[&str]) -> Output {
     Command::new(COMPOSE)
         .args(["-f", file, "-p", "app"])
@@ -140,9 +188,7 @@ fn container_names_resolve_across_hosts() {
         g.as_ref() == Ok(&vec!["10.42.1.1".parse().unwrap()])
     });
     assert!(h1.is_ok(), "{h1:?}");
-    let shown = run.net.overlayctl_ok(2, &["names", "--json"]).expect("names");
-    let names: Vec<protocol::api::NameInfo> =
-        serde_json::from_slice(&shown.stdout).expect("names JSON");
+    let names = names_on(&run, 2);
     let entry = names.iter().find(|n| n.name == "web").expect("web listed");
     assert_eq!((entry.owner.as_str(), entry.local), ("h1", false));
     assert_eq!(entry.address, web);
@@ -237,6 +283,69 @@ fn container_names_resolve_across_hosts() {
     } else {
         panic!("{COMPOSE} is missing: run scripts/setup (it installs docker-compose)");
     }
+
+    // ---- attacks with stolen member credentials: a name set in another member's name
+    // (not signed by it), and 5,000 names from one member (its own key); both refused,
+    // the names served before stay
+    let h1_creds = Credentials::read(&run.net.state_dir(1)).expect("h1's credentials");
+    let h2_creds = Credentials::read(&run.net.state_dir(2)).expect("h2's credentials");
+    let version = hostile::now_unix() << 20;
+    let forged = NameSet {
+        network: h1_creds.network.network.clone(),
+        member: h1_creds.certificate.node.clone(),
+        serial: h1_creds.certificate.serial,
+        version,
+        entries: vec![NameEntry {
+            name: "forged".into(),
+            aliases: vec!["api".into()],
+            address: "10.42.1.66".parse().unwrap(),
+            network: "ovl".into(),
+            range: "10.42.0.0/16".parse().unwrap(),
+        }],
+    };
+    // h2 (a member, with its own key) speaks for h1, to h1.
+    push_names(&run, &h2_creds, 2, 1, &forged);
+    assert!(
+        logged(&run, 1, &["refused a name set", "forged"]),
+        "h1 logged no refusal of the forged set"
+    );
+    for i in 1..=2 {
+        let names = names_on(&run, i);
+        assert!(
+            !names.iter().any(|n| n.name == "forged"),
+            "h{i} took the forged name: {names:?}"
+        );
+    }
+    let many = NameSet {
+        network: h1_creds.network.network.clone(),
+        member: h1_creds.certificate.node.clone(),
+        serial: h1_creds.certificate.serial,
+        version: version + 1,
+        entries: (0..5000)
+            .map(|k| NameEntry {
+                name: format!("flood{k}"),
+                aliases: Vec::new(),
+                address: "10.42.1.77".parse().unwrap(),
+                network: "ovl".into(),
+                range: "10.42.0.0/16".parse().unwrap(),
+            })
+            .collect(),
+    };
+    push_names(&run, &h1_creds, 1, 2, &many);
+    assert!(
+        logged(&run, 2, &["refused a name set", "5000 names, above the cap of 4096"]),
+        "h2 logged no refusal of the 5,000 names"
+    );
+    let names = names_on(&run, 2);
+    assert!(!names.iter().any(|n| n.name.starts_with("flood")), "capped names served");
+    for (name, owner) in [("api1", "h1"), ("api2", "h2"), ("client", "h2")] {
+        assert!(
+            names.iter().any(|n| n.name == name && n.owner == owner),
+            "h2 lost {name} of {owner}: {names:?}"
+        );
+    }
+    until(&run, 2, "client", &api, |g| g.as_ref() == Ok(&vec![api2, api1]))
+        .unwrap_or_else(|e| panic!("after the attacks: {e}"));
 
     // ---- h1 killed: its names go from h2 once h2 declares it down
     start(&run, 1, "ovl", "only1", &[]);

@@ -352,6 +352,19 @@ pub async fn push(
     answer
 }
 
+/// Pushes `bundle` to `to` over a member connection made with `config`; the daemon's
+/// answer.
+pub async fn push_bundle(
+    config: quinn::ClientConfig,
+    to: SocketAddr,
+    bundle: Bundle,
+) -> Result<Response> {
+    let link = Link::open(config, to).await?;
+    let answer = link.ask(&Request::Push(bundle)).await;
+    link.close().await;
+    answer
+}
+
 /// A SWIM datagram from `src` to `dst` in foca's encoding (postcard header, message
 /// `Broadcast`, then each item as `length u16 | bytes`) carrying `items` as piggy-backed
 /// records, as the daemon gossips them.
