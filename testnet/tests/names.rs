@@ -56,7 +56,11 @@ fn lookup(run: &Run, i: usize, c: &str, name: &str) -> Result<Vec<IpAddr>, Strin
         .filter(|l| l.starts_with("Address"))
         .filter_map(|l| l.split_whitespace().last()?.parse().ok())
         .collect();
-    if found.is_empty() { Err(text) } else { Ok(found) }
+    if found.is_empty() {
+        Err(text)
+    } else {
+        Ok(found)
+    }
 }
 
 /// Polls [`lookup`] until `want` holds of its answer or [`WITHIN`] passes; the time taken.
@@ -99,7 +103,10 @@ fn start(run: &Run, i: usize, net: &str, name: &str, extra: &[&str]) {
 
 /// The names `overlayctl names --json` shows on host `i`.
 fn names_on(run: &Run, i: usize) -> Vec<protocol::api::NameInfo> {
-    let shown = run.net.overlayctl_ok(i, &["names", "--json"]).expect("names");
+    let shown = run
+        .net
+        .overlayctl_ok(i, &["names", "--json"])
+        .expect("names");
     serde_json::from_slice(&shown.stdout).expect("names JSON")
 }
 
@@ -206,20 +213,21 @@ fn container_names_resolve_across_hosts() {
     start(&run, 2, "ovl", "api2", &["--network-alias", "api"]);
     let (api1, api2) = (ip(&run, 1, "api1"), ip(&run, 2, "api2"));
     let api = format!("api.{NETWORK}");
-    until(&run, 1, "api1", &api, |g| g.as_ref() == Ok(&vec![api1, api2]))
-        .unwrap_or_else(|e| panic!("h1 sees its own first: {e}"));
-    until(&run, 2, "client", &api, |g| g.as_ref() == Ok(&vec![api2, api1]))
-        .unwrap_or_else(|e| panic!("h2 sees its own first: {e}"));
+    until(&run, 1, "api1", &api, |g| {
+        g.as_ref() == Ok(&vec![api1, api2])
+    })
+    .unwrap_or_else(|e| panic!("h1 sees its own first: {e}"));
+    until(&run, 2, "client", &api, |g| {
+        g.as_ref() == Ok(&vec![api2, api1])
+    })
+    .unwrap_or_else(|e| panic!("h2 sees its own first: {e}"));
     // Docker's caveat: a bare name its own host has is answered by dockerd alone.
     let bare = lookup(&run, 1, "api1", "api").expect("api on h1");
     assert_eq!(bare.first(), Some(&api1), "{bare:?}");
 
     // ---- segmentation: a container on network b sees b's names only
     for i in 1..=2 {
-        run.ok(
-            i,
-            &[&CREATE[..7], &[EXTRA_RANGE, "b"]].concat(),
-        );
+        run.ok(i, &[&CREATE[..7], &[EXTRA_RANGE, "b"]].concat());
     }
     start(&run, 1, "b", "bweb", &[]);
     start(&run, 2, "b", "bcli", &[]);
@@ -232,7 +240,10 @@ fn container_names_resolve_across_hosts() {
     }
     for name in ["bweb", "bweb.testnet"] {
         let got = lookup(&run, 2, "client", name);
-        assert!(nxdomain(&got), "client (network ovl) resolved {name}: {got:?}");
+        assert!(
+            nxdomain(&got),
+            "client (network ovl) resolved {name}: {got:?}"
+        );
     }
 
     // ---- Docker Compose: one file, one service on each host, reached by service name
@@ -333,25 +344,36 @@ fn container_names_resolve_across_hosts() {
     };
     push_names(&run, &h1_creds, 1, 2, &many);
     assert!(
-        logged(&run, 2, &["refused a name set", "5000 names, above the cap of 4096"]),
+        logged(
+            &run,
+            2,
+            &["refused a name set", "5000 names, above the cap of 4096"]
+        ),
         "h2 logged no refusal of the 5,000 names"
     );
     let names = names_on(&run, 2);
-    assert!(!names.iter().any(|n| n.name.starts_with("flood")), "capped names served");
+    assert!(
+        !names.iter().any(|n| n.name.starts_with("flood")),
+        "capped names served"
+    );
     for (name, owner) in [("api1", "h1"), ("api2", "h2"), ("client", "h2")] {
         assert!(
             names.iter().any(|n| n.name == name && n.owner == owner),
             "h2 lost {name} of {owner}: {names:?}"
         );
     }
-    until(&run, 2, "client", &api, |g| g.as_ref() == Ok(&vec![api2, api1]))
-        .unwrap_or_else(|e| panic!("after the attacks: {e}"));
+    until(&run, 2, "client", &api, |g| {
+        g.as_ref() == Ok(&vec![api2, api1])
+    })
+    .unwrap_or_else(|e| panic!("after the attacks: {e}"));
 
     // ---- h1 killed: its names go from h2 once h2 declares it down
     start(&run, 1, "ovl", "only1", &[]);
     let only1 = ip(&run, 1, "only1");
-    until(&run, 2, "client", "only1", |g| g.as_ref() == Ok(&vec![only1]))
-        .unwrap_or_else(|e| panic!("{e}"));
+    until(&run, 2, "client", "only1", |g| {
+        g.as_ref() == Ok(&vec![only1])
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     run.net.kill_daemon(1).expect("kill -9 h1's overlayd");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

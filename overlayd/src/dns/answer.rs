@@ -146,7 +146,14 @@ mod tests {
     use super::*;
     use crate::control::{MemberView, NameView};
 
-    fn name(owner: &str, local: bool, name: &str, aliases: &[&str], ip: &str, range: &str) -> NameView {
+    fn name(
+        owner: &str,
+        local: bool,
+        name: &str,
+        aliases: &[&str],
+        ip: &str,
+        range: &str,
+    ) -> NameView {
         NameView {
             owner: owner.into(),
             local,

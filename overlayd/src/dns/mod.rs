@@ -241,10 +241,9 @@ fn respond(view: &Mutex<View>, question: &[u8], client: IpAddr) -> Reply {
     match answer::answer(&view, &query, client) {
         None => Reply::Forward(query),
         Some(response) => {
-            let limit = query
-                .edns
-                .as_ref()
-                .map_or(UDP_PLAIN_LEN, |e| usize::from(e.max_payload()).max(UDP_PLAIN_LEN));
+            let limit = query.edns.as_ref().map_or(UDP_PLAIN_LEN, |e| {
+                usize::from(e.max_payload()).max(UDP_PLAIN_LEN)
+            });
             match response.to_vec() {
                 Ok(bytes) if bytes.len() <= limit => Reply::Answer(bytes),
                 Ok(_) => response
@@ -293,7 +292,11 @@ async fn forward(query: &Message, question: &[u8], to: &Forwarder) -> Vec<u8> {
             return bytes;
         }
     }
-    let mut failed = Message::error_msg(query.metadata.id, query.metadata.op_code, ResponseCode::ServFail);
+    let mut failed = Message::error_msg(
+        query.metadata.id,
+        query.metadata.op_code,
+        ResponseCode::ServFail,
+    );
     failed.metadata.recursion_desired = query.metadata.recursion_desired;
     failed.metadata.recursion_available = true;
     if let Some(q) = query.queries.first() {

@@ -45,7 +45,10 @@ fn view() -> Arc<Mutex<View>> {
 
 fn question(name: &str) -> Vec<u8> {
     let mut m = Message::query();
-    m.add_query(Query::query(DnsName::from_ascii(name).unwrap(), RecordType::A));
+    m.add_query(Query::query(
+        DnsName::from_ascii(name).unwrap(),
+        RecordType::A,
+    ));
     m.to_vec().unwrap()
 }
 
@@ -117,9 +120,15 @@ async fn answers_over_udp_and_tcp_and_forwards_the_rest() {
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut buf = vec![0u8; 4096];
     for (name, want) in [
-        ("web.", (ResponseCode::NoError, vec!["127.0.0.9".to_owned()])),
+        (
+            "web.",
+            (ResponseCode::NoError, vec!["127.0.0.9".to_owned()]),
+        ),
         ("gone.", (ResponseCode::NXDomain, vec![])),
-        ("example.org.", (ResponseCode::NoError, vec!["192.0.2.1".to_owned()])),
+        (
+            "example.org.",
+            (ResponseCode::NoError, vec!["192.0.2.1".to_owned()]),
+        ),
     ] {
         client.send_to(&question(name), udp_at).await.unwrap();
         let len = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))

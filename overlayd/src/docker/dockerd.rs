@@ -53,7 +53,10 @@ pub struct Member {
 
 /// A network's name on this host and its local containers, or `None` when dockerd does
 /// not know it.
-pub async fn members(api: &Path, network_id: &str) -> Result<Option<(String, Vec<Member>)>, AskError> {
+pub async fn members(
+    api: &Path,
+    network_id: &str,
+) -> Result<Option<(String, Vec<Member>)>, AskError> {
     let path = format!("/networks/{network_id}");
     let Some(body) = ask(api, &path).await? else {
         return Ok(None);
@@ -255,7 +258,11 @@ mod tests {
         let newer = br#"{"NetworkSettings":{"Networks":{"ovl":{"Aliases":null,"DNSNames":["web","c0ffee"]}}}}"#;
         assert_eq!(parse_aliases(newer, "ovl").unwrap(), vec!["web", "c0ffee"]);
         assert!(parse_aliases(body, "gone").unwrap().is_empty());
-        assert!(parse_aliases(br#"{"NetworkSettings":null}"#, "ovl").unwrap().is_empty());
+        assert!(
+            parse_aliases(br#"{"NetworkSettings":null}"#, "ovl")
+                .unwrap()
+                .is_empty()
+        );
         assert!(parse_aliases(b"[]", "ovl").is_err());
     }
 

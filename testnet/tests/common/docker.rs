@@ -390,8 +390,11 @@ pub fn up_with(root: &str, prefix: Option<String>, dockerd_args: &[&str]) -> Run
         let ns = run.net.host_ns(i);
         super::ip(&["-n", &ns, "link", "del", "br0"]);
         let t = Instant::now();
-        run.dockerds
-            .push(Dockerd::start(&ns, &root.join(format!("h{i}")), dockerd_args));
+        run.dockerds.push(Dockerd::start(
+            &ns,
+            &root.join(format!("h{i}")),
+            dockerd_args,
+        ));
         eprintln!("h{i}: dockerd up in {:?}", t.elapsed());
         assert!(
             socket_of(i).exists(),
@@ -427,4 +430,3 @@ pub fn up_with(root: &str, prefix: Option<String>, dockerd_args: &[&str]) -> Run
     }
     run
 }
-

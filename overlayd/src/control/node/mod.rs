@@ -254,11 +254,10 @@ impl Member {
         // before the routes to the members, which prefer it as source.
         let subnets = member.core.certificate().subnets.clone();
         member.ctx.apply_address(&subnets).await;
-        // This host's names as the plugin knows them now (it may have learnt them first).
+        // This host's names as the plugin knows them now, published even when there are
+        // none: the others may hold a set from before a restart whose containers are gone.
         let names = Vec::clone(&member.names.borrow_and_update());
-        if !names.is_empty() {
-            member.core.set_names(names, now);
-        }
+        member.core.set_names(names, now);
         // Routes from the directory, the view, and a connection to every known member.
         member.execute().await;
         let (net, me) = (member.core.network(), member.core.certificate());
