@@ -148,7 +148,7 @@ impl Dockerd {
 }
 
 impl Drop for Dockerd {
-    pub fn drop(&mut self) {
+    fn drop(&mut self) {
         if self.child.is_some() {
             // Containers first: their endpoints are the plugin's to remove.
             let ids = docker_raw(&self.socket(), &["ps", "-aq"]);
@@ -184,7 +184,7 @@ pub struct Run {
 }
 
 impl Drop for Run {
-    pub fn drop(&mut self) {
+    fn drop(&mut self) {
         self.dockerds.clear();
         if let Some(ns) = self.outsider.take() {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
