@@ -74,14 +74,17 @@ impl Config {
         );
         let _ = writeln!(
             out,
-            "\n[dns]\nenabled = {}\naddress = \"{}\"\nmax_names = {}",
-            self.dns.enabled,
-            self.dns
-                .address
-                .map_or("(last but one of the network's range)".to_owned(), |a| a
-                    .to_string()),
-            self.dns.max_names
+            "\n[dns]\nenabled = {}\nmax_names = {}",
+            self.dns.enabled, self.dns.max_names
         );
+        match self.dns.address {
+            Some(a) => {
+                let _ = writeln!(out, "address = \"{a}\"");
+            }
+            None => {
+                let _ = writeln!(out, "# address: the network's main range's last but one");
+            }
+        }
         if let Some(m) = &self.metrics {
             let _ = writeln!(out, "\n[metrics]\nlisten = \"{}\"", m.listen);
             if m.allow_all_interfaces {

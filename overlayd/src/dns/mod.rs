@@ -162,7 +162,7 @@ async fn udp_loop(
             }
         };
         let question = buf[..len].to_vec();
-        match respond(&view, &question, client.ip()) {
+        match respond(&view, &question, client.ip(), true) {
             Reply::Drop => {}
             Reply::Answer(bytes) => {
                 let _ = udp.send_to(&bytes, client).await;
@@ -200,7 +200,7 @@ async fn serve_tcp(
         ) {
             return;
         }
-        let bytes = match respond(view, &question, client) {
+        let bytes = match respond(view, &question, client, false) {
             Reply::Drop => return,
             Reply::Answer(bytes) => bytes,
             Reply::Forward(query) => forward(&query, &question, forwarder).await,
@@ -224,7 +224,9 @@ enum Reply {
     Forward(Message),
 }
 
-fn respond(view: &Mutex<View>, question: &[u8], client: IpAddr) -> Reply {
+/// The reply to `question` from `client`; over UDP (`udp`) an answer longer than the asker
+/// takes is truncated (it asks again over TCP).
+fn respond(view: &Mutex<View>, question: &[u8], client: IpAddr, udp: bool) -> Reply {
     let Ok(query) = Message::from_vec(question) else {
         return Reply::Drop;
     };
@@ -245,7 +247,7 @@ fn respond(view: &Mutex<View>, question: &[u8], client: IpAddr) -> Reply {
                 usize::from(e.max_payload()).max(UDP_PLAIN_LEN)
             });
             match response.to_vec() {
-                Ok(bytes) if bytes.len() <= limit => Reply::Answer(bytes),
+                Ok(bytes) if !udp || bytes.len() <= limit => Reply::Answer(bytes),
                 Ok(_) => response
                     .truncate()
                     .to_vec()
