@@ -316,8 +316,11 @@ pub struct View {
     pub membership: Option<Membership>,
     /// The other members.
     pub members: Vec<MemberView>,
-    /// The container names served: this host's and those of the members routed.
+    /// The container names served: this host's and those of the members routed (set
+    /// with [`View::set_names`]).
     pub names: Vec<NameView>,
+    /// Each name and alias of `names`: the positions of the entries that answer to it.
+    pub names_index: std::collections::HashMap<String, Vec<usize>>,
 }
 
 /// A container name the DNS server answers (`control::node::core`'s `names`).
@@ -334,6 +337,22 @@ pub struct NameView {
 }
 
 impl View {
+    /// Sets the names served, indexed by name and alias: what DNS looks up, so an answer
+    /// costs the same among 10 names as among 10,000.
+    pub fn set_names(&mut self, names: Vec<NameView>) {
+        let mut index: std::collections::HashMap<String, Vec<usize>> = Default::default();
+        for (i, n) in names.iter().enumerate() {
+            for key in std::iter::once(&n.entry.name).chain(&n.entry.aliases) {
+                let list = index.entry(key.clone()).or_default();
+                if !list.contains(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        self.names = names;
+        self.names_index = index;
+    }
+
     fn status_stub(&self) -> protocol::api::Status {
         protocol::api::Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -10,7 +10,7 @@ use super::*;
 use crate::control::NameView;
 
 fn view() -> Arc<Mutex<View>> {
-    Arc::new(Mutex::new(View {
+    let mut view = View {
         membership: Some(Membership {
             network: "testnet".into(),
             cidr: "10.42.0.0/16".parse().unwrap(),
@@ -25,22 +25,23 @@ fn view() -> Arc<Mutex<View>> {
             member_count: 1,
             left: false,
         }),
-        members: Vec::new(),
-        // Loopback askers see names of every range; a range holding 127.0.0.1 stands in
-        // for a container's network here.
-        names: vec![NameView {
-            owner: "h1".into(),
-            local: true,
-            since_unix: 0,
-            entry: NameEntry {
-                name: "web".into(),
-                aliases: Vec::new(),
-                address: "127.0.0.9".parse().unwrap(),
-                network: "ovl".into(),
-                range: "127.0.0.0/8".parse().unwrap(),
-            },
-        }],
-    }))
+        ..View::default()
+    };
+    // Loopback askers see names of every range; a range holding 127.0.0.1 stands in for
+    // a container's network here.
+    view.set_names(vec![NameView {
+        owner: "h1".into(),
+        local: true,
+        since_unix: 0,
+        entry: NameEntry {
+            name: "web".into(),
+            aliases: Vec::new(),
+            address: "127.0.0.9".parse().unwrap(),
+            network: "ovl".into(),
+            range: "127.0.0.0/8".parse().unwrap(),
+        },
+    }]);
+    Arc::new(Mutex::new(view))
 }
 
 fn question(name: &str) -> Vec<u8> {

@@ -263,7 +263,7 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        assert!(parse_aliases(b"[]", "ovl").is_err());
+        assert!(parse_aliases(b"not json", "ovl").is_err());
     }
 
     #[tokio::test]

@@ -38,7 +38,7 @@ fn member_view(subnet: &str) -> Arc<Mutex<View>> {
             left: false,
         }),
         members: Vec::new(),
-        names: Vec::new(),
+        ..View::default()
     };
     Arc::new(Mutex::new(view))
 }

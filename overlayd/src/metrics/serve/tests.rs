@@ -55,7 +55,7 @@ fn a_snapshot_reads_the_router_and_the_view() {
             endpoint: None,
             state: MemberState::Suspect,
         }],
-        names: Vec::new(),
+        ..View::default()
     };
     let a = sources(Arc::new(pair.a), view);
     a.traffic.gossip_sent.store(42, Ordering::Relaxed);

@@ -85,8 +85,7 @@ impl Core {
                 });
             }
         }
-        View {
-            names,
+        let mut view = View {
             membership: Some(protocol::api::Membership {
                 network: self.net.network.to_string(),
                 cidr: self.net.cidr,
@@ -102,6 +101,9 @@ impl Core {
                 left: false,
             }),
             members,
-        }
+            ..View::default()
+        };
+        view.set_names(names);
+        view
     }
 }
