@@ -61,8 +61,8 @@ pub struct Settings {
     pub resolv_conf: PathBuf,
 }
 
-/// Serves DNS once this host is in a network: puts the address on the TUN (`if_index`)
-/// and answers until the task is aborted. Errors are logged; names are then not served.
+/// Serves DNS once this host is in a network: makes sure the address is on the TUN
+/// (`if_index`; a member puts it there as it starts) and answers until the task is aborted. Errors are logged; names are then not served.
 pub async fn run(
     settings: Settings,
     view: Arc<Mutex<View>>,
@@ -78,7 +78,7 @@ pub async fn run(
         if let Some(cidr) = cidr {
             break cidr;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let Some(address) = settings.address.or_else(|| default_address(cidr)) else {
         tracing::warn!(%cidr, "no DNS address for this network's range; set [dns] address");

@@ -254,6 +254,24 @@ impl Member {
         // before the routes to the members, which prefer it as source.
         let subnets = member.core.certificate().subnets.clone();
         member.ctx.apply_address(&subnets).await;
+        // The DNS address (`crate::dns`) with it, so the TUN's addresses are all there once
+        // the member runs; the DNS task binds to it when it sees the membership.
+        let config = member.ctx.config();
+        if config.dns.enabled
+            && let Some(dns) = config
+                .dns
+                .address
+                .or_else(|| crate::dns::default_address(member.core.network().cidr))
+            && let Err(e) = member
+                .ctx
+                .routes
+                .lock()
+                .await
+                .add_address(member.ctx.if_index, std::net::IpAddr::V4(dns))
+                .await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "cannot put the DNS address on the TUN");
+        }
         // This host's names as the plugin knows them now, published even when there are
         // none: the others may hold a set from before a restart whose containers are gone.
         let names = Vec::clone(&member.names.borrow_and_update());
