@@ -42,6 +42,7 @@ fn settings() -> Settings {
         sync_interval: Duration::from_secs(30),
         rejoin_interval: Duration::from_secs(2),
         membership: protocol::membership::Config::lan(16),
+        max_names: protocol::records::names::DEFAULT_MAX_NAMES,
     }
 }
 
