@@ -132,7 +132,30 @@ fn bundle(f: &Fixture) -> Bundle {
         members: vec![f.alive(0, 1).to_bytes(), f.alive(1, 3).to_bytes()],
         revocations: vec![f.revocation(&f.members[2]).to_bytes()],
         policy: None,
+        names: vec![names(f)],
     }
+}
+
+/// `h1`'s name set: one container with an alias.
+fn names(f: &Fixture) -> Vec<u8> {
+    use protocol::records::names::{NameEntry, NameSet};
+    let h1 = &f.members[0];
+    NameSet {
+        network: f.network.clone(),
+        member: h1.name.clone(),
+        number: h1.body.number,
+        version: 1,
+        entries: vec![NameEntry {
+            name: "web".into(),
+            aliases: vec!["api".into()],
+            address: "10.42.1.2".parse().expect("an address"),
+            network: "ovl".into(),
+            range: "10.42.0.0/16".parse().expect("a range"),
+        }],
+    }
+    .sign(&h1.key)
+    .expect("a name set signs")
+    .to_bytes()
 }
 
 fn frame<T: serde::Serialize>(mode: u8, value: &T) -> Vec<u8> {

@@ -43,6 +43,7 @@ fn settings() -> Settings {
         rejoin_interval: Duration::from_secs(2),
         membership: protocol::membership::Config::lan(16),
         relay: None,
+        max_names: protocol::records::names::DEFAULT_MAX_NAMES,
     }
 }
 

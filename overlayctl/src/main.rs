@@ -57,6 +57,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Container names this host serves by DNS (its own and the other hosts'), with the
+    /// host that owns each and how long ago it was published.
+    Names {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a member for good (admin hosts): its tunnels close and it cannot rejoin.
     Revoke(control::RevokeArgs),
     /// Members' certificates (admin hosts).
@@ -192,6 +199,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 control::print_json(&peers)
             } else {
                 print!("{}", show::peers(&peers));
+                Ok(())
+            }
+        }
+        Command::Names { json } => {
+            let names: Vec<protocol::api::NameInfo> =
+                client::get(&cli.socket, protocol::api::NAMES_PATH)?;
+            if json {
+                control::print_json(&names)
+            } else {
+                print!("{}", show::names(&names));
                 Ok(())
             }
         }

@@ -253,10 +253,76 @@ pub fn peers(peers: &[PeerStatus]) -> String {
     out
 }
 
+/// `overlayctl names`: one line per name, this host's first within a name.
+pub fn names(names: &[protocol::api::NameInfo]) -> String {
+    let header = ["NAME", "ALIASES", "ADDRESS", "NETWORK", "OWNER", "AGE"];
+    let rows: Vec<[String; 6]> = names
+        .iter()
+        .map(|n| {
+            [
+                n.name.clone(),
+                list(&n.aliases),
+                n.address.to_string(),
+                format!("{} ({})", n.network, n.range),
+                if n.local {
+                    format!("{} (this host)", n.owner)
+                } else {
+                    n.owner.clone()
+                },
+                age(Some(n.age_s as f64)),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &[&str]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let _ = write!(l, "{:<w$}  ", c, w = widths[i]);
+        }
+        let _ = writeln!(out, "{}", l.trim_end());
+    };
+    line(&mut out, &header);
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&mut out, &cells);
+    }
+    if rows.is_empty() {
+        let _ = writeln!(out, "(no names)");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use protocol::api::MemberState;
+
+    #[test]
+    fn names_show_owner_and_age() {
+        let n = protocol::api::NameInfo {
+            name: "web".into(),
+            aliases: vec!["api".into()],
+            address: "10.42.2.2".parse().unwrap(),
+            network: "ovl".into(),
+            range: "10.42.0.0/16".parse().unwrap(),
+            owner: "h2".into(),
+            local: false,
+            age_s: 7,
+        };
+        let out = names(&[n]);
+        assert!(out.starts_with("NAME"), "{out}");
+        assert!(
+            out.contains("web   api      10.42.2.2  ovl (10.42.0.0/16)  h2     7s ago"),
+            "{out}"
+        );
+        assert_eq!(names(&[]).lines().last(), Some("(no names)"));
+    }
 
     #[test]
     fn byte_units() {

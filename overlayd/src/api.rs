@@ -376,6 +376,27 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<Status> {
     })
 }
 
+async fn names(State(s): State<Arc<ApiState>>) -> Json<Vec<protocol::api::NameInfo>> {
+    let now = crate::control::now_unix();
+    let view = crate::util::lock(&s.control.view);
+    let mut list: Vec<protocol::api::NameInfo> = view
+        .names
+        .iter()
+        .map(|n| protocol::api::NameInfo {
+            name: n.entry.name.clone(),
+            aliases: n.entry.aliases.clone(),
+            address: n.entry.address,
+            network: n.entry.network.clone(),
+            range: n.entry.range,
+            owner: n.owner.clone(),
+            local: n.local,
+            age_s: now.saturating_sub(n.since_unix),
+        })
+        .collect();
+    list.sort_by(|a, b| (&a.name, !a.local, a.address).cmp(&(&b.name, !b.local, b.address)));
+    Json(list)
+}
+
 async fn peers(State(s): State<Arc<ApiState>>) -> Json<Vec<PeerStatus>> {
     let (members, nat) = s
         .control
@@ -487,6 +508,7 @@ impl ApiSocket {
         let app = axum::Router::new()
             .route(STATUS_PATH, get(status))
             .route(PEERS_PATH, get(peers))
+            .route(protocol::api::NAMES_PATH, get(names))
             .route(INIT_PATH, post(init))
             .route(TOKENS_PATH, post(tokens))
             .route(JOIN_PATH, post(join))

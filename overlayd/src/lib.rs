@@ -15,6 +15,7 @@ pub mod api;
 pub mod config;
 pub mod control;
 pub mod datapath;
+pub mod dns;
 pub mod docker;
 pub mod events;
 pub mod firewall;
@@ -180,6 +181,8 @@ pub async fn run(config: config::Config, text: String) -> anyhow::Result<()> {
     let routes = Arc::new(tokio::sync::Mutex::new(routes));
     let statics = Arc::new(statics::StaticPeers::new(&config));
     let config = Arc::new(config);
+    // This host's container names: from the Docker plugin to the control plane.
+    let (names_tx, names_rx) = tokio::sync::watch::channel(docker::names::LocalNames::default());
     let control = control::spawn(Arc::new(control::Ctx {
         config: arc_swap::ArcSwap::new(config.clone()),
         router: router.clone(),
@@ -191,7 +194,19 @@ pub async fn run(config: config::Config, text: String) -> anyhow::Result<()> {
         control_socket: std::sync::Mutex::new(Some(control_socket)),
         endpoint: std::sync::OnceLock::new(),
         traffic: Arc::default(),
+        local_names: names_rx,
     }));
+    let dns_task = config.dns.enabled.then(|| {
+        tokio::spawn(dns::run(
+            dns::Settings {
+                address: config.dns.address,
+                resolv_conf: "/etc/resolv.conf".into(),
+            },
+            control.view.clone(),
+            routes.clone(),
+            if_index,
+        ))
+    });
     let ctx_for_close = control.ctx.clone();
     let plugin = match plugin_socket {
         Some(socket) => {
@@ -202,6 +217,7 @@ pub async fn run(config: config::Config, text: String) -> anyhow::Result<()> {
                 &config.docker.dockerd_socket,
                 control.view.clone(),
             )
+            .map(|p| p.publish_names(names_tx))
             .and_then(|p| {
                 let endpoints = p.endpoint_count();
                 socket.serve(p).map(|served| (served, endpoints))
@@ -283,6 +299,9 @@ pub async fn run(config: config::Config, text: String) -> anyhow::Result<()> {
     }
     // Bridges and veths stay: running containers keep their interfaces across a restart.
     drop(plugin);
+    if let Some(task) = dns_task {
+        task.abort();
+    }
     // The metrics endpoint goes with the reloader (the API's state held the other copy).
     drop(reloader);
     // Its interface goes with it.

@@ -36,6 +36,8 @@ use crate::drops::DropReason;
 pub const STATUS_PATH: &str = "/v1/status";
 /// Path of the peers route.
 pub const PEERS_PATH: &str = "/v1/peers";
+/// Path of `names`: the container names this host serves by DNS.
+pub const NAMES_PATH: &str = "/v1/names";
 /// Path of `init`: create a network with this host as its first member and admin.
 pub const INIT_PATH: &str = "/v1/init";
 /// Path of `token create` (admins only).
@@ -439,6 +441,27 @@ pub struct NodeGroupsResponse {
     /// Whether the certificate is this host's own (taken at once); otherwise it is pushed
     /// to the member, which takes it when it is reachable.
     pub own: bool,
+}
+
+/// One container name this host serves by DNS (`overlayctl names`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameInfo {
+    /// The container's name.
+    pub name: String,
+    /// Its network aliases.
+    pub aliases: Vec<String>,
+    /// Its overlay address.
+    pub address: std::net::IpAddr,
+    /// Its Docker network's name on its host.
+    pub network: String,
+    /// That network's overlay range (only containers in it see the name).
+    pub range: IpNet,
+    /// The member whose container it is.
+    pub owner: String,
+    /// Whether that is this host.
+    pub local: bool,
+    /// Seconds since this host accepted the name set it came in.
+    pub age_s: u64,
 }
 
 /// One peer as this host sees it: a static peer from the config, or a member of the

@@ -222,6 +222,7 @@ async fn flood_syncs(
         members: vec![record; copies],
         revocations: Vec::new(),
         policy: None,
+        names: Vec::new(),
     });
     while !stop.load(Ordering::Relaxed) {
         let exchange = async {

@@ -701,6 +701,7 @@ fn forged_and_older_pushes_change_nothing(net: &Testnet) {
         for policy in [forged, older] {
             let push = Request::Push(Bundle {
                 policy: Some(policy.to_bytes()),
+                names: Vec::new(),
                 ..Bundle::default()
             });
             answers.push(format!(

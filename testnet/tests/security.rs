@@ -545,6 +545,7 @@ fn clients_without_a_valid_certificate_are_refused() {
         members: vec![forged.to_bytes()],
         revocations: Vec::new(),
         policy: None,
+        names: Vec::new(),
     };
     let config = joiner_config(&h1.network);
     let answers = run_in_netns(&ns, move || async move {
@@ -556,6 +557,7 @@ fn clients_without_a_valid_certificate_are_refused() {
             members: vec![vec![0u8; 1 << 20]],
             revocations: Vec::new(),
             policy: None,
+            names: Vec::new(),
         };
         let oversized = link.ask(&Request::Push(big)).await;
         link.close().await;

@@ -79,6 +79,10 @@ pub const RESTART: &[(&str, &str)] = &[
         "foca (SWIM) cannot change its probe timeout while it runs",
     ),
     (
+        "[dns]",
+        "the DNS server takes its address on the TUN and its cap once, at start",
+    ),
+    (
         "[docker]",
         "stopping the Docker plugin could cut one of dockerd's calls half way (bridges, veths and nftables half made), and dockerd never replays calls",
     ),
@@ -166,6 +170,12 @@ impl Diff {
             &rc.probe_timeout_ms,
             &fc.probe_timeout_ms,
         );
+        if running.dns != file.dns {
+            d.restart.push(format!(
+                "[dns] changed and needs a restart: {}",
+                reason("[dns]")
+            ));
+        }
         if running.docker != file.docker {
             d.restart.push(format!(
                 "[docker] changed and needs a restart: {}",
@@ -396,6 +406,7 @@ pub fn merge(running: &Config, mut file: Config) -> Result<Config, String> {
     file.control.probe_period_ms = running.control.probe_period_ms;
     file.control.probe_timeout_ms = running.control.probe_timeout_ms;
     file.docker = running.docker.clone();
+    file.dns = running.dns.clone();
     if let Some(m) = &file.mirror
         && m.interface == file.tun_name
     {

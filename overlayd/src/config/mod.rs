@@ -198,6 +198,18 @@ impl Docker {
     }
 }
 
+/// Container names by DNS (`[dns]`, see `crate::dns`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// Serve names; by default when the Docker plugin is enabled.
+    pub enabled: bool,
+    /// The address served on every host; `None`: the last but one of the network's main
+    /// range (`10.42.255.254` in `10.42.0.0/16`).
+    pub address: Option<std::net::Ipv4Addr>,
+    /// The most names one member may publish; a larger set is refused whole.
+    pub max_names: usize,
+}
+
 /// The Prometheus endpoint (`[metrics]`): `GET /metrics` over plain HTTP on `listen`.
 /// Absent: no endpoint. The metrics name every peer, its key and its traffic, so the
 /// address is this host's loopback or overlay address (reached only through the tunnels);
@@ -306,6 +318,8 @@ pub struct Config {
     pub control: Control,
     /// The Docker plugin's settings.
     pub docker: Docker,
+    /// The DNS server's settings.
+    pub dns: Dns,
     /// The Prometheus endpoint, if any.
     pub metrics: Option<Metrics>,
     /// The flow log's settings.

@@ -78,6 +78,19 @@ impl Config {
             d.dockerd_socket.display().to_string(),
             d.mtu
         );
+        let _ = writeln!(
+            out,
+            "\n[dns]\nenabled = {}\nmax_names = {}",
+            self.dns.enabled, self.dns.max_names
+        );
+        match self.dns.address {
+            Some(a) => {
+                let _ = writeln!(out, "address = \"{a}\"");
+            }
+            None => {
+                let _ = writeln!(out, "# address: the network's main range's last but one");
+            }
+        }
         if let Some(m) = &self.metrics {
             let _ = writeln!(out, "\n[metrics]\nlisten = \"{}\"", m.listen);
             if m.allow_all_interfaces {

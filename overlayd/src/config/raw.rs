@@ -41,6 +41,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) docker: RawDocker,
     #[serde(default)]
+    pub(super) dns: RawDns,
+    #[serde(default)]
     pub(super) metrics: Option<Metrics>,
     #[serde(default)]
     pub(super) flows: Flows,
@@ -62,6 +64,18 @@ pub(super) struct RawDocker {
     pub(super) dockerd_socket: Option<PathBuf>,
     #[serde(default)]
     pub(super) mtu: Option<u16>,
+}
+
+/// `[dns]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    #[serde(default)]
+    pub(super) enabled: Option<bool>,
+    #[serde(default)]
+    pub(super) address: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub(super) max_names: Option<usize>,
 }
 
 /// One `[[peer]]` as written.

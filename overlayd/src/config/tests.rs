@@ -105,6 +105,44 @@ fn tuning_levers_and_the_offload_switch() {
 }
 
 #[test]
+fn dns_table_follows_docker_is_validated_and_round_trips() {
+    let f = fixture();
+    let c = parse(&f, "").unwrap();
+    assert!(!c.dns.enabled, "off without the Docker plugin");
+    assert_eq!(c.dns.address, None);
+    assert_eq!(c.dns.max_names, 4096);
+    let c = parse(&f, "[docker]\nenabled = true\n").unwrap();
+    assert!(c.dns.enabled, "on with the Docker plugin");
+    let again = Config::parse(&c.path, &c.redacted()).unwrap();
+    assert_eq!(again.dns, c.dns);
+    let c = parse(
+        &f,
+        "[dns]\nenabled = true\naddress = \"10.42.255.254\"\nmax_names = 100\n",
+    )
+    .unwrap();
+    assert_eq!(c.dns.address, Some("10.42.255.254".parse().unwrap()));
+    let again = Config::parse(&c.path, &c.redacted()).unwrap();
+    assert_eq!(again.dns, c.dns);
+    for (body, needle) in [
+        (
+            "[dns]\nmax_names = 0\n",
+            "[dns] max_names 0 is out of range: use 1 to 65535",
+        ),
+        ("[dns]\nmax_names = 70000\n", "max_names 70000"),
+        (
+            "[dns]\naddress = \"127.0.0.1\"\n",
+            "[dns] address 127.0.0.1 cannot be served",
+        ),
+        ("[dns]\naddress = \"0.0.0.0\"\n", "0.0.0.0"),
+        ("[dns]\naddress = \"not-an-address\"\n", "address"),
+        ("[dns]\nport = 53\n", "port"),
+    ] {
+        let err = parse(&f, body).unwrap_err().to_string();
+        assert!(err.contains(needle), "{body}: {err}");
+    }
+}
+
+#[test]
 fn docker_table_is_validated_and_round_trips() {
     let f = fixture();
     let c = parse(&f, "").unwrap();

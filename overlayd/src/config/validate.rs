@@ -9,7 +9,7 @@ use keys::PublicKey;
 use super::raw::{RawConfig, RawDocker, one_line};
 use super::{
     Config, ConfigError, Control, DEFAULT_CONTROL_PORT, DEFAULT_DOCKER_SOCKET,
-    DEFAULT_DOCKERD_SOCKET, DEFAULT_MTU, Docker, Flows, Metrics, PeerConfig,
+    DEFAULT_DOCKERD_SOCKET, DEFAULT_MTU, Dns, Docker, Flows, Metrics, PeerConfig,
 };
 
 /// The shortest certificate lifetime: a member renews at two thirds of it and needs a few
@@ -69,6 +69,7 @@ impl Config {
         }
         raw.control.check(raw.listen_port).map_err(&invalid)?;
         let docker = Docker::check(raw.docker, raw.mtu).map_err(&invalid)?;
+        let dns = Dns::check(raw.dns, docker.enabled).map_err(&invalid)?;
         if let Some(m) = &raw.metrics {
             m.check().map_err(&invalid)?;
         }
@@ -104,6 +105,7 @@ impl Config {
             state_dir: raw.state_dir,
             control: raw.control,
             docker,
+            dns,
             metrics: raw.metrics,
             flows: raw.flows,
             mirror,
@@ -246,6 +248,33 @@ impl Metrics {
             ));
         }
         Ok(())
+    }
+}
+
+impl Dns {
+    fn check(raw: super::raw::RawDns, docker: bool) -> Result<Dns, String> {
+        let max_names = raw
+            .max_names
+            .unwrap_or(protocol::records::names::DEFAULT_MAX_NAMES);
+        if !(1..=protocol::records::names::MAX_ENTRIES).contains(&max_names) {
+            return Err(format!(
+                "[dns] max_names {max_names} is out of range: use 1 to {} (default {})",
+                protocol::records::names::MAX_ENTRIES,
+                protocol::records::names::DEFAULT_MAX_NAMES
+            ));
+        }
+        if let Some(a) = raw.address
+            && (a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast())
+        {
+            return Err(format!(
+                "[dns] address {a} cannot be served to containers: use an unused address of the overlay's range (default: its last but one, e.g. 10.42.255.254)"
+            ));
+        }
+        Ok(Dns {
+            enabled: raw.enabled.unwrap_or(docker),
+            address: raw.address,
+            max_names,
+        })
     }
 }
 

@@ -475,7 +475,15 @@ impl Issuer<'_> {
                 self.cidr, self.subnet_prefix
             ))
         })?;
+        // The slice that holds the DNS address every host serves on (`crate::dns`) is
+        // never handed out, so no container takes that address (unless it is the only one).
+        let dns = crate::dns::default_address(self.cidr)
+            .filter(|_| self.cidr.prefix_len() < self.subnet_prefix)
+            .map(std::net::IpAddr::V4);
         for net in subnets {
+            if dns.is_some_and(|ip| net.contains(&ip)) {
+                continue;
+            }
             let nets = self.subnets_at(net);
             if clash(&nets).is_none() {
                 return Ok(nets);

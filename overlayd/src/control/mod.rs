@@ -72,6 +72,8 @@ pub struct Ctx {
     pub endpoint: std::sync::OnceLock<quinn::Endpoint>,
     /// Bytes the control plane moved, for the metrics; shared with the connection tasks.
     pub traffic: Arc<Traffic>,
+    /// This host's container names, as the Docker plugin last learnt them.
+    pub local_names: tokio::sync::watch::Receiver<crate::docker::names::LocalNames>,
 }
 
 /// Where the control plane's QUIC runs.
@@ -324,9 +326,43 @@ pub struct View {
     pub members: Vec<MemberView>,
     /// Whether this host is behind a NAT (it publishes an address the others see it at).
     pub nat: bool,
+    /// The container names served: this host's and those of the members routed (set
+    /// with [`View::set_names`]).
+    pub names: Vec<NameView>,
+    /// Each name and alias of `names`: the positions of the entries that answer to it.
+    pub names_index: std::collections::HashMap<String, Vec<usize>>,
+}
+
+/// A container name the DNS server answers (`control::node::core`'s `names`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameView {
+    /// The member that published it.
+    pub owner: String,
+    /// Whether that is this host.
+    pub local: bool,
+    /// When its set was accepted here (unix seconds).
+    pub since_unix: u64,
+    /// The name, its aliases, address, Docker network and range.
+    pub entry: protocol::records::names::NameEntry,
 }
 
 impl View {
+    /// Sets the names served, indexed by name and alias: what DNS looks up, so an answer
+    /// costs the same among 10 names as among 10,000.
+    pub fn set_names(&mut self, names: Vec<NameView>) {
+        let mut index: std::collections::HashMap<String, Vec<usize>> = Default::default();
+        for (i, n) in names.iter().enumerate() {
+            for key in std::iter::once(&n.entry.name).chain(&n.entry.aliases) {
+                let list = index.entry(key.clone()).or_default();
+                if !list.contains(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        self.names = names;
+        self.names_index = index;
+    }
+
     fn status_stub(&self) -> protocol::api::Status {
         protocol::api::Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -26,6 +26,9 @@ pub struct Bundle {
     pub revocations: Vec<Vec<u8>>,
     /// `SignedPolicy::to_bytes`: the network policy, when the sender holds one.
     pub policy: Option<Vec<u8>>,
+    /// `SignedNameSet::to_bytes`: members' container names (a push carries the sender's
+    /// own set, a sync every set it holds).
+    pub names: Vec<Vec<u8>>,
 }
 
 /// A request, sent by the side that opened the stream.
@@ -154,8 +157,9 @@ pub async fn read_limited<T: serde::de::DeserializeOwned>(
     postcard::from_bytes(&body).map_err(|e| anyhow::anyhow!("malformed message: {e}"))
 }
 
-/// The largest push: a policy (at most 256 KiB of text) with its signature.
-pub const PUSH_FRAME: usize = 320 << 10;
+/// The largest push: a policy (at most 256 KiB of text) with its signature, or a member's
+/// name set (4,096 names with an alias each take ~300 KiB; a member may raise its cap).
+pub const PUSH_FRAME: usize = (320 << 10) + protocol::records::names::MAX_BODY_LEN;
 
 /// Frames up to this size are read into a buffer of their announced size at once; above
 /// it the buffer grows with what arrives, so a length alone reserves no memory.
@@ -168,7 +172,7 @@ pub fn request_limit(tag: u8) -> usize {
     match tag {
         0 => 16 << 10,   // Join: ~200 bytes
         1 => MAX_FRAME,  // Sync: the sender's directory
-        2 => PUSH_FRAME, // Push: a member's own record, a revocation, a policy
+        2 => PUSH_FRAME, // Push: a member's own record and names, a revocation, a policy
         3 => 16,         // Renew: the tag alone
         4 => 4 << 10,    // Reissued: one certificate (at most keys::MAX_SIGNED_LEN bytes)
         _ => 0,
@@ -263,6 +267,7 @@ mod tests {
             members: vec![vec![1, 2, 3]],
             revocations: vec![],
             policy: None,
+            names: Vec::new(),
         });
         let mut buf = Vec::new();
         write(&mut buf, &req).await.unwrap();
@@ -278,6 +283,7 @@ mod tests {
                 members: vec![vec![7; 100]],
                 revocations: vec![],
                 policy: None,
+                names: Vec::new(),
             }),
         )
         .await
@@ -297,11 +303,13 @@ mod tests {
             members: vec![vec![1; 100 << 10]],
             revocations: vec![],
             policy: None,
+            names: Vec::new(),
         });
         let push = Request::Push(Bundle {
             members: vec![vec![1; PUSH_FRAME]],
             revocations: vec![],
             policy: None,
+            names: Vec::new(),
         });
         let mut buf = Vec::new();
         write(&mut buf, &sync).await.unwrap();

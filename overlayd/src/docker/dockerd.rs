@@ -1,6 +1,8 @@
 //! What dockerd says, through its API socket: the endpoints and addresses a network holds now
-//! (`GET /networks/<id>`), for [`super::book::Book::reclaim`]. Never called inside a plugin
-//! call (dockerd may be waiting on that call: moby's plugins_network.md and plugins_ipam.md).
+//! (`GET /networks/<id>`), for [`super::book::Book::reclaim`], and the names of the
+//! containers on it with their network aliases (`GET /containers/<id>/json`), for
+//! `super::names`. Never called inside a plugin call (dockerd may be waiting on that call:
+//! moby's plugins_network.md and plugins_ipam.md).
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -20,16 +22,124 @@ const MAX_ANSWER: usize = 4 << 20;
 
 #[derive(Deserialize)]
 struct Network {
+    #[serde(rename = "Name", default)]
+    name: String,
     #[serde(rename = "Containers", default)]
     containers: Option<std::collections::BTreeMap<String, Container>>,
 }
 
 #[derive(Deserialize)]
 struct Container {
+    #[serde(rename = "Name", default)]
+    name: String,
     #[serde(rename = "EndpointID", default)]
     endpoint_id: String,
     #[serde(rename = "IPv4Address", default)]
     ipv4_address: String,
+}
+
+/// One container on a network, as `GET /networks/<id>` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its ID.
+    pub id: String,
+    /// Its name (no leading `/`).
+    pub name: String,
+    /// Its endpoint on the network.
+    pub endpoint_id: String,
+    /// Its address there.
+    pub address: Ipv4Addr,
+}
+
+/// A network's name on this host and its local containers, or `None` when dockerd does
+/// not know it.
+pub async fn members(
+    api: &Path,
+    network_id: &str,
+) -> Result<Option<(String, Vec<Member>)>, AskError> {
+    let path = format!("/networks/{network_id}");
+    let Some(body) = ask(api, &path).await? else {
+        return Ok(None);
+    };
+    let network: Network = serde_json::from_slice(&body)
+        .map_err(|e| AskError::Answer(anyhow::anyhow!("dockerd's answer to GET {path}: {e}")))?;
+    let members = network
+        .containers
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(id, c)| {
+            let address = c.ipv4_address.split('/').next()?.parse().ok()?;
+            Some(Member {
+                id,
+                name: c.name.trim_start_matches('/').to_owned(),
+                endpoint_id: c.endpoint_id,
+                address,
+            })
+        })
+        .collect();
+    Ok(Some((network.name, members)))
+}
+
+#[derive(Deserialize)]
+struct Inspected {
+    #[serde(rename = "NetworkSettings", default)]
+    settings: Option<NetworkSettings>,
+}
+
+#[derive(Deserialize)]
+struct NetworkSettings {
+    #[serde(rename = "Networks", default)]
+    networks: Option<std::collections::BTreeMap<String, Attachment>>,
+}
+
+#[derive(Deserialize)]
+struct Attachment {
+    #[serde(rename = "Aliases", default)]
+    aliases: Option<Vec<String>>,
+    #[serde(rename = "DNSNames", default)]
+    dns_names: Option<Vec<String>>,
+}
+
+/// Container `id`'s aliases on network `network` (by name), as given with
+/// `--network-alias` or by Compose (its service name); empty when it has none or is gone.
+pub async fn aliases(api: &Path, id: &str, network: &str) -> Result<Vec<String>, AskError> {
+    let path = format!("/containers/{id}/json");
+    let Some(body) = ask(api, &path).await? else {
+        return Ok(Vec::new());
+    };
+    parse_aliases(&body, network).map_err(AskError::Answer)
+}
+
+fn parse_aliases(body: &[u8], network: &str) -> anyhow::Result<Vec<String>> {
+    let inspected: Inspected = serde_json::from_slice(body)
+        .context("dockerd's answer to GET /containers/<id>/json is not a container")?;
+    let Some(a) = inspected
+        .settings
+        .and_then(|s| s.networks)
+        .and_then(|mut n| n.remove(network))
+    else {
+        return Ok(Vec::new());
+    };
+    let mut all = a.aliases.unwrap_or_default();
+    all.extend(a.dns_names.unwrap_or_default());
+    Ok(all)
+}
+
+/// `GET path`: the body of a 200, `None` for a 404.
+async fn ask(api: &Path, path: &str) -> Result<Option<bytes::Bytes>, AskError> {
+    match tokio::time::timeout(TIMEOUT, get(api, path)).await {
+        Err(_) => Err(AskError::Unreachable(
+            api.display().to_string(),
+            format!("no answer within {} s", TIMEOUT.as_secs()),
+        )),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok((404, _))) => Ok(None),
+        Ok(Ok((200, body))) => Ok(Some(body)),
+        Ok(Ok((status, body))) => Err(AskError::Answer(anyhow::anyhow!(
+            "dockerd answered GET {path} with {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
+        ))),
+    }
 }
 
 /// Why dockerd could not be asked.
@@ -133,6 +243,27 @@ mod tests {
         );
         assert_eq!(parse(br#"{"Name":"x"}"#).unwrap(), Attached::default());
         assert!(parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn parses_a_containers_aliases_on_one_network() {
+        // Trimmed from dockerd's answer for a Compose service's container.
+        let body = br#"{"Id":"c0ffee","Name":"/app-web-1","NetworkSettings":{"Networks":{
+            "ovl":{"Aliases":["app-web-1","web","c0ffee"],"EndpointID":"e1"},
+            "other":{"Aliases":["elsewhere"]}}}}"#;
+        assert_eq!(
+            parse_aliases(body, "ovl").unwrap(),
+            vec!["app-web-1", "web", "c0ffee"]
+        );
+        let newer = br#"{"NetworkSettings":{"Networks":{"ovl":{"Aliases":null,"DNSNames":["web","c0ffee"]}}}}"#;
+        assert_eq!(parse_aliases(newer, "ovl").unwrap(), vec!["web", "c0ffee"]);
+        assert!(parse_aliases(body, "gone").unwrap().is_empty());
+        assert!(
+            parse_aliases(br#"{"NetworkSettings":null}"#, "ovl")
+                .unwrap()
+                .is_empty()
+        );
+        assert!(parse_aliases(b"not json", "ovl").is_err());
     }
 
     #[tokio::test]

@@ -8,7 +8,9 @@
 //! - `server`: the socket and the HTTP handler ([`PluginSocket`]).
 //! - [`links`]: bridges and veths through netlink.
 //! - [`filter`]: the nftables rules that keep the networks apart.
-//! - [`dockerd`]: the one question asked of dockerd's API (what leaked while down).
+//! - [`dockerd`]: the questions asked of dockerd's API (what leaked while down; container
+//!   names and aliases).
+//! - [`names`]: this host's container names, handed to the control plane.
 //! - [`wire`]: the JSON dockerd sends and expects.
 //! - here: the [`Plugin`], its state file, and what it does at start.
 //!
@@ -27,6 +29,7 @@ pub mod dockerd;
 mod driver;
 pub mod filter;
 pub mod links;
+pub mod names;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -105,6 +108,8 @@ pub struct Plugin {
     /// Endpoints in the book as last saved, for the metrics (read without the book's lock,
     /// which a call holds across netlink work).
     endpoints: Arc<AtomicU64>,
+    /// Where this host's container names go (the control plane), if anywhere.
+    names: Option<tokio::sync::watch::Sender<names::LocalNames>>,
 }
 
 /// How often dockerd's API is tried until it answers (`Plugin::reclaim_leaks`).
@@ -143,6 +148,7 @@ impl Plugin {
             tun: tun.to_owned(),
             state_file,
             dockerd_socket: dockerd_socket.to_owned(),
+            names: None,
         })
     }
 

@@ -90,7 +90,7 @@ impl PluginSocket {
                     tracing::error!(error = %e, "the Docker plugin server stopped");
                 }
             };
-            tokio::join!(serve, plugin.reclaim_leaks());
+            tokio::join!(serve, plugin.reclaim_leaks(), plugin.watch_names());
         });
         tracing::info!(socket = %path.display(), "serving the Docker network and IPAM plugin");
         Ok(Served {

@@ -42,6 +42,7 @@ fn member_view(subnet: &str) -> Arc<Mutex<View>> {
         }),
         members: Vec::new(),
         nat: false,
+        ..View::default()
     };
     Arc::new(Mutex::new(view))
 }

@@ -426,6 +426,18 @@ impl Directory {
         self.members.get(name).map(|held| &held.certificate)
     }
 
+    /// The live member `name`'s member number, control key and subnets: what its name
+    /// sets are checked against (`names`).
+    pub fn member_identity(&self, name: &Name) -> Option<(u32, &VerifyingKey, &[IpNet])> {
+        self.members.get(name).filter(|h| h.is_alive()).map(|h| {
+            (
+                h.certificate.number,
+                &h.certificate.control_key,
+                h.certificate.subnets.as_slice(),
+            )
+        })
+    }
+
     /// Every member record held (live ones and those of members that left): what a full
     /// sync ships, each to be applied by the receiver.
     pub fn member_records(&self) -> impl Iterator<Item = &SignedMemberRecord> {

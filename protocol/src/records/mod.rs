@@ -10,6 +10,8 @@
 //!   leaving, a new certificate).
 //! - [`Revocation`]: the CA's word that a certificate and its WireGuard key are revoked,
 //!   signed by the CA into a [`SignedRevocation`]. Revocations are permanent.
+//! - [`names::SignedNameSet`]: a member's container names, signed by the member (module
+//!   [`names`]), carried by pushes and full syncs beside the member records.
 //! - [`Directory`] (module `directory`): the verified state a daemon applies records to,
 //!   and the rules ([`RecordError`]); serde makes it persistent.
 //!
@@ -40,6 +42,7 @@
 //! [`MAX_SIGNED_MEMBER_LEN`] (1,117) bytes, below the ~1,150 a gossip datagram may carry.
 
 mod directory;
+pub mod names;
 
 #[cfg(test)]
 mod tests;

@@ -345,8 +345,22 @@ pub async fn push(
             members,
             revocations: Vec::new(),
             policy: None,
+            names: Vec::new(),
         }))
         .await;
+    link.close().await;
+    answer
+}
+
+/// Pushes `bundle` to `to` over a member connection made with `config`; the daemon's
+/// answer.
+pub async fn push_bundle(
+    config: quinn::ClientConfig,
+    to: SocketAddr,
+    bundle: Bundle,
+) -> Result<Response> {
+    let link = Link::open(config, to).await?;
+    let answer = link.ask(&Request::Push(bundle)).await;
     link.close().await;
     answer
 }

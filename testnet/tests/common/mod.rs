@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use testnet::Testnet;
 
+pub mod docker;
 pub mod forge;
 pub mod stock;
 

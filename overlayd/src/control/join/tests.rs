@@ -71,6 +71,7 @@ impl Fixture {
                     .map(|r| r.sign(&self.ca).to_bytes())
                     .collect(),
                 policy: None,
+                names: Vec::new(),
             },
         }
     }

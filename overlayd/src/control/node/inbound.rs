@@ -187,6 +187,13 @@ pub(super) fn prefilter(
     });
     let mut revocations = Vec::new();
     let mut seen = HashSet::new();
+    // Name sets are verified by the member task against its directory (they need the
+    // member records of this very bundle); here only copies are dropped.
+    let names: Vec<Vec<u8>> = bundle
+        .names
+        .into_iter()
+        .filter(|bytes| seen.insert(bytes.clone()))
+        .collect();
     for bytes in bundle.revocations {
         if held.contains(&bytes) || !seen.insert(bytes.clone()) {
             continue;
@@ -238,6 +245,7 @@ pub(super) fn prefilter(
         members: newest.into_values().map(|(_, bytes)| bytes).collect(),
         revocations,
         policy,
+        names,
     }
 }
 

@@ -127,6 +127,7 @@ fn settings(config: &crate::config::Config) -> Settings {
         rejoin_interval: Duration::from_millis(control.rejoin_interval_ms),
         membership: control.membership(),
         relay: control.relay,
+        max_names: config.dns.max_names,
     }
 }
 
@@ -165,6 +166,8 @@ pub struct Member {
     saver: saver::Saver,
     /// What becomes a security event.
     watch: watch::Watch,
+    /// This host's container names from the Docker plugin.
+    names: tokio::sync::watch::Receiver<crate::docker::names::LocalNames>,
 }
 
 impl Drop for Member {
@@ -265,7 +268,9 @@ impl Member {
         ));
         let saver = saver::Saver::start(ctx.state.clone());
         let watch = watch::Watch::new(ctx.router.events.clone());
+        let names = ctx.local_names.clone();
         let mut member = Member {
+            names,
             ctx,
             view,
             core,
@@ -288,6 +293,28 @@ impl Member {
         // before the routes to the members, which prefer it as source.
         let subnets = member.core.certificate().subnets.clone();
         member.ctx.apply_address(&subnets).await;
+        // The DNS address (`crate::dns`) with it, so the TUN's addresses are all there once
+        // the member runs; the DNS task binds to it when it sees the membership.
+        let config = member.ctx.config();
+        if config.dns.enabled
+            && let Some(dns) = config
+                .dns
+                .address
+                .or_else(|| crate::dns::default_address(member.core.network().cidr))
+            && let Err(e) = member
+                .ctx
+                .routes
+                .lock()
+                .await
+                .add_address(member.ctx.if_index, std::net::IpAddr::V4(dns))
+                .await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "cannot put the DNS address on the TUN");
+        }
+        // This host's names as the plugin knows them now, published even when there are
+        // none: the others may hold a set from before a restart whose containers are gone.
+        let names = Vec::clone(&member.names.borrow_and_update());
+        member.core.set_names(names, now);
         // Routes from the directory, the view, and a connection to every known member.
         member.execute().await;
         let (net, me) = (member.core.network(), member.core.certificate());
@@ -319,6 +346,10 @@ impl Member {
                     }
                 }
                 Some(ev) = self.events_rx.recv() => self.event(ev),
+                Ok(()) = self.names.changed() => {
+                    let names = Vec::clone(&self.names.borrow_and_update());
+                    self.core.set_names(names, now());
+                }
                 gossip = self.datagrams_rx.recv() => {
                     self.core.handle_datagram(gossip.link, &gossip.bytes, now());
                 }

@@ -60,6 +60,7 @@ fn a_snapshot_reads_the_router_and_the_view() {
             nat: false,
         }],
         nat: false,
+        ..View::default()
     };
     let a = sources(Arc::new(pair.a), view);
     a.traffic.gossip_sent.store(42, Ordering::Relaxed);

@@ -44,6 +44,7 @@ mod discovery;
 mod gossip;
 mod limits;
 mod links;
+mod names;
 mod policy;
 mod renew;
 mod requests;
@@ -63,6 +64,7 @@ use bytes::Bytes;
 use foca::{AccumulatingRuntime, Foca, PostcardCodec};
 use keys::{CaKey, NodeCertificate, PrivateKey, SigningKey};
 use protocol::membership::{self, NodeId};
+use protocol::records::names::NameTable;
 use protocol::records::{Directory, MemberRecord, MemberState, RecordError, SignedMemberRecord};
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
@@ -113,6 +115,8 @@ pub struct Settings {
     pub membership: membership::Config,
     /// `[control] relay`, in this host's record.
     pub relay: Option<bool>,
+    /// The most container names one member may publish (`[dns] max_names`).
+    pub max_names: usize,
 }
 
 /// What a member starts from.
@@ -270,6 +274,10 @@ pub struct Core {
     /// Certificates an admin re-issued for members (new groups) that they have not taken
     /// yet, by member number: the bytes, their serial, and whether a delivery is out.
     deliveries: HashMap<u32, (Vec<u8>, u64, bool)>,
+    /// Every member's container names, this host's included (`names`).
+    names: NameTable,
+    /// The version of this host's last name set.
+    names_version: u64,
     dirty: bool,
     actions: VecDeque<Action>,
 }
@@ -343,6 +351,8 @@ impl Core {
             reflexive: None,
             renewal: renew::Renewal::default(),
             deliveries: HashMap::new(),
+            names: NameTable::default(),
+            names_version: 0,
             dirty: false,
             actions: VecDeque::new(),
         };
@@ -428,6 +438,10 @@ impl Core {
         // A revocation may have come in: its member's connections go at once.
         self.close_lapsed(now);
         self.hand_policy();
+        let dir = self.dir.clone();
+        if self.names.retain_live(&lock(&dir)) {
+            tracing::debug!("dropped the names of members gone");
+        }
         let peers = self.peers();
         self.queue(Action::Peers(peers));
         let dir = self.dir().clone();
@@ -477,6 +491,7 @@ impl Core {
             members: vec![own],
             revocations: Vec::new(),
             policy: None,
+            names: self.own_names(),
         }
     }
 }

@@ -71,6 +71,7 @@ impl Core {
         self.push_all(
             Bundle {
                 policy: Some(signed.to_bytes()),
+                names: Vec::new(),
                 ..Bundle::default()
             },
             now,

@@ -109,6 +109,7 @@ impl Core {
             members: dir.member_records().map(|r| r.to_bytes()).collect(),
             revocations: dir.revocations().map(|r| r.to_bytes()).collect(),
             policy: dir.policy().map(|(_, signed)| signed.to_bytes()),
+            names: self.all_names(),
         }
     }
 
@@ -169,6 +170,7 @@ impl Core {
         if !fresh.is_empty() {
             self.dirty = true;
         }
+        self.apply_names(&bundle.names, sync, now);
         for item in fresh {
             if let Err(e) = self.foca.add_broadcast(&item) {
                 tracing::debug!(error = %e, "cannot gossip a record");
@@ -336,6 +338,7 @@ impl Core {
                 members: Vec::new(),
                 revocations: vec![bytes],
                 policy: None,
+                names: Vec::new(),
             },
             now,
         );

@@ -277,6 +277,7 @@ impl Core {
             members: vec![bytes],
             revocations: Vec::new(),
             policy: None,
+            names: Vec::new(),
         })
     }
 

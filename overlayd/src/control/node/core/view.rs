@@ -37,6 +37,7 @@ impl Core {
 
     /// What the API shows now.
     pub fn view(&self) -> View {
+        let names = self.names_view(&self.peers());
         let dir = self.dir();
         let foca_states: HashMap<u32, foca::State> = self
             .foca
@@ -83,7 +84,7 @@ impl Core {
                 });
             }
         }
-        View {
+        let mut view = View {
             membership: Some(protocol::api::Membership {
                 network: self.net.network.to_string(),
                 cidr: self.net.cidr,
@@ -103,6 +104,9 @@ impl Core {
             }),
             members,
             nat: self.reflexive.is_some(),
-        }
+            ..View::default()
+        };
+        view.set_names(names);
+        view
     }
 }

@@ -3,6 +3,7 @@
 //! Timings are the config's defaults: probe every 1 s, suspicion 4 s, rejoin every 2 s,
 //! full sync every 30 s.
 
+mod names;
 mod policy;
 mod renew;
 mod sim;
@@ -408,6 +409,7 @@ fn a_member_that_missed_gossip_catches_up_by_full_sync() {
         members: vec![outsider.to_bytes()],
         revocations: Vec::new(),
         policy: None,
+        names: Vec::new(),
     });
     let answer = sim.hosts[0]
         .core()

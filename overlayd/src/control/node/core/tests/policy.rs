@@ -131,6 +131,7 @@ fn forged_and_older_policies_pushed_by_a_member_change_nothing() {
         let now = sim.now();
         let push = Request::Push(Bundle {
             policy: Some(bad.to_bytes()),
+            names: Vec::new(),
             ..Bundle::default()
         });
         let answer = sim.hosts[2]

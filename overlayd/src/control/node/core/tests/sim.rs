@@ -172,6 +172,7 @@ pub(super) fn settings() -> Settings {
         rejoin_interval: Duration::from_millis(control.rejoin_interval_ms),
         membership: control.membership(),
         relay: None,
+        max_names: protocol::records::names::DEFAULT_MAX_NAMES,
     }
 }
 
