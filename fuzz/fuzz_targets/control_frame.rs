@@ -149,10 +149,25 @@ fn reissue(bytes: &[u8]) {
         .verify(&f.ca.verifying_key(), NOW)
         .expect("a re-issued certificate verifies");
     assert_eq!(
-        (&cert.node, cert.wireguard_key, cert.control_key, &cert.subnets, cert.number),
-        (&current.node, current.wireguard_key, current.control_key, &current.subnets, current.number)
+        (
+            &cert.node,
+            cert.wireguard_key,
+            cert.control_key,
+            &cert.subnets,
+            cert.number
+        ),
+        (
+            &current.node,
+            current.wireguard_key,
+            current.control_key,
+            &current.subnets,
+            current.number
+        )
     );
-    assert!(cert.serial > current.serial, "a re-issue without a higher serial");
+    assert!(
+        cert.serial > current.serial,
+        "a re-issue without a higher serial"
+    );
 }
 
 /// The `JoinAsk` the admin makes of a `Join` (`JoinAsk::from_request`, as the membership
