@@ -615,6 +615,30 @@ impl Member {
                         tracing::warn!(error = %format!("{e:#}"), "cannot save the admin's state");
                     }
                 }
+                Action::Ask { link, request } => {
+                    if let Some(conn) = self.conns.get(&link) {
+                        let (conn, traffic) = (conn.clone(), self.ctx.traffic.clone());
+                        tokio::spawn(async move {
+                            match net::ask(conn, request, traffic).await {
+                                Ok(Response::Refused(why)) => {
+                                    tracing::debug!(%why, "rendezvous refused")
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::debug!(error = %e, "rendezvous not sent"),
+                            }
+                        });
+                    }
+                }
+                Action::Punch { addr, key } => {
+                    // The agreed time: a fresh QUIC dial (an attempt under way may be one
+                    // whose packets the far NAT dropped) and the tunnel's handshake, both
+                    // from the one port, to the addresses of the member's record.
+                    tracing::debug!(%addr, "punching at the agreed time");
+                    self.connect(addr);
+                    self.ctx
+                        .router
+                        .initiate_and_send(crate::router::Initiate::Punch(&key), &*self.ctx.udp);
+                }
                 Action::DetectAddress { towards } => {
                     if let Ok(ip) =
                         super::detect_address(Some(towards), &self.ctx.config().tun_name)

@@ -46,6 +46,7 @@ mod limits;
 mod links;
 mod names;
 mod policy;
+mod rendezvous;
 mod renew;
 mod requests;
 mod swim;
@@ -231,6 +232,23 @@ pub enum Action {
         /// `SignedCertificate::to_bytes`.
         certificate: Vec<u8>,
     },
+    /// Send `request` on member link `link` (a rendezvous ask or a punch proposal, see
+    /// `rendezvous`); the answer is only logged.
+    Ask {
+        /// The connection.
+        link: LinkId,
+        /// The request.
+        request: crate::control::msg::Request,
+    },
+    /// Punch now to a member (a rendezvous's agreed time): open a member connection to
+    /// `addr` even if one is being opened (a fresh QUIC dial), and send the tunnel's
+    /// handshake to the peer with `key` (`router::Initiate::Punch`).
+    Punch {
+        /// The member's control address, from its record.
+        addr: SocketAddr,
+        /// Its WireGuard key.
+        key: keys::PublicKey,
+    },
 }
 
 /// A member's membership, without I/O (see the module docs).
@@ -278,6 +296,8 @@ pub struct Core {
     names: NameTable,
     /// The version of this host's last name set.
     names_version: u64,
+    /// Hole punching at an agreed time (see `rendezvous`).
+    rendezvous: rendezvous::Rendezvous,
     dirty: bool,
     actions: VecDeque<Action>,
 }
@@ -353,6 +373,7 @@ impl Core {
             deliveries: HashMap::new(),
             names: NameTable::default(),
             names_version: 0,
+            rendezvous: rendezvous::Rendezvous::default(),
             dirty: false,
             actions: VecDeque::new(),
         };
