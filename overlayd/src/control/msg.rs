@@ -391,6 +391,42 @@ mod tests {
         assert_eq!(buf[LENGTH_PREFIX_LEN], 5);
     }
 
+    /// The rendezvous requests come last (tags 5 and 6); their largest honest instance
+    /// (varints at their longest) fits their limit, and a longer one is refused by its
+    /// header alone.
+    #[tokio::test]
+    async fn rendezvous_requests_have_their_own_small_limits() {
+        for (tag, largest) in [
+            (
+                5,
+                Request::Rendezvous {
+                    with: u32::MAX,
+                    delay_ms: u16::MAX,
+                },
+            ),
+            (
+                6,
+                Request::Punch {
+                    from: u32::MAX,
+                    delay_ms: u16::MAX,
+                },
+            ),
+        ] {
+            let mut buf = Vec::new();
+            write(&mut buf, &largest).await.unwrap();
+            assert_eq!(buf[LENGTH_PREFIX_LEN], tag);
+            let mut r = buf.as_slice();
+            let header = read_request_header(&mut r, MAX_FRAME).await.unwrap();
+            assert_eq!(read_request_body(&mut r, header).await.unwrap(), largest);
+            let mut padded = ((request_limit(tag) + 1) as u32).to_be_bytes().to_vec();
+            padded.push(tag);
+            let e = read_request_header(&mut padded.as_slice(), MAX_FRAME)
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains(&format!("kind {tag}")), "{e}");
+        }
+    }
+
     /// A length alone reserves nothing: 8 MiB announced and 10 bytes sent fail without an
     /// 8 MiB buffer (the growing path).
     #[tokio::test]
