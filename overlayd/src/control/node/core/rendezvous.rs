@@ -29,7 +29,7 @@
 //! current member connection, naming a live member other than itself and the forwarder,
 //! within the forwarder's rate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -84,7 +84,9 @@ impl Core {
     /// When the rendezvous needs [`Core::handle_timeout`] next.
     pub(super) fn rendezvous_timeout(&self) -> Option<Instant> {
         let fire = self.rendezvous.fire.iter().map(|(at, _)| *at).min();
-        match (self.rendezvous.next_tick, fire) {
+        // With two ports nothing is punched (see `discovery`): no ticks.
+        let tick = self.rendezvous.next_tick.filter(|_| self.one_port());
+        match (tick, fire) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -115,12 +117,13 @@ impl Core {
             return;
         }
         let targets = self.targets();
+        let connected = self.connected_members(now);
         let own_nat = self.reflexive.is_some();
         self.rendezvous
             .tries
             .retain(|n, _| targets.iter().any(|t| t.number == *n));
         for t in targets {
-            if self.connected_to(t.number, now) || !(t.behind_nat || own_nat) {
+            if connected.contains(&t.number) || !(t.behind_nat || own_nat) {
                 self.rendezvous.tries.remove(&t.number);
                 continue;
             }
@@ -228,6 +231,7 @@ impl Core {
     }
 
     fn refuse_rendezvous(&mut self, why: &str) -> Response {
+        tracing::debug!(%why, "refused a rendezvous");
         self.rendezvous.refused += 1;
         Response::Refused(why.to_owned())
     }
@@ -276,6 +280,16 @@ impl Core {
         self.current_link_of(number, now).is_some()
     }
 
+    /// The members with a current connection (one look at the directory for all).
+    fn connected_members(&self, now: Now) -> HashSet<u32> {
+        let dir = self.dir();
+        self.links
+            .values()
+            .filter(|l| super::lapsed(&dir, &l.peer, now.unix).is_none())
+            .map(|l| l.peer.number)
+            .collect()
+    }
+
     /// The newest current connection with member `number`.
     fn current_link_of(&self, number: u32, now: Now) -> Option<LinkId> {
         self.links
@@ -305,15 +319,16 @@ impl Core {
     /// Connections to ask a rendezvous with member `with` through: to current members
     /// other than it, public ones first, then by name.
     fn thirds(&self, with: u32, now: Now) -> Vec<LinkId> {
-        let public: HashMap<u32, bool> = self
-            .dir()
+        let dir = self.dir();
+        let public: HashMap<u32, bool> = dir
             .live_members()
             .map(|m| (m.number, m.endpoints.len() == 1))
             .collect();
         let mut by_member: HashMap<u32, (bool, String, LinkId)> = HashMap::new();
         for (id, l) in &self.links {
             let n = l.peer.number;
-            if n == with || n == self.me.number || !self.is_current(*id, now) {
+            if n == with || n == self.me.number || super::lapsed(&dir, &l.peer, now.unix).is_some()
+            {
                 continue;
             }
             let Some(&public) = public.get(&n) else {
