@@ -22,6 +22,8 @@
 //!   sync, rejoins, housekeeping).
 //! - [`Core::handle_address`]: this host's underlay address, asked for with
 //!   [`Action::DetectAddress`].
+//! - Rendezvous asks and punch proposals come as requests ([`Core::handle_request`]);
+//!   punches are fired from [`Core::handle_timeout`] ([`Action::Punch`]).
 //! - API commands: [`Core::create_token`], [`Core::revoke`], [`Core::leave`].
 //!
 //! Actions out: after every event, [`Core::poll_action`] until it returns `None`, carrying
@@ -38,7 +40,8 @@
 //! The rest is split by concern: `swim` (running foca, timers and periodic work, this
 //! host's own record), `gossip` (records on SWIM, foca's timers, the throttle), `links`
 //! (member connections and addresses), `requests` (requests from other hosts and API
-//! commands), `view` (what the API shows and what is routed).
+//! commands), `view` (what the API shows and what is routed), `rendezvous` (hole punching
+//! at a time agreed through a third member).
 
 mod discovery;
 mod gossip;
