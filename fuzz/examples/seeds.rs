@@ -248,6 +248,28 @@ fn control_frame(c: &mut Corpus) {
             },
         ),
     );
+    c.put(
+        t,
+        "rendezvous",
+        &frame(
+            0,
+            &Request::Rendezvous {
+                with: 3,
+                delay_ms: 300,
+            },
+        ),
+    );
+    c.put(
+        t,
+        "punch",
+        &frame(
+            0,
+            &Request::Punch {
+                from: 2,
+                delay_ms: 300,
+            },
+        ),
+    );
     let bare = postcard::to_allocvec(&bundle(f)).expect("a bundle encodes");
     c.put(t, "bare-bundle", &with(3, &bare));
 }

@@ -200,7 +200,7 @@ fuzz_target!(|data: &[u8]| {
             match request {
                 Request::Sync(bundle) | Request::Push(bundle) => apply_bundle(&bundle),
                 Request::Reissued(certificate) => reissue(&certificate),
-                Request::Renew => {}
+                Request::Renew | Request::Rendezvous { .. } | Request::Punch { .. } => {}
                 join => {
                     if let Some(ask) = ask(join, mode % 5 == 4) {
                         admit(ask);

@@ -64,6 +64,23 @@ pub enum Request {
     /// `overlayctl node groups`), `SignedCertificate::to_bytes`; the member takes it if it
     /// is a re-issue of its own. Answered with `Ack` or `Refused`.
     Reissued(Vec<u8>),
+    /// From a member to a member connected to both: pass a punch proposal on to member
+    /// number `with` (`Request::Punch`), both sides to fire in `delay_ms`. Answered with
+    /// `Ack` (passed on) or `Refused`. No address: each side punches to the other's record.
+    Rendezvous {
+        /// The member to punch with, by number.
+        with: u32,
+        /// In how many milliseconds (at most 2,000).
+        delay_ms: u16,
+    },
+    /// From the member asked for a rendezvous to the other side: member number `from`
+    /// will punch in `delay_ms`; punch back at that time. Answered with `Ack` or `Refused`.
+    Punch {
+        /// The member that asked, by number.
+        from: u32,
+        /// In how many milliseconds (at most 2,000).
+        delay_ms: u16,
+    },
 }
 
 /// The answer on the same stream.
@@ -166,7 +183,7 @@ pub const PUSH_FRAME: usize = (320 << 10) + protocol::records::names::MAX_BODY_L
 pub const SMALL_FRAME: usize = 64 << 10;
 
 /// The largest request of each kind, by the first byte of its body (postcard writes an
-/// enum's variant index as a varint: one byte for the five variants of [`Request`]). A
+/// enum's variant index as a varint: one byte for the seven variants of [`Request`]). A
 /// join and a push carry a few records; only a sync carries a whole directory.
 pub fn request_limit(tag: u8) -> usize {
     match tag {
@@ -175,6 +192,7 @@ pub fn request_limit(tag: u8) -> usize {
         2 => PUSH_FRAME, // Push: a member's own record and names, a revocation, a policy
         3 => 16,         // Renew: the tag alone
         4 => 4 << 10,    // Reissued: one certificate (at most keys::MAX_SIGNED_LEN bytes)
+        5 | 6 => 16,     // Rendezvous, Punch: a member number and a delay (at most 9 bytes)
         _ => 0,
     }
 }
@@ -371,6 +389,42 @@ mod tests {
         let mut buf = Vec::new();
         write(&mut buf, &renewed).await.unwrap();
         assert_eq!(buf[LENGTH_PREFIX_LEN], 5);
+    }
+
+    /// The rendezvous requests come last (tags 5 and 6); their largest honest instance
+    /// (varints at their longest) fits their limit, and a longer one is refused by its
+    /// header alone.
+    #[tokio::test]
+    async fn rendezvous_requests_have_their_own_small_limits() {
+        for (tag, largest) in [
+            (
+                5,
+                Request::Rendezvous {
+                    with: u32::MAX,
+                    delay_ms: u16::MAX,
+                },
+            ),
+            (
+                6,
+                Request::Punch {
+                    from: u32::MAX,
+                    delay_ms: u16::MAX,
+                },
+            ),
+        ] {
+            let mut buf = Vec::new();
+            write(&mut buf, &largest).await.unwrap();
+            assert_eq!(buf[LENGTH_PREFIX_LEN], tag);
+            let mut r = buf.as_slice();
+            let header = read_request_header(&mut r, MAX_FRAME).await.unwrap();
+            assert_eq!(read_request_body(&mut r, header).await.unwrap(), largest);
+            let mut padded = ((request_limit(tag) + 1) as u32).to_be_bytes().to_vec();
+            padded.push(tag);
+            let e = read_request_header(&mut padded.as_slice(), MAX_FRAME)
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains(&format!("kind {tag}")), "{e}");
+        }
     }
 
     /// A length alone reserves nothing: 8 MiB announced and 10 bytes sent fail without an

@@ -168,7 +168,13 @@ pub struct Member {
     watch: watch::Watch,
     /// This host's container names from the Docker plugin.
     names: tokio::sync::watch::Receiver<crate::docker::names::LocalNames>,
+    /// Punches fired at an agreed time (a rendezvous), by the member's control address:
+    /// a connection with it that comes up soon after is logged as their result.
+    punched: HashMap<SocketAddr, Instant>,
 }
+
+/// How soon after a punch a connection with its member counts as the punch's.
+const PUNCH_CREDIT: Duration = Duration::from_secs(2);
 
 impl Drop for Member {
     fn drop(&mut self) {
@@ -288,6 +294,7 @@ impl Member {
             throttle: Throttle::default(),
             saver,
             watch,
+            punched: HashMap::new(),
         };
         // This host's overlay address comes from its certificate unless the config sets one;
         // before the routes to the members, which prefer it as source.
@@ -367,6 +374,14 @@ impl Member {
                 let inbound = conn.side().is_server();
                 match self.core.handle_connected(addr, peer, inbound, now) {
                     Ok((link, peer)) => {
+                        self.punched.retain(|_, at| at.elapsed() <= PUNCH_CREDIT);
+                        if self.punched.remove(&addr).is_some() {
+                            tracing::info!(
+                                peer = %peer.node,
+                                endpoint = %addr,
+                                "connected to a member by a punch at the agreed time (a rendezvous through another member)"
+                            );
+                        }
                         // One port: the QUIC connection just went through whatever NATs
                         // are between (both sides dial each other as soon as they know the
                         // other's published address: a simultaneous open, retried by QUIC);
@@ -614,6 +629,31 @@ impl Member {
                     if let Err(e) = self.ctx.state.save_admin(&admin) {
                         tracing::warn!(error = %format!("{e:#}"), "cannot save the admin's state");
                     }
+                }
+                Action::Ask { link, request } => {
+                    if let Some(conn) = self.conns.get(&link) {
+                        let (conn, traffic) = (conn.clone(), self.ctx.traffic.clone());
+                        tokio::spawn(async move {
+                            match net::ask(conn, request, traffic).await {
+                                Ok(Response::Refused(why)) => {
+                                    tracing::debug!(%why, "rendezvous refused")
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::debug!(error = %e, "rendezvous not sent"),
+                            }
+                        });
+                    }
+                }
+                Action::Punch { addr, key } => {
+                    // The agreed time: a fresh QUIC dial (an attempt under way may be one
+                    // whose packets the far NAT dropped) and the tunnel's handshake, both
+                    // from the one port, to the addresses of the member's record.
+                    tracing::debug!(%addr, "punching at the agreed time");
+                    self.punched.insert(addr, Instant::now());
+                    self.connect(addr);
+                    self.ctx
+                        .router
+                        .initiate_and_send(crate::router::Initiate::Punch(&key), &*self.ctx.udp);
                 }
                 Action::DetectAddress { towards } => {
                     if let Ok(ip) =

@@ -22,6 +22,8 @@
 //!   sync, rejoins, housekeeping).
 //! - [`Core::handle_address`]: this host's underlay address, asked for with
 //!   [`Action::DetectAddress`].
+//! - Rendezvous asks and punch proposals come as requests ([`Core::handle_request`]);
+//!   punches are fired from [`Core::handle_timeout`] ([`Action::Punch`]).
 //! - API commands: [`Core::create_token`], [`Core::revoke`], [`Core::leave`].
 //!
 //! Actions out: after every event, [`Core::poll_action`] until it returns `None`, carrying
@@ -38,7 +40,8 @@
 //! The rest is split by concern: `swim` (running foca, timers and periodic work, this
 //! host's own record), `gossip` (records on SWIM, foca's timers, the throttle), `links`
 //! (member connections and addresses), `requests` (requests from other hosts and API
-//! commands), `view` (what the API shows and what is routed).
+//! commands), `view` (what the API shows and what is routed), `rendezvous` (hole punching
+//! at a time agreed through a third member).
 
 mod discovery;
 mod gossip;
@@ -46,6 +49,7 @@ mod limits;
 mod links;
 mod names;
 mod policy;
+mod rendezvous;
 mod renew;
 mod requests;
 mod swim;
@@ -231,6 +235,23 @@ pub enum Action {
         /// `SignedCertificate::to_bytes`.
         certificate: Vec<u8>,
     },
+    /// Send `request` on member link `link` (a rendezvous ask or a punch proposal, see
+    /// `rendezvous`); the answer is only logged.
+    Ask {
+        /// The connection.
+        link: LinkId,
+        /// The request.
+        request: crate::control::msg::Request,
+    },
+    /// Punch now to a member (a rendezvous's agreed time): open a member connection to
+    /// `addr` even if one is being opened (a fresh QUIC dial), and send the tunnel's
+    /// handshake to the peer with `key` (`router::Initiate::Punch`).
+    Punch {
+        /// The member's control address, from its record.
+        addr: SocketAddr,
+        /// Its WireGuard key.
+        key: keys::PublicKey,
+    },
 }
 
 /// A member's membership, without I/O (see the module docs).
@@ -278,6 +299,8 @@ pub struct Core {
     names: NameTable,
     /// The version of this host's last name set.
     names_version: u64,
+    /// Hole punching at an agreed time (see `rendezvous`).
+    rendezvous: rendezvous::Rendezvous,
     dirty: bool,
     actions: VecDeque<Action>,
 }
@@ -353,6 +376,7 @@ impl Core {
             deliveries: HashMap::new(),
             names: NameTable::default(),
             names_version: 0,
+            rendezvous: rendezvous::Rendezvous::default(),
             dirty: false,
             actions: VecDeque::new(),
         };

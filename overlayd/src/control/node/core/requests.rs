@@ -209,6 +209,12 @@ impl Core {
                     }
                 }
             }
+            (Origin::Member(link), Request::Rendezvous { with, delay_ms }) => {
+                self.handle_rendezvous(link, with, delay_ms, now)
+            }
+            (Origin::Member(link), Request::Punch { from, delay_ms }) => {
+                self.handle_punch(link, from, delay_ms, now)
+            }
             (Origin::Joiner, request) => match JoinAsk::from_request(request) {
                 Some(ask) => match self.admit(&ask, now) {
                     Ok(change) => return Answer::AfterSave(change),

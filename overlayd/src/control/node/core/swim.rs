@@ -47,6 +47,9 @@ impl Core {
             .sync
             .min(periodic.rejoin)
             .min(periodic.housekeeping);
+        let next = self
+            .rendezvous_timeout()
+            .map_or(next, |rendezvous| rendezvous.min(next));
         self.timers.next().map_or(next, |timer| timer.min(next))
     }
 
@@ -72,6 +75,7 @@ impl Core {
             self.periodic.housekeeping += HOUSEKEEPING;
             self.housekeeping(now);
         }
+        self.rendezvous_tick(now);
         self.finish(now);
     }
 

@@ -5,6 +5,7 @@
 
 mod names;
 mod policy;
+mod rendezvous;
 mod renew;
 mod sim;
 mod upgrade;

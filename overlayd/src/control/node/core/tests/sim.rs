@@ -158,6 +158,20 @@ pub(super) struct Sim {
     /// The lifetime of the certificates the admin issues (the config's default unless a
     /// test set another: [`Sim::with_lifetime`]).
     pub(super) lifetime_s: u64,
+    /// Every core has one UDP port (its control port is its tunnels' too): set before the
+    /// hosts start (or restart them).
+    pub(super) one_port: bool,
+    /// Hosts behind a NAT: seen from outside at [`nat_addr`], and no connection to them
+    /// opens unless they punched towards the dialer within the last second (a
+    /// simultaneous open).
+    pub(super) natted: HashSet<usize>,
+    /// Punches fired ([`Action::Punch`]): from, to, when.
+    pub(super) punches: Vec<(usize, usize, Instant)>,
+}
+
+/// Where host `index` is seen from outside when it is behind a NAT.
+pub(super) fn nat_addr(index: usize) -> SocketAddr {
+    SocketAddr::from(([203, 0, 113, 11 + index as u8], CONTROL_PORT))
 }
 
 /// The settings of every core: the config's defaults, the address fixed.
@@ -212,6 +226,9 @@ impl Sim {
             last_datagram: HashMap::new(),
             sync_interval,
             lifetime_s,
+            one_port: false,
+            natted: HashSet::new(),
+            punches: Vec::new(),
         };
         let mut admin = AdminState::default();
         let mut certificates = Vec::new();
@@ -317,6 +334,11 @@ impl Sim {
                 settings: Settings {
                     sync_interval: self.sync_interval,
                     certificate_lifetime_s: self.lifetime_s,
+                    listen_port: if self.one_port {
+                        CONTROL_PORT
+                    } else {
+                        settings().listen_port
+                    },
                     ..settings()
                 },
                 seed: index as u64 + 1,
@@ -480,6 +502,13 @@ impl Sim {
             // Connections read the certificate from the core when they open.
             Action::Identity(_) => {}
             Action::SaveAdmin(admin) => self.hosts[from].admin = Some(admin),
+            Action::Ask { link, request } => self.ask(from, link, request, 0),
+            Action::Punch { addr, .. } => {
+                if let Some(to) = self.host_at(addr) {
+                    self.punches.push((from, to, now.instant));
+                }
+                self.connect(from, addr);
+            }
         }
     }
 
@@ -503,9 +532,16 @@ impl Sim {
     /// Host `from` opens a connection to `addr`: both ends register it, or it fails.
     fn connect(&mut self, from: usize, addr: SocketAddr) {
         let now = self.now();
-        let to = self.hosts.iter().position(|h| h.keys.addr == addr);
+        let to = self.host_at(addr);
         let up = |to: usize| self.hosts[to].core.is_some() && !self.stalled.contains(&to);
-        let Some(to) = to.filter(|&to| up(to) && self.reachable(from, to)) else {
+        // Behind a NAT: only through a mapping its host opened towards the dialer.
+        let opened = |to: usize| {
+            !self.natted.contains(&to)
+                || self.punches.iter().any(|&(f, t, at)| {
+                    f == to && t == from && now.instant.duration_since(at) <= Duration::from_secs(1)
+                })
+        };
+        let Some(to) = to.filter(|&to| up(to) && self.reachable(from, to) && opened(to)) else {
             self.hosts[from].core().handle_connect_failed(addr);
             return;
         };
@@ -514,7 +550,11 @@ impl Sim {
             Some(core.certificate().clone())
         };
         let (ours, theirs) = (cert_of(&self.hosts[from]), cert_of(&self.hosts[to]));
-        let from_addr = self.hosts[from].keys.addr;
+        let from_addr = if self.natted.contains(&from) {
+            nat_addr(from)
+        } else {
+            self.hosts[from].keys.addr
+        };
         let Ok((mine, _)) = self.hosts[from]
             .core()
             .handle_connected(addr, theirs, false, now)
@@ -532,6 +572,13 @@ impl Sim {
             // Refused by the other end: closed at this one.
             Err(_) => self.hosts[from].core().handle_closed(addr, mine),
         }
+    }
+
+    /// The host at control address `addr`: its own, or its NAT's.
+    fn host_at(&self, addr: SocketAddr) -> Option<usize> {
+        (0..self.hosts.len()).find(|&i| {
+            self.hosts[i].keys.addr == addr || (self.natted.contains(&i) && nat_addr(i) == addr)
+        })
     }
 
     /// The connection `link` of host `index` (with `addr`) was closed by the other end.
@@ -580,6 +627,7 @@ impl Sim {
             }
             Delivery::Ask(from, mine, to, theirs, request, number) => {
                 let renew = *request == Request::Renew;
+                let kind = (*request).clone();
                 let Some(core) = self.hosts[to].core.as_mut() else {
                     return;
                 };
@@ -597,6 +645,8 @@ impl Sim {
                 if let Some(core) = self.hosts[from].core.as_mut() {
                     if renew {
                         core.handle_renewed(mine, Ok(response), now);
+                    } else if matches!(kind, Request::Rendezvous { .. } | Request::Punch { .. }) {
+                        // Only logged by the driver.
                     } else {
                         core.handle_delivered(number, Ok(response), now);
                     }
