@@ -39,7 +39,7 @@ use keys::SigningKey;
 use overlayd::control::msg::{self, Bundle, Request};
 use protocol::membership::NodeId;
 use protocol::records::SignedMemberRecord;
-use testnet::{CONTROL_PORT, MemberState, Options, Testnet};
+use testnet::{MemberState, Options, Testnet};
 
 /// How long the attack lasts.
 const ATTACK: Duration = Duration::from_secs(20);
@@ -256,7 +256,7 @@ fn attack(net: &Testnet, stop: Arc<AtomicBool>, counters: Arc<Counters>) {
     item.extend_from_slice(&record);
     let datagram = gossip_datagram(h4.node_id(), h1.node_id(), &[item]);
     let config = member_config(&h4.identity());
-    let to = SocketAddr::new(net.addr("h1").expect("h1's address"), CONTROL_PORT);
+    let to = SocketAddr::new(net.addr("h1").expect("h1's address"), net.control_port());
     run_in_netns(&net.host_ns(4), move || async move {
         let mut tasks = Vec::new();
         for i in 0..FLOOD_LINKS {

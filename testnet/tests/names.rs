@@ -34,7 +34,7 @@ use hostile::{Credentials, member_config, push_bundle, run_in_netns};
 use overlayd::control::msg::{Bundle, Response};
 use protocol::api::MemberState;
 use protocol::records::names::{NameEntry, NameSet};
-use testnet::{CONTROL_PORT, Testnet};
+use testnet::Testnet;
 
 /// Within how long a name must show up, or go, on the other host.
 const WITHIN: Duration = Duration::from_secs(5);
@@ -130,7 +130,7 @@ fn push_names(run: &Run, who: &Credentials, from: usize, to: usize, set: &NameSe
     let config = member_config(&who.identity());
     let target = std::net::SocketAddr::new(
         run.net.addr(&format!("h{to}")).expect("host addr"),
-        CONTROL_PORT,
+        run.net.control_port(),
     );
     let bundle = Bundle {
         names: vec![signed],

@@ -692,7 +692,7 @@ fn forged_and_older_pushes_change_nothing(net: &Testnet) {
     let older =
         SignedPolicy::sign(&ca, &h4.network.network, 1, 0, allow_all).expect("a policy signs");
     let config = member_config(&h4.identity());
-    let to = SocketAddr::new(net.addr("h2").expect("h2's address"), testnet::CONTROL_PORT);
+    let to = SocketAddr::new(net.addr("h2").expect("h2's address"), net.control_port());
     let answers: Vec<String> = run_in_netns(&net.host_ns(4), move || async move {
         let link = Link::open(config, to)
             .await

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use common::root;
 use hostile::{Credentials, member_config, run_in_netns, send_gossip};
 use protocol::membership::NodeId;
-use testnet::{CONTROL_PORT, MemberState, Options, Testnet};
+use testnet::{MemberState, Options, Testnet};
 
 /// The daemons' default `suspect_timeout_ms`: the longest a false `Down` may cost a route.
 const SUSPICION: Duration = Duration::from_secs(4);
@@ -37,7 +37,10 @@ const SUSPICION: Duration = Duration::from_secs(4);
 const WATCH: Duration = Duration::from_secs(8);
 
 fn control_addr(net: &Testnet, i: usize) -> SocketAddr {
-    SocketAddr::new(net.addr(&format!("h{i}")).expect("host addr"), CONTROL_PORT)
+    SocketAddr::new(
+        net.addr(&format!("h{i}")).expect("host addr"),
+        net.control_port(),
+    )
 }
 
 fn credentials(net: &Testnet, i: usize) -> Credentials {

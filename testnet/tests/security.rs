@@ -55,7 +55,10 @@ fn up() -> Testnet {
 
 /// Host `i`'s control endpoint on the underlay.
 fn control_addr(net: &Testnet, i: usize) -> SocketAddr {
-    SocketAddr::new(net.addr(&format!("h{i}")).expect("host addr"), CONTROL_PORT)
+    SocketAddr::new(
+        net.addr(&format!("h{i}")).expect("host addr"),
+        net.control_port(),
+    )
 }
 
 /// Host `i`'s WireGuard endpoint on the underlay (what an attacker would advertise).

@@ -46,7 +46,10 @@ fn up() -> Testnet {
 }
 
 fn control_addr(net: &Testnet, i: usize) -> SocketAddr {
-    SocketAddr::new(net.addr(&format!("h{i}")).expect("host addr"), CONTROL_PORT)
+    SocketAddr::new(
+        net.addr(&format!("h{i}")).expect("host addr"),
+        net.control_port(),
+    )
 }
 
 /// What every host must still see after a refused join: each member's key, state,

@@ -251,6 +251,8 @@ fn gossip_mode_writes_control_configs_and_state_dirs() {
     }
     let mut opts = Options::new(2, 0);
     opts.start_daemons = false;
+    // The config of two ports is what is checked (TESTNET_ONE_PORT does not apply).
+    opts.one_port = false;
     let net = Testnet::up(opts).expect("up");
     assert_eq!(net.mode(), testnet::Mode::Gossip);
     let config = fs::read_to_string(net.config_path(2)).unwrap();

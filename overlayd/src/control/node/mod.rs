@@ -414,6 +414,13 @@ impl Member {
                 }
             }
             Event::Request(link, request, reply) => {
+                // A connection the peer opened follows it when it moves (QUIC migration):
+                // the address it answers `Seen` with is where its datagrams come from now.
+                if let Some(link) = link
+                    && let Some(conn) = self.conns.get(&link)
+                {
+                    self.core.handle_link_moved(link, conn.remote_address());
+                }
                 let from = link.map_or(Origin::Joiner, Origin::Member);
                 let asked = match (from, &*request) {
                     (Origin::Joiner, Request::Join { name, .. }) => Some(name.to_string()),

@@ -41,6 +41,17 @@ impl Core {
         }
     }
 
+    /// The peer of member link `link`, which it opened, now sends from `addr` (QUIC
+    /// followed it to a new address: it roamed, or its NAT gave it a new mapping). What
+    /// [`Core::seen_answer`] reports from now on; the driver tells before each request.
+    pub fn handle_link_moved(&mut self, link: LinkId, addr: SocketAddr) {
+        if let Some(l) = self.links.get_mut(&link)
+            && l.inbound
+        {
+            l.addr = addr;
+        }
+    }
+
     /// A member on link `link` saw this host's datagrams come from `addr` (the answer to a
     /// push, [`Response::Seen`]). Republishes this host's record when the address it
     /// publishes as seen from outside changes (see the module docs for the rule).

@@ -138,9 +138,24 @@ impl Core {
         if ip == self.advertise {
             return;
         }
+        // While the underlay address is gone (a roam in progress) the kernel may pick the
+        // TUN's address as the source: an overlay address is never where the host is
+        // reached, so it is not announced.
+        let net = &self.net;
+        if std::iter::once(&net.cidr)
+            .chain(&net.ranges)
+            .any(|range| range.contains(&ip))
+        {
+            return;
+        }
         self.enter(now);
         tracing::info!(old = %self.advertise, new = %ip, "this host's underlay address changed; announcing it");
         self.advertise = ip;
+        // What members saw was the old address's path (its NAT mapping, if any): forget the
+        // votes and the address published from them, or the record would go on naming the
+        // old address first. The next pushes' answers vote again (`discovery`).
+        self.seen.clear();
+        self.reflexive = None;
         self.net.record_version += 1;
         self.publish_own_record(now);
         self.finish(now);
