@@ -595,3 +595,21 @@ fn new_timings_from_a_reload_apply_to_the_running_member() {
     );
     assert_eq!(sim.hosts[0].state_of("h1"), Some(ViewState::Alive));
 }
+
+/// While a roam is in progress the kernel may give the TUN's address as the source towards a
+/// member (the underlay address is gone): an overlay address is never announced as where the
+/// host is reached; the new underlay address is, with no address seen on the old path.
+#[test]
+fn a_roam_never_announces_an_overlay_address() {
+    let mut sim = converged(2);
+    let now = sim.now();
+    let before = sim.hosts[1].core().advertise();
+    sim.hosts[1]
+        .core()
+        .handle_address("10.42.1.1".parse().unwrap(), now);
+    assert_eq!(sim.hosts[1].core().advertise(), before);
+    let moved: std::net::IpAddr = "198.18.1.12".parse().unwrap();
+    sim.hosts[1].core().handle_address(moved, now);
+    assert_eq!(sim.hosts[1].core().advertise(), moved);
+    assert_eq!(sim.hosts[1].core().reflexive(), None);
+}
