@@ -10,7 +10,10 @@
 //!   only the names of its own network), this host's first;
 //! - a name of one label that no container has, and any other name under `NETWORK`:
 //!   NXDOMAIN, answered here;
-//! - anything else: forwarded to the host's resolvers.
+//! - anything else (a name with a dot outside `NETWORK`): forwarded to the host's
+//!   resolvers, never answered from a member's names, so no member can take an internet
+//!   name. A container's name is answered only to askers in the overlay range its address
+//!   is in, whatever range its publisher claims.
 
 use std::net::IpAddr;
 
@@ -66,15 +69,26 @@ pub fn lookup(view: &View, name: &str, client: IpAddr) -> Lookup {
             None => Lookup::NxDomain,
         };
     }
-    let (short, ours) = match name.strip_suffix(&format!(".{network}")) {
-        Some(short) => (short, true),
-        None => (name.as_str(), !name.contains('.')),
+    let short = match name.strip_suffix(&format!(".{network}")) {
+        Some(short) => short,
+        // A name with a dot outside the network's domain is the internet's: never answered
+        // from the members' name sets (a member could publish `registry-1.docker.io`).
+        None if name.contains('.') => return Lookup::Forward,
+        None => name.as_str(),
     };
+    // The overlay range (one per Docker network) the asker is in: a name answers only if
+    // its address is in that range too, whatever range its publisher wrote beside it.
+    let asker_range = std::iter::once(&member.cidr)
+        .chain(&member.ranges)
+        .find(|r| r.contains(&client));
     let mut local = Vec::new();
     let mut remote = Vec::new();
     let found = view.names_index.get(short).map_or(&[][..], Vec::as_slice);
     for n in found.iter().filter_map(|&i| view.names.get(i)) {
-        if n.entry.range.contains(&client) && n.entry.answers_to(short) {
+        if n.entry.range.contains(&client)
+            && asker_range.is_none_or(|r| r.contains(&n.entry.address))
+            && n.entry.answers_to(short)
+        {
             let list = if n.local { &mut local } else { &mut remote };
             if !list.contains(&n.entry.address) {
                 list.push(n.entry.address);
@@ -82,11 +96,7 @@ pub fn lookup(view: &View, name: &str, client: IpAddr) -> Lookup {
         }
     }
     if local.is_empty() && remote.is_empty() {
-        return if ours {
-            Lookup::NxDomain
-        } else {
-            Lookup::Forward
-        };
+        return Lookup::NxDomain;
     }
     remote.retain(|a| !local.contains(a));
     local.extend(remote);
@@ -252,6 +262,31 @@ mod tests {
         assert_eq!(lookup(&v, "secret", ip(CLIENT)), Lookup::NxDomain);
         assert_eq!(lookup(&v, "web", ip("10.43.1.2")), Lookup::NxDomain);
         assert_eq!(lookup(&v, "secret", ip("10.43.1.2")), addrs(&["10.43.2.2"]));
+    }
+
+    /// A member's name set is signed by it, but what it claims is not trusted: a dotted
+    /// name outside the network (an internet name) is forwarded, never answered from a
+    /// set, and a name answers only askers of the overlay range its address is in, whatever
+    /// range the set says (`0.0.0.0/0` would otherwise reach every Docker network).
+    #[test]
+    fn a_member_can_neither_hijack_internet_names_nor_cross_networks() {
+        let mut v = view();
+        let mut names = v.names.clone();
+        names.push(name(
+            "h2",
+            false,
+            "registry-1.docker.io",
+            &[],
+            "10.42.2.9",
+            "0.0.0.0/0",
+        ));
+        names.push(name("h2", false, "spy", &[], "10.42.2.8", "0.0.0.0/0"));
+        v.set_names(names);
+        let c = ip(CLIENT);
+        assert_eq!(lookup(&v, "registry-1.docker.io", c), Lookup::Forward);
+        assert_eq!(lookup(&v, "spy", c), addrs(&["10.42.2.8"]));
+        assert_eq!(lookup(&v, "spy", ip("10.43.1.2")), Lookup::NxDomain);
+        assert_eq!(lookup(&v, "spy.testnet", ip("10.43.1.2")), Lookup::NxDomain);
     }
 
     fn question(name: &str, qtype: RecordType) -> Message {

@@ -608,6 +608,14 @@ fn a_roam_never_announces_an_overlay_address() {
         .core()
         .handle_address("10.42.1.1".parse().unwrap(), now);
     assert_eq!(sim.hosts[1].core().advertise(), before);
+    // An address no other host can reach, which a member can make the detection find by
+    // publishing it as its own endpoint, is not announced either.
+    for bad in ["127.0.0.1", "169.254.1.1", "0.0.0.0", "::1", "fe80::1"] {
+        sim.hosts[1]
+            .core()
+            .handle_address(bad.parse().unwrap(), now);
+        assert_eq!(sim.hosts[1].core().advertise(), before, "{bad}");
+    }
     let moved: std::net::IpAddr = "198.18.1.12".parse().unwrap();
     sim.hosts[1].core().handle_address(moved, now);
     assert_eq!(sim.hosts[1].core().advertise(), moved);
