@@ -880,6 +880,7 @@ impl Router {
             st.via = Some(src);
         } else {
             st.endpoint = Some(src);
+            st.proven_endpoint = Some(src);
             st.via = None;
         }
         if (st.endpoint, st.via) != before {

@@ -66,6 +66,10 @@ pub struct PeerState {
     /// A new address its record gave while the tunnel had a session, held back
     /// (`PeerSpec::advertised`): tried once the tunnel is stuck without one.
     pub(super) held_endpoint: Option<SocketAddr>,
+    /// The source of its last authenticated datagram that came straight from it (not
+    /// through a relay): the only address this host relays to it at (`relay.rs`), so that
+    /// no member can make a relay send to an address it merely wrote in its record.
+    pub(super) proven_endpoint: Option<SocketAddr>,
 }
 
 /// What may change about a peer without touching its tunnel; swapped whole.
@@ -546,6 +550,7 @@ impl Router {
                 heard_ms: 0,
                 sent_relayed_ms: 0,
                 held_endpoint: None,
+                proven_endpoint: None,
             }),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),

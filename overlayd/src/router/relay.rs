@@ -342,7 +342,11 @@ impl Router {
         let mut map = RelayMap::default();
         for peer in table.present() {
             let st = peer.lock();
-            if let (false, None, Some(endpoint)) = (st.removed, st.via, st.endpoint) {
+            // Only an endpoint its own authenticated datagrams came from: one its record
+            // merely names (any address its member chose) is never relayed to.
+            if let (false, None, Some(endpoint)) = (st.removed, st.via, st.endpoint)
+                && st.proven_endpoint == Some(endpoint)
+            {
                 map.insert(peer.index, &peer.public_key, endpoint);
             }
         }

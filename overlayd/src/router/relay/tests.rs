@@ -409,3 +409,40 @@ fn relayed_wireguard_and_quic_datagrams_are_told_apart_per_datagram() {
     reserved[2] = 1;
     assert_eq!(relay_kind(&reserved), None);
 }
+
+/// A member's record names any address its member likes: until an authenticated datagram
+/// came straight from that address, R relays nothing there, so no member can point the
+/// relay at a third party or at a service on R's own network.
+#[test]
+fn a_relay_sends_only_to_an_endpoint_its_peer_proved() {
+    let net = relayed();
+    let r = net.router(R);
+    let c = PrivateKey::generate();
+    r.upsert_peer(crate::router::PeerSpec {
+        public_key: c.public_key(),
+        name: Some("c".into()),
+        endpoint: Some(addr("198.18.9.9:161")),
+        subnets: vec!["10.42.9.0/24".parse().unwrap()],
+        groups: Vec::new(),
+        persistent_keepalive: None,
+        advertised: true,
+    })
+    .unwrap();
+    r.relay_map_changed();
+    let mut datagram = vec![TO_RELAY, 0, 0, 0];
+    datagram.extend_from_slice(&key_id(&c.public_key()));
+    datagram.extend_from_slice(&[4, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    let mut out = Vec::new();
+    assert_eq!(
+        r.forward_relayed(&r.table(), addr(A), &datagram, &mut out),
+        None
+    );
+    // B, whose datagrams R authenticated, is still relayed to.
+    let mut to_b = vec![TO_RELAY, 0, 0, 0];
+    to_b.extend_from_slice(&key_id(&net.keys[&addr(B)]));
+    to_b.extend_from_slice(&[4, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(
+        r.forward_relayed(&r.table(), addr(A), &to_b, &mut out),
+        Some(addr(B))
+    );
+}
