@@ -354,7 +354,10 @@ impl View {
         for (i, n) in names.iter().enumerate() {
             for key in std::iter::once(&n.entry.name).chain(&n.entry.aliases) {
                 let list = index.entry(key.clone()).or_default();
-                if !list.contains(&i) {
+                // Entries come in order, so a repeat (a name also an alias) is the last one:
+                // constant time, where a search of the list cost O(n^2) for n entries of
+                // one name.
+                if list.last() != Some(&i) {
                     list.push(i);
                 }
             }

@@ -202,7 +202,9 @@ impl Core {
         let Some(forwarder) = self.current_node(link, now) else {
             return self.refuse_rendezvous("the forwarder is not a current member");
         };
-        if !self.take_rate(forwarder, now.instant) {
+        // Limited per forwarder and per proposer: a member asking through every third
+        // member at once makes this host dial no faster than one asking through one.
+        if !self.take_rate(forwarder, now.instant) || !self.take_rate(from, now.instant) {
             return self.refuse_rendezvous("too many punch proposals; wait");
         }
         if delay_ms > MAX_DELAY_MS {
