@@ -50,8 +50,11 @@ pub const MAX_ENTRIES: usize = u16::MAX as usize;
 pub const MAX_ALIASES: usize = 16;
 /// The longest name, alias or Docker network name.
 pub const MAX_TEXT_LEN: usize = 63;
-/// The longest body accepted (bytes): far above what 4,096 names take.
-pub const MAX_BODY_LEN: usize = 4 << 20;
+/// The longest body accepted (bytes): above what 4,096 names of usual length take (~60
+/// bytes each), and small enough that a full sync (at most `MAX_FRAME`, 8 MiB) holds
+/// the sets of 16 members at this size besides the directory. A set of long names with
+/// many aliases can be refused by size before the count cap.
+pub const MAX_BODY_LEN: usize = 512 << 10;
 const FORMAT_VERSION: u8 = 1;
 
 /// Why a name set was refused or could not be made.
