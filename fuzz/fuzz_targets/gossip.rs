@@ -77,6 +77,7 @@ fn member(start: Instant) -> (Core, Vec<(u32, LinkId)>) {
         left: false,
         renewed_unix: None,
         bootstrap: Vec::new(),
+        ca_transition: None,
     };
     let start_at = now(start, start);
     let mut core = Core::new(

@@ -146,6 +146,22 @@ fn membership(out: &mut String, m: &Membership, now_unix: u64) {
     let _ = writeln!(out, "node subnets: {}", list(&m.subnets));
     let _ = writeln!(out, "groups:       {}", list(&m.groups));
     let _ = writeln!(out, "network CA:   {}", m.ca_fingerprint);
+    if let Some(ca) = &m.ca {
+        if ca.certificate_ca != m.ca_fingerprint {
+            let _ = writeln!(
+                out,
+                "certificate CA: {} (renewing under the network CA)",
+                ca.certificate_ca
+            );
+        }
+        if let (Some(old), Some(at)) = (&ca.retiring_ca, ca.retires_unix) {
+            let _ = writeln!(
+                out,
+                "CA rotation:  {old} trusted until {}, then retired",
+                crate::when::utc(at)
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "certificate:  expires {} ({})",
@@ -472,6 +488,8 @@ mod tests {
             control_port: 51821,
             member_count: 3,
             left: false,
+                  ca: None,
+  ca: None,
         }
     }
 

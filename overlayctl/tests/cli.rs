@@ -221,6 +221,7 @@ fn member_status(admin: bool, member_count: usize) -> Status {
             control_port: 51821,
             member_count,
             left: false,
+            ca: None,
         }),
         config: None,
     }

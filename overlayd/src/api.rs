@@ -171,6 +171,19 @@ async fn node_groups(
     Ok(Json(answer).into_response())
 }
 
+async fn ca_rotate(
+    State(s): State<Arc<ApiState>>,
+    body: Result<Json<protocol::api::CaRotateRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiFailure> {
+    let Json(req) = body.map_err(bad_body)?;
+    // Pushed to every member, each acking: as long as a revocation's push.
+    let answer = s
+        .control
+        .ask(|r| Command::CaRotate(req, r), Duration::from_secs(20))
+        .await?;
+    Ok(Json(answer).into_response())
+}
+
 async fn policy_set(
     State(s): State<Arc<ApiState>>,
     body: Result<Json<PolicySetRequest>, axum::extract::rejection::JsonRejection>,
@@ -514,6 +527,7 @@ impl ApiSocket {
             .route(JOIN_PATH, post(join))
             .route(REVOKE_PATH, post(revoke))
             .route(NODE_GROUPS_PATH, post(node_groups))
+            .route(protocol::api::CA_ROTATE_PATH, post(ca_rotate))
             .route(LEAVE_PATH, post(leave))
             .route(POLICY_PATH, get(policy_show).post(policy_set))
             .route(POLICY_CHECK_PATH, post(policy_check))

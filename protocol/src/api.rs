@@ -11,6 +11,7 @@
 //! | [`JOIN_PATH`] | [`JoinRequest`] | [`Status`] |
 //! | [`REVOKE_PATH`] | [`RevokeRequest`] | [`RevokeResponse`] |
 //! | [`NODE_GROUPS_PATH`] | [`NodeGroupsRequest`] | [`NodeGroupsResponse`] |
+//! | [`CA_ROTATE_PATH`] | [`CaRotateRequest`] | [`CaRotateResponse`] |
 //! | [`LEAVE_PATH`] | `{}` | [`Status`] |
 //! | [`RELOAD_PATH`] | `{}` | [`ReloadReport`] |
 //! | [`STATIC_PEER_ADD_PATH`] | [`StaticPeerRequest`] | [`StaticPeerChange`] |
@@ -48,6 +49,8 @@ pub const JOIN_PATH: &str = "/v1/join";
 pub const REVOKE_PATH: &str = "/v1/revoke";
 /// Path of `node groups` (admins only): re-issue a member's certificate with new groups.
 pub const NODE_GROUPS_PATH: &str = "/v1/node/groups";
+/// Path of `ca rotate`.
+pub const CA_ROTATE_PATH: &str = "/v1/ca/rotate";
 /// Path of `leave`.
 pub const LEAVE_PATH: &str = "/v1/leave";
 /// Path of the policy: `GET` the policy in force, `POST` a new one (admins only).
@@ -271,6 +274,44 @@ pub struct Membership {
     pub member_count: usize,
     /// `true` once this host has left the network (`overlayctl leave`).
     pub left: bool,
+    /// This host's certificate's CA and the CA transition in progress; absent in answers
+    /// of daemons before CA rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaStatus>,
+}
+
+/// Which CA signed this host's certificate, and the CA transition in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaStatus {
+    /// The fingerprint of the CA that signed this host's certificate: the network's
+    /// (`Membership::ca_fingerprint`) once it renewed after a rotation.
+    pub certificate_ca: String,
+    /// During a transition: the CA being retired (still trusted until `retires_unix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring_ca: Option<String>,
+    /// When it is retired (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retires_unix: Option<u64>,
+}
+
+/// `POST /v1/ca/rotate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaRotateRequest {
+    /// How long the old CA stays trusted, in seconds; `None`: `[control] ca_transition_s`.
+    #[serde(default)]
+    pub transition_s: Option<u64>,
+}
+
+/// The answer to `POST /v1/ca/rotate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRotateResponse {
+    /// The CA retired at the end (fingerprint).
+    pub old_ca: String,
+    /// The CA in force from now on (fingerprint).
+    pub new_ca: String,
+    /// When the old CA is retired (unix seconds).
+    pub retires_unix: u64,
 }
 
 /// A member's state as this host sees it.

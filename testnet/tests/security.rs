@@ -885,6 +885,7 @@ fn lapsed_certificates_lose_their_open_connections() {
         network: h1.network.network.clone(),
         certificate: short_certificate(&ca_key, "h9", 1000, &h9_key, not_after),
         control_key: h9_key,
+        previous_ca: None,
     };
     let (config, to) = (member_config(&identity), control_addr(&net, 1));
     let (probe, expired) = run_in_netns(&net.host_ns(3), move || async move {

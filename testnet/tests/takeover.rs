@@ -170,6 +170,7 @@ fn exploit(
         network: network.network.clone(),
         certificate,
         control_key,
+        previous_ca: None,
     };
     for target in [1, 3] {
         let config = member_config(&identity);

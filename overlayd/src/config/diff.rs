@@ -230,6 +230,12 @@ impl Diff {
                 &fc.certificate_lifetime(),
             );
         }
+        if rc.ca_transition_s != fc.ca_transition_s {
+            d.live.push(format!(
+                "[control] ca_transition_s {} -> {} (for the next `overlayctl ca rotate`)",
+                rc.ca_transition_s, fc.ca_transition_s
+            ));
+        }
         if rc.policy_flows != fc.policy_flows {
             d.live.push(format!(
                 "[control] policy_flows {} -> {} (from the next policy version; the flows tracked now are kept)",

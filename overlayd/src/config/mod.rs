@@ -120,6 +120,9 @@ pub struct Control {
     /// The same in seconds, in place of `certificate_days` when set: for tests of renewal
     /// (at least 30 s, at most 3650 days).
     pub certificate_lifetime_s: Option<u64>,
+    /// How long a CA rotation (`overlayctl ca rotate`, without `--transition`) trusts the
+    /// old CA beside the new one while every member renews, in seconds (docs/ca-rotation.md).
+    pub ca_transition_s: u64,
     /// Under a network policy: the most flows tracked per peer (connection tracking); past
     /// it, a new flow pushes out that peer's flow idle the longest.
     pub policy_flows: usize,
@@ -152,6 +155,7 @@ impl Default for Control {
             rejoin_interval_ms: 2000,
             certificate_days: 365,
             certificate_lifetime_s: None,
+            ca_transition_s: 86_400,
             policy_flows: protocol::policy::flows::DEFAULT_CAPACITY,
             relay: None,
         }

@@ -69,6 +69,7 @@ impl Config {
         if let Some(s) = c.certificate_lifetime_s {
             let _ = writeln!(out, "certificate_lifetime_s = {s}");
         }
+        let _ = writeln!(out, "ca_transition_s = {}", c.ca_transition_s);
         let d = &self.docker;
         let _ = writeln!(
             out,

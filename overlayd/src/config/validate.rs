@@ -209,6 +209,16 @@ impl Control {
                 "[control] certificate_lifetime_s = {s} is out of range; give {MIN_CERTIFICATE_LIFETIME_S} to {MAX_CERTIFICATE_LIFETIME_S} seconds (or leave it out and set certificate_days)"
             ));
         }
+        if !(protocol::records::ca::MIN_TRANSITION_S..=protocol::records::ca::MAX_TRANSITION_S)
+            .contains(&self.ca_transition_s)
+        {
+            return Err(format!(
+                "[control] ca_transition_s = {} is out of range; give {} to {} seconds (default 86400)",
+                self.ca_transition_s,
+                protocol::records::ca::MIN_TRANSITION_S,
+                protocol::records::ca::MAX_TRANSITION_S
+            ));
+        }
         if self.policy_flows == 0 {
             return Err("[control] policy_flows must be at least 1 (default 65536)".into());
         }

@@ -196,6 +196,12 @@ pub(super) fn accept(
     now: u64,
 ) -> Result<(NetworkState, Directory), ApiFailure> {
     let mut dir = Directory::new(ca, token.network().clone());
+    // During a CA transition: the CA the members not yet renewed hold, trusted until its end.
+    let ca_transition = answer
+        .bundle
+        .ca_transition
+        .clone()
+        .filter(|t| dir.apply_transition_bytes(t, Some(now)).is_ok());
     for r in &answer.bundle.revocations {
         let _ = dir.apply_revocation_bytes(r);
     }
@@ -235,6 +241,7 @@ pub(super) fn accept(
         left: false,
         renewed_unix: None,
         bootstrap: token.endpoints().to_vec(),
+        ca_transition,
     };
     Ok((net, dir))
 }

@@ -282,6 +282,11 @@ pub enum Command {
     ),
     /// `overlayctl leave`.
     Leave(Reply<protocol::api::Status>),
+    /// `overlayctl ca rotate`.
+    CaRotate(
+        protocol::api::CaRotateRequest,
+        Reply<protocol::api::CaRotateResponse>,
+    ),
     /// `overlayctl policy set`.
     PolicySet(
         protocol::api::PolicySetRequest,
@@ -578,6 +583,10 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
                 let _ = reply.send(Err(not_member()));
                 continue;
             }
+            Command::CaRotate(_, reply) => {
+                let _ = reply.send(Err(not_member()));
+                continue;
+            }
             Command::Leave(reply) => {
                 let _ = reply.send(Err(not_member()));
                 continue;
@@ -719,6 +728,7 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(NetworkState, Directory), ApiFai
         left: false,
         renewed_unix: None,
         bootstrap: Vec::new(),
+        ca_transition: None,
     };
     ctx.state.save_network(&net).map_err(internal)?;
     tracing::info!(%network, name = %node, subnets = ?subnets, ranges = ?ranges, ca = %ca.fingerprint(), "made a new network");

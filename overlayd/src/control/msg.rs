@@ -29,6 +29,9 @@ pub struct Bundle {
     /// `SignedNameSet::to_bytes`: members' container names (a push carries the sender's
     /// own set, a sync every set it holds).
     pub names: Vec<Vec<u8>>,
+    /// `SignedCaTransition::to_bytes`: the CA transition in progress, when the sender
+    /// holds one (`overlayctl ca rotate`).
+    pub ca_transition: Option<Vec<u8>>,
 }
 
 /// A request, sent by the side that opened the stream.

@@ -68,6 +68,11 @@ pub struct NetworkState {
     /// Control endpoints of the admin this host joined through (a last resort to find the
     /// network when every member in the directory is unreachable).
     pub bootstrap: Vec<SocketAddr>,
+    /// The CA transition in progress (`SignedCaTransition::to_bytes`, hex; `ca` is its
+    /// new CA): the CA it retires is trusted until its end. Absent when none is, and in
+    /// files written before CA rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_bytes")]
+    pub ca_transition: Option<Vec<u8>>,
 }
 
 /// What an admin remembers about what it issued.
@@ -139,6 +144,9 @@ const CONTROL_KEY: &str = "control.key";
 const NETWORK: &str = "network.json";
 const DIRECTORY: &str = "directory.json";
 const CA_KEY: &str = "ca.key";
+/// A new CA key written by `overlayctl ca rotate` before `network.json` names it; renamed
+/// to `ca.key` once it does ([`StateDir::finish_ca_rotation`]).
+const CA_KEY_NEXT: &str = "ca-next.key";
 const ADMIN: &str = "admin.json";
 
 impl StateDir {
@@ -244,6 +252,36 @@ impl StateDir {
             .with_context(|| format!("cannot write the CA key {}", path.display()))
     }
 
+    /// Writes the CA key a rotation makes (0600) beside the one in force; it replaces it in
+    /// [`StateDir::finish_ca_rotation`], once `network.json` names it.
+    pub fn save_next_ca_key(&self, ca: &CaKey) -> anyhow::Result<()> {
+        let path = self.path(CA_KEY_NEXT);
+        keys::write_signing_key_file(&path, ca.signing_key())
+            .with_context(|| format!("cannot write the new CA key {}", path.display()))
+    }
+
+    /// Ends a CA rotation on disk, also one cut short by a crash: a new CA key that
+    /// `network.json` names (`ca`) replaces the old one, which is destroyed; one it does
+    /// not name (the rotation never took) is removed.
+    pub fn finish_ca_rotation(&self, ca: &VerifyingKey) -> anyhow::Result<()> {
+        let next = self.path(CA_KEY_NEXT);
+        if !next.exists() {
+            return Ok(());
+        }
+        let key = keys::read_signing_key_file(&next)
+            .with_context(|| format!("cannot use the new CA key {}", next.display()))?;
+        if key.verifying_key() == *ca {
+            let path = self.path(CA_KEY);
+            fs::rename(&next, &path).with_context(|| {
+                format!("cannot move {} to {}", next.display(), path.display())
+            })?;
+        } else {
+            fs::remove_file(&next)
+                .with_context(|| format!("cannot remove {}", next.display()))?;
+        }
+        Ok(())
+    }
+
     /// What this admin issued.
     pub fn admin(&self) -> anyhow::Result<AdminState> {
         Ok(self.read_json(ADMIN)?.unwrap_or_default())
@@ -262,7 +300,7 @@ impl StateDir {
     /// by mistake can be recovered by hand. Returns where they went, if anywhere.
     pub fn forget_network(&self) -> anyhow::Result<Option<PathBuf>> {
         let archived = self.archive_admin()?;
-        for name in [DIRECTORY, CA_KEY, ADMIN, CONTROL_KEY, NETWORK] {
+        for name in [DIRECTORY, CA_KEY, CA_KEY_NEXT, ADMIN, CONTROL_KEY, NETWORK] {
             let path = self.path(name);
             let tmp = tmp_path(&path);
             for path in [path, tmp] {
@@ -369,6 +407,34 @@ mod text {
     {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Bytes as a hex string in JSON.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => s.collect_str(&format_args!(
+                "{}",
+                bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            )),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() % 2 != 0 || !text.is_ascii() {
+            return Err(serde::de::Error::custom("not a hex string"));
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom("not a hex string"))
     }
 }
 

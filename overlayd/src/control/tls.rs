@@ -144,6 +144,9 @@ pub struct TlsIdentity {
     /// This node's Ed25519 control key: the certificate's `control_key` must be its public
     /// half, or peers refuse it.
     pub control_key: SigningKey,
+    /// During a CA transition: the CA it retires, accepted until the unix second given
+    /// (`certificate` may be one of it, until renewed).
+    pub previous_ca: Option<(VerifyingKey, u64)>,
 }
 
 impl fmt::Debug for TlsIdentity {
@@ -334,7 +337,10 @@ fn read_verified(der: &[u8]) -> Result<NodeCertificate, String> {
 /// The verifier of a member's peers: `id`'s CA and network, then `check`.
 fn member_verifier(id: &TlsIdentity, check: PeerCheck, provider: &CryptoProvider) -> NodeVerifier {
     NodeVerifier::new(
-        TrustedCa::Key(id.ca),
+        TrustedCa::Key(protocol::records::ca::Trust {
+            current: id.ca,
+            previous: id.previous_ca,
+        }),
         id.network.clone(),
         Some(check),
         provider,
@@ -381,7 +387,14 @@ fn presented_certificate(
     )
     .context("loading the control key for TLS")?;
     let mut payload = Vec::with_capacity(ED25519_KEY_LEN + keys::MAX_SIGNED_LEN);
-    payload.extend_from_slice(id.ca.as_bytes());
+    // The CA of the certificate: the retiring one until it is renewed in a transition.
+    let issuer = id
+        .certificate
+        .unverified_body()
+        .ok()
+        .and_then(|c| id.previous_ca.filter(|(k, _)| k.fingerprint() == c.ca_fingerprint))
+        .map_or(id.ca, |(k, _)| k);
+    payload.extend_from_slice(issuer.as_bytes());
     payload.extend_from_slice(&id.certificate.to_bytes());
     let mut params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
         .context("X.509 certificate parameters")?;

@@ -198,6 +198,7 @@ mod tests {
                 control_port: 51821,
                 member_count: 2,
                 left: false,
+                ca: None,
             }),
             members: vec![
                 MemberView {

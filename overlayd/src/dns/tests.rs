@@ -27,6 +27,7 @@ fn view() -> Arc<Mutex<View>> {
             control_port: 51821,
             member_count: 1,
             left: false,
+            ca: None,
         }),
         ..View::default()
     };

@@ -39,6 +39,7 @@ fn member_view(subnet: &str) -> Arc<Mutex<View>> {
             control_port: 51821,
             member_count: 1,
             left: false,
+            ca: None,
         }),
         members: Vec::new(),
         nat: false,

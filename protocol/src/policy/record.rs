@@ -124,6 +124,11 @@ impl SignedPolicy {
         })
     }
 
+    /// The fingerprint of the CA that signed it (unverified).
+    pub fn ca(&self) -> &Fingerprint {
+        &self.ca
+    }
+
     /// The version (unverified until [`verify`](Self::verify)).
     pub fn version(&self) -> u64 {
         self.version

@@ -32,6 +32,7 @@ use ipnet::IpNet;
 use keys::{CertError, Name, NodeCertificate, PublicKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use super::ca::{Refusal, SignedCaTransition, Trust};
 use super::{MemberState, RecordError, SignedMemberRecord, SignedRevocation};
 use crate::policy::{Lookup, Policy, PolicyRecordError, SignedPolicy};
 
@@ -111,6 +112,10 @@ impl Held {
 #[serde(try_from = "Persisted", into = "Persisted")]
 pub struct Directory {
     ca: VerifyingKey,
+    /// During a CA transition (module `ca`): the CA being retired, and when.
+    previous: Option<(VerifyingKey, u64)>,
+    /// The transition in progress, to pass on in full syncs.
+    transition: Option<SignedCaTransition>,
     network: Name,
     members: BTreeMap<Name, Held>,
     revocations: Vec<SignedRevocation>,
@@ -146,6 +151,8 @@ impl Directory {
     pub fn new(ca: VerifyingKey, network: Name) -> Directory {
         Directory {
             ca,
+            previous: None,
+            transition: None,
             network,
             members: BTreeMap::new(),
             revocations: Vec::new(),
@@ -171,7 +178,8 @@ impl Directory {
             return Ok(PolicyApplied::Unchanged);
         }
         let held = self.policy.as_ref().map(|h| h.signed.version());
-        let policy = signed.verify(&self.ca, &self.network, held)?;
+        let ca = self.signer(signed.ca()).unwrap_or(&self.ca);
+        let policy = signed.verify(ca, &self.network, held)?;
         self.policy = Some(HeldPolicy {
             signed: signed.clone(),
             policy,
@@ -191,9 +199,129 @@ impl Directory {
         self.policy.as_ref().map(|h| (&h.policy, &h.signed))
     }
 
-    /// The network's CA.
+    /// The network's CA (the new one from a CA transition on).
     pub fn ca(&self) -> &VerifyingKey {
         &self.ca
+    }
+
+    /// The CAs trusted: [`Directory::ca`] and, during a transition, the one it retires.
+    pub fn trust(&self) -> Trust {
+        Trust {
+            current: self.ca,
+            previous: self.previous,
+        }
+    }
+
+    /// The CA transition in progress, if any (module `ca`).
+    pub fn ca_transition(&self) -> Option<&SignedCaTransition> {
+        self.transition.as_ref()
+    }
+
+    /// An empty directory that trusts what this one trusts: for checking records apart.
+    pub fn empty_like(&self) -> Directory {
+        let mut dir = Directory::new(self.ca, self.network.clone());
+        dir.previous = self.previous;
+        dir.transition = self.transition.clone();
+        dir
+    }
+
+    /// The trusted CA with this fingerprint (the retiring one only until it is retired by
+    /// [`Directory::retire`]); `None` for any other.
+    fn signer(&self, fingerprint: &keys::Fingerprint) -> Option<&VerifyingKey> {
+        if self.ca.fingerprint() == *fingerprint {
+            return Some(&self.ca);
+        }
+        self.previous
+            .as_ref()
+            .map(|(key, _)| key)
+            .filter(|key| key.fingerprint() == *fingerprint)
+    }
+
+    /// Decodes bytes and [`apply_transition`](Self::apply_transition)s them.
+    pub fn apply_transition_bytes(
+        &mut self,
+        bytes: &[u8],
+        now_unix: Option<u64>,
+    ) -> Result<bool, RecordError> {
+        self.apply_transition(&SignedCaTransition::from_bytes(bytes)?, now_unix)
+    }
+
+    /// Takes a CA transition signed by both its CAs (module `ca`) if it follows from the
+    /// CA in force: its old CA is this directory's (the network rotates: the new CA is in
+    /// force from now on and the old one trusted until the end), or its new CA is, with no
+    /// transition held (a host that joined under the new CA learns which CA the members
+    /// not yet renewed hold), before its end. `now_unix` `None`: a directory loaded from
+    /// disk, whose transition [`Directory::retire`] ends if it is over. `Ok(true)` when it
+    /// changed what is trusted (pass it on), `Ok(false)` when it was held already.
+    pub fn apply_transition(
+        &mut self,
+        signed: &SignedCaTransition,
+        now_unix: Option<u64>,
+    ) -> Result<bool, RecordError> {
+        if self.transition.as_ref() == Some(signed) {
+            return Ok(false);
+        }
+        let t = signed.verify()?;
+        let refuse = |reason| RecordError::TransitionRefused {
+            old: t.old.fingerprint(),
+            new: t.new.fingerprint(),
+            reason,
+        };
+        if t.network != self.network {
+            return Err(refuse("it is for another network"));
+        }
+        if self.previous.is_some() {
+            return Err(refuse(
+                "another CA transition is under way; a network rotates its CA once at a time",
+            ));
+        }
+        if t.old == self.ca {
+            self.ca = t.new;
+        } else if t.new == self.ca {
+            if now_unix.is_some_and(|now| now >= t.end_unix) {
+                return Err(refuse("it is over (an old transition replayed)"));
+            }
+        } else {
+            return Err(refuse(
+                "neither of its CAs is this network's CA (an older transition replayed, or another network's)",
+            ));
+        }
+        self.previous = Some((t.old, t.end_unix));
+        self.transition = Some(signed.clone());
+        Ok(true)
+    }
+
+    /// Ends the CA transition if it is over at `now_unix`: the old CA is retired, and every
+    /// member record, revocation and policy it signed goes (an admin signed the revocations
+    /// and the policy again with the new CA when it rotated). Returns the members dropped
+    /// (their tunnels and routes go), or `None` if no transition ended.
+    pub fn retire(&mut self, now_unix: u64) -> Option<Vec<Name>> {
+        let (old, end) = self.previous?;
+        if now_unix < end {
+            return None;
+        }
+        self.previous = None;
+        self.transition = None;
+        let old = old.fingerprint();
+        let dropped: Vec<Name> = self
+            .members
+            .values()
+            .filter(|h| h.certificate.ca_fingerprint == old)
+            .map(|h| h.certificate.node.clone())
+            .collect();
+        for name in &dropped {
+            self.members.remove(name);
+        }
+        self.revocations.retain(|r| *r.ca() != old);
+        self.revoked_keys.clear();
+        self.revoked_serials.clear();
+        for signed in self.revocations.clone() {
+            self.note_revocation(&signed);
+        }
+        if self.policy.as_ref().is_some_and(|h| *h.signed.ca() == old) {
+            self.policy = None;
+        }
+        Some(dropped)
     }
 
     /// The network.
@@ -253,9 +381,25 @@ impl Directory {
                 });
             }
         }
+        // The key of the CA the certificate names, if trusted now; a certificate of any
+        // other CA fails the check against the CA in force.
+        let ca = match record.certificate.unverified_body() {
+            Ok(claimed) => match self.trust().key(&claimed.ca_fingerprint, now_unix) {
+                Ok(key) => *key,
+                Err(source @ Refusal::Retired { .. }) => {
+                    return Err(RecordError::CaNotTrusted {
+                        kind: "member record",
+                        node: claimed.node,
+                        source,
+                    });
+                }
+                Err(Refusal::Unknown { .. }) => self.ca,
+            },
+            Err(_) => self.ca,
+        };
         let certificate = record
             .certificate
-            .verify(&self.ca, now_unix)
+            .verify(&ca, now_unix)
             .map_err(|source| match source {
                 CertError::Expired { .. } | CertError::NotYetValid { .. } => {
                     RecordError::CertificateNotValidNow { source }
@@ -354,7 +498,8 @@ impl Directory {
     /// now on. [`Applied::Unchanged`] if it was already held; otherwise
     /// [`Applied::Revoked`], to be gossiped on.
     pub fn apply_revocation(&mut self, signed: &SignedRevocation) -> Result<Applied, RecordError> {
-        let revocation = signed.verify(&self.ca)?;
+        let ca = self.signer(signed.ca()).unwrap_or(&self.ca);
+        let revocation = signed.verify(ca)?;
         if revocation.network != self.network {
             return Err(RecordError::WrongNetwork {
                 node: revocation.node.clone(),
@@ -498,6 +643,10 @@ impl Held {
 #[serde(deny_unknown_fields)]
 struct Persisted {
     ca: VerifyingKey,
+    /// The CA transition in progress; absent in files written before CA rotation, and when
+    /// none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transition: Option<Vec<u8>>,
     network: Name,
     members: Vec<PersistedMember>,
     revocations: Vec<Vec<u8>>,
@@ -530,6 +679,10 @@ impl From<Directory> for Persisted {
                 .map(SignedRevocation::to_bytes)
                 .collect(),
             policy: directory.policy.as_ref().map(|h| h.signed.to_bytes()),
+            transition: directory
+                .transition
+                .as_ref()
+                .map(SignedCaTransition::to_bytes),
             ca: directory.ca,
             network: directory.network,
         }
@@ -543,6 +696,9 @@ impl TryFrom<Persisted> for Directory {
     /// applied: a file altered on disk is refused as a whole.
     fn try_from(persisted: Persisted) -> Result<Directory, RecordError> {
         let mut directory = Directory::new(persisted.ca, persisted.network);
+        if let Some(bytes) = &persisted.transition {
+            directory.apply_transition_bytes(bytes, None)?;
+        }
         for bytes in &persisted.revocations {
             directory.apply_revocation_bytes(bytes)?;
         }

@@ -41,6 +41,7 @@
 //! pass for the other nor for a certificate's. The longest signed member record is
 //! [`MAX_SIGNED_MEMBER_LEN`] (1,117) bytes, below the ~1,150 a gossip datagram may carry.
 
+pub mod ca;
 mod directory;
 pub mod names;
 
@@ -209,6 +210,37 @@ pub enum RecordError {
         node: Name,
         /// This network's CA.
         expected: Fingerprint,
+    },
+    /// A CA transition whose signatures do not hold.
+    #[error("CA transition from {old} to {new} refused: {reason}; it is forged or damaged")]
+    UntrustedTransition {
+        /// The CA it retires.
+        old: Fingerprint,
+        /// The CA it puts in force.
+        new: Fingerprint,
+        /// Which signature failed.
+        reason: &'static str,
+    },
+    /// A CA transition that does not follow from the CAs this directory trusts.
+    #[error("CA transition from {old} to {new} refused: {reason}")]
+    TransitionRefused {
+        /// The CA it retires.
+        old: Fingerprint,
+        /// The CA it puts in force.
+        new: Fingerprint,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A record or revocation signed by a CA this network does not trust (or no longer:
+    /// retired by a CA rotation).
+    #[error("{kind} of {node} refused: {source}")]
+    CaNotTrusted {
+        /// What was refused.
+        kind: &'static str,
+        /// The member it is about.
+        node: Name,
+        /// Why the CA is not trusted.
+        source: ca::Refusal,
     },
 }
 
@@ -494,6 +526,11 @@ impl SignedRevocation {
     /// What the body says; unverified until a [`Directory`] applies it.
     pub fn revocation(&self) -> &Revocation {
         &self.revocation
+    }
+
+    /// The fingerprint of the CA that signed it (unverified).
+    pub fn ca(&self) -> &Fingerprint {
+        &self.ca
     }
 
     /// Checks that `ca` signed it and returns the revocation.

@@ -103,6 +103,8 @@ impl Credentials {
             network: self.network.network.clone(),
             certificate: self.network.certificate.clone(),
             control_key: self.control_key.clone(),
+                  previous_ca: None,
+  previous_ca: None,
         }
     }
 

@@ -160,12 +160,18 @@ pub(super) fn prefilter(
             .map(|r| r.to_bytes())
             .chain(dir.revocations().map(|r| r.to_bytes()))
             .collect();
-        (
-            Directory::new(*dir.ca(), dir.network().clone()),
-            held,
-            held_policy,
-        )
+        (dir.empty_like(), held, held_policy)
     };
+    // A transition first: the records of the new CA in this very bundle need it.
+    let ca_transition = bundle.ca_transition.filter(|bytes| {
+        match scratch.apply_transition_bytes(bytes, Some(now.unix)) {
+            Ok(_) => true,
+            Err(e) => {
+                lock(log).warn(now.instant, "refused a CA transition", &e);
+                false
+            }
+        }
+    });
     // A policy passes on only if the CA signed it for this network (its signature and its
     // text checked here, off the member task); a copy of the one held is dropped, one not
     // newer than it goes on for the member task to say so (a replay, or a stale sync).
@@ -175,8 +181,9 @@ pub(super) fn prefilter(
         }
         let version = held_policy.as_ref().map(|(v, _)| *v);
         match SignedPolicy::from_bytes(bytes).and_then(|p| {
-            p.verify(scratch.ca(), scratch.network(), version)
-                .map(|_| ())
+            let trust = scratch.trust();
+            let ca = trust.key(p.ca(), now.unix).unwrap_or(scratch.ca());
+            p.verify(ca, scratch.network(), version).map(|_| ())
         }) {
             Ok(()) | Err(PolicyRecordError::NotNewer { .. }) => true,
             Err(e) => {
@@ -246,6 +253,7 @@ pub(super) fn prefilter(
         revocations,
         policy,
         names,
+        ca_transition,
     }
 }
 

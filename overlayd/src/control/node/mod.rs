@@ -214,14 +214,22 @@ impl Member {
             "private_key_file {} holds another WireGuard key than this host's certificate; restore the key or join again",
             config.private_key_file.display()
         );
+        // A CA rotation cut short by a crash ends here (the membership names the CA).
+        ctx.state.finish_ca_rotation(&net.ca)?;
         let admin = match ctx.state.ca_key()? {
             Some(ca) => Some((ca, ctx.state.admin()?)),
             None => None,
         };
-        let directory = match directory {
+        let mut directory = match directory {
             Some(dir) => dir,
             None => ctx.state.directory(&net.ca, &net.network)?,
         };
+        if let Some(bytes) = &net.ca_transition
+            && directory.ca_transition().is_none()
+            && let Err(e) = directory.apply_transition_bytes(bytes, None)
+        {
+            tracing::warn!(error = %e, "the saved CA transition does not fit the saved directory");
+        }
         let control = &config.control;
         let advertise = match control.advertise {
             Some(ip) => ip,
@@ -239,6 +247,7 @@ impl Member {
             network: net.network.clone(),
             certificate: net.certificate.clone(),
             control_key: control_key.clone(),
+            previous_ca: directory.trust().previous,
         };
         let core = Core::new(
             Start {
@@ -606,31 +615,14 @@ impl Member {
                         now(),
                     ),
                 },
+                Action::Trust { ca, previous } => {
+                    self.identity.ca = ca;
+                    self.identity.previous_ca = previous;
+                    self.present_identity();
+                }
                 Action::Identity(certificate) => {
                     self.identity.certificate = certificate;
-                    let id = &self.identity;
-                    let configs =
-                        tls::server_config(id, self.check.clone(), self.transport.clone())
-                            .and_then(|server| {
-                                let client = tls::client_config(
-                                    id,
-                                    self.check.clone(),
-                                    self.transport.clone(),
-                                )?;
-                                Ok((server, client))
-                            });
-                    match (configs, self.ctx.endpoint()) {
-                        (Ok((server, client)), Ok(endpoint)) => {
-                            // New handshakes (either way) show the new certificate; open
-                            // connections keep going (peers follow the renewal).
-                            endpoint.set_server_config(Some(server));
-                            self.client_config = client;
-                        }
-                        (Err(e), _) | (_, Err(e)) => tracing::warn!(
-                            error = %format!("{e:#}"),
-                            "cannot present the renewed certificate in the control plane's TLS"
-                        ),
-                    }
+                    self.present_identity();
                 }
                 Action::SaveAdmin(admin) => {
                     if let Err(e) = self.ctx.state.save_admin(&admin) {
@@ -673,6 +665,28 @@ impl Member {
         }
     }
 
+    /// Makes the TLS configs again from [`Member::identity`] (a renewed certificate, or
+    /// the CAs trusted changed): new handshakes either way use them; open connections keep
+    /// going (peers follow the renewal).
+    fn present_identity(&mut self) {
+        let id = &self.identity;
+        let configs = tls::server_config(id, self.check.clone(), self.transport.clone())
+            .and_then(|server| {
+                let client = tls::client_config(id, self.check.clone(), self.transport.clone())?;
+                Ok((server, client))
+            });
+        match (configs, self.ctx.endpoint()) {
+            (Ok((server, client)), Ok(endpoint)) => {
+                endpoint.set_server_config(Some(server));
+                self.client_config = client;
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "cannot present the renewed certificate in the control plane's TLS"
+            ),
+        }
+    }
+
     /// Handles an API command; `true` when the member loop must end (left the network).
     async fn command(&mut self, cmd: Command) -> bool {
         let now = now();
@@ -710,6 +724,30 @@ impl Member {
                     self.core.commit_groups(change, now)
                 });
                 self.execute().await;
+                let _ = reply.send(answer);
+            }
+            Command::CaRotate(req, reply) => {
+                let transition_s = req
+                    .transition_s
+                    .unwrap_or(self.ctx.config().control.ca_transition_s);
+                let answer = self
+                    .core
+                    .prepare_rotation(transition_s, now)
+                    .and_then(|rotation| {
+                        // The new key is on disk before anything names it.
+                        self.ctx
+                            .state
+                            .save_next_ca_key(rotation.key())
+                            .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
+                        self.core.commit_rotation(rotation, now)
+                    });
+                // Saves the membership that names the new CA, then the key replaces the old.
+                self.execute().await;
+                if answer.is_ok()
+                    && let Err(e) = self.ctx.state.finish_ca_rotation(&self.core.network().ca)
+                {
+                    tracing::error!(error = %format!("{e:#}"), "cannot replace the old CA key by the new one; it is done at the next start");
+                }
                 let _ = reply.send(answer);
             }
             Command::PolicySet(req, reply) => {

@@ -55,11 +55,14 @@ fn identity_with(
         network: name(network),
         certificate: ca.sign(&cert).unwrap(),
         control_key,
+          previous_ca: None,
+  previous_ca: None,
     }
 }
 
 fn identity(ca: &CaKey, node: &str) -> TlsIdentity {
     identity_with(ca, NETWORK, node, |_| {})
+    previous_ca: None,
 }
 
 fn accept_all() -> PeerCheck {
@@ -354,6 +357,7 @@ async fn certificate_for_another_key_is_refused() {
     let mallory = TlsIdentity {
         control_key: SigningKey::generate(),
         ..bob
+        previous_ca: None,
     };
     let client = client_config(&mallory, accept_all(), transport()).unwrap();
 

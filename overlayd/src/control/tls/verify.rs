@@ -13,12 +13,14 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use x509_parser::oid_registry::{OID_SIG_ED25519, Oid};
 
 use super::{NODE_CERTIFICATE_OID, PeerCheck};
+use protocol::records::ca::{Refusal, Trust};
 
 /// Which CA a verifier accepts.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum TrustedCa {
-    /// The network's CA (members).
-    Key(VerifyingKey),
+    /// The network's CA, and during a CA transition the one it retires until its end
+    /// (members).
+    Key(Trust),
     /// Any CA with this fingerprint (a joining host, which knows only the token's).
     Fingerprint(Fingerprint),
 }
@@ -92,7 +94,7 @@ pub fn verify_presented(
     network: &Name,
     now: u64,
 ) -> Result<NodeCertificate, String> {
-    check_presented(der, TrustedCa::Key(ca), network, now)
+    check_presented(der, TrustedCa::Key(Trust::only(ca)), network, now)
 }
 
 fn check_presented(
@@ -104,18 +106,24 @@ fn check_presented(
     let presented = Presented::parse(der)?;
     let found = presented.ca.fingerprint();
     match trusted {
-        TrustedCa::Key(expected) if presented.ca != expected => {
-            return Err(format!(
-                "peer certificate was signed by CA {found}, but this network's CA is {}; the peer belongs to another network, or one of the two hosts has a stale CA key",
-                expected.fingerprint()
-            ));
-        }
+        TrustedCa::Key(trust) => match trust.key(&found, now) {
+            Ok(key) if *key == presented.ca => {}
+            Err(refusal @ Refusal::Retired { .. }) => {
+                return Err(format!("peer certificate refused: {refusal}"));
+            }
+            _ => {
+                return Err(format!(
+                    "peer certificate was signed by CA {found}, but this network's CA is {}; the peer belongs to another network, or one of the two hosts has a stale CA key (if the network's CA was rotated while this host was away, join again: `overlayctl leave`, then `overlayctl join TOKEN` with a token of the new CA)",
+                    trust.current.fingerprint()
+                ));
+            }
+        },
         TrustedCa::Fingerprint(expected) if found != expected => {
             return Err(format!(
-                "peer certificate was signed by CA {found}, but the join token names CA {expected}; check that the token and the address joined belong to the same network"
+                "peer certificate was signed by CA {found}, but the join token names CA {expected}; check that the token and the address joined belong to the same network (a token of a CA the network has rotated away from is void: make a new one on an admin with `overlayctl token create`)"
             ));
         }
-        _ => {}
+        TrustedCa::Fingerprint(_) => {}
     }
     let cert = presented
         .signed

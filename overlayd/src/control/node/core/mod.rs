@@ -43,6 +43,7 @@
 //! commands), `view` (what the API shows and what is routed), `rendezvous` (hole punching
 //! at a time agreed through a third member).
 
+mod ca;
 mod discovery;
 mod gossip;
 mod limits;
@@ -82,6 +83,7 @@ pub use gossip::{RecordKey, Throttle};
 use limits::RecordUpdates;
 pub(super) use limits::TokenBucket;
 use links::Link;
+pub use ca::CaRotation;
 pub use links::{CloseReason, LinkId, first_member_endpoint, lapsed, revoked_reason};
 pub use policy::PolicyInForce;
 pub use renew::{GroupsChange, expired_sentence, renew_at};
@@ -225,6 +227,14 @@ pub enum Action {
     /// Save the admin's state (it issued a certificate this host uses) before the actions
     /// that follow.
     SaveAdmin(AdminState),
+    /// The CAs trusted changed (a CA transition began or ended, see `ca`): check peers'
+    /// certificates against `ca` and, until its end, `previous` in TLS handshakes from now on.
+    Trust {
+        /// The CA in force.
+        ca: keys::VerifyingKey,
+        /// The CA being retired, and when.
+        previous: Option<(keys::VerifyingKey, u64)>,
+    },
     /// Hand the member on `link` a certificate re-issued for it (`Request::Reissued`);
     /// report the answer with [`Core::handle_delivered`].
     Deliver {
@@ -516,6 +526,7 @@ impl Core {
             revocations: Vec::new(),
             policy: None,
             names: self.own_names(),
+            ca_transition: self.transition_bytes(),
         }
     }
 }

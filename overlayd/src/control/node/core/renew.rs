@@ -110,7 +110,8 @@ impl Core {
                 left % 3600,
             );
         }
-        if now.unix < renew_at(&self.me) {
+        // Due two thirds into its lifetime, or at once under a new CA (a CA transition).
+        if now.unix < renew_at(&self.me) && !self.needs_new_ca() {
             return;
         }
         if let Some((link, since)) = self.renewal.asking {
@@ -209,8 +210,14 @@ impl Core {
         self.renewal.backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 
+    /// Renew at the next tick, whatever the back-off (a CA transition began).
+    pub(super) fn renew_soon(&mut self) {
+        self.renewal.not_before = None;
+        self.renewal.backoff = FIRST_BACKOFF;
+    }
+
     /// An admin renews its own certificate.
-    fn renew_own(&mut self, now: Now) {
+    pub(super) fn renew_own(&mut self, now: Now) {
         let me = self.me.clone();
         match self.reissue(&me, None, now) {
             Ok((admin, cert)) => {

@@ -110,6 +110,7 @@ impl Core {
             revocations: dir.revocations().map(|r| r.to_bytes()).collect(),
             policy: dir.policy().map(|(_, signed)| signed.to_bytes()),
             names: self.all_names(),
+            ca_transition: dir.ca_transition().map(|t| t.to_bytes()),
         }
     }
 
@@ -117,6 +118,9 @@ impl Core {
     /// `sync`: from a full sync, where copies older than ours are expected (a member's
     /// directory lags behind ours) and are not worth a warning.
     pub(super) fn apply_bundle(&mut self, bundle: &Bundle, sync: bool, now: Now) {
+        if let Some(bytes) = &bundle.ca_transition {
+            self.apply_ca_transition(bytes, now);
+        }
         if let Some(bytes) = &bundle.policy {
             self.apply_policy_bytes(bytes, sync, now);
         }
@@ -345,6 +349,7 @@ impl Core {
                 revocations: vec![bytes],
                 policy: None,
                 names: Vec::new(),
+                ca_transition: None,
             },
             now,
         );

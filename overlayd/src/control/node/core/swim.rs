@@ -302,6 +302,8 @@ impl Core {
             revocations: Vec::new(),
             policy: None,
             names: Vec::new(),
+            // A record under a new CA is taken only by hosts that know the transition.
+            ca_transition: self.transition_bytes(),
         })
     }
 
@@ -376,6 +378,7 @@ impl Core {
                 self.queue(Action::DetectAddress { towards });
             }
         }
+        self.ca_tick(now);
         let expired = self.dir().expire(now.unix);
         if !expired.is_empty() {
             tracing::info!(members = ?expired, "certificates expired; their tunnels are closed");

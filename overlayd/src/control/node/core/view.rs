@@ -101,6 +101,7 @@ impl Core {
                 control_port: self.settings.control_port,
                 member_count: alive + 1,
                 left: false,
+                ca: Some(self.ca_status()),
             }),
             members,
             nat: self.reflexive.is_some(),

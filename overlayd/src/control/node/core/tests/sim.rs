@@ -276,6 +276,7 @@ impl Sim {
                 } else {
                     vec![control_addr(0)]
                 },
+                ca_transition: None,
             };
             let admin = (i == 0).then(|| admin.clone());
             sim.add(keys, net, None, admin);
