@@ -133,6 +133,7 @@ fn bundle(f: &Fixture) -> Bundle {
         revocations: vec![f.revocation(&f.members[2]).to_bytes()],
         policy: None,
         names: vec![names(f)],
+        ca_transition: None,
     }
 }
 

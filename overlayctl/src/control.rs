@@ -417,8 +417,7 @@ mod tests {
             control_port: 51821,
             member_count: 1,
             left: false,
-                  ca: None,
-  ca: None,
+            ca: None,
         }
     }
 

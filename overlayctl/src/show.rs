@@ -488,8 +488,7 @@ mod tests {
             control_port: 51821,
             member_count: 3,
             left: false,
-                  ca: None,
-  ca: None,
+            ca: None,
         }
     }
 

@@ -223,6 +223,7 @@ async fn flood_syncs(
         revocations: Vec::new(),
         policy: None,
         names: Vec::new(),
+        ca_transition: None,
     });
     while !stop.load(Ordering::Relaxed) {
         let exchange = async {

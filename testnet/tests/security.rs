@@ -549,6 +549,7 @@ fn clients_without_a_valid_certificate_are_refused() {
         revocations: Vec::new(),
         policy: None,
         names: Vec::new(),
+        ca_transition: None,
     };
     let config = joiner_config(&h1.network);
     let answers = run_in_netns(&ns, move || async move {
@@ -561,6 +562,7 @@ fn clients_without_a_valid_certificate_are_refused() {
             revocations: Vec::new(),
             policy: None,
             names: Vec::new(),
+            ca_transition: None,
         };
         let oversized = link.ask(&Request::Push(big)).await;
         link.close().await;

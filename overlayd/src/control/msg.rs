@@ -289,6 +289,7 @@ mod tests {
             revocations: vec![],
             policy: None,
             names: Vec::new(),
+            ca_transition: None,
         });
         let mut buf = Vec::new();
         write(&mut buf, &req).await.unwrap();
@@ -305,6 +306,7 @@ mod tests {
                 revocations: vec![],
                 policy: None,
                 names: Vec::new(),
+                ca_transition: None,
             }),
         )
         .await
@@ -325,12 +327,14 @@ mod tests {
             revocations: vec![],
             policy: None,
             names: Vec::new(),
+            ca_transition: None,
         });
         let push = Request::Push(Bundle {
             members: vec![vec![1; PUSH_FRAME]],
             revocations: vec![],
             policy: None,
             names: Vec::new(),
+            ca_transition: None,
         });
         let mut buf = Vec::new();
         write(&mut buf, &sync).await.unwrap();

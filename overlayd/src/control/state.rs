@@ -272,12 +272,10 @@ impl StateDir {
             .with_context(|| format!("cannot use the new CA key {}", next.display()))?;
         if key.verifying_key() == *ca {
             let path = self.path(CA_KEY);
-            fs::rename(&next, &path).with_context(|| {
-                format!("cannot move {} to {}", next.display(), path.display())
-            })?;
+            fs::rename(&next, &path)
+                .with_context(|| format!("cannot move {} to {}", next.display(), path.display()))?;
         } else {
-            fs::remove_file(&next)
-                .with_context(|| format!("cannot remove {}", next.display()))?;
+            fs::remove_file(&next).with_context(|| format!("cannot remove {}", next.display()))?;
         }
         Ok(())
     }

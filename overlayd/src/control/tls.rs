@@ -392,7 +392,10 @@ fn presented_certificate(
         .certificate
         .unverified_body()
         .ok()
-        .and_then(|c| id.previous_ca.filter(|(k, _)| k.fingerprint() == c.ca_fingerprint))
+        .and_then(|c| {
+            id.previous_ca
+                .filter(|(k, _)| k.fingerprint() == c.ca_fingerprint)
+        })
         .map_or(id.ca, |(k, _)| k);
     payload.extend_from_slice(issuer.as_bytes());
     payload.extend_from_slice(&id.certificate.to_bytes());

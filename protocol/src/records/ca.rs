@@ -23,8 +23,8 @@
 //!
 //! Both signatures are made under [`CA_TRANSITION_CONTEXT`]. No I/O, no clock.
 
-use keys::{CaKey, Fingerprint, Name, SIGNATURE_LEN, Signature, VerifyingKey};
 use keys::wire::{Reader, Writer};
+use keys::{CaKey, Fingerprint, Name, SIGNATURE_LEN, Signature, VerifyingKey};
 
 use super::RecordError;
 
@@ -338,7 +338,10 @@ mod tests {
         assert!(trust.key(&old.fingerprint(), 1999).is_ok());
         let err = trust.key(&old.fingerprint(), 2000).unwrap_err();
         assert!(matches!(err, Refusal::Retired { .. }));
-        assert!(err.to_string().contains("join again with a token of the new CA"));
+        assert!(
+            err.to_string()
+                .contains("join again with a token of the new CA")
+        );
         assert!(matches!(
             trust.key(&CaKey::generate().fingerprint(), 0),
             Err(Refusal::Unknown { .. })

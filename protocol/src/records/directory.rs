@@ -113,9 +113,9 @@ impl Held {
 pub struct Directory {
     ca: VerifyingKey,
     /// During a CA transition (module `ca`): the CA being retired, and when.
-    previous: Option<(VerifyingKey, u64)>,
+    previous: Option<Box<(VerifyingKey, u64)>>,
     /// The transition in progress, to pass on in full syncs.
-    transition: Option<SignedCaTransition>,
+    transition: Option<Box<SignedCaTransition>>,
     network: Name,
     members: BTreeMap<Name, Held>,
     revocations: Vec<SignedRevocation>,
@@ -208,19 +208,19 @@ impl Directory {
     pub fn trust(&self) -> Trust {
         Trust {
             current: self.ca,
-            previous: self.previous,
+            previous: self.previous.as_deref().copied(),
         }
     }
 
     /// The CA transition in progress, if any (module `ca`).
     pub fn ca_transition(&self) -> Option<&SignedCaTransition> {
-        self.transition.as_ref()
+        self.transition.as_deref()
     }
 
     /// An empty directory that trusts what this one trusts: for checking records apart.
     pub fn empty_like(&self) -> Directory {
         let mut dir = Directory::new(self.ca, self.network.clone());
-        dir.previous = self.previous;
+        dir.previous = self.previous.clone();
         dir.transition = self.transition.clone();
         dir
     }
@@ -232,7 +232,7 @@ impl Directory {
             return Some(&self.ca);
         }
         self.previous
-            .as_ref()
+            .as_deref()
             .map(|(key, _)| key)
             .filter(|key| key.fingerprint() == *fingerprint)
     }
@@ -258,7 +258,7 @@ impl Directory {
         signed: &SignedCaTransition,
         now_unix: Option<u64>,
     ) -> Result<bool, RecordError> {
-        if self.transition.as_ref() == Some(signed) {
+        if self.transition.as_deref() == Some(signed) {
             return Ok(false);
         }
         let t = signed.verify()?;
@@ -286,8 +286,8 @@ impl Directory {
                 "neither of its CAs is this network's CA (an older transition replayed, or another network's)",
             ));
         }
-        self.previous = Some((t.old, t.end_unix));
-        self.transition = Some(signed.clone());
+        self.previous = Some(Box::new((t.old, t.end_unix)));
+        self.transition = Some(Box::new(signed.clone()));
         Ok(true)
     }
 
@@ -296,7 +296,7 @@ impl Directory {
     /// and the policy again with the new CA when it rotated). Returns the members dropped
     /// (their tunnels and routes go), or `None` if no transition ended.
     pub fn retire(&mut self, now_unix: u64) -> Option<Vec<Name>> {
-        let (old, end) = self.previous?;
+        let (old, end) = *self.previous.as_deref()?;
         if now_unix < end {
             return None;
         }
@@ -397,15 +397,16 @@ impl Directory {
             },
             Err(_) => self.ca,
         };
-        let certificate = record
-            .certificate
-            .verify(&ca, now_unix)
-            .map_err(|source| match source {
-                CertError::Expired { .. } | CertError::NotYetValid { .. } => {
-                    RecordError::CertificateNotValidNow { source }
-                }
-                _ => RecordError::UntrustedCertificate { source },
-            })?;
+        let certificate =
+            record
+                .certificate
+                .verify(&ca, now_unix)
+                .map_err(|source| match source {
+                    CertError::Expired { .. } | CertError::NotYetValid { .. } => {
+                        RecordError::CertificateNotValidNow { source }
+                    }
+                    _ => RecordError::UntrustedCertificate { source },
+                })?;
         if certificate.network != self.network {
             return Err(RecordError::WrongNetwork {
                 node: certificate.node,
@@ -681,7 +682,7 @@ impl From<Directory> for Persisted {
             policy: directory.policy.as_ref().map(|h| h.signed.to_bytes()),
             transition: directory
                 .transition
-                .as_ref()
+                .as_deref()
                 .map(SignedCaTransition::to_bytes),
             ca: directory.ca,
             network: directory.network,

@@ -103,8 +103,7 @@ impl Credentials {
             network: self.network.network.clone(),
             certificate: self.network.certificate.clone(),
             control_key: self.control_key.clone(),
-                  previous_ca: None,
-  previous_ca: None,
+            previous_ca: None,
         }
     }
 
@@ -348,6 +347,7 @@ pub async fn push(
             revocations: Vec::new(),
             policy: None,
             names: Vec::new(),
+            ca_transition: None,
         }))
         .await;
     link.close().await;

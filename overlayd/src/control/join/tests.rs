@@ -72,6 +72,7 @@ impl Fixture {
                     .collect(),
                 policy: None,
                 names: Vec::new(),
+                ca_transition: None,
             },
         }
     }

@@ -670,8 +670,8 @@ impl Member {
     /// going (peers follow the renewal).
     fn present_identity(&mut self) {
         let id = &self.identity;
-        let configs = tls::server_config(id, self.check.clone(), self.transport.clone())
-            .and_then(|server| {
+        let configs =
+            tls::server_config(id, self.check.clone(), self.transport.clone()).and_then(|server| {
                 let client = tls::client_config(id, self.check.clone(), self.transport.clone())?;
                 Ok((server, client))
             });

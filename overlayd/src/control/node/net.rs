@@ -88,7 +88,13 @@ impl Member {
                     let _ = tx.send(Event::Connected(addr, conn));
                 }
                 Ok(Err(e)) => {
-                    tracing::debug!(%addr, error = %e, "control connection failed");
+                    let error = e.to_string();
+                    if stale_ca(&error) {
+                        // The network's CA is another than this host's: an operator must act.
+                        tracing::error!(%addr, %error, "cannot reach a member: it holds a certificate of another CA than this host");
+                    } else {
+                        tracing::debug!(%addr, %error, "control connection failed");
+                    }
                     let _ = tx.send(Event::ConnectFailed(addr));
                 }
                 Err(_) => {
@@ -97,6 +103,23 @@ impl Member {
             }
         });
     }
+}
+
+/// Whether a refused connection says the peer's CA is not this host's (the network rotated
+/// its CA while this host was away), at most once a minute: the error that tells the
+/// operator to join again is logged then, not on every attempt.
+fn stale_ca(error: &str) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    if !error.contains("rotated while this host was away") {
+        return false;
+    }
+    let now = crate::util::now_unix();
+    let last = LAST.load(Ordering::Relaxed);
+    now >= last + 60
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// Anti-entropy, in the background: swaps directories with the member on `conn`; what it

@@ -55,14 +55,12 @@ fn identity_with(
         network: name(network),
         certificate: ca.sign(&cert).unwrap(),
         control_key,
-          previous_ca: None,
-  previous_ca: None,
+        previous_ca: None,
     }
 }
 
 fn identity(ca: &CaKey, node: &str) -> TlsIdentity {
     identity_with(ca, NETWORK, node, |_| {})
-    previous_ca: None,
 }
 
 fn accept_all() -> PeerCheck {
@@ -215,7 +213,7 @@ async fn client_without_certificate_is_refused_on_control_and_a_joiner_on_join()
     // The same client speaking the members' protocol: no certificate, no entry.
     let provider = provider();
     let verifier = NodeVerifier::new(
-        TrustedCa::Key(ca.verifying_key()),
+        TrustedCa::Key(protocol::records::ca::Trust::only(ca.verifying_key())),
         name(NETWORK),
         None,
         &provider,
@@ -357,7 +355,6 @@ async fn certificate_for_another_key_is_refused() {
     let mallory = TlsIdentity {
         control_key: SigningKey::generate(),
         ..bob
-        previous_ca: None,
     };
     let client = client_config(&mallory, accept_all(), transport()).unwrap();
 

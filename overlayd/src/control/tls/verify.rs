@@ -16,6 +16,7 @@ use super::{NODE_CERTIFICATE_OID, PeerCheck};
 use protocol::records::ca::{Refusal, Trust};
 
 /// Which CA a verifier accepts.
+#[allow(clippy::large_enum_variant)] // one per TLS config
 #[derive(Debug, Clone, Copy)]
 pub(super) enum TrustedCa {
     /// The network's CA, and during a CA transition the one it retires until its end

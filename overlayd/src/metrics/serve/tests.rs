@@ -27,8 +27,7 @@ fn membership(expires: u64) -> Membership {
         control_port: 51821,
         member_count: 2,
         left: false,
-          ca: None,
-  ca: None,
+        ca: None,
     }
 }
 

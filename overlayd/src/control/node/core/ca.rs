@@ -85,7 +85,9 @@ impl Core {
                     false,
                 );
             }
-            Err(e) => self.throttle.warn(now.instant, "refused a CA transition", &e),
+            Err(e) => self
+                .throttle
+                .warn(now.instant, "refused a CA transition", &e),
         }
     }
 
@@ -254,15 +256,19 @@ impl Core {
             policy = policy.is_some(),
             "rotated the network's CA; members renew under the new one until the old one is retired"
         );
-        self.push_all(
-            Bundle {
-                revocations: revocations.iter().map(|r| r.to_bytes()).collect(),
-                policy: policy.as_ref().map(SignedPolicy::to_bytes),
-                ca_transition: Some(transition.to_bytes()),
-                ..self.own_bundle()
-            },
-            now,
-        );
+        // Pushed without waiting for acks: this task keeps answering SWIM probes meanwhile
+        // (a member down would hold it up for the whole wait). Members not connected get it
+        // with this host's record when a connection comes up, and in every full sync.
+        let bundle = Bundle {
+            revocations: revocations.iter().map(|r| r.to_bytes()).collect(),
+            policy: policy.as_ref().map(SignedPolicy::to_bytes),
+            ca_transition: Some(transition.to_bytes()),
+            ..self.own_bundle()
+        };
+        for addr in self.control_addrs() {
+            self.connect(addr);
+        }
+        self.push_connected(bundle, false);
         Ok(CaRotateResponse {
             old_ca: t.old.fingerprint().to_string(),
             new_ca: t.new.fingerprint().to_string(),

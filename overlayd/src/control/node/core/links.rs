@@ -290,9 +290,8 @@ pub fn first_member_endpoint(dir: &Directory, me: &Name) -> Option<SocketAddr> {
 pub fn lapsed(dir: &Directory, peer: &NodeCertificate, now: u64) -> Option<String> {
     if dir.is_certificate_revoked(peer) {
         Some(revoked_reason(peer))
-    } else if let Err(
-        refusal @ protocol::records::ca::Refusal::Retired { .. },
-    ) = dir.trust().key(&peer.ca_fingerprint, now)
+    } else if let Err(refusal @ protocol::records::ca::Refusal::Retired { .. }) =
+        dir.trust().key(&peer.ca_fingerprint, now)
     {
         Some(format!("the certificate of {}: {refusal}", peer.node))
     } else if now > peer.not_after {

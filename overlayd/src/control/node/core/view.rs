@@ -38,6 +38,7 @@ impl Core {
     /// What the API shows now.
     pub fn view(&self) -> View {
         let names = self.names_view(&self.peers());
+        let ca = self.ca_status();
         let dir = self.dir();
         let foca_states: HashMap<u32, foca::State> = self
             .foca
@@ -101,7 +102,7 @@ impl Core {
                 control_port: self.settings.control_port,
                 member_count: alive + 1,
                 left: false,
-                ca: Some(self.ca_status()),
+                ca: Some(ca),
             }),
             members,
             nat: self.reflexive.is_some(),

@@ -411,6 +411,7 @@ fn a_member_that_missed_gossip_catches_up_by_full_sync() {
         revocations: Vec::new(),
         policy: None,
         names: Vec::new(),
+        ca_transition: None,
     });
     let answer = sim.hosts[0]
         .core()

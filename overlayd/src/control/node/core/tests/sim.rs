@@ -501,7 +501,7 @@ impl Sim {
                 certificate,
             } => self.ask(from, link, Request::Reissued(certificate), number),
             // Connections read the certificate from the core when they open.
-            Action::Identity(_) => {}
+            Action::Identity(_) | Action::Trust { .. } => {}
             Action::SaveAdmin(admin) => self.hosts[from].admin = Some(admin),
             Action::Ask { link, request } => self.ask(from, link, request, 0),
             Action::Punch { addr, .. } => {
