@@ -46,6 +46,8 @@ mod directory;
 pub mod names;
 
 #[cfg(test)]
+mod ca_tests;
+#[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;

@@ -404,3 +404,35 @@ fn der_octet_strings_round_trip_in_every_length_form() {
     assert_eq!(read_der_octet_string(&[0x04, 0x01, 0x00, 0x00]), None);
     assert_eq!(read_der_octet_string(&[]), None);
 }
+
+#[test]
+fn an_old_ca_certificate_is_taken_during_a_transition_and_refused_after_it() {
+    use super::verify::check_presented_for_tests as check;
+    use protocol::records::ca::Trust;
+    let (old, new) = (CaKey::generate(), CaKey::generate());
+    let end = now() + 30;
+    // A member still on the old CA presents it in the extension, while trusting both.
+    let mut member = identity(&old, "alice");
+    member.ca = new.verifying_key();
+    member.previous_ca = Some((old.verifying_key(), end));
+    let (chain, _) = presented_certificate(&member).unwrap();
+    assert_eq!(Presented::parse(&chain[0]).unwrap().ca, old.verifying_key());
+    let trust = Trust {
+        current: new.verifying_key(),
+        previous: Some((old.verifying_key(), end)),
+    };
+    let network = name(NETWORK);
+    assert!(check(&chain[0], trust, &network, now()).is_ok());
+    let refused = check(&chain[0], trust, &network, end).unwrap_err();
+    assert!(
+        refused.contains("retired") && refused.contains("join again"),
+        "{refused}"
+    );
+    // Once retired (no longer trusted at all): refused with the hint to join again.
+    let refused = check(&chain[0], Trust::only(new.verifying_key()), &network, now()).unwrap_err();
+    assert!(refused.contains("join again"), "{refused}");
+    // A certificate of the new CA is taken throughout.
+    let renewed = identity(&new, "alice");
+    let (chain, _) = presented_certificate(&renewed).unwrap();
+    assert!(check(&chain[0], trust, &network, end + 1).is_ok());
+}

@@ -98,6 +98,17 @@ pub fn verify_presented(
     check_presented(der, TrustedCa::Key(Trust::only(ca)), network, now)
 }
 
+/// [`check_presented`] with a member's trust, for the tests of a CA transition.
+#[cfg(test)]
+pub(super) fn check_presented_for_tests(
+    der: &[u8],
+    trust: Trust,
+    network: &Name,
+    now: u64,
+) -> Result<NodeCertificate, String> {
+    check_presented(der, TrustedCa::Key(trust), network, now)
+}
+
 fn check_presented(
     der: &[u8],
     trusted: TrustedCa,
