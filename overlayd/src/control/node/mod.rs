@@ -207,9 +207,12 @@ impl Member {
         view: Arc<Mutex<View>>,
     ) -> anyhow::Result<Member> {
         let now = now();
+        // During a CA transition a certificate not renewed yet is of the retiring CA.
+        let issuer =
+            core::own_certificate_ca(&net, now.unix).map_err(|e| anyhow::anyhow!("{e}"))?;
         let me = net
             .certificate
-            .verify(&net.ca, now.unix)
+            .verify(&issuer, now.unix)
             .map_err(|e| match e {
                 keys::CertError::Expired { .. } => match net.certificate.unverified_body() {
                     Ok(me) => anyhow::anyhow!("{}", core::expired_sentence(&me)),

@@ -39,6 +39,35 @@ impl CaRotation {
     }
 }
 
+/// The CA key this host's saved certificate is checked with at start: the network's, or
+/// during a CA transition the retiring one if the certificate is still of it (not renewed
+/// yet). `Err`: the one sentence for a certificate of a CA retired since.
+pub fn own_certificate_ca(
+    net: &crate::control::state::NetworkState,
+    now_unix: u64,
+) -> Result<keys::VerifyingKey, String> {
+    let Ok(me) = net.certificate.unverified_body() else {
+        return Ok(net.ca);
+    };
+    if me.ca_fingerprint == net.ca.fingerprint() {
+        return Ok(net.ca);
+    }
+    let transition = net
+        .ca_transition
+        .as_deref()
+        .and_then(|bytes| SignedCaTransition::from_bytes(bytes).ok());
+    match transition.as_ref().map(SignedCaTransition::transition) {
+        Some(t) if t.old.fingerprint() == me.ca_fingerprint && now_unix < t.end_unix => Ok(t.old),
+        Some(t) if t.old.fingerprint() == me.ca_fingerprint => Err(format!(
+            "this host's certificate (serial {}) is of CA {}, which the network retired at {} before this host renewed it; it cannot rejoin by itself: `overlayctl leave`, then join again with a token of the new CA, `overlayctl join TOKEN` (make one on an admin with `overlayctl token create`)",
+            me.serial,
+            me.ca_fingerprint,
+            keys::Utc(t.end_unix)
+        )),
+        _ => Ok(net.ca),
+    }
+}
+
 impl Core {
     /// The CA transition held, as bytes for a bundle.
     pub(super) fn transition_bytes(&self) -> Option<Vec<u8>> {
@@ -148,6 +177,36 @@ impl Core {
                 keys::Utc(old.1)
             );
         }
+    }
+
+    /// Another admin's rotation reached this admin: takes the new CA `key` (received over
+    /// the admins' channel, saved with `StateDir::save_next_ca_key`) once this host holds
+    /// the transition that puts it in force; the driver then calls
+    /// `StateDir::finish_ca_rotation`. Until then this admin issues nothing (see
+    /// [`Core::issuer`]), since its old key's certificates would be refused at the end.
+    pub fn install_ca_key(&mut self, key: CaKey) -> Result<(), ApiFailure> {
+        if self.admin.is_none() {
+            return Err(ApiFailure::NotAdmin {
+                action: "take a CA key",
+            });
+        }
+        if key.verifying_key() != self.net.ca {
+            return Err(ApiFailure::conflict(format!(
+                "CA key {} is not the network's CA {}; it is taken once the transition to it has arrived",
+                key.fingerprint(),
+                self.net.ca.fingerprint()
+            )));
+        }
+        self.ca_key = Some(key);
+        if let Some(admin) = self.admin.as_mut() {
+            admin.tokens.retain(|t| t.used_by.is_some());
+            let admin = admin.clone();
+            self.queue(Action::SaveAdmin(admin));
+        }
+        if self.needs_new_ca() {
+            self.renew_soon();
+        }
+        Ok(())
     }
 
     /// `overlayctl ca rotate` on an admin: a new CA and the transition to it, ending
@@ -274,5 +333,71 @@ impl Core {
             new_ca: t.new.fingerprint().to_string(),
             retires_unix: t.end_unix,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::state::NetworkState;
+    use keys::{Name, NodeCertificate, PrivateKey, SigningKey};
+
+    fn net(old: &CaKey, new: &CaKey, end: u64) -> NetworkState {
+        let certificate = old
+            .sign(&NodeCertificate {
+                network: Name::new("net").unwrap(),
+                node: Name::new("h2").unwrap(),
+                wireguard_key: PrivateKey::generate().public_key(),
+                control_key: SigningKey::generate().verifying_key(),
+                subnets: vec!["10.42.2.0/24".parse().unwrap()],
+                groups: Vec::new(),
+                not_before: 0,
+                not_after: 10_000,
+                serial: 2,
+                number: 2,
+                ca_fingerprint: old.fingerprint(),
+            })
+            .unwrap();
+        let transition = CaTransition {
+            network: Name::new("net").unwrap(),
+            old: old.verifying_key(),
+            new: new.verifying_key(),
+            start_unix: 1000,
+            end_unix: end,
+        }
+        .sign(old, new)
+        .unwrap();
+        NetworkState {
+            network: Name::new("net").unwrap(),
+            cidr: "10.42.0.0/16".parse().unwrap(),
+            ranges: Vec::new(),
+            subnet_prefix: 24,
+            ca: new.verifying_key(),
+            certificate,
+            generation: 1,
+            record_version: 1,
+            left: false,
+            renewed_unix: None,
+            bootstrap: Vec::new(),
+            ca_transition: Some(transition.to_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_certificate_not_renewed_yet_starts_until_the_end_then_is_told_to_join_again() {
+        let (old, new) = (CaKey::generate(), CaKey::generate());
+        let state = net(&old, &new, 1030);
+        // Restarted during the transition: checked against the retiring CA.
+        assert_eq!(own_certificate_ca(&state, 1010), Ok(old.verifying_key()));
+        // After it: the one clear sentence.
+        let e = own_certificate_ca(&state, 1030).unwrap_err();
+        assert!(
+            e.contains("retired") && e.contains("overlayctl join"),
+            "{e}"
+        );
+        // Without a transition saved (an old state dir): the network's CA, as before.
+        let mut plain = state.clone();
+        plain.ca_transition = None;
+        assert_eq!(own_certificate_ca(&plain, 1010), Ok(new.verifying_key()));
     }
 }

@@ -78,7 +78,7 @@ use crate::control::View;
 use crate::control::msg::Bundle;
 use crate::control::state::{AdminState, NetworkState};
 use crate::router::PeerSpec;
-pub use ca::CaRotation;
+pub use ca::{CaRotation, own_certificate_ca};
 use gossip::{RecordHandler, Shared, TAG_MEMBER, Timers, tagged};
 pub use gossip::{RecordKey, Throttle};
 use limits::RecordUpdates;

@@ -246,9 +246,15 @@ impl Core {
         Answer::Reply(response)
     }
 
+    /// What issues certificates, tokens and revocations on an admin: `None` on a member,
+    /// and on an admin whose CA key is not the network's (another admin rotated the CA and
+    /// the new key has not reached this one: `ca::install_ca_key`).
     pub(super) fn issuer(&self) -> Option<Issuer<'_>> {
         Some(Issuer {
-            ca: self.ca_key.as_ref()?,
+            ca: self
+                .ca_key
+                .as_ref()
+                .filter(|key| key.verifying_key() == self.net.ca)?,
             network: &self.net.network,
             cidr: self.net.cidr,
             ranges: &self.net.ranges,
