@@ -43,28 +43,47 @@ fn membership(net: &Testnet, i: usize) -> protocol::api::Membership {
         .unwrap_or_else(|| panic!("h{i} is a member"))
 }
 
-/// `ping -i 0.05` in the background, counting what it sent and got back.
+/// `ping -i 0.05` in the background, counting what it sent and got back; its output goes
+/// to a file (one line per reply: a pipe could fill and stall it).
 struct LossPinger {
     child: Option<Child>,
+    out: std::path::PathBuf,
 }
 
 impl LossPinger {
     fn start(net: &Testnet, from: &str, to: &str) -> LossPinger {
+        let out = net.run_dir().join(format!("ping-{from}.txt"));
+        let file = std::fs::File::create(&out).expect("ping's output file");
         let child = net
-            .spawn(from, &["ping", "-n", "-q", "-i", "0.05", "-W", "1", to])
+            .command(
+                from,
+                &["ping", "-n", "-D", "-O", "-i", "0.05", "-W", "1", to],
+            )
+            .expect("ping command")
+            .stdin(std::process::Stdio::null())
+            .stdout(file)
+            .stderr(std::process::Stdio::null())
+            .spawn()
             .expect("start ping");
-        LossPinger { child: Some(child) }
+        LossPinger {
+            child: Some(child),
+            out,
+        }
     }
 
     /// Stops it (SIGINT, after the replies in flight had time to come) and returns
     /// (sent, received).
     fn finish(mut self) -> (u64, u64) {
         std::thread::sleep(Duration::from_millis(1200));
-        let child = self.child.take().expect("running");
+        let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) on the pid of our own child (`ip netns exec` execs ping).
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let out = child.wait_with_output().expect("ping's summary");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        child.wait().expect("ping ends");
+        let text = std::fs::read_to_string(&self.out).expect("ping's output");
+        // With -O: a line (timestamped, -D) for every request not answered in time.
+        for late in text.lines().filter(|l| l.contains("no answer yet")) {
+            eprintln!("ping: {late}");
+        }
         let line = text
             .lines()
             .find(|l| l.contains("packets transmitted"))
@@ -147,6 +166,10 @@ fn ca_rotate_during_traffic_retires_the_old_ca_without_a_lost_ping() {
     let new_ca = answer.new_ca.clone();
     assert_ne!(new_ca, old_ca);
     let retires = answer.retires_unix;
+    eprintln!(
+        "carotate: rotated at {:.3}, the old CA retires at {retires}",
+        common::now_s()
+    );
     assert!(retires >= now_s() + transition_s - 3, "{answer:?}");
     // A second rotation during the transition is refused.
     let again = net
