@@ -1,6 +1,7 @@
 //! `overlayctl`: the overlay's command line. Key commands work offline; the rest talk to
 //! the local `overlayd` over its API socket. Exit status: 0 done, 1 failed, 2 bad usage.
 
+mod admins;
 mod client;
 mod control;
 mod generate;
@@ -69,6 +70,9 @@ enum Command {
     /// Members' certificates (admin hosts).
     #[command(subcommand)]
     Node(control::NodeCommand),
+    /// More than one admin: make a member an admin, remove one, list them.
+    #[command(subcommand)]
+    Admin(admins::AdminCommand),
     /// Leave the network: the other members drop this host and close their tunnels to it.
     Leave(control::LeaveArgs),
     /// Security events: spoofed sources, unknown keys, handshake floods, revoked hosts
@@ -214,6 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Revoke(args) => control::revoke(&cli.socket, args),
         Command::Node(command) => control::node(&cli.socket, command),
+        Command::Admin(command) => admins::admin(&cli.socket, command),
         Command::Leave(args) => control::leave(&cli.socket, args),
         Command::Policy(command) => policy::run(&cli.socket, command),
         Command::Mirror(command) => mirror::run(&cli.socket, command),

@@ -16,6 +16,7 @@
 //! along.
 
 pub mod admin;
+pub mod admins;
 mod join;
 pub mod msg;
 pub mod node;
@@ -282,6 +283,18 @@ pub enum Command {
     ),
     /// `overlayctl leave`.
     Leave(Reply<protocol::api::Status>),
+    /// `overlayctl admin add`.
+    AdminAdd(
+        protocol::api::AdminRequest,
+        Reply<protocol::api::AdminsResponse>,
+    ),
+    /// `overlayctl admin remove`.
+    AdminRemove(
+        protocol::api::AdminRequest,
+        Reply<protocol::api::AdminsResponse>,
+    ),
+    /// `overlayctl admin list`.
+    Admins(Reply<protocol::api::AdminsResponse>),
     /// `overlayctl policy set`.
     PolicySet(
         protocol::api::PolicySetRequest,
@@ -579,6 +592,14 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
                 continue;
             }
             Command::Leave(reply) => {
+                let _ = reply.send(Err(not_member()));
+                continue;
+            }
+            Command::AdminAdd(_, reply) | Command::AdminRemove(_, reply) => {
+                let _ = reply.send(Err(not_member()));
+                continue;
+            }
+            Command::Admins(reply) => {
                 let _ = reply.send(Err(not_member()));
                 continue;
             }

@@ -43,6 +43,7 @@
 //! commands), `view` (what the API shows and what is routed), `rendezvous` (hole punching
 //! at a time agreed through a third member).
 
+mod admins;
 mod discovery;
 mod gossip;
 mod limits;
@@ -83,6 +84,7 @@ use limits::RecordUpdates;
 pub(super) use limits::TokenBucket;
 use links::Link;
 pub use links::{CloseReason, LinkId, first_member_endpoint, lapsed, revoked_reason};
+pub use admins::AdminsChange;
 pub use policy::PolicyInForce;
 pub use renew::{GroupsChange, expired_sentence, renew_at};
 pub use requests::{AdminChange, Admission, Answer, Origin};
@@ -252,6 +254,10 @@ pub enum Action {
         /// Its WireGuard key.
         key: keys::PublicKey,
     },
+    /// Save the admin records (`admins.json`, see `control::admins`).
+    SaveAdmins(Vec<Vec<u8>>),
+    /// This host was removed as an admin: destroy its copy of the CA key and `admin.json`.
+    DropAdmin,
 }
 
 /// A member's membership, without I/O (see the module docs).
@@ -301,6 +307,8 @@ pub struct Core {
     names_version: u64,
     /// Hole punching at an agreed time (see `rendezvous`).
     rendezvous: rendezvous::Rendezvous,
+    /// The admin records (see `admins`).
+    admins: crate::control::admins::AdminList,
     dirty: bool,
     actions: VecDeque<Action>,
 }
@@ -377,6 +385,7 @@ impl Core {
             names: NameTable::default(),
             names_version: 0,
             rendezvous: rendezvous::Rendezvous::default(),
+            admins: Default::default(),
             dirty: false,
             actions: VecDeque::new(),
         };
