@@ -193,8 +193,12 @@ fn admin_records(records: &[Vec<u8>]) {
     let mut list = overlayd::control::admins::AdminList::default();
     for bytes in records {
         if let Ok(true) = list.apply(bytes, &f.ca.verifying_key(), &f.network) {
-            overlayd::control::admins::AdminRecord::verify(bytes, &f.ca.verifying_key(), &f.network)
-                .expect("a record kept verifies");
+            overlayd::control::admins::AdminRecord::verify(
+                bytes,
+                &f.ca.verifying_key(),
+                &f.network,
+            )
+            .expect("a record kept verifies");
         }
     }
 }
@@ -214,9 +218,10 @@ fuzz_target!(|data: &[u8]| {
                 Request::Sync(bundle) | Request::Push(bundle) => apply_bundle(&bundle),
                 Request::Reissued(certificate) => reissue(&certificate),
                 Request::Renew | Request::Rendezvous { .. } | Request::Punch { .. } => {}
-                Request::Admins(records) | Request::AdminKey { admins: records, .. } => {
-                    admin_records(&records)
-                }
+                Request::Admins(records)
+                | Request::AdminKey {
+                    admins: records, ..
+                } => admin_records(&records),
                 join => {
                     if let Some(ask) = ask(join, mode % 5 == 4) {
                         admit(ask);

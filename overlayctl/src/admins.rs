@@ -3,9 +3,7 @@
 use std::path::Path;
 
 use clap::{Args, Subcommand};
-use protocol::api::{
-    ADMIN_ADD_PATH, ADMIN_REMOVE_PATH, ADMINS_PATH, AdminRequest, AdminsResponse,
-};
+use protocol::api::{ADMIN_ADD_PATH, ADMIN_REMOVE_PATH, ADMINS_PATH, AdminRequest, AdminsResponse};
 
 use crate::client::REMOTE_TIMEOUT;
 use crate::control::print_json;
@@ -50,7 +48,11 @@ pub fn admin(socket: &Path, command: AdminCommand) -> anyhow::Result<()> {
                 name: args.name.clone(),
             };
             let answer = client::post(socket, ADMIN_ADD_PATH, &request, REMOTE_TIMEOUT)?;
-            (answer, args.json, format!("{} is an admin now\n", args.name))
+            (
+                answer,
+                args.json,
+                format!("{} is an admin now\n", args.name),
+            )
         }
         AdminCommand::Remove(args) => {
             let request = AdminRequest {

@@ -40,7 +40,10 @@ fn token_on(net: &Testnet, admin: usize) -> String {
     let out = net
         .overlayctl_ok(admin, &["token", "create", "--ttl", "10m"])
         .expect("token create");
-    String::from_utf8(out.stdout).expect("UTF-8").trim().to_owned()
+    String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned()
 }
 
 /// `overlayctl join TOKEN --name hI` (no subnet: the admin picks it).
@@ -88,14 +91,19 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
     assert!(said.contains("h2 is an admin now"), "{said}");
     assert!(membership(&net, 2).admin, "h2 holds the CA key");
     let key = net.state_dir(2).join("ca.key");
-    let mode = std::fs::metadata(&key).expect("h2's ca.key").permissions().mode();
+    let mode = std::fs::metadata(&key)
+        .expect("h2's ca.key")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "h2's CA key is 0600");
     assert_eq!(
         std::fs::read_to_string(&key).unwrap(),
         std::fs::read_to_string(net.state_dir(1).join("ca.key")).unwrap(),
         "the same CA key"
     );
-    let list = net.overlayctl_ok(2, &["admin", "list"]).expect("admin list");
+    let list = net
+        .overlayctl_ok(2, &["admin", "list"])
+        .expect("admin list");
     let list = String::from_utf8_lossy(&list.stdout).into_owned();
     assert!(list.contains("h1") && list.contains("h2"), "{list}");
 
@@ -116,6 +124,8 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
     let started = Instant::now();
     net.wait_member_state(1, 2, MemberState::Alive, Duration::from_secs(20))
         .expect("h1 sees h2 again");
+    net.wait_member_state(2, 1, MemberState::Alive, Duration::from_secs(20))
+        .expect("h2 sees h1 again");
     let back = started.elapsed();
     assert!(membership(&net, 1).admin, "h1 is still an admin");
     let tokens: Vec<(usize, usize, String)> = (4..=HOSTS)
@@ -173,7 +183,11 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
     // Serials of the joins of h2 are in its slot (1 modulo 64); h1's in slot 0.
     for (i, admin, _, _) in &results {
         let serial = membership(&net, *i).certificate_serial;
-        assert_eq!(serial % 64, (*admin - 1) as u64, "h{i} via h{admin}: {seen:?}");
+        assert_eq!(
+            serial % 64,
+            (*admin - 1) as u64,
+            "h{i} via h{admin}: {seen:?}"
+        );
     }
     // Every member sees every other alive.
     let started = Instant::now();
@@ -184,6 +198,20 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
             panic!("not all alive: {e:#}")
         });
     let converged = started.elapsed();
+
+    // Any admin revokes: h2 revokes h4, which h1 admitted; h1 takes h2's revocation.
+    let started = Instant::now();
+    net.overlayctl_ok(2, &["revoke", "h4"])
+        .expect("revoke h4 on h2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while net.member_state(1, 4).expect("peers") == Some(MemberState::Alive) {
+        assert!(
+            Instant::now() < deadline,
+            "h1 still has h4 alive after h2 revoked it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let revoked = started.elapsed();
 
     // A member that is no admin cannot make one, nor take the key.
     let out = net
@@ -214,25 +242,31 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
     // A host that never was an admin after the removal learns of it by the records too.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let list = net.overlayctl_ok(7, &["admin", "list"]).expect("admin list");
+        let list = net
+            .overlayctl_ok(7, &["admin", "list"])
+            .expect("admin list");
         let list = String::from_utf8_lossy(&list.stdout).into_owned();
         if list.contains("removed") {
             break;
         }
-        assert!(Instant::now() < deadline, "h7 never learnt of the removal: {list}");
+        assert!(
+            Instant::now() < deadline,
+            "h7 never learnt of the removal: {list}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
     eprintln!(
         "admins: admin add {:.2} s; h3 joined through h2 alone in {:.2} s; h1 back in {:.2} s; \
          10 joins at once through both in {:.2} s (slowest {:.2} s); all {HOSTS} alive {:.2} s later; \
-         h2's key gone {:.2} s after its removal\n{}",
+         h4 revoked by h2 gone from h1 in {:.2} s; h2's key gone {:.2} s after its removal\n{}",
         granted.as_secs_f64(),
         joined_alone.as_secs_f64(),
         back.as_secs_f64(),
         all_joined.as_secs_f64(),
         slowest.as_secs_f64(),
         converged.as_secs_f64(),
+        revoked.as_secs_f64(),
         removed.as_secs_f64(),
         seen.join("\n")
     );

@@ -172,9 +172,7 @@ impl AdminRecord {
         r.finish().map_err(bad)?;
         let (fingerprint, record) = AdminRecord::decode(body)?;
         if fingerprint != ca.fingerprint()
-            || ca
-                .verify(ADMIN_RECORD_CONTEXT, body, &signature)
-                .is_err()
+            || ca.verify(ADMIN_RECORD_CONTEXT, body, &signature).is_err()
         {
             return Err(AdminError::Untrusted(record.node));
         }

@@ -202,12 +202,12 @@ pub const SMALL_FRAME: usize = 64 << 10;
 /// join and a push carry a few records; only a sync carries a whole directory.
 pub fn request_limit(tag: u8) -> usize {
     match tag {
-        0 => 16 << 10,   // Join: ~200 bytes
-        1 => MAX_FRAME,  // Sync: the sender's directory
-        2 => PUSH_FRAME, // Push: a member's own record and names, a revocation, a policy
-        3 => 16,         // Renew: the tag alone
-        4 => 4 << 10,    // Reissued: one certificate (at most keys::MAX_SIGNED_LEN bytes)
-        5 | 6 => 16,     // Rendezvous, Punch: a member number and a delay (at most 9 bytes)
+        0 => 16 << 10,         // Join: ~200 bytes
+        1 => MAX_FRAME,        // Sync: the sender's directory
+        2 => PUSH_FRAME,       // Push: a member's own record and names, a revocation, a policy
+        3 => 16,               // Renew: the tag alone
+        4 => 4 << 10,          // Reissued: one certificate (at most keys::MAX_SIGNED_LEN bytes)
+        5 | 6 => 16,           // Rendezvous, Punch: a member number and a delay (at most 9 bytes)
         7 | 8 => ADMINS_FRAME, // AdminKey, Admins: a key and every admin record
         _ => 0,
     }

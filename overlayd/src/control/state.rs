@@ -136,9 +136,11 @@ mod hex_list {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(value: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(value.iter().map(|b| {
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        }))
+        s.collect_seq(
+            value
+                .iter()
+                .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+        )
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
@@ -293,7 +295,9 @@ impl StateDir {
     /// The admin records (`control::admins`), as signed bytes; none in a network with one
     /// admin (and in state directories from before there could be more).
     pub fn admins(&self) -> anyhow::Result<Vec<Vec<u8>>> {
-        Ok(self.read_json::<AdminsFile>(ADMINS)?.map_or_else(Vec::new, |f| f.records))
+        Ok(self
+            .read_json::<AdminsFile>(ADMINS)?
+            .map_or_else(Vec::new, |f| f.records))
     }
 
     /// Saves the admin records.

@@ -79,7 +79,11 @@ fn slots_and_blocks_are_never_shared() {
             .unwrap()
     );
     // An older record changes nothing.
-    assert!(!list.apply(&record("h1", 0, 0x0f, 1).sign(&ca), &key, &net).unwrap());
+    assert!(
+        !list
+            .apply(&record("h1", 0, 0x0f, 1).sign(&ca), &key, &net)
+            .unwrap()
+    );
     assert_eq!(list.free_slot(), Some(2));
     // A retired admin's slot is never free again.
     let mut gone = record("h2", 1, 0x18, 2);
@@ -117,9 +121,15 @@ fn blocks_cut_the_range_evenly() {
     let small: IpNet = "10.42.0.0/24".parse().unwrap();
     assert_eq!(block_bits(small, 28), 4);
     assert_eq!(all_blocks(small, 28), 0xffff);
-    assert_eq!(block_of(small, 28, "10.42.0.48/28".parse().unwrap()), Some(3));
+    assert_eq!(
+        block_of(small, 28, "10.42.0.48/28".parse().unwrap()),
+        Some(3)
+    );
     let v6: IpNet = "fd00::/48".parse().unwrap();
-    assert_eq!(block_of(v6, 64, "fd00:0:0:ffff::/64".parse().unwrap()), Some(63));
+    assert_eq!(
+        block_of(v6, 64, "fd00:0:0:ffff::/64".parse().unwrap()),
+        Some(63)
+    );
 }
 
 /// One of two admins: its own directory (it sees none of the other's admissions: the
@@ -150,7 +160,13 @@ fn admit(
 ) -> Result<keys::NodeCertificate, crate::control::admin::Refused> {
     let issuer = issuer(ca, net);
     let token = issuer
-        .create_token(&mut admin.state, vec!["198.18.0.11:51821".parse().unwrap()], 600, vec![], NOW)
+        .create_token(
+            &mut admin.state,
+            vec!["198.18.0.11:51821".parse().unwrap()],
+            600,
+            vec![],
+            NOW,
+        )
         .unwrap();
     let host = PrivateKey::generate();
     let control = SigningKey::generate();
@@ -224,7 +240,11 @@ fn two_admins_admitting_at_once_never_collide() {
         } else {
             (b.state.blocks.unwrap(), 1)
         };
-        assert!(mine.0 & (1 << block) != 0, "{} outside its admin's blocks", c.node);
+        assert!(
+            mine.0 & (1 << block) != 0,
+            "{} outside its admin's blocks",
+            c.node
+        );
         assert_eq!(c.serial % u64::from(SLOTS), mine.1, "{}", c.node);
     }
     // An admin never gives a subnet outside its blocks, even asked for one.
@@ -263,7 +283,13 @@ fn a_token_is_redeemed_by_its_own_admin_only() {
         wireguard: PrivateKey::generate(),
     };
     let token = issuer(&ca, &net)
-        .create_token(&mut a.state, vec!["198.18.0.11:51821".parse().unwrap()], 600, vec![], NOW)
+        .create_token(
+            &mut a.state,
+            vec!["198.18.0.11:51821".parse().unwrap()],
+            600,
+            vec![],
+            NOW,
+        )
         .unwrap();
     let host = PrivateKey::generate();
     let control = SigningKey::generate();

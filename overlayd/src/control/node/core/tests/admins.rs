@@ -79,7 +79,10 @@ fn a_grant_makes_an_admin_and_a_retirement_unmakes_it() {
         .expect("taken")
         .expect("new");
     assert_eq!(admin.slot, Some(1));
-    assert_eq!(admin.blocks.unwrap() & sim.hosts[0].core().admin.as_ref().unwrap().blocks.unwrap(), 0);
+    assert_eq!(
+        admin.blocks.unwrap() & sim.hosts[0].core().admin.as_ref().unwrap().blocks.unwrap(),
+        0
+    );
     sim.hosts[1].core().become_admin(ca, admin, now);
     assert!(sim.hosts[1].core().is_admin());
     // Sent again: nothing new.
@@ -92,7 +95,11 @@ fn a_grant_makes_an_admin_and_a_retirement_unmakes_it() {
     );
     // A member that is no admin cannot add or remove one.
     assert_eq!(
-        sim.hosts[2].core().grant_admin("h2", now).unwrap_err().status(),
+        sim.hosts[2]
+            .core()
+            .grant_admin("h2", now)
+            .unwrap_err()
+            .status(),
         409
     );
     assert_eq!(
@@ -100,7 +107,10 @@ fn a_grant_makes_an_admin_and_a_retirement_unmakes_it() {
         409
     );
     // h0 removes h1: h1 forgets the key when the record reaches it.
-    let change = sim.hosts[0].core().retire_admin("h1").expect("a retirement");
+    let change = sim.hosts[0]
+        .core()
+        .retire_admin("h1")
+        .expect("a retirement");
     assert!(sim.hosts[0].core().commit_admins(change, now).is_none());
     let records = sim.hosts[0].core().admin_records();
     while sim.hosts[1].core().poll_action().is_some() {}
