@@ -324,3 +324,57 @@ fn a_token_is_redeemed_by_its_own_admin_only() {
         .unwrap_err();
     assert!(e.0.contains("already used"), "{e}");
 }
+
+/// A state directory from before there could be more than one admin loads as a network
+/// with one admin; `admins.json` round-trips, 0600.
+#[test]
+fn old_state_loads_and_admin_records_round_trip() {
+    use std::os::unix::fs::PermissionsExt;
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/state-before-renewal/h1/state");
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&old).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            let to = tmp.path().join(entry.file_name());
+            std::fs::copy(entry.path(), &to).unwrap();
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    let dir = crate::control::state::StateDir::open(tmp.path()).unwrap();
+    assert!(dir.admins().unwrap().is_empty());
+    assert!(
+        dir.ca_key().unwrap().is_some(),
+        "h1 of the fixture is its admin"
+    );
+    let admin = dir.admin().unwrap();
+    assert!(admin.next_serial > 1, "{admin:?}");
+    assert_eq!((admin.slot, admin.blocks), (None, None));
+    let ca = CaKey::generate();
+    let records = vec![
+        record("h1", 0, 1, 1).sign(&ca),
+        record("h2", 1, 2, 1).sign(&ca),
+    ];
+    dir.save_admins(records.clone()).unwrap();
+    assert_eq!(dir.admins().unwrap(), records);
+    let mode = std::fs::metadata(tmp.path().join("admins.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    dir.install_ca_key(&ca).unwrap();
+    let mode = std::fs::metadata(tmp.path().join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        dir.ca_key().unwrap().unwrap().verifying_key(),
+        ca.verifying_key()
+    );
+    dir.drop_ca_key().unwrap();
+    assert!(dir.ca_key().unwrap().is_none());
+    std::fs::write(tmp.path().join("admins.json"), "{\"records\": [\"zz\"]}").unwrap();
+    let e = format!("{:#}", dir.admins().unwrap_err());
+    assert!(e.contains("admins.json is damaged"), "{e}");
+}
