@@ -1,21 +1,23 @@
 //! End-to-end: more than one admin (issue 18, part 5).
 //!
-//! h1 makes the network, h2 joins and is made an admin (`overlayctl admin add h2` on h1:
-//! the CA key goes to h2 over their control connection). h1 is stopped; h3 joins with a
-//! token from h2. h1 is started again; h1 and h2 each make five tokens and ten hosts
-//! (h4..h13) join at once, five through each, the admins picking their subnets: no subnet
-//! and no serial is issued twice, and every host is a member. Then the attacks and
-//! `admin remove`: a member that is no admin cannot add one; h2 removed by h1 destroys its
-//! CA key and can no longer make tokens.
+//! Certificates of 60 s. h1 makes the network, h2 and h3 join, h2 is made an admin
+//! (`overlayctl admin add h2` on h1: the CA key goes to h2 over their control connection).
+//! h1 is stopped: h3, which h1 admitted, renews its certificate through h2 (40 s into its
+//! life), and h4 joins with a token from h2. h1 is started again (its certificate still
+//! valid); h1 and h2 each make five tokens and ten hosts (h5..h14) join at once, five
+//! through each, the admins picking their subnets: no subnet and no serial is issued twice,
+//! and every host is a member. Then: h2 revokes h5 (admitted by h1) and h1 takes it; a
+//! member that is no admin cannot add one; h2 removed by h1 destroys its CA key and can no
+//! longer make tokens.
 //!
 //! ```text
 //!                      P-ul: br0 (underlay switch)
 //!   +--------+--------+--------+-- ... --+
 //!   |        |        |        |         |
-//! P-h1 .11  P-h2 .12  P-h3 .13  P-h4 ..  P-h13        198.18.0.x/15
-//! admin     admin     joins     joins at once through h1 (h4..h8)
-//! (stopped, (admin    through   and h2 (h9..h13); subnets picked by
-//! restarted) add h2)  h2 alone  the admins, each from its own blocks
+//! P-h1 .11  P-h2 .12  P-h3 .13  P-h4 .14  P-h5 .. P-h14      198.18.0.x/15
+//! admin     admin     renews    joins     join at once through h1 (h5..h9)
+//! (stopped, (admin    through   through   and h2 (h10..h14); subnets picked by
+//! restarted) add h2)  h2        h2 alone  the admins, each from its own blocks
 //! ```
 
 mod common;
@@ -27,7 +29,9 @@ use std::time::{Duration, Instant};
 use common::root;
 use testnet::{MemberState, Options, Testnet};
 
-const HOSTS: usize = 13;
+const HOSTS: usize = 14;
+/// Certificates of this many seconds: renewed 40 s into their life.
+const LIFETIME_S: u64 = 60;
 
 fn membership(net: &Testnet, i: usize) -> protocol::api::Membership {
     net.status_json(i)
@@ -77,7 +81,14 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
     }
     let mut net = Testnet::up(Options {
         prefix: Some(common::prefix('j')),
-        members: Some(2),
+        members: Some(3),
+        configure: Some(Box::new(|_, config| {
+            if let Some(control) = config.control.as_mut() {
+                control
+                    .extra
+                    .push(format!("certificate_lifetime_s = {LIFETIME_S}"));
+            }
+        })),
         ..Options::new(HOSTS, 0)
     })
     .expect("testnet up");
@@ -107,17 +118,42 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
     let list = String::from_utf8_lossy(&list.stdout).into_owned();
     assert!(list.contains("h1") && list.contains("h2"), "{list}");
 
-    // h1 down: h3 joins through h2 alone.
+    // h1 down: h4 joins through h2 alone, and h3 renews through h2.
+    let h1_expires = membership(&net, 1).certificate_expires_unix;
+    let h3_before = membership(&net, 3);
     net.stop_daemon(1).expect("stop h1");
     let token = token_on(&net, 2);
     let started = Instant::now();
-    join(&net, 3, &token).unwrap_or_else(|e| {
-        logs_tail(&net, &[2, 3]);
-        panic!("h3 cannot join through h2 with h1 down: {e}")
+    join(&net, 4, &token).unwrap_or_else(|e| {
+        logs_tail(&net, &[2, 4]);
+        panic!("h4 cannot join through h2 with h1 down: {e}")
     });
     let joined_alone = started.elapsed();
-    net.wait_member_state(2, 3, MemberState::Alive, Duration::from_secs(15))
-        .expect("h2 sees h3");
+    net.wait_member_state(2, 4, MemberState::Alive, Duration::from_secs(15))
+        .expect("h2 sees h4");
+    let due = h3_before.certificate_renew_at_unix;
+    let deadline = Instant::now() + Duration::from_secs(LIFETIME_S);
+    let h3_renewed = loop {
+        let m = membership(&net, 3);
+        if m.certificate_serial > h3_before.certificate_serial {
+            break m;
+        }
+        if Instant::now() >= deadline {
+            logs_tail(&net, &[2, 3]);
+            panic!("h3 did not renew through h2 while h1 was down: {m:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let renewed_after_due = common::now_s() - due as f64;
+    assert_eq!(
+        h3_renewed.certificate_serial % 64,
+        1,
+        "h3's renewal comes from h2's slot: {h3_renewed:?}"
+    );
+    assert!(
+        (common::now_s() as u64) + 5 < h1_expires,
+        "h1's certificate would expire before it is back"
+    );
 
     // h1 back; both issue tokens, ten hosts join at once.
     net.start_daemon(1).expect("start h1");
@@ -128,9 +164,9 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
         .expect("h2 sees h1 again");
     let back = started.elapsed();
     assert!(membership(&net, 1).admin, "h1 is still an admin");
-    let tokens: Vec<(usize, usize, String)> = (4..=HOSTS)
+    let tokens: Vec<(usize, usize, String)> = (5..=HOSTS)
         .map(|i| {
-            let admin = if i <= 8 { 1 } else { 2 };
+            let admin = if i <= 9 { 1 } else { 2 };
             (i, admin, token_on(&net, admin))
         })
         .collect();
@@ -199,15 +235,15 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
         });
     let converged = started.elapsed();
 
-    // Any admin revokes: h2 revokes h4, which h1 admitted; h1 takes h2's revocation.
+    // Any admin revokes: h2 revokes h5, which h1 admitted; h1 takes h2's revocation.
     let started = Instant::now();
-    net.overlayctl_ok(2, &["revoke", "h4"])
-        .expect("revoke h4 on h2");
+    net.overlayctl_ok(2, &["revoke", "h5"])
+        .expect("revoke h5 on h2");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while net.member_state(1, 4).expect("peers") == Some(MemberState::Alive) {
+    while net.member_state(1, 5).expect("peers") == Some(MemberState::Alive) {
         assert!(
             Instant::now() < deadline,
-            "h1 still has h4 alive after h2 revoked it"
+            "h1 still has h5 alive after h2 revoked it"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -215,12 +251,12 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
 
     // A member that is no admin cannot make one, nor take the key.
     let out = net
-        .overlayctl(3, &["admin", "add", "h4"])
+        .overlayctl(3, &["admin", "add", "h6"])
         .expect("run overlayctl");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not an admin"), "{err}");
-    assert!(!net.state_dir(4).join("ca.key").exists());
+    assert!(!net.state_dir(6).join("ca.key").exists());
 
     // h2 removed: it destroys its key and makes no more tokens.
     let started = Instant::now();
@@ -257,11 +293,16 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
     }
 
     eprintln!(
-        "admins: admin add {:.2} s; h3 joined through h2 alone in {:.2} s; h1 back in {:.2} s; \
-         10 joins at once through both in {:.2} s (slowest {:.2} s); all {HOSTS} alive {:.2} s later; \
-         h4 revoked by h2 gone from h1 in {:.2} s; h2's key gone {:.2} s after its removal\n{}",
+        "admins: admin add {:.2} s; h4 joined through h2 alone in {:.2} s; h3 renewed through \
+         h2 {:.1} s after it was due (serial {} -> {}); h1 and h2 see each other {:.2} s after \
+         h1's start; 10 joins at once through both in {:.2} s (slowest {:.2} s); all {HOSTS} \
+         alive {:.2} s later; h5 revoked by h2 gone from h1 in {:.2} s; h2's key gone {:.2} s \
+         after its removal\n{}",
         granted.as_secs_f64(),
         joined_alone.as_secs_f64(),
+        renewed_after_due,
+        h3_before.certificate_serial,
+        h3_renewed.certificate_serial,
         back.as_secs_f64(),
         all_joined.as_secs_f64(),
         slowest.as_secs_f64(),
