@@ -240,6 +240,37 @@ impl AdminList {
         Ok(true)
     }
 
+    /// Takes several records ([`AdminList::apply`]) in whatever order they come: a record
+    /// refused only because another in the batch must come first (the giver's record
+    /// without a block before the taker's with it) is tried again once the others are in.
+    /// Returns whether any was new, and the refusals left.
+    pub fn apply_all(
+        &mut self,
+        records: &[Vec<u8>],
+        ca: &VerifyingKey,
+        network: &Name,
+    ) -> (bool, Vec<AdminError>) {
+        let mut changed = false;
+        let mut pending: Vec<&Vec<u8>> = records.iter().take(MAX_RECORDS * 2).collect();
+        loop {
+            let mut refused = Vec::new();
+            let mut left = Vec::new();
+            for bytes in &pending {
+                match self.apply(bytes, ca, network) {
+                    Ok(new) => changed |= new,
+                    Err(e) => {
+                        refused.push(e);
+                        left.push(*bytes);
+                    }
+                }
+            }
+            if left.len() == pending.len() {
+                return (changed, refused);
+            }
+            pending = left;
+        }
+    }
+
     /// Puts a record this host just signed (it checks nothing: the caller made it).
     pub fn insert_own(&mut self, record: AdminRecord, bytes: Vec<u8>) {
         self.records.insert(record.node.clone(), (record, bytes));

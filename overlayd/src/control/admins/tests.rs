@@ -78,6 +78,18 @@ fn slots_and_blocks_are_never_shared() {
         list.apply(&record("h2", 1, 0x18, 1).sign(&ca), &key, &net)
             .unwrap()
     );
+    // Out of order in one batch (the taker's record before the giver's): both taken.
+    let mut fresh = AdminList::default();
+    fresh
+        .apply(&record("h1", 0, 0x0f, 1).sign(&ca), &key, &net)
+        .unwrap();
+    let batch = [
+        record("h2", 1, 0x18, 1).sign(&ca),
+        record("h1", 0, 0x07, 2).sign(&ca),
+    ];
+    let (changed, refused) = fresh.apply_all(&batch, &key, &net);
+    assert!(changed && refused.is_empty(), "{refused:?}");
+    assert_eq!(fresh, list);
     // An older record changes nothing.
     assert!(
         !list

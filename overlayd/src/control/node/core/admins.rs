@@ -51,11 +51,9 @@ impl Core {
     /// from the network); a removed admin drops its key here if it had not yet.
     pub fn load_admin_records(&mut self, records: &[Vec<u8>], now: Now) {
         self.enter(now);
-        for bytes in records {
-            let (ca, network) = (self.net.ca, self.net.network.clone());
-            if let Err(e) = self.admins.apply(bytes, &ca, &network) {
-                tracing::warn!(error = %e, "dropped a saved admin record");
-            }
+        let (ca, network) = (self.net.ca, self.net.network.clone());
+        for e in self.admins.apply_all(records, &ca, &network).1 {
+            tracing::warn!(error = %e, "dropped a saved admin record");
         }
         self.follow_own_admin_record();
         self.finish(now);
@@ -70,16 +68,11 @@ impl Core {
     }
 
     pub(super) fn apply_admin_records(&mut self, records: &[Vec<u8>], now: Now) {
-        let mut changed = false;
-        for bytes in records {
-            let (ca, network) = (self.net.ca, self.net.network.clone());
-            match self.admins.apply(bytes, &ca, &network) {
-                Ok(true) => changed = true,
-                Ok(false) => {}
-                Err(e) => self
-                    .throttle
-                    .warn(now.instant, "refused an admin record", &e),
-            }
+        let (ca, network) = (self.net.ca, self.net.network.clone());
+        let (changed, refused) = self.admins.apply_all(records, &ca, &network);
+        for e in refused {
+            self.throttle
+                .warn(now.instant, "refused an admin record", &e);
         }
         if changed {
             self.queue(Action::SaveAdmins(self.admins.to_bytes()));
