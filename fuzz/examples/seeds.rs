@@ -271,6 +271,42 @@ fn control_frame(c: &mut Corpus) {
             },
         ),
     );
+    let admins = vec![
+        overlayd::control::admins::AdminRecord {
+            network: f.network.clone(),
+            node: keys::Name::new("h1").expect("a name"),
+            number: 1,
+            slot: 0,
+            serial_floor: 0,
+            blocks: 0xffff_ffff,
+            version: 2,
+            retired: false,
+        }
+        .sign(&f.ca),
+        overlayd::control::admins::AdminRecord {
+            network: f.network.clone(),
+            node: keys::Name::new("h2").expect("a name"),
+            number: 2,
+            slot: 1,
+            serial_floor: 9,
+            blocks: 0xffff_ffff_0000_0000,
+            version: 1,
+            retired: false,
+        }
+        .sign(&f.ca),
+    ];
+    c.put(t, "admins", &frame(0, &Request::Admins(admins.clone())));
+    c.put(
+        t,
+        "admin-key",
+        &frame(
+            0,
+            &Request::AdminKey {
+                key: signing_key(9).to_base64().to_string(),
+                admins,
+            },
+        ),
+    );
     let bare = postcard::to_allocvec(&bundle(f)).expect("a bundle encodes");
     c.put(t, "bare-bundle", &with(3, &bare));
 }

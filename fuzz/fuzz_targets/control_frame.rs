@@ -186,6 +186,23 @@ fn ask(request: Request, honest: bool) -> Option<JoinAsk> {
     Some(ask)
 }
 
+/// Admin records as a member takes them: each checked against the CA, never a panic, and
+/// what is kept verifies.
+fn admin_records(records: &[Vec<u8>]) {
+    let f = fixture();
+    let mut list = overlayd::control::admins::AdminList::default();
+    for bytes in records {
+        if let Ok(true) = list.apply(bytes, &f.ca.verifying_key(), &f.network) {
+            overlayd::control::admins::AdminRecord::verify(
+                bytes,
+                &f.ca.verifying_key(),
+                &f.network,
+            )
+            .expect("a record kept verifies");
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, frame)) = data.split_first() else {
         return;
@@ -201,6 +218,10 @@ fuzz_target!(|data: &[u8]| {
                 Request::Sync(bundle) | Request::Push(bundle) => apply_bundle(&bundle),
                 Request::Reissued(certificate) => reissue(&certificate),
                 Request::Renew | Request::Rendezvous { .. } | Request::Punch { .. } => {}
+                Request::Admins(records)
+                | Request::AdminKey {
+                    admins: records, ..
+                } => admin_records(&records),
                 join => {
                     if let Some(ask) = ask(join, mode % 5 == 4) {
                         admit(ask);
@@ -226,6 +247,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Response::Sync(bundle) => apply_bundle(&bundle),
                 Response::Renewed { certificate } => reissue(&certificate),
+                Response::Admins(records) => admin_records(&records),
                 Response::Ack | Response::Refused(_) | Response::Seen(_) => {}
             }
         }

@@ -1,6 +1,7 @@
 //! `overlayctl`: the overlay's command line. Key commands work offline; the rest talk to
 //! the local `overlayd` over its API socket. Exit status: 0 done, 1 failed, 2 bad usage.
 
+mod admins;
 mod ca;
 mod client;
 mod control;
@@ -73,6 +74,9 @@ enum Command {
     /// The network's CA (admin hosts).
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// More than one admin: make a member an admin, remove one, list them.
+    #[command(subcommand)]
+    Admin(admins::AdminCommand),
     /// Leave the network: the other members drop this host and close their tunnels to it.
     Leave(control::LeaveArgs),
     /// Security events: spoofed sources, unknown keys, handshake floods, revoked hosts
@@ -219,6 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Revoke(args) => control::revoke(&cli.socket, args),
         Command::Node(command) => control::node(&cli.socket, command),
         Command::Ca(command) => ca::run(&cli.socket, command),
+        Command::Admin(command) => admins::admin(&cli.socket, command),
         Command::Leave(args) => control::leave(&cli.socket, args),
         Command::Policy(command) => policy::run(&cli.socket, command),
         Command::Mirror(command) => mirror::run(&cli.socket, command),

@@ -350,6 +350,38 @@ async fn peer_remove(
     s.reload.statics.remove(ctx, req).await.map(Json)
 }
 
+async fn admin_add(
+    State(s): State<Arc<ApiState>>,
+    body: Result<Json<protocol::api::AdminRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiFailure> {
+    let Json(req) = body.map_err(bad_body)?;
+    let answer = s
+        .control
+        .ask(|r| Command::AdminAdd(req, r), Duration::from_secs(20))
+        .await?;
+    Ok(Json(answer).into_response())
+}
+
+async fn admin_remove(
+    State(s): State<Arc<ApiState>>,
+    body: Result<Json<protocol::api::AdminRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiFailure> {
+    let Json(req) = body.map_err(bad_body)?;
+    let answer = s
+        .control
+        .ask(|r| Command::AdminRemove(req, r), Duration::from_secs(10))
+        .await?;
+    Ok(Json(answer).into_response())
+}
+
+async fn admins(State(s): State<Arc<ApiState>>) -> Result<Response, ApiFailure> {
+    let answer = s
+        .control
+        .ask(Command::Admins, Duration::from_secs(10))
+        .await?;
+    Ok(Json(answer).into_response())
+}
+
 async fn leave(State(s): State<Arc<ApiState>>) -> Result<Json<Status>, ApiFailure> {
     s.control
         .ask(Command::Leave, Duration::from_secs(10))
@@ -529,6 +561,9 @@ impl ApiSocket {
             .route(NODE_GROUPS_PATH, post(node_groups))
             .route(protocol::api::CA_ROTATE_PATH, post(ca_rotate))
             .route(LEAVE_PATH, post(leave))
+            .route(protocol::api::ADMIN_ADD_PATH, post(admin_add))
+            .route(protocol::api::ADMIN_REMOVE_PATH, post(admin_remove))
+            .route(protocol::api::ADMINS_PATH, get(admins))
             .route(POLICY_PATH, get(policy_show).post(policy_set))
             .route(POLICY_CHECK_PATH, post(policy_check))
             .route(EVENTS_PATH, get(events))

@@ -449,6 +449,45 @@ pub struct RevokeRequest {
     pub name: String,
 }
 
+/// The body of `POST /v1/admin/add` and `/v1/admin/remove` (admins only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminRequest {
+    /// The member to make an admin, or to remove as one.
+    pub name: String,
+}
+
+/// Path of `admin add`: make a member an admin (send it the CA key).
+pub const ADMIN_ADD_PATH: &str = "/v1/admin/add";
+/// Path of `admin remove`: retire an admin (it destroys its CA key copy).
+pub const ADMIN_REMOVE_PATH: &str = "/v1/admin/remove";
+/// Path of `admin list` (`GET`).
+pub const ADMINS_PATH: &str = "/v1/admins";
+
+/// One admin, as its CA-signed record says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminShown {
+    /// Its node name.
+    pub name: String,
+    /// Its serial slot (it issues serials of that residue modulo 64).
+    pub slot: u8,
+    /// How many blocks of the range it gives subnets from.
+    pub blocks: u32,
+    /// The least serial it issues.
+    pub serial_floor: u64,
+    /// Removed (`admin remove`).
+    pub removed: bool,
+}
+
+/// The answer to the admin paths: every admin record (none while the network has only
+/// the admin that made it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminsResponse {
+    /// The admins.
+    pub admins: Vec<AdminShown>,
+    /// Whether this host holds the CA key.
+    pub this_host_admin: bool,
+}
+
 /// The answer to `POST /v1/revoke`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RevokeResponse {

@@ -229,7 +229,8 @@ impl Issuer<'_> {
         }
         let subnets = self.allocate(admin, dir, &ask.name, ask.subnet)?;
         let groups = entry.groups.clone();
-        let serial = admin.next_serial.max(1);
+        let serial = super::admins::serial_from(admin, admin.next_serial.max(1))
+            .ok_or_else(|| Refused("join refused: no serial is left".into()))?;
         let main = subnets[0];
         let certificate = self.issue(
             &ask.name,
@@ -354,7 +355,8 @@ impl Issuer<'_> {
         let next = current.serial.checked_add(1).ok_or_else(|| {
             Refused("renewal refused: no serial is left above this certificate's".into())
         })?;
-        let serial = admin.next_serial.max(next);
+        let serial = super::admins::serial_from(admin, admin.next_serial.max(next))
+            .ok_or_else(|| Refused("renewal refused: no serial is left".into()))?;
         let cert = NodeCertificate {
             network: self.network.clone(),
             node: name.clone(),
@@ -450,6 +452,11 @@ impl Issuer<'_> {
             }
             // `range` has the main range's size (check_ranges), so this always maps.
             let main = parallel(net, *range, self.cidr).unwrap_or(net);
+            if !super::admins::holds(admin, self.cidr, self.subnet_prefix, main) {
+                return Err(Refused(format!(
+                    "subnet {net} is in a part of the range another admin gives out; join through that admin, or let this one pick"
+                )));
+            }
             let nets = self.subnets_at(main);
             if let Some((mine, other, s)) = clash(&nets) {
                 let why = if mine == net {
@@ -465,7 +472,9 @@ impl Issuer<'_> {
         }
         if let Some(own) = admin.allocations.get(name) {
             let nets = self.subnets_at(*own);
-            if clash(&nets).is_none() {
+            if clash(&nets).is_none()
+                && super::admins::holds(admin, self.cidr, self.subnet_prefix, *own)
+            {
                 return Ok(nets);
             }
         }
@@ -481,7 +490,9 @@ impl Issuer<'_> {
             .filter(|_| self.cidr.prefix_len() < self.subnet_prefix)
             .map(std::net::IpAddr::V4);
         for net in subnets {
-            if dns.is_some_and(|ip| net.contains(&ip)) {
+            if dns.is_some_and(|ip| net.contains(&ip))
+                || !super::admins::holds(admin, self.cidr, self.subnet_prefix, net)
+            {
                 continue;
             }
             let nets = self.subnets_at(net);

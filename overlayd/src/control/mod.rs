@@ -16,6 +16,7 @@
 //! along.
 
 pub mod admin;
+pub mod admins;
 mod join;
 pub mod msg;
 pub mod node;
@@ -287,6 +288,18 @@ pub enum Command {
         protocol::api::CaRotateRequest,
         Reply<protocol::api::CaRotateResponse>,
     ),
+    /// `overlayctl admin add`.
+    AdminAdd(
+        protocol::api::AdminRequest,
+        Reply<protocol::api::AdminsResponse>,
+    ),
+    /// `overlayctl admin remove`.
+    AdminRemove(
+        protocol::api::AdminRequest,
+        Reply<protocol::api::AdminsResponse>,
+    ),
+    /// `overlayctl admin list`.
+    Admins(Reply<protocol::api::AdminsResponse>),
     /// `overlayctl policy set`.
     PolicySet(
         protocol::api::PolicySetRequest,
@@ -588,6 +601,14 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
                 continue;
             }
             Command::Leave(reply) => {
+                let _ = reply.send(Err(not_member()));
+                continue;
+            }
+            Command::AdminAdd(_, reply) | Command::AdminRemove(_, reply) => {
+                let _ = reply.send(Err(not_member()));
+                continue;
+            }
+            Command::Admins(reply) => {
                 let _ = reply.send(Err(not_member()));
                 continue;
             }

@@ -84,6 +84,19 @@ pub enum Request {
         /// In how many milliseconds (at most 2,000).
         delay_ms: u16,
     },
+    /// From an admin to a member it made an admin (`overlayctl admin add`): the CA key
+    /// (`SigningKey::to_base64`) and the admin records, the member's own grant among them.
+    /// Only ever sent, never an answer: no request asks for the key. The member takes it
+    /// if it matches the network's CA and a record names it. Answered with `Ack` or
+    /// `Refused`. See `control::admins`.
+    AdminKey {
+        /// The CA key, base64.
+        key: String,
+        /// `admins::AdminRecord::sign` bytes.
+        admins: Vec<Vec<u8>>,
+    },
+    /// The admin records the sender holds; answered with `Admins` (the receiver's).
+    Admins(Vec<Vec<u8>>),
 }
 
 /// The answer on the same stream.
@@ -117,6 +130,8 @@ pub enum Response {
         /// The certificate.
         certificate: Vec<u8>,
     },
+    /// The answer to `Request::Admins`: the receiver's admin records.
+    Admins(Vec<Vec<u8>>),
 }
 
 /// The bytes of the length prefix before every frame's body.
@@ -190,15 +205,21 @@ pub const SMALL_FRAME: usize = 64 << 10;
 /// join and a push carry a few records; only a sync carries a whole directory.
 pub fn request_limit(tag: u8) -> usize {
     match tag {
-        0 => 16 << 10,   // Join: ~200 bytes
-        1 => MAX_FRAME,  // Sync: the sender's directory
-        2 => PUSH_FRAME, // Push: a member's own record and names, a revocation, a policy
-        3 => 16,         // Renew: the tag alone
-        4 => 4 << 10,    // Reissued: one certificate (at most keys::MAX_SIGNED_LEN bytes)
-        5 | 6 => 16,     // Rendezvous, Punch: a member number and a delay (at most 9 bytes)
+        0 => 16 << 10,         // Join: ~200 bytes
+        1 => MAX_FRAME,        // Sync: the sender's directory
+        2 => PUSH_FRAME,       // Push: a member's own record and names, a revocation, a policy
+        3 => 16,               // Renew: the tag alone
+        4 => 4 << 10,          // Reissued: one certificate (at most keys::MAX_SIGNED_LEN bytes)
+        5 | 6 => 16,           // Rendezvous, Punch: a member number and a delay (at most 9 bytes)
+        7 | 8 => ADMINS_FRAME, // AdminKey, Admins: a key and every admin record
         _ => 0,
     }
 }
+
+/// The largest `AdminKey` or `Admins` request: a key (44 bytes of base64) and one record
+/// per slot.
+pub const ADMINS_FRAME: usize =
+    64 + super::admins::MAX_RECORDS * (super::admins::MAX_SIGNED_LEN + 2);
 
 /// The start of a request frame: its length, checked against [`request_limit`] for its
 /// kind and against `max`, and the first byte of the body (already read).

@@ -8,6 +8,8 @@
 //!   directory.json      0600  the verified member records and revocations (re-verified on load)
 //!   ca.key              0600  admins only: the network CA's private key
 //!   admin.json          0600  admins only: issued subnets and serials, join tokens (hashes)
+//!   admins.json         0600  the CA-signed admin records (`control::admins`), when the
+//!                             network has more than one admin
 //!   peers.json          0600  static peers added with `overlayctl peer add` (config::peers_file)
 //! ```
 //!
@@ -90,6 +92,14 @@ pub struct AdminState {
     /// arrives (or if it never starts). Absent in files written before it existed.
     #[serde(default)]
     pub issued: BTreeMap<Name, Issued>,
+    /// This admin's serial slot (`control::admins`): it issues only serials of that
+    /// residue. Absent while the network has one admin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u8>,
+    /// The blocks of the main range it allocates subnets in (`control::admins`). Absent
+    /// while the network has one admin: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<u64>,
 }
 
 /// A certificate an admin issued, as far as admitting others needs to know it.
@@ -116,6 +126,43 @@ impl Issued {
     /// The member's number: see [`Issued::number`].
     pub fn number(&self) -> u32 {
         self.number.unwrap_or(self.serial as u32)
+    }
+}
+
+/// `admins.json`: the admin records, hex.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminsFile {
+    #[serde(with = "hex_list")]
+    records: Vec<Vec<u8>>,
+}
+
+mod hex_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            value
+                .iter()
+                .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        texts
+            .iter()
+            .map(|t| {
+                if t.len() % 2 != 0 || !t.is_ascii() {
+                    return Err(serde::de::Error::custom("not hex"));
+                }
+                (0..t.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&t[i..i + 2], 16))
+                    .collect::<Result<Vec<u8>, _>>()
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect()
     }
 }
 
@@ -148,6 +195,7 @@ const CA_KEY: &str = "ca.key";
 /// to `ca.key` once it does ([`StateDir::finish_ca_rotation`]).
 const CA_KEY_NEXT: &str = "ca-next.key";
 const ADMIN: &str = "admin.json";
+const ADMINS: &str = "admins.json";
 
 impl StateDir {
     /// Opens `root`, creating it 0700 if missing and narrowing it to 0700 if wider. Refuses
@@ -280,6 +328,47 @@ impl StateDir {
         Ok(())
     }
 
+    /// The admin records (`control::admins`), as signed bytes; none in a network with one
+    /// admin (and in state directories from before there could be more).
+    pub fn admins(&self) -> anyhow::Result<Vec<Vec<u8>>> {
+        Ok(self
+            .read_json::<AdminsFile>(ADMINS)?
+            .map_or_else(Vec::new, |f| f.records))
+    }
+
+    /// Saves the admin records.
+    pub fn save_admins(&self, records: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        self.write_json(ADMINS, &AdminsFile { records })
+    }
+
+    /// Installs a CA key received from another admin: written 0600 to a temporary name and
+    /// renamed, so a crash leaves either no key or the whole key.
+    pub fn install_ca_key(&self, ca: &CaKey) -> anyhow::Result<()> {
+        let path = self.path(CA_KEY);
+        let tmp = tmp_path(&path);
+        keys::write_signing_key_file(&tmp, ca.signing_key())
+            .with_context(|| format!("cannot write the CA key {}", tmp.display()))?;
+        fs::rename(&tmp, &path)
+            .with_context(|| format!("cannot move the CA key to {}", path.display()))
+    }
+
+    /// Destroys this host's copy of the CA key and its `admin.json` (it was removed as an
+    /// admin): the key is overwritten, then removed.
+    pub fn drop_ca_key(&self) -> anyhow::Result<()> {
+        let path = self.path(CA_KEY);
+        if path.exists() {
+            let _ = fs::write(&path, [0u8; 64]);
+            fs::remove_file(&path)
+                .with_context(|| format!("cannot remove the CA key {}", path.display()))?;
+        }
+        match fs::remove_file(self.path(ADMIN)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).context("cannot remove admin.json")
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// What this admin issued.
     pub fn admin(&self) -> anyhow::Result<AdminState> {
         Ok(self.read_json(ADMIN)?.unwrap_or_default())
@@ -298,7 +387,15 @@ impl StateDir {
     /// by mistake can be recovered by hand. Returns where they went, if anywhere.
     pub fn forget_network(&self) -> anyhow::Result<Option<PathBuf>> {
         let archived = self.archive_admin()?;
-        for name in [DIRECTORY, CA_KEY, CA_KEY_NEXT, ADMIN, CONTROL_KEY, NETWORK] {
+        for name in [
+            DIRECTORY,
+            CA_KEY,
+            CA_KEY_NEXT,
+            ADMIN,
+            ADMINS,
+            CONTROL_KEY,
+            NETWORK,
+        ] {
             let path = self.path(name);
             let tmp = tmp_path(&path);
             for path in [path, tmp] {

@@ -21,6 +21,11 @@
 //!    ([`RecordError::SubnetOverlap`]) and its WireGuard key is no other live member's
 //!    ([`RecordError::KeyInUse`]).
 //!
+//! During a CA transition ([`Directory::apply_transition`], module `ca`) "this network's
+//! CA" is either of two until the transition's end: the new one, and the one it retires.
+//! From the end on, what the old CA signed is refused ([`RecordError::CaNotTrusted`]), and
+//! [`Directory::retire`] drops it.
+//!
 //! A record saying the member left is kept (a tombstone) so that its older alive records
 //! cannot bring it back. Revocations are kept for good, and survive persisting the
 //! directory with serde.

@@ -24,6 +24,7 @@
 //!   joins, revoked or expired certificates knocking, this host's certificate expiring).
 
 mod accept;
+mod admins;
 pub mod core;
 mod inbound;
 mod net;
@@ -77,6 +78,8 @@ enum Event {
     Renewed(LinkId, Result<Response, String>),
     /// The answer of this member (by number) to a `Request::Reissued`.
     Delivered(u32, Result<Response, String>),
+    /// A member's admin records (its answer to `Request::Admins`).
+    Admins(Vec<Vec<u8>>),
 }
 
 /// The keys of `dir`'s members and revocations, for the router to tell a member it does
@@ -282,6 +285,8 @@ impl Member {
             now,
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut core = core;
+        core.load_admin_records(&ctx.state.admins()?, now);
         // A new SWIM generation on every start (see `Core::new`), saved before it is used.
         ctx.state.save_network(core.network())?;
         let dir = core.directory();
@@ -448,6 +453,13 @@ impl Member {
                 {
                     self.core.handle_link_moved(link, conn.remote_address());
                 }
+                let request = match (link, *request) {
+                    (Some(link), super::msg::Request::AdminKey { key, admins }) => {
+                        self.take_admin_key(link, key, admins, reply);
+                        return;
+                    }
+                    (_, request) => Box::new(request),
+                };
                 let from = link.map_or(Origin::Joiner, Origin::Member);
                 let asked = match (from, &*request) {
                     (Origin::Joiner, Request::Join { name, .. }) => Some(name.to_string()),
@@ -490,6 +502,7 @@ impl Member {
             Event::Seen(link, addr) => self.core.handle_seen(link, addr, now),
             Event::Renewed(link, answer) => self.core.handle_renewed(link, answer, now),
             Event::Delivered(number, answer) => self.core.handle_delivered(number, answer, now),
+            Event::Admins(records) => self.core.handle_admin_records(&records, now),
         }
     }
 
@@ -551,6 +564,7 @@ impl Member {
                     }
                 }
                 Action::Sync { link, bundle } => {
+                    self.exchange_admins(link);
                     if let Some(conn) = self.conns.get(&link) {
                         net::sync(
                             conn.clone(),
@@ -669,6 +683,16 @@ impl Member {
                         .router
                         .initiate_and_send(crate::router::Initiate::Punch(&key), &*self.ctx.udp);
                 }
+                Action::SaveAdmins(records) => {
+                    if let Err(e) = self.ctx.state.save_admins(records) {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot save the admin records");
+                    }
+                }
+                Action::DropAdmin => {
+                    if let Err(e) = self.ctx.state.drop_ca_key() {
+                        tracing::error!(error = %format!("{e:#}"), "this host was removed as an admin but cannot destroy its CA key; remove it by hand");
+                    }
+                }
                 Action::DetectAddress { towards } => {
                     if let Ok(ip) =
                         super::detect_address(Some(towards), &self.ctx.config().tun_name)
@@ -704,6 +728,9 @@ impl Member {
 
     /// Handles an API command; `true` when the member loop must end (left the network).
     async fn command(&mut self, cmd: Command) -> bool {
+        let Some(cmd) = self.admin_command(cmd).await else {
+            return false;
+        };
         let now = now();
         match cmd {
             Command::Init(_, reply) | Command::Join(_, reply) => {
@@ -783,6 +810,13 @@ impl Member {
                     .set_settings(settings(&self.ctx.config()), now)
                     .map_err(ApiFailure::internal);
                 let _ = reply.send(result);
+            }
+            // Taken by `admin_command` above.
+            Command::AdminAdd(_, reply) | Command::AdminRemove(_, reply) => {
+                let _ = reply.send(Err(ApiFailure::internal("not handled")));
+            }
+            Command::Admins(reply) => {
+                let _ = reply.send(Err(ApiFailure::internal("not handled")));
             }
             Command::Leave(reply) => {
                 let result = self.leave(now).await;

@@ -43,6 +43,7 @@
 //! commands), `view` (what the API shows and what is routed), `rendezvous` (hole punching
 //! at a time agreed through a third member).
 
+mod admins;
 mod ca;
 mod discovery;
 mod gossip;
@@ -78,6 +79,7 @@ use crate::control::View;
 use crate::control::msg::Bundle;
 use crate::control::state::{AdminState, NetworkState};
 use crate::router::PeerSpec;
+pub use admins::AdminsChange;
 pub use ca::{CaRotation, own_certificate_ca};
 use gossip::{RecordHandler, Shared, TAG_MEMBER, Timers, tagged};
 pub use gossip::{RecordKey, Throttle};
@@ -262,6 +264,10 @@ pub enum Action {
         /// Its WireGuard key.
         key: keys::PublicKey,
     },
+    /// Save the admin records (`admins.json`, see `control::admins`).
+    SaveAdmins(Vec<Vec<u8>>),
+    /// This host was removed as an admin: destroy its copy of the CA key and `admin.json`.
+    DropAdmin,
 }
 
 /// A member's membership, without I/O (see the module docs).
@@ -313,6 +319,8 @@ pub struct Core {
     names_version: u64,
     /// Hole punching at an agreed time (see `rendezvous`).
     rendezvous: rendezvous::Rendezvous,
+    /// The admin records (see `admins`).
+    admins: crate::control::admins::AdminList,
     dirty: bool,
     actions: VecDeque<Action>,
 }
@@ -390,6 +398,7 @@ impl Core {
             names_cursor: std::sync::atomic::AtomicUsize::new(0),
             names_version: 0,
             rendezvous: rendezvous::Rendezvous::default(),
+            admins: Default::default(),
             dirty: false,
             actions: VecDeque::new(),
         };

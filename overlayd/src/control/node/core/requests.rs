@@ -235,6 +235,14 @@ impl Core {
             (Origin::Member(link), Request::Punch { from, delay_ms }) => {
                 self.handle_punch(link, from, delay_ms, now)
             }
+            (Origin::Member(_), Request::Admins(records)) => {
+                self.apply_admin_records(&records, now);
+                Response::Admins(self.admin_records())
+            }
+            // Taken by the driver, which saves the key (`Core::check_admin_key`).
+            (Origin::Member(_), Request::AdminKey { .. }) => {
+                Response::Refused("admin key refused".into())
+            }
             (Origin::Joiner, request) => match JoinAsk::from_request(request) {
                 Some(ask) => match self.admit(&ask, now) {
                     Ok(change) => return Answer::AfterSave(change),

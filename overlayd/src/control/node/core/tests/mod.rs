@@ -3,6 +3,7 @@
 //! Timings are the config's defaults: probe every 1 s, suspicion 4 s, rejoin every 2 s,
 //! full sync every 30 s.
 
+mod admins;
 mod names;
 mod policy;
 mod rendezvous;

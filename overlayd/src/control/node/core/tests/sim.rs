@@ -504,6 +504,8 @@ impl Sim {
             Action::Identity(_) | Action::Trust { .. } => {}
             Action::SaveAdmin(admin) => self.hosts[from].admin = Some(admin),
             Action::Ask { link, request } => self.ask(from, link, request, 0),
+            // The driver's files (`node::admins`).
+            Action::SaveAdmins(_) | Action::DropAdmin => {}
             Action::Punch { addr, .. } => {
                 if let Some(to) = self.host_at(addr) {
                     self.punches.push((from, to, now.instant));

@@ -1,0 +1,129 @@
+//! More than one admin in the core: the CA key is taken only when it is the network's and a
+//! CA-signed record names the taker; nothing answers a request with the key; a removed
+//! admin forgets the key. (The driver saves; here the actions are looked at.)
+
+use keys::{CaKey, SigningKey};
+
+use super::converged;
+use crate::control::admins::AdminRecord;
+use crate::control::msg::{Request, Response};
+use crate::control::node::core::{Action, Answer, Origin};
+
+#[test]
+fn a_ca_key_is_taken_only_if_it_is_the_networks_and_a_ca_record_names_the_host() {
+    let mut sim = converged(3);
+    let now = sim.now();
+    let link = sim.link(1, 2).expect("h1 is connected to h2");
+    // A member that is no admin sends a key of its own making: refused.
+    let own = SigningKey::generate().to_base64().to_string();
+    let e = sim.hosts[1]
+        .core()
+        .check_admin_key(link, &own, &[], now)
+        .unwrap_err();
+    assert!(e.0.contains("not this network's CA key"), "{e}");
+    // The real CA key (stolen, say) with a grant the attacker signed itself: the record is
+    // refused, so the key is not taken.
+    let forged = AdminRecord {
+        network: sim.network.name.clone(),
+        node: keys::Name::new("h1").unwrap(),
+        number: sim.hosts[1].core().certificate().number,
+        slot: 5,
+        serial_floor: 1,
+        blocks: u64::MAX,
+        version: 1,
+        retired: false,
+    }
+    .sign(&CaKey::from_signing_key(SigningKey::generate()));
+    let ca = sim.network.ca.signing_key().to_base64().to_string();
+    let e = sim.hosts[1]
+        .core()
+        .check_admin_key(link, &ca, &[forged], now)
+        .unwrap_err();
+    assert!(e.0.contains("no admin record names this host"), "{e}");
+    assert!(!sim.hosts[1].core().is_admin());
+    assert!(sim.hosts[1].core().admin_records().is_empty());
+}
+
+#[test]
+fn a_grant_makes_an_admin_and_a_retirement_unmakes_it() {
+    let mut sim = converged(3);
+    let now = sim.now();
+    // h0, the admin, grants h1.
+    let change = sim.hosts[0].core().grant_admin("h1", now).expect("a grant");
+    let (link, key, records) = sim.hosts[0]
+        .core()
+        .commit_admins(change, now)
+        .expect("a key to send");
+    assert_eq!(Some(link), sim.link(0, 1));
+    assert_eq!(records.len(), 2, "h0's own record and h1's");
+    // No answer to any request carries the key: the records sent to whoever asks are
+    // records only.
+    let from_h2 = sim.link(0, 2).expect("h0 is connected to h2");
+    let answer = sim.hosts[0].core().handle_request(
+        Origin::Member(from_h2),
+        Request::Admins(Vec::new()),
+        now,
+    );
+    let Answer::Reply(Response::Admins(sent)) = answer else {
+        panic!("{answer:?}")
+    };
+    let raw = sim.network.ca.signing_key().to_base64();
+    for r in &sent {
+        assert!(!String::from_utf8_lossy(r).contains(raw.as_str()));
+    }
+    // h1 takes the key: its grant is among the records.
+    let from_h0 = sim.link(1, 0).expect("h1 is connected to h0");
+    let (ca, admin) = sim.hosts[1]
+        .core()
+        .check_admin_key(from_h0, &key, &records, now)
+        .expect("taken")
+        .expect("new");
+    assert_eq!(admin.slot, Some(1));
+    assert_eq!(
+        admin.blocks.unwrap() & sim.hosts[0].core().admin.as_ref().unwrap().blocks.unwrap(),
+        0
+    );
+    sim.hosts[1].core().become_admin(ca, admin, now);
+    assert!(sim.hosts[1].core().is_admin());
+    // Sent again: nothing new.
+    assert!(
+        sim.hosts[1]
+            .core()
+            .check_admin_key(from_h0, &key, &records, now)
+            .unwrap()
+            .is_none()
+    );
+    // A member that is no admin cannot add or remove one.
+    assert_eq!(
+        sim.hosts[2]
+            .core()
+            .grant_admin("h2", now)
+            .unwrap_err()
+            .status(),
+        409
+    );
+    assert_eq!(
+        sim.hosts[2].core().retire_admin("h1").unwrap_err().status(),
+        409
+    );
+    // h0 removes h1: h1 forgets the key when the record reaches it.
+    let change = sim.hosts[0]
+        .core()
+        .retire_admin("h1")
+        .expect("a retirement");
+    assert!(sim.hosts[0].core().commit_admins(change, now).is_none());
+    let records = sim.hosts[0].core().admin_records();
+    while sim.hosts[1].core().poll_action().is_some() {}
+    sim.hosts[1].core().handle_admin_records(&records, now);
+    assert!(!sim.hosts[1].core().is_admin());
+    let mut dropped = false;
+    while let Some(action) = sim.hosts[1].core().poll_action() {
+        dropped |= matches!(action, Action::DropAdmin);
+    }
+    assert!(dropped, "the driver is told to destroy the key");
+    // A removed admin's record is final: removing again is a conflict.
+    assert_eq!(
+        sim.hosts[0].core().retire_admin("h1").unwrap_err().status(),
+        409
+    );
+}
