@@ -219,7 +219,7 @@ impl Router {
 
     /// This host's WireGuard key.
     pub fn own_key(&self) -> PublicKey {
-        self.own_key
+        self.keys.load().key
     }
 
     /// Whether this host forwards datagrams for others (`[control] relay`, on by default).

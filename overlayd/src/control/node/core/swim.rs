@@ -386,6 +386,7 @@ impl Core {
         self.follow_renewals();
         self.close_lapsed(now);
         self.renewal_tick(now);
+        self.rotation_tick(now);
         self.deliver_pending(now);
         let view = self.view();
         self.queue(Action::View(view));

@@ -187,6 +187,7 @@ pub(super) fn settings() -> Settings {
         membership: control.membership(),
         relay: None,
         max_names: protocol::records::names::DEFAULT_MAX_NAMES,
+        key_rotation_s: None,
     }
 }
 
@@ -276,6 +277,7 @@ impl Sim {
                 } else {
                     vec![control_addr(0)]
                 },
+                wireguard_key_since: None,
             };
             let admin = (i == 0).then(|| admin.clone());
             sim.add(keys, net, None, admin);
