@@ -237,7 +237,10 @@ fn rotate_key_during_a_transfer_loses_nothing_and_retires_the_old_key() {
         if key_of_h2(&net, 1) == Some(new) && key_of_h2(&net, 3) == Some(new) {
             break asked.elapsed();
         }
-        assert!(Instant::now() < deadline, "h1 and h3 still route h2 by its old key");
+        assert!(
+            Instant::now() < deadline,
+            "h1 and h3 still route h2 by its old key"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let underlay = net.underlay_addr(2).expect("h2's underlay address");
@@ -259,9 +262,7 @@ fn rotate_key_during_a_transfer_loses_nothing_and_retires_the_old_key() {
             "a handshake to h2's old key is still not refused as retired"
         );
     };
-    let events = net
-        .overlayctl_ok(2, &["events", "--json"])
-        .expect("events");
+    let events = net.overlayctl_ok(2, &["events", "--json"]).expect("events");
     let events = String::from_utf8_lossy(&events.stdout);
     assert!(events.contains("retired_key_knocking"), "{events}");
 
@@ -295,7 +296,10 @@ fn rotate_key_during_a_transfer_loses_nothing_and_retires_the_old_key() {
         if ping.status.success() {
             break;
         }
-        assert!(Instant::now() < deadline, "h3-c1 cannot reach h2-c1 after h2's restart");
+        assert!(
+            Instant::now() < deadline,
+            "h3-c1 cannot reach h2-c1 after h2's restart"
+        );
     }
     net.down().expect("testnet down");
 }

@@ -204,7 +204,11 @@ impl Issuer<'_> {
                 ask.wireguard_key
             )));
         }
-        if admin.retired_keys.iter().any(|(_, k)| *k == ask.wireguard_key) {
+        if admin
+            .retired_keys
+            .iter()
+            .any(|(_, k)| *k == ask.wireguard_key)
+        {
             return Err(Refused(format!(
                 "join refused: WireGuard key {} was retired by a member's key rotation; generate a new one",
                 ask.wireguard_key

@@ -534,7 +534,12 @@ impl Router {
     }
 
     /// Puts a new peer into `next`, the table being built.
-    pub(super) fn add(&self, next: &mut PeerTable, spec: PeerSpec, subnets: Vec<IpNet>) -> Upserted {
+    pub(super) fn add(
+        &self,
+        next: &mut PeerTable,
+        spec: PeerSpec,
+        subnets: Vec<IpNet>,
+    ) -> Upserted {
         // Below MAX_PEER_INDICES: checked by `check_in` (fits 24 bits).
         let index = next.peers.len();
         let keys = self.keys.load();

@@ -146,7 +146,11 @@ impl Router {
     /// match the current key) is addressed to.
     pub(super) fn addressed(&self, datagram: &[u8], out: &mut [u8]) -> Addressed {
         if let Some(old) = self.rotation.old.load_full()
-            && old.keys.mac1_only.verify_packet(None, datagram, out).is_ok()
+            && old
+                .keys
+                .mac1_only
+                .verify_packet(None, datagram, out)
+                .is_ok()
         {
             return Addressed::Old(old);
         }

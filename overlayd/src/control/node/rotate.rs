@@ -71,12 +71,10 @@ fn switch(ctx: &Ctx, key: PrivateKey) -> anyhow::Result<()> {
         keys::write_private_key_file(&new, &key)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", new.display()))?;
     }
-    std::fs::rename(file, &old).map_err(|e| {
-        anyhow::anyhow!("cannot move {} to {}: {e}", file.display(), old.display())
-    })?;
-    std::fs::rename(&new, file).map_err(|e| {
-        anyhow::anyhow!("cannot move {} to {}: {e}", new.display(), file.display())
-    })?;
+    std::fs::rename(file, &old)
+        .map_err(|e| anyhow::anyhow!("cannot move {} to {}: {e}", file.display(), old.display()))?;
+    std::fs::rename(&new, file)
+        .map_err(|e| anyhow::anyhow!("cannot move {} to {}: {e}", new.display(), file.display()))?;
     let mut next = Config::clone(&config);
     next.private_key = key.clone();
     ctx.config.store(Arc::new(next));

@@ -23,7 +23,7 @@ use protocol::api::RotateKeyResponse;
 
 use super::{Action, AdminChange, Core, LinkId, Now};
 use crate::control::ApiFailure;
-use crate::control::admin::{RekeyAsk, Refused, rekey_claim};
+use crate::control::admin::{Refused, RekeyAsk, rekey_claim};
 use crate::control::msg::{Request, Response};
 
 /// How long an answer to a rotation may take before it counts as failed.
@@ -64,7 +64,13 @@ impl Core {
             };
             let mut admin = admin.clone();
             let cert = issuer
-                .rekey(&mut admin, &self.dir(), &self.me, new.public_key(), now.unix)
+                .rekey(
+                    &mut admin,
+                    &self.dir(),
+                    &self.me,
+                    new.public_key(),
+                    now.unix,
+                )
                 .map_err(|e| ApiFailure::conflict(e.0))?;
             return Ok(Some(AdminChange {
                 admin,
@@ -210,7 +216,9 @@ impl Core {
         now: Now,
     ) -> Result<AdminChange<super::Admission>, Refused> {
         let Some(peer) = self.links.get(&link).map(|l| l.peer.clone()) else {
-            return Err(Refused("key rotation refused: the connection is gone".into()));
+            return Err(Refused(
+                "key rotation refused: the connection is gone".into(),
+            ));
         };
         if self.ca_key.is_none() {
             return Err(Refused(
