@@ -311,3 +311,6 @@ impl Router {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

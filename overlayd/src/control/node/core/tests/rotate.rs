@@ -239,7 +239,13 @@ fn a_key_older_than_key_rotation_days_is_rotated_by_itself() {
     // The driver's part: a new key handed to the core, which rotates as when asked.
     let new = PrivateKey::generate();
     let now = sim.now();
-    assert!(sim.hosts[1].core().rotate_key(new.clone(), now).unwrap().is_none());
+    assert!(
+        sim.hosts[1]
+            .core()
+            .rotate_key(new.clone(), now)
+            .unwrap()
+            .is_none()
+    );
     sim.settle();
     assert_eq!(sim.hosts[1].switched_to, vec![new.public_key()]);
     // And the next rotation is a full period after this one.
