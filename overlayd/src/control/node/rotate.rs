@@ -2,10 +2,10 @@
 //! the router, and the operator waiting for `overlayctl rotate-key`.
 //!
 //! Key files, beside `private_key_file` (`KEY`): the new key is written to `KEY.new`
-//! (0600) before anyone is asked to certify it. Once its certificate is saved, `KEY` is
-//! renamed to `KEY.old` and `KEY.new` to `KEY` (each rename atomic). `KEY.old` is removed
-//! once the router has forgotten the old key. A start that finds a certificate naming the
-//! key in `KEY.new` (a crash between the two saves) finishes the renames
+//! (0600) before anyone is asked to certify it. Once its certificate is saved, the old key
+//! is written to `KEY.old` and `KEY.new` is renamed to `KEY` (atomic: `KEY` is never
+//! missing). `KEY.old` is removed once the grace is over. A start that finds a certificate naming the
+//! key in `KEY.new` (a crash between the two saves) finishes the rename
 //! ([`recover_key_file`]); a `KEY.new` whose key no certificate names is a rotation that
 //! never completed, removed.
 
@@ -18,6 +18,7 @@ use protocol::api::RotateKeyResponse;
 
 use super::Member;
 use super::now;
+use crate::config::Config;
 use crate::control::{ApiFailure, Ctx, Reply};
 
 /// `KEY.new` beside `key`.
@@ -38,7 +39,7 @@ fn suffixed(key: &Path, suffix: &str) -> PathBuf {
 }
 
 /// At a member's start: if the certificate names the key in `KEY.new` rather than the one
-/// in `KEY` (a crash mid-rotation), finishes the rotation's renames and switches the router
+/// in `KEY` (a crash mid-rotation), finishes the rotation (the rename) and switches the router
 /// to it, with the usual grace for the old key. Returns whether it did.
 pub(super) fn recover_key_file(ctx: &Ctx, certified: &PublicKey) -> anyhow::Result<bool> {
     let config = ctx.config();
@@ -71,8 +72,9 @@ fn switch(ctx: &Ctx, key: PrivateKey) -> anyhow::Result<()> {
         keys::write_private_key_file(&new, &key)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", new.display()))?;
     }
-    std::fs::rename(file, &old)
-        .map_err(|e| anyhow::anyhow!("cannot move {} to {}: {e}", file.display(), old.display()))?;
+    // A copy, not a rename: `KEY` is never missing; the rename below replaces it at once.
+    keys::write_private_key_file(&old, &config.private_key)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", old.display()))?;
     std::fs::rename(&new, file)
         .map_err(|e| anyhow::anyhow!("cannot move {} to {}: {e}", new.display(), file.display()))?;
     let mut next = Config::clone(&config);
@@ -87,8 +89,6 @@ fn switch(ctx: &Ctx, key: PrivateKey) -> anyhow::Result<()> {
     });
     Ok(())
 }
-
-use crate::config::Config;
 
 impl Member {
     /// `overlayctl rotate-key` (`reply`) or an automatic rotation (`None`): a new key,
