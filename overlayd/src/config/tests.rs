@@ -66,6 +66,30 @@ fn the_control_plane_shares_the_tunnels_port_unless_given_its_own() {
 }
 
 #[test]
+fn advertise_must_be_an_address_other_hosts_reach() {
+    let f = fixture();
+    for bad in [
+        "127.0.0.1",
+        "::1",
+        "169.254.1.1",
+        "fe80::1",
+        "0.0.0.0",
+        "224.0.0.1",
+    ] {
+        let e = parse(&f, &format!("[control]\nadvertise = \"{bad}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "advertise {bad} is not an address other hosts can reach"
+            )) && !e.contains('\n'),
+            "{e}"
+        );
+    }
+    parse(&f, "[control]\nadvertise = \"198.18.0.12\"\n").unwrap();
+}
+
+#[test]
 fn full_config_round_trips_through_redacted() {
     let f = fixture();
     let body = format!(

@@ -193,10 +193,10 @@ impl Control {
             ));
         }
         if let Some(a) = self.advertise
-            && (a.is_unspecified() || a.is_multicast())
+            && !protocol::records::reachable_unicast(a)
         {
             return Err(format!(
-                "[control] advertise {a} is not an address other hosts can reach; give this host's underlay address"
+                "[control] advertise {a} is not an address other hosts can reach (loopback, link-local, unspecified, multicast and broadcast are not); give this host's underlay address"
             ));
         }
         if self.certificate_days == 0 {

@@ -175,6 +175,9 @@ pub struct Router {
     relay_counts: relay::RelayCounters,
     /// A peer's endpoint or relay changed since the relay map was built.
     relay_dirty: std::sync::atomic::AtomicBool,
+    /// How many more times the relay map may be rebuilt for a changed endpoint before the
+    /// next tick ([`relay::REBUILDS_PER_TICK`] each tick).
+    relay_rebuilds_left: std::sync::atomic::AtomicU32,
     /// When the relays in use last heard from this host (the router's clock, ms).
     relays_touched_ms: std::sync::atomic::AtomicU64,
 }
@@ -222,6 +225,7 @@ impl Router {
             relay_serve: std::sync::atomic::AtomicBool::new(true),
             relay_counts: relay::RelayCounters::default(),
             relay_dirty: std::sync::atomic::AtomicBool::new(false),
+            relay_rebuilds_left: std::sync::atomic::AtomicU32::new(relay::REBUILDS_PER_TICK),
             relays_touched_ms: std::sync::atomic::AtomicU64::new(0),
         };
         for p in peers {
@@ -697,7 +701,7 @@ impl Router {
             self.initiate_on_path(&peer, buf, send);
         }
         self.rotation_tick(&table, ms);
-        self.refresh_relay_map(&table);
+        self.refill_relay_map(&table);
     }
 
     /// Sends `peer` a persistent keepalive when its interval has passed since the last

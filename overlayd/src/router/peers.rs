@@ -63,6 +63,8 @@ pub struct PeerState {
     pub(super) heard_ms: u64,
     /// When a data packet last went to it through a relay.
     pub(super) sent_relayed_ms: u64,
+    /// When the initiation last went through its relay again for want of a session.
+    pub(super) relay_resent_ms: u64,
     /// A new address its record gave while the tunnel had a session, held back
     /// (`PeerSpec::advertised`): tried once the tunnel is stuck without one.
     pub(super) held_endpoint: Option<SocketAddr>,
@@ -575,6 +577,7 @@ impl Router {
                 probed_ms: 0,
                 heard_ms: 0,
                 sent_relayed_ms: 0,
+                relay_resent_ms: 0,
                 held_endpoint: None,
                 proven_endpoint: None,
                 key_generation: keys.generation,

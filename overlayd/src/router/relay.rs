@@ -19,15 +19,18 @@
 //! member: a revoked one is no peer from the moment its revocation arrives), only to the
 //! current endpoint of the peer the key id names (never to an address the sender picks),
 //! never back to the sender, one datagram out per datagram in and never larger, and at
-//! most [`RELAY_BYTES_PER_SECOND`] from each source. A host with `[control] relay = false`
-//! forwards nothing. A receiver accepts a datagram from a relay only from the endpoint of
-//! one of its peers, and then only what authenticates as WireGuard (boringtun decides, as
-//! for any datagram).
+//! most [`RELAY_BYTES_PER_SECOND`] from each source (refilled by the tick only, never by
+//! a rebuild of the map, which an endpoint change causes at most [`REBUILDS_PER_TICK`]
+//! times between ticks). A host with `[control] relay = false` forwards nothing. A
+//! receiver accepts a datagram from a relay only from the endpoint of a peer on the relay
+//! list, and then only what authenticates as WireGuard (boringtun decides, as for any
+//! datagram).
 //!
 //! Choosing the path (in [`Router::tick`], sans-IO: the router's clock, no socket): a peer
 //! with an initiation out and no session for [`RELAY_AFTER_MS`] gets the first relay of
 //! the control plane's list ([`Router::set_relays`]) that this host reaches directly, and
-//! the initiation is sent again through it. While relayed, an initiation goes straight to
+//! the initiation is sent again through it (and again every [`RELAY_RESEND_MS`] until a
+//! session is up). While relayed, an initiation goes straight to
 //! the peer's own endpoint every [`DIRECT_PROBE_MS`]: if it is answered directly, the
 //! answer (authenticated) moves the peer back to direct, as roaming does. A relay that is
 //! no longer on the list (down, left, revoked), that does not bring a session within
@@ -36,7 +39,7 @@
 //! one. A flow that only goes one way hears WireGuard's passive keepalive every 10 s, so
 //! it is moved to the next relay every few seconds: a handshake each time, no loss.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -58,12 +61,21 @@ pub const HEADER_LEN: usize = 4 + KEY_ID_LEN;
 pub const RELAY_BYTES_PER_SECOND: i64 = 500_000_000;
 /// The router's ticks a second (its timers run every 250 ms).
 const TICKS_PER_SECOND: i64 = 4;
+/// How often the relay map may be rebuilt between two ticks because an endpoint changed
+/// (a peer roamed): enough for a few real roams to be followed at once, while a member
+/// that changes its source port on every datagram cannot make each one cost a walk over
+/// every peer (the next tick rebuilds the map anyway).
+pub const REBUILDS_PER_TICK: u32 = 8;
 /// A peer with an initiation out and no session this long goes through a relay.
 pub const RELAY_AFTER_MS: u64 = 1500;
 /// A relay that has not brought a session this long is replaced by the next.
 pub const RELAY_RETRY_MS: u64 = 3000;
 /// Relayed data going out and nothing heard back this long: the relay is taken for dead.
 pub const RELAY_SILENT_MS: u64 = 4000;
+/// While a relay has brought no session yet, how often the initiation is sent through it
+/// again (the relay may have dropped the first: it did not know the sender yet, or took
+/// the relayed datagram before the one that proved where the sender is).
+pub const RELAY_RESEND_MS: u64 = 1000;
 /// While relayed, how often an initiation goes straight to the peer.
 pub const DIRECT_PROBE_MS: u64 = 10_000;
 /// A session younger than this is one (WireGuard's REJECT_AFTER_TIME).
@@ -93,12 +105,17 @@ fn write_header(head: &mut [u8], kind: u8, id: &[u8; KEY_ID_LEN]) {
 }
 
 /// What this host forwards as a relay: its peers' current direct endpoints, rebuilt every
-/// tick and at every removal (so a revoked member is out at once).
+/// tick and at every removal (so a revoked member is out at once). Each peer's budget is
+/// refilled only by the tick: a rebuild between ticks carries it over, or a member could
+/// refill its own by moving.
 #[derive(Default)]
 pub(super) struct RelayMap {
     by_addr: HashMap<SocketAddr, usize>,
     by_id: HashMap<[u8; KEY_ID_LEN], usize>,
     entries: HashMap<usize, Entry>,
+    /// The endpoints of the peers on the relay list ([`Router::set_relays`]): the only
+    /// sources this host takes [`FROM_RELAY`] datagrams from.
+    relays: HashSet<SocketAddr>,
 }
 
 struct Entry {
@@ -109,7 +126,7 @@ struct Entry {
 }
 
 impl RelayMap {
-    fn insert(&mut self, index: usize, key: &PublicKey, endpoint: SocketAddr) {
+    fn insert(&mut self, index: usize, key: &PublicKey, endpoint: SocketAddr, budget: i64) {
         let id = key_id(key);
         self.by_addr.insert(endpoint, index);
         self.by_id.insert(id, index);
@@ -118,14 +135,14 @@ impl RelayMap {
             Entry {
                 endpoint,
                 id,
-                budget: AtomicI64::new(RELAY_BYTES_PER_SECOND / TICKS_PER_SECOND),
+                budget: AtomicI64::new(budget),
             },
         );
     }
 
-    /// Whether `addr` is the direct endpoint of a peer.
-    pub(super) fn knows(&self, addr: &SocketAddr) -> bool {
-        self.by_addr.contains_key(addr)
+    /// Whether `addr` is the direct endpoint of a peer on the relay list.
+    pub(super) fn is_relay(&self, addr: &SocketAddr) -> bool {
+        self.relays.contains(addr)
     }
 }
 
@@ -143,6 +160,8 @@ pub struct RelayCounters {
     pub refused_rate: AtomicU64,
     /// Datagrams from a relay refused: the relay is no peer's endpoint.
     pub refused_from: AtomicU64,
+    /// Times the relay map was rebuilt between ticks because an endpoint changed.
+    pub rebuilds: AtomicU64,
 }
 
 /// A relay this host can use now: a peer it reaches directly.
@@ -209,11 +228,16 @@ pub(super) fn frame_in_place(peer: &Peer, head: &mut [u8]) {
 }
 
 impl Router {
-    /// The relays this host may use, best first (the control plane's choice: members named
-    /// `relay = true`, then members with a public address). Taken from the next tick.
+    /// The relays of the network, best first (the control plane's choice: members named
+    /// `relay = true`, then members with a public address). This host goes through them in
+    /// that order (unless it is one itself: every member reaches a public host, and a relay
+    /// that went through another for some peer could not forward for that peer), and takes
+    /// datagrams "from a relay" only from them: any other member could otherwise move a
+    /// peer's path to itself with a datagram it saw on the way. Taken from the next tick.
     pub fn set_relays(&self, relays: Vec<PublicKey>) {
         if **self.relay_prefs.load() != relays {
             self.relay_prefs.store(std::sync::Arc::new(relays));
+            self.relay_map_changed();
         }
     }
 
@@ -285,10 +309,10 @@ impl Router {
     }
 
     /// Whether `src` may send this host datagrams [`FROM_RELAY`]: it is the direct
-    /// endpoint of a peer.
+    /// endpoint of a peer on the relay list.
     pub(super) fn knows_relay(&self, src: &SocketAddr) -> bool {
         self.refresh_relay_map_if_changed();
-        let known = self.relay_map.load().knows(src);
+        let known = self.relay_map.load().is_relay(src);
         if !known {
             self.relay_counts
                 .refused_from
@@ -301,6 +325,9 @@ impl Router {
     /// Locks each one in turn: call with no peer locked.
     pub(super) fn relay_candidates(&self, table: &PeerTable) -> Vec<Candidate> {
         let prefs = self.relay_prefs.load();
+        if prefs.contains(&self.own_key()) {
+            return Vec::new();
+        }
         let mut out = Vec::with_capacity(prefs.len());
         for key in prefs.iter() {
             let Some(peer) = table.by_key(key) else {
@@ -325,8 +352,18 @@ impl Router {
     /// Rebuilds the map of what this host relays if an endpoint changed since it was built
     /// (a peer roamed): a relayed datagram right behind the packet that moved its sender
     /// finds it. Call with no peer locked.
+    /// At most [`REBUILDS_PER_TICK`] times between two ticks: past that, a change waits
+    /// for the next tick.
     fn refresh_relay_map_if_changed(&self) {
-        if self.relay_dirty.swap(false, Ordering::Relaxed) {
+        if !self.relay_dirty.load(Ordering::Relaxed) {
+            return;
+        }
+        let allowed = self
+            .relay_rebuilds_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if allowed && self.relay_dirty.swap(false, Ordering::Relaxed) {
+            self.relay_counts.rebuilds.fetch_add(1, Ordering::Relaxed);
             self.refresh_relay_map(&self.table.load());
         }
     }
@@ -337,8 +374,26 @@ impl Router {
         self.relay_dirty.store(true, Ordering::Relaxed);
     }
 
-    /// Rebuilds the map of what this host relays from `table` (locks each peer in turn).
+    /// Rebuilds the map of what this host relays from `table` (locks each peer in turn),
+    /// each peer keeping what is left of its budget.
     pub(super) fn refresh_relay_map(&self, table: &PeerTable) {
+        self.build_relay_map(table, false);
+    }
+
+    /// The tick's rebuild: every peer's budget full again, and [`REBUILDS_PER_TICK`] more
+    /// rebuilds allowed before the next tick.
+    pub(super) fn refill_relay_map(&self, table: &PeerTable) {
+        self.relay_rebuilds_left
+            .store(REBUILDS_PER_TICK, Ordering::Relaxed);
+        self.relay_dirty.store(false, Ordering::Relaxed);
+        self.build_relay_map(table, true);
+    }
+
+    fn build_relay_map(&self, table: &PeerTable, refill: bool) {
+        let full = RELAY_BYTES_PER_SECOND / TICKS_PER_SECOND;
+        let old = self.relay_map.load();
+        let prefs = self.relay_prefs.load();
+        let listed: HashSet<&PublicKey> = prefs.iter().collect();
         let mut map = RelayMap::default();
         for peer in table.present() {
             let st = peer.lock();
@@ -347,7 +402,14 @@ impl Router {
             if let (false, None, Some(endpoint)) = (st.removed, st.via, st.endpoint)
                 && st.proven_endpoint == Some(endpoint)
             {
-                map.insert(peer.index, &peer.public_key, endpoint);
+                let budget = match old.entries.get(&peer.index) {
+                    Some(e) if !refill => e.budget.load(Ordering::Relaxed).min(full),
+                    _ => full,
+                };
+                map.insert(peer.index, &peer.public_key, endpoint, budget);
+                if listed.contains(&peer.public_key) {
+                    map.relays.insert(endpoint);
+                }
             }
         }
         self.relay_map.store(std::sync::Arc::new(map));
@@ -393,6 +455,13 @@ impl Router {
                     st.via_since_ms = now_ms;
                     tracing::info!(peer = ?peer.name(), relay = ?st.via, reason = if listed { "no session through it" } else { "relay gone" }, "peer's relay replaced");
                     self.relay_map_changed();
+                    return true;
+                } else if !fresh
+                    && st.handshake_pending
+                    && since(st.via_since_ms.max(st.relay_resent_ms)) >= RELAY_RESEND_MS
+                {
+                    // The caller touches the relay and sends the initiation through it again.
+                    st.relay_resent_ms = now_ms;
                     return true;
                 } else if st.endpoint.is_some()
                     && now_ms.saturating_sub(st.probed_ms) >= DIRECT_PROBE_MS
@@ -480,10 +549,15 @@ impl Router {
             let Some(endpoint) = st.endpoint.filter(|e| !st.removed && in_use.contains(e)) else {
                 continue;
             };
+            // Without a session, a new initiation each time (every second): the relay may
+            // have dropped the last one because it did not know this host yet (it learns
+            // new members by gossip, a moment after they learn it), and boringtun would
+            // send it again only after 5 s, when the peer waiting on this relay has given
+            // it up (`RELAY_RETRY_MS`).
             let message = if has_session(&st) {
                 st.tunn.encapsulate(&[], buf)
             } else {
-                st.tunn.format_handshake_initiation(buf, false)
+                st.tunn.format_handshake_initiation(buf, true)
             };
             if let TunnResult::WriteToNetwork(b) = message {
                 handshakes::note_sent(peer, &mut st, b);

@@ -47,7 +47,7 @@ pub mod names;
 #[cfg(test)]
 mod tests;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use keys::{
     CaKey, CertError, FINGERPRINT_LEN, Fingerprint, Name, PublicKey, SIGNATURE_LEN, Signature,
@@ -253,6 +253,27 @@ pub struct MemberRecord {
     pub relay: Option<bool>,
 }
 
+/// Why a record naming a loopback, link-local, unspecified, multicast or broadcast
+/// endpoint is refused.
+pub const UNREACHABLE_ENDPOINT: &str = "an endpoint is no address other hosts can reach (loopback, link-local, unspecified, multicast or broadcast)";
+
+/// Whether `ip` can be where other hosts reach a member: not loopback, unspecified,
+/// multicast, broadcast or link-local. A record naming any other is refused: every member
+/// would send its handshakes, control connections and relayed datagrams there, that is to
+/// a service on its own host or link, at the choice of the record's member.
+pub fn reachable_unicast(ip: IpAddr) -> bool {
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| !reachable_unicast(IpAddr::V4(v4)))
+        }
+    };
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || link_local)
+}
+
 /// The byte after the endpoints of a record whose member is named a relay.
 const RELAY_NAMED: u8 = 1;
 /// The byte after the endpoints of a record whose member never relays.
@@ -265,6 +286,9 @@ impl MemberRecord {
         }
         if self.endpoints.iter().any(|e| e.port() == 0) {
             return Err("an endpoint has port 0");
+        }
+        if self.endpoints.iter().any(|e| !reachable_unicast(e.ip())) {
+            return Err(UNREACHABLE_ENDPOINT);
         }
         let canonical = |e: &SocketAddr| SocketAddr::new(e.ip(), e.port());
         for (i, e) in self.endpoints.iter().enumerate() {

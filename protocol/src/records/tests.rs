@@ -185,7 +185,19 @@ fn sign_refuses_bad_endpoints() {
         "1.1.1.4:1",
         "1.1.1.5:1",
     ];
-    for endpoints in [&five[..], &["1.1.1.1:0"], &["1.1.1.1:1", "1.1.1.1:1"]] {
+    for endpoints in [
+        &five[..],
+        &["1.1.1.1:0"],
+        &["1.1.1.1:1", "1.1.1.1:1"],
+        &["127.0.0.1:51820"],
+        &["198.18.0.11:51820", "[::1]:51820"],
+        &["169.254.169.254:80"],
+        &["[fe80::1]:51820"],
+        &["[::ffff:127.0.0.1]:51820"],
+        &["0.0.0.0:51820"],
+        &["255.255.255.255:51820"],
+        &["224.0.0.1:51820"],
+    ] {
         let err = host
             .record(1, MemberState::Alive, endpoints)
             .sign(&host.key)
@@ -784,4 +796,56 @@ fn the_relay_byte_is_left_out_when_unset_and_read_back_when_set() {
         None,
         "a record without the byte reads as before"
     );
+}
+
+/// The attack: a member signs a record naming `127.0.0.1` (or a link-local address such as
+/// a cloud's metadata service) as its endpoint, so that every member sends handshakes,
+/// control connections and relayed datagrams to a service on its own host. Its own key
+/// signs the body (not through [`MemberRecord::sign`], which refuses it): every directory
+/// refuses the record, and nothing changes.
+#[test]
+fn a_record_naming_an_unreachable_endpoint_is_refused() {
+    let ca = CaKey::generate();
+    let web = Host::new(&ca, "web-1", &["10.42.1.0/24"]);
+    let mut dir = directory(&ca);
+    for bad in [
+        "127.0.0.1:51820",
+        "169.254.169.254:80",
+        "[::ffff:127.0.0.1]:22",
+    ] {
+        let body = web.record(1, MemberState::Alive, &[bad]).encode();
+        let signature = web.key.sign(MEMBER_RECORD_CONTEXT, &body);
+        let bytes = to_signed_bytes(&body, &signature);
+        assert_eq!(
+            dir.apply_member_bytes(&bytes, NOW),
+            Err(RecordError::Malformed {
+                part: UNREACHABLE_ENDPOINT
+            }),
+            "{bad}"
+        );
+    }
+    assert_eq!(dir, directory(&ca));
+}
+
+/// A directory saved before unreachable endpoints were refused still loads: the record
+/// naming one is left out (learnt again from the member's next record), the rest kept.
+#[test]
+fn a_saved_record_naming_an_unreachable_endpoint_is_left_out_on_load() {
+    let ca = CaKey::generate();
+    let web = Host::new(&ca, "web-1", &["10.42.1.0/24"]);
+    let db = Host::new(&ca, "db-1", &["10.42.2.0/24"]);
+    let mut dir = directory(&ca);
+    dir.apply_member(&db.alive(1, "198.18.0.12:51820"), NOW)
+        .unwrap();
+    let mut saved = serde_json::to_value(&dir).unwrap();
+    let body = web
+        .record(1, MemberState::Alive, &["127.0.0.1:51820"])
+        .encode();
+    let bytes = to_signed_bytes(&body, &web.key.sign(MEMBER_RECORD_CONTEXT, &body));
+    saved["members"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({ "record": bytes, "applied_at": NOW }));
+    let loaded: Directory = serde_json::from_value(saved).unwrap();
+    assert_eq!(loaded, dir);
 }

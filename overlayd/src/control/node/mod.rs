@@ -100,23 +100,38 @@ fn known_keys(dir: &Mutex<Directory>) -> HashMap<PublicKey, KnownKey> {
 /// The members this host may relay through, best first: those named relays, then those
 /// with a public address (their record lists only their own address: a member behind a
 /// NAT publishes the address the others see first, its own after), each group by name;
-/// never one that refuses (`relay = false`). The router tries them in this order.
-/// None when this host is one of them itself: every member reaches a public host (a
-/// member behind a NAT opens the path), and a relay that went through another for some
-/// peer could not forward for that peer.
-fn relays(dir: &Mutex<Directory>, own: &PublicKey) -> Vec<PublicKey> {
+/// never one that refuses (`relay = false`). The router tries them in this order (none
+/// when this host is one of them itself) and takes datagrams "from a relay" only from
+/// them.
+///
+/// Once any member's certificate has the group [`RELAY_GROUP`], only those members relay:
+/// the CA then decides which hosts may carry others' traffic (a member that names itself
+/// a relay, or any public member, could otherwise take the traffic of pairs behind NATs
+/// and drop it).
+pub(crate) fn relays(dir: &Mutex<Directory>) -> Vec<PublicKey> {
     let dir = lock(dir);
+    let certified = |m: &protocol::records::LiveMember<'_>| {
+        m.groups.iter().any(|g| g.as_str() == RELAY_GROUP) && m.relay != Some(false)
+    };
+    let pinned = dir.live_members().any(|m| certified(&m));
     let mut chosen: Vec<(bool, String, PublicKey)> = dir
         .live_members()
-        .filter(|m| m.relay == Some(true) || (m.relay.is_none() && m.endpoints.len() == 1))
+        .filter(|m| {
+            if pinned {
+                certified(m)
+            } else {
+                m.relay == Some(true) || (m.relay.is_none() && m.endpoints.len() == 1)
+            }
+        })
         .map(|m| (m.relay != Some(true), m.name.to_string(), *m.wireguard_key))
         .collect();
-    if chosen.iter().any(|(_, _, key)| key == own) {
-        return Vec::new();
-    }
     chosen.sort();
     chosen.into_iter().map(|(_, _, key)| key).collect()
 }
+
+/// The certificate group that makes a member a relay, given by an admin
+/// (`token create --groups relay`, `node groups NAME relay`); see [`relays`].
+pub(crate) const RELAY_GROUP: &str = "relay";
 
 /// What the core takes from `config`.
 fn settings(config: &crate::config::Config) -> Settings {
@@ -562,10 +577,7 @@ impl Member {
                     self.ctx
                         .router
                         .set_known_keys(known_keys(&self.core.directory()));
-                    let own = self.ctx.router.own_key();
-                    self.ctx
-                        .router
-                        .set_relays(relays(&self.core.directory(), &own));
+                    self.ctx.router.set_relays(relays(&self.core.directory()));
                 }
                 Action::SaveNetwork(net) => {
                     if let Err(e) = self.ctx.state.save_network(&net) {

@@ -320,6 +320,8 @@ pub struct Core {
     deliveries: HashMap<u32, (Vec<u8>, u64, bool)>,
     /// Every member's container names, this host's included (`names`).
     names: NameTable,
+    /// Where the next full sync starts taking name sets (`names::fit_names`).
+    names_cursor: std::sync::atomic::AtomicUsize,
     /// The version of this host's last name set.
     names_version: u64,
     /// Hole punching at an agreed time (see `rendezvous`).
@@ -400,6 +402,7 @@ impl Core {
             renewal: renew::Renewal::default(),
             deliveries: HashMap::new(),
             names: NameTable::default(),
+            names_cursor: std::sync::atomic::AtomicUsize::new(0),
             names_version: 0,
             rendezvous: rendezvous::Rendezvous::default(),
             rotation: rotate::Rotation::default(),

@@ -133,3 +133,59 @@ impl Core {
         out
     }
 }
+
+/// Bytes a full sync (or a join's answer) gives its records and name sets at most: the
+/// frame less a margin for the encoding. Name sets are up to 512 KiB each, so 16 members'
+/// would fill a frame: past that, every full sync failed to send, for every member.
+pub(super) const NAMES_BUDGET: usize = crate::control::msg::MAX_FRAME - (256 << 10);
+/// What the encoding adds to each record or name set at most (its length).
+pub(super) const FRAMING: usize = 8;
+
+/// The name sets of `sets` that fit in `budget` bytes, taken in turn from the `start`th
+/// (modulo their number): a set left out of one full sync is in one of the next (each
+/// starts one further), and meanwhile its member's own pushes carry it.
+pub(super) fn fit_names(sets: Vec<Vec<u8>>, mut budget: usize, start: usize) -> Vec<Vec<u8>> {
+    let n = sets.len();
+    if n == 0 {
+        return sets;
+    }
+    let total: usize = sets.iter().map(|s| s.len() + FRAMING).sum();
+    if total <= budget {
+        return sets;
+    }
+    let mut out = Vec::new();
+    let mut sets: Vec<Option<Vec<u8>>> = sets.into_iter().map(Some).collect();
+    for i in 0..n {
+        let slot = &mut sets[(start + i) % n];
+        let len = slot.as_ref().map_or(0, |s| s.len() + FRAMING);
+        if len <= budget {
+            budget -= len;
+            out.extend(slot.take());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::*;
+
+    /// Twenty members at the largest name set (512 KiB) would need 10 MiB: each sync
+    /// takes what fits in the budget, and in turn every set is in one.
+    #[test]
+    fn name_sets_past_the_budget_go_in_turn() {
+        let max = protocol::records::names::MAX_BODY_LEN;
+        let sets: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; max]).collect();
+        let mut seen = std::collections::HashSet::new();
+        for start in 0..20 {
+            let fit = fit_names(sets.clone(), NAMES_BUDGET, start);
+            let bytes: usize = fit.iter().map(|s| s.len() + FRAMING).sum();
+            assert!(bytes <= NAMES_BUDGET, "{bytes}");
+            assert!(fit.len() >= 15, "{}", fit.len());
+            seen.extend(fit.iter().map(|s| s[0]));
+        }
+        assert_eq!(seen.len(), 20);
+        // Under the budget: all of them, as they were.
+        assert_eq!(fit_names(sets[..3].to_vec(), NAMES_BUDGET, 7), sets[..3]);
+    }
+}

@@ -102,15 +102,30 @@ impl Core {
         Response::Refused(refused.0)
     }
 
-    /// Everything this host knows: every member record and revocation.
+    /// Everything this host knows: every member record and revocation, the policy, and
+    /// as many name sets as fit the rest of a frame (`names::fit_names`).
     pub fn bundle(&self) -> Bundle {
         let dir = self.dir();
-        Bundle {
+        let mut bundle = Bundle {
             members: dir.member_records().map(|r| r.to_bytes()).collect(),
             revocations: dir.revocations().map(|r| r.to_bytes()).collect(),
             policy: dir.policy().map(|(_, signed)| signed.to_bytes()),
-            names: self.all_names(),
-        }
+            names: Vec::new(),
+        };
+        let records: usize = (bundle.members.iter())
+            .chain(&bundle.revocations)
+            .chain(&bundle.policy)
+            .map(|b| b.len() + super::names::FRAMING)
+            .sum();
+        let start = self
+            .names_cursor
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bundle.names = super::names::fit_names(
+            self.all_names(),
+            super::names::NAMES_BUDGET.saturating_sub(records),
+            start,
+        );
+        bundle
     }
 
     /// Applies records received over a stream; what was new is gossiped on.

@@ -144,7 +144,7 @@ impl Core {
         // reached, so it is not announced. Nor is an address no other host can reach
         // (loopback, link-local, ...): the address is detected towards a member's
         // published endpoint, which that member chooses.
-        if !reachable_unicast(ip) {
+        if !protocol::records::reachable_unicast(ip) {
             return;
         }
         let net = &self.net;
@@ -392,14 +392,4 @@ impl Core {
         let view = self.view();
         self.queue(Action::View(view));
     }
-}
-
-/// Whether `ip` can be where other hosts reach this one: not loopback, unspecified,
-/// multicast, broadcast or link-local.
-fn reachable_unicast(ip: IpAddr) -> bool {
-    let link_local = match ip {
-        IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-    };
-    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || link_local)
 }

@@ -230,3 +230,42 @@ fn only_a_re_issue_of_ones_own_certificate_is_taken() {
         "{answer:?}"
     );
 }
+
+/// The relays every member uses, by name, as host `i` sees them.
+fn relay_names(sim: &mut Sim, i: usize) -> Vec<String> {
+    let dir = sim.hosts[i].core().directory();
+    let keys = crate::control::node::relays(&dir);
+    let dir = dir.lock().unwrap();
+    keys.iter()
+        .map(|k| {
+            dir.live_members()
+                .find(|m| m.wireguard_key == k)
+                .map(|m| m.name.to_string())
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Any public member relays by default, so a member could take the traffic of pairs
+/// behind NATs and drop it. Once an admin gives a member the certificate group `relay`,
+/// only such members relay, on every host.
+#[test]
+fn the_relay_group_pins_the_relays_to_what_the_ca_signed() {
+    let mut sim = converged_with(Sim::new(3));
+    assert_eq!(relay_names(&mut sim, 1), ["h0", "h1", "h2"]);
+    let now = sim.now();
+    let request = NodeGroupsRequest {
+        name: "h2".into(),
+        groups: vec!["relay".into()],
+    };
+    let admin = sim.hosts[0].core();
+    let change = admin.change_groups(&request, now).expect("re-issued");
+    let saved = change.admin().clone();
+    admin.commit_groups(change, now).expect("committed");
+    sim.hosts[0].admin = Some(saved);
+    sim.settle();
+    sim.run(secs(1));
+    for i in 0..3 {
+        assert_eq!(relay_names(&mut sim, i), ["h2"], "h{i}");
+    }
+}
