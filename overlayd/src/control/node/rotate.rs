@@ -39,44 +39,39 @@ fn suffixed(key: &Path, suffix: &str) -> PathBuf {
 }
 
 /// At a member's start: if the certificate names the key in `KEY.new` rather than the one
-/// in `KEY` (a crash mid-rotation), finishes the rotation (the rename) and switches the router
-/// to it, with the usual grace for the old key. Returns whether it did.
+/// in `KEY` (a crash mid-rotation), finishes the rotation (the rename) and switches the
+/// router to it, with the usual grace for the old key. Returns whether it did.
 pub(super) fn recover_key_file(ctx: &Ctx, certified: &PublicKey) -> anyhow::Result<bool> {
     let config = ctx.config();
-    let new = new_path(&config.private_key_file);
-    if config.private_key.public_key() == *certified {
-        // A rotation that never got its certificate: its key is of no use.
-        if new.exists() {
-            let _ = std::fs::remove_file(&new);
-        }
-        return Ok(false);
-    }
-    let Ok(key) = keys::read_private_key_file(&new) else {
+    let Some(key) = pending_key(&config.private_key_file, &config.private_key, certified) else {
         return Ok(false);
     };
-    if key.public_key() != *certified {
-        return Ok(false);
-    }
     tracing::warn!(key_file = %config.private_key_file.display(), "finishing a WireGuard key rotation that a restart interrupted");
     switch(ctx, key)?;
     Ok(true)
+}
+
+/// The key in `KEY.new` beside `file` if the certificate names it (`certified`) and not
+/// `current` (the key in `file`). A `KEY.new` of a rotation that never got its certificate
+/// (the certificate names `current`) is removed: its key is of no use.
+fn pending_key(file: &Path, current: &PrivateKey, certified: &PublicKey) -> Option<PrivateKey> {
+    let new = new_path(file);
+    if current.public_key() == *certified {
+        if new.exists() {
+            let _ = std::fs::remove_file(&new);
+        }
+        return None;
+    }
+    keys::read_private_key_file(&new)
+        .ok()
+        .filter(|key| key.public_key() == *certified)
 }
 
 /// Makes `key` the key file's (the current one kept as `KEY.old`), the config's in force,
 /// and the router's, which answers the old key for the grace.
 fn switch(ctx: &Ctx, key: PrivateKey) -> anyhow::Result<()> {
     let config = ctx.config();
-    let file = &config.private_key_file;
-    let (new, old) = (new_path(file), old_path(file));
-    if !new.exists() {
-        keys::write_private_key_file(&new, &key)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", new.display()))?;
-    }
-    // A copy, not a rename: `KEY` is never missing; the rename below replaces it at once.
-    keys::write_private_key_file(&old, &config.private_key)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", old.display()))?;
-    std::fs::rename(&new, file)
-        .map_err(|e| anyhow::anyhow!("cannot move {} to {}: {e}", new.display(), file.display()))?;
+    let old = replace_key_file(&config.private_key_file, &config.private_key, &key)?;
     let mut next = Config::clone(&config);
     next.private_key = key.clone();
     ctx.config.store(Arc::new(next));
@@ -88,6 +83,32 @@ fn switch(ctx: &Ctx, key: PrivateKey) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&old);
     });
     Ok(())
+}
+
+/// `file` (holding `current`) is made to hold `new`: `current` is written to `KEY.old`,
+/// `new` to `KEY.new` (if it is not there yet), which is renamed to `file`. Returns the
+/// path of `KEY.old`.
+fn replace_key_file(
+    file: &Path,
+    current: &PrivateKey,
+    new: &PrivateKey,
+) -> anyhow::Result<PathBuf> {
+    let (pending, old) = (new_path(file), old_path(file));
+    if !pending.exists() {
+        keys::write_private_key_file(&pending, new)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", pending.display()))?;
+    }
+    // A copy, not a rename: `KEY` is never missing; the rename below replaces it at once.
+    keys::write_private_key_file(&old, current)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", old.display()))?;
+    std::fs::rename(&pending, file).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot move {} to {}: {e}",
+            pending.display(),
+            file.display()
+        )
+    })?;
+    Ok(old)
 }
 
 impl Member {
@@ -162,5 +183,44 @@ impl Member {
                 ))
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A crash after the certificate naming the new key was saved and before the key file
+    /// was replaced: the next start finds the new key and finishes; a `KEY.new` no
+    /// certificate names is thrown away. Every file stays 0600.
+    #[test]
+    fn an_interrupted_rotation_is_finished_or_forgotten_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wg.key");
+        let (old, new) = (PrivateKey::generate(), PrivateKey::generate());
+        keys::write_private_key_file(&file, &old).unwrap();
+        keys::write_private_key_file(&new_path(&file), &new).unwrap();
+        // The certificate names the new key: it is taken.
+        let pending = pending_key(&file, &old, &new.public_key()).expect("the new key");
+        assert_eq!(pending.public_key(), new.public_key());
+        let old_file = replace_key_file(&file, &old, &pending).unwrap();
+        let read = |p: &Path| keys::read_private_key_file(p).unwrap().public_key();
+        assert_eq!(read(&file), new.public_key());
+        assert_eq!(read(&old_file), old.public_key());
+        assert!(!new_path(&file).exists());
+        for p in [&file, &old_file] {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+        // A rotation whose certificate never came: the certificate names the key in use.
+        let stray = PrivateKey::generate();
+        keys::write_private_key_file(&new_path(&file), &stray).unwrap();
+        assert!(pending_key(&file, &new, &new.public_key()).is_none());
+        assert!(!new_path(&file).exists(), "a useless KEY.new is removed");
+        // A KEY.new that is not the certified key is not taken either.
+        keys::write_private_key_file(&new_path(&file), &stray).unwrap();
+        let other = PrivateKey::generate().public_key();
+        assert!(pending_key(&file, &new, &other).is_none());
     }
 }
