@@ -246,14 +246,12 @@ fn rotate_key_during_a_transfer_loses_nothing_and_retires_the_old_key() {
     let underlay = net.underlay_addr(2).expect("h2's underlay address");
     let tunnel = SocketAddr::new(IpAddr::V4(underlay), 51820);
 
-    let (sent, received) = stream.join();
-    let (pings_sent, pings_received) = pinger.finish();
-
-    // After the grace (or once both peers are on the new key) the old key is refused.
+    // Once both peers are on the new key (or after the grace) the old key is refused:
+    // knocked at every 100 ms while the transfer goes on.
     let deadline = asked + Duration::from_secs(GRACE_S + 10);
     let retired = loop {
         knock(&net, &old, tunnel);
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
         if retired_drops(&net) > 0 {
             break asked.elapsed();
         }
@@ -262,6 +260,8 @@ fn rotate_key_during_a_transfer_loses_nothing_and_retires_the_old_key() {
             "a handshake to h2's old key is still not refused as retired"
         );
     };
+    let (sent, received) = stream.join();
+    let (pings_sent, pings_received) = pinger.finish();
     let events = net.overlayctl_ok(2, &["events", "--json"]).expect("events");
     let events = String::from_utf8_lossy(&events.stdout);
     assert!(events.contains("retired_key_knocking"), "{events}");
