@@ -69,6 +69,10 @@ impl Config {
         if let Some(s) = c.certificate_lifetime_s {
             let _ = writeln!(out, "certificate_lifetime_s = {s}");
         }
+        if let Some(days) = c.key_rotation_days {
+            let _ = writeln!(out, "key_rotation_days = {days}");
+        }
+        let _ = writeln!(out, "key_rotation_grace_s = {}", c.key_rotation_grace_s);
         let d = &self.docker;
         let _ = writeln!(
             out,

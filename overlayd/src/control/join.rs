@@ -235,6 +235,7 @@ pub(super) fn accept(
         left: false,
         renewed_unix: None,
         bootstrap: token.endpoints().to_vec(),
+        wireguard_key_since: None,
     };
     Ok((net, dir))
 }
