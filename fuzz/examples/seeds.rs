@@ -307,6 +307,17 @@ fn control_frame(c: &mut Corpus) {
             },
         ),
     );
+    c.put(
+        t,
+        "rekey",
+        &frame(
+            0,
+            &Request::Rekey {
+                wireguard_key: f.members[2].body.wireguard_key,
+                proof: [7; keys::REKEY_PROOF_LEN],
+            },
+        ),
+    );
     let bare = postcard::to_allocvec(&bundle(f)).expect("a bundle encodes");
     c.put(t, "bare-bundle", &with(3, &bare));
 }

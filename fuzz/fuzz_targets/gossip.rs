@@ -44,6 +44,7 @@ fn settings() -> Settings {
         membership: protocol::membership::Config::lan(16),
         relay: None,
         max_names: protocol::records::names::DEFAULT_MAX_NAMES,
+        key_rotation_s: None,
     }
 }
 
@@ -78,6 +79,7 @@ fn member(start: Instant) -> (Core, Vec<(u32, LinkId)>) {
         renewed_unix: None,
         bootstrap: Vec::new(),
         ca_transition: None,
+        wireguard_key_since: None,
     };
     let start_at = now(start, start);
     let mut core = Core::new(

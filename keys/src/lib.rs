@@ -42,8 +42,8 @@ pub use ed25519::{
 pub use name::{InvalidName, Name};
 pub use time::Utc;
 pub use token::{
-    JoinClaim, JoinProof, JoinToken, MAX_ENDPOINTS, PROOF_LEN, ProofError, SECRET_LEN, SecretHash,
-    TokenError, TokenSecret,
+    JoinClaim, JoinProof, JoinToken, MAX_ENDPOINTS, PROOF_LEN, ProofError, REKEY_PROOF_LEN,
+    RekeyClaim, RekeyProof, SECRET_LEN, SecretHash, TokenError, TokenSecret,
 };
 
 use std::fmt;

@@ -40,7 +40,9 @@ use crate::time::Utc;
 use crate::wire::{Reader, WireError, Writer, decode_base64url};
 
 mod proof;
+mod rekey;
 pub use proof::{JoinClaim, JoinProof, PROOF_LEN, ProofError};
+pub use rekey::{REKEY_PROOF_LEN, RekeyClaim, RekeyProof};
 
 /// The most bootstrap endpoints one token holds.
 pub const MAX_ENDPOINTS: usize = 8;

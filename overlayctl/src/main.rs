@@ -11,6 +11,7 @@ mod mirror;
 mod observe;
 mod parse;
 mod policy;
+mod rotate;
 mod show;
 mod when;
 
@@ -77,6 +78,13 @@ enum Command {
     /// More than one admin: make a member an admin, remove one, list them.
     #[command(subcommand)]
     Admin(admins::AdminCommand),
+    /// A new WireGuard key for this host, certified by an admin and gossiped; peers move
+    /// to it without a lost packet, and the old key is refused after a grace.
+    RotateKey {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Leave the network: the other members drop this host and close their tunnels to it.
     Leave(control::LeaveArgs),
     /// Security events: spoofed sources, unknown keys, handshake floods, revoked hosts
@@ -224,6 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(command) => control::node(&cli.socket, command),
         Command::Ca(command) => ca::run(&cli.socket, command),
         Command::Admin(command) => admins::admin(&cli.socket, command),
+        Command::RotateKey { json } => rotate::run(&cli.socket, json),
         Command::Leave(args) => control::leave(&cli.socket, args),
         Command::Policy(command) => policy::run(&cli.socket, command),
         Command::Mirror(command) => mirror::run(&cli.socket, command),

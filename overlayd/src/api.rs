@@ -184,6 +184,15 @@ async fn ca_rotate(
     Ok(Json(answer).into_response())
 }
 
+async fn rotate_key(State(s): State<Arc<ApiState>>) -> Result<Response, ApiFailure> {
+    // An admin on another host answers: as long as a renewal.
+    let answer = s
+        .control
+        .ask(Command::RotateKey, Duration::from_secs(20))
+        .await?;
+    Ok(Json(answer).into_response())
+}
+
 async fn policy_set(
     State(s): State<Arc<ApiState>>,
     body: Result<Json<PolicySetRequest>, axum::extract::rejection::JsonRejection>,
@@ -404,7 +413,8 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<Status> {
     }
     Json(Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        public_key: s.public_key,
+        // The router's: a rotation (`overlayctl rotate-key`) changes it.
+        public_key: s.router.own_key(),
         listen_port: s.listen_port,
         tun_name: s.tun_name.clone(),
         mtu: s.mtu,
@@ -560,6 +570,7 @@ impl ApiSocket {
             .route(REVOKE_PATH, post(revoke))
             .route(NODE_GROUPS_PATH, post(node_groups))
             .route(protocol::api::CA_ROTATE_PATH, post(ca_rotate))
+            .route(protocol::api::ROTATE_KEY_PATH, post(rotate_key))
             .route(LEAVE_PATH, post(leave))
             .route(protocol::api::ADMIN_ADD_PATH, post(admin_add))
             .route(protocol::api::ADMIN_REMOVE_PATH, post(admin_remove))

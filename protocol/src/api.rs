@@ -12,6 +12,7 @@
 //! | [`REVOKE_PATH`] | [`RevokeRequest`] | [`RevokeResponse`] |
 //! | [`NODE_GROUPS_PATH`] | [`NodeGroupsRequest`] | [`NodeGroupsResponse`] |
 //! | [`CA_ROTATE_PATH`] | [`CaRotateRequest`] | [`CaRotateResponse`] |
+//! | [`ROTATE_KEY_PATH`] | `{}` | [`RotateKeyResponse`] |
 //! | [`LEAVE_PATH`] | `{}` | [`Status`] |
 //! | [`RELOAD_PATH`] | `{}` | [`ReloadReport`] |
 //! | [`STATIC_PEER_ADD_PATH`] | [`StaticPeerRequest`] | [`StaticPeerChange`] |
@@ -51,6 +52,8 @@ pub const REVOKE_PATH: &str = "/v1/revoke";
 pub const NODE_GROUPS_PATH: &str = "/v1/node/groups";
 /// Path of `ca rotate`.
 pub const CA_ROTATE_PATH: &str = "/v1/ca/rotate";
+/// Path of `rotate-key`: a new WireGuard key for this host.
+pub const ROTATE_KEY_PATH: &str = "/v1/rotate-key";
 /// Path of `leave`.
 pub const LEAVE_PATH: &str = "/v1/leave";
 /// Path of the policy: `GET` the policy in force, `POST` a new one (admins only).
@@ -499,6 +502,18 @@ pub struct RevokeResponse {
     pub public_key: PublicKey,
 }
 
+/// The answer to `POST /v1/rotate-key`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RotateKeyResponse {
+    /// This host's new WireGuard key.
+    pub public_key: PublicKey,
+    /// The key it replaced: answered until every peer has a session with the new one, or
+    /// the grace (`[control] key_rotation_grace_s`) ends, then refused.
+    pub old_public_key: PublicKey,
+    /// The serial of the certificate that names the new key.
+    pub serial: u64,
+}
+
 /// `POST /v1/node/groups`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -753,6 +768,8 @@ pub enum EventKind {
     MemberUp,
     /// This host's certificate expires within 30 days (once), then within 7 (once more).
     CertificateExpiring,
+    /// A handshake to a WireGuard key this host rotated away from, after its grace.
+    RetiredKeyKnocking,
 }
 
 impl EventKind {
@@ -770,6 +787,7 @@ impl EventKind {
             EventKind::MemberDown => "member_down",
             EventKind::MemberUp => "member_up",
             EventKind::CertificateExpiring => "certificate_expiring",
+            EventKind::RetiredKeyKnocking => "retired_key_knocking",
         }
     }
 }

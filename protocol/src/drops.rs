@@ -33,11 +33,14 @@ pub enum DropReason {
     DestinationNotAllowed,
     /// Either way: the network policy allows no such flow between the two hosts.
     PolicyDenied,
+    /// Inbound: a handshake to a WireGuard key this host rotated away from, after its
+    /// grace (`overlayctl rotate-key`).
+    RetiredKey,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (the order of counter arrays).
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::NoRoute,
         DropReason::SourceNotAllowed,
         DropReason::UnknownPeer,
@@ -50,6 +53,7 @@ impl DropReason {
         DropReason::WriteFailed,
         DropReason::DestinationNotAllowed,
         DropReason::PolicyDenied,
+        DropReason::RetiredKey,
     ];
 
     /// Position of this reason in [`DropReason::ALL`].
@@ -72,6 +76,7 @@ impl DropReason {
             DropReason::WriteFailed => "write_failed",
             DropReason::DestinationNotAllowed => "destination_not_allowed",
             DropReason::PolicyDenied => "policy_denied",
+            DropReason::RetiredKey => "retired_key",
         }
     }
 }

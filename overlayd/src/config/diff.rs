@@ -236,6 +236,19 @@ impl Diff {
                 rc.ca_transition_s, fc.ca_transition_s
             ));
         }
+        if rc.key_rotation_days != fc.key_rotation_days {
+            let days = |d: Option<u32>| d.map_or("off".to_string(), |d| d.to_string());
+            d.control |= d.live_if(
+                "[control] key_rotation_days",
+                &days(rc.key_rotation_days),
+                &days(fc.key_rotation_days),
+            );
+        }
+        d.live_if(
+            "[control] key_rotation_grace_s",
+            &rc.key_rotation_grace_s,
+            &fc.key_rotation_grace_s,
+        );
         if rc.policy_flows != fc.policy_flows {
             d.live.push(format!(
                 "[control] policy_flows {} -> {} (from the next policy version; the flows tracked now are kept)",

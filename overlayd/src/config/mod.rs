@@ -131,6 +131,14 @@ pub struct Control {
     /// any other; `false`: it never relays; unset: it relays when members see it at its own
     /// address (a public one). See docs/nat.md.
     pub relay: Option<bool>,
+    /// Rotate this host's WireGuard key by itself when it is this many days old (as
+    /// `overlayctl rotate-key` does; docs/key-rotation.md). Unset (the default): only
+    /// when asked.
+    pub key_rotation_days: Option<u32>,
+    /// After a rotation, how long this host still answers handshakes to its old key while
+    /// peers have not moved to the new one, in seconds (1 to 86,400); then the old key is
+    /// forgotten and its handshakes are refused.
+    pub key_rotation_grace_s: u64,
 }
 
 impl Control {
@@ -158,6 +166,8 @@ impl Default for Control {
             ca_transition_s: 86_400,
             policy_flows: protocol::policy::flows::DEFAULT_CAPACITY,
             relay: None,
+            key_rotation_days: None,
+            key_rotation_grace_s: 60,
         }
     }
 }
@@ -290,7 +300,7 @@ impl Default for Tuning {
 }
 
 /// A validated configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The file it came from.
     pub path: PathBuf,

@@ -70,6 +70,10 @@ impl Config {
             let _ = writeln!(out, "certificate_lifetime_s = {s}");
         }
         let _ = writeln!(out, "ca_transition_s = {}", c.ca_transition_s);
+        if let Some(days) = c.key_rotation_days {
+            let _ = writeln!(out, "key_rotation_days = {days}");
+        }
+        let _ = writeln!(out, "key_rotation_grace_s = {}", c.key_rotation_grace_s);
         let d = &self.docker;
         let _ = writeln!(
             out,

@@ -453,3 +453,33 @@ fn certificate_lifetime_in_seconds_replaces_days_and_is_validated() {
         assert_eq!(e.lines().count(), 1, "{e}");
     }
 }
+
+#[test]
+fn key_rotation_is_off_by_default_and_its_grace_is_bounded() {
+    let f = fixture();
+    let c = parse(&f, "").unwrap();
+    assert_eq!(c.control.key_rotation_days, None);
+    assert_eq!(c.control.key_rotation_grace_s, 60);
+    let c = parse(
+        &f,
+        "[control]\nkey_rotation_days = 90\nkey_rotation_grace_s = 5\n",
+    )
+    .unwrap();
+    assert_eq!(c.control.key_rotation_days, Some(90));
+    assert_eq!(c.control.key_rotation_grace_s, 5);
+    // It survives the redacted printer.
+    let again = Config::parse(&c.path, &c.redacted()).unwrap();
+    assert_eq!(again.control.key_rotation_days, Some(90));
+    assert_eq!(again.control.key_rotation_grace_s, 5);
+    for (bad, key) in [
+        ("key_rotation_days = 0", "key_rotation_days"),
+        ("key_rotation_grace_s = 0", "key_rotation_grace_s"),
+        ("key_rotation_grace_s = 86401", "key_rotation_grace_s"),
+    ] {
+        let e = parse(&f, &format!("[control]\n{bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}

@@ -219,6 +219,15 @@ impl Control {
                 protocol::records::ca::MAX_TRANSITION_S
             ));
         }
+        if self.key_rotation_days == Some(0) {
+            return Err("[control] key_rotation_days must be at least 1 (or left out: rotate only when asked)".into());
+        }
+        if !(1..=86_400).contains(&self.key_rotation_grace_s) {
+            return Err(format!(
+                "[control] key_rotation_grace_s = {} is out of range; give 1 to 86400 seconds (default 60)",
+                self.key_rotation_grace_s
+            ));
+        }
         if self.policy_flows == 0 {
             return Err("[control] policy_flows must be at least 1 (default 65536)".into());
         }

@@ -204,6 +204,16 @@ impl Issuer<'_> {
                 ask.wireguard_key
             )));
         }
+        if admin
+            .retired_keys
+            .iter()
+            .any(|(_, k)| *k == ask.wireguard_key)
+        {
+            return Err(Refused(format!(
+                "join refused: WireGuard key {} was retired by a member's key rotation; generate a new one",
+                ask.wireguard_key
+            )));
+        }
         let holders = holders(admin, dir, now);
         if let Some((_, key)) = holders.iter().find(|(name, _)| **name == ask.name) {
             let name = &ask.name;
@@ -638,6 +648,9 @@ fn as_number(ip: IpAddr) -> u128 {
         IpAddr::V6(a) => u128::from(a),
     }
 }
+
+mod rekey;
+pub use rekey::{RekeyAsk, claim as rekey_claim};
 
 #[cfg(test)]
 mod tests;

@@ -242,6 +242,7 @@ pub(super) fn accept(
         renewed_unix: None,
         bootstrap: token.endpoints().to_vec(),
         ca_transition,
+        wireguard_key_since: None,
     };
     Ok((net, dir))
 }

@@ -264,7 +264,7 @@ impl ApiFailure {
     }
 }
 
-type Reply<T> = oneshot::Sender<Result<T, ApiFailure>>;
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, ApiFailure>>;
 
 /// A request from the local API.
 pub enum Command {
@@ -281,6 +281,8 @@ pub enum Command {
         protocol::api::NodeGroupsRequest,
         Reply<protocol::api::NodeGroupsResponse>,
     ),
+    /// `overlayctl rotate-key`.
+    RotateKey(Reply<protocol::api::RotateKeyResponse>),
     /// `overlayctl leave`.
     Leave(Reply<protocol::api::Status>),
     /// `overlayctl ca rotate`.
@@ -600,6 +602,10 @@ async fn run(ctx: Arc<Ctx>, mut commands: mpsc::Receiver<Command>, view: Arc<Mut
                 let _ = reply.send(Err(not_member()));
                 continue;
             }
+            Command::RotateKey(reply) => {
+                let _ = reply.send(Err(not_member()));
+                continue;
+            }
             Command::Leave(reply) => {
                 let _ = reply.send(Err(not_member()));
                 continue;
@@ -750,6 +756,7 @@ fn init(ctx: &Ctx, req: InitRequest) -> Result<(NetworkState, Directory), ApiFai
         renewed_unix: None,
         bootstrap: Vec::new(),
         ca_transition: None,
+        wireguard_key_since: None,
     };
     ctx.state.save_network(&net).map_err(internal)?;
     tracing::info!(%network, name = %node, subnets = ?subnets, ranges = ?ranges, ca = %ca.fingerprint(), "made a new network");

@@ -84,6 +84,16 @@ pub enum Request {
         /// In how many milliseconds (at most 2,000).
         delay_ms: u16,
     },
+    /// From a member to an admin: re-issue the certificate this connection's TLS handshake
+    /// proved with a new WireGuard key (`overlayctl rotate-key`; everything else kept, a
+    /// new serial). Answered with `Renewed` or `Refused`.
+    Rekey {
+        /// The new WireGuard key.
+        wireguard_key: PublicKey,
+        /// `keys::RekeyProof`: that the member holds its private half, made with the
+        /// admin's WireGuard key over the certificate it holds now.
+        proof: [u8; keys::REKEY_PROOF_LEN],
+    },
     /// From an admin to a member it made an admin (`overlayctl admin add`): the CA key
     /// (`SigningKey::to_base64`) and the admin records, the member's own grant among them.
     /// Only ever sent, never an answer: no request asks for the key. The member takes it
@@ -201,7 +211,7 @@ pub const PUSH_FRAME: usize = (320 << 10) + protocol::records::names::MAX_BODY_L
 pub const SMALL_FRAME: usize = 64 << 10;
 
 /// The largest request of each kind, by the first byte of its body (postcard writes an
-/// enum's variant index as a varint: one byte for the seven variants of [`Request`]). A
+/// enum's variant index as a varint: one byte for the eight variants of [`Request`]). A
 /// join and a push carry a few records; only a sync carries a whole directory.
 pub fn request_limit(tag: u8) -> usize {
     match tag {
@@ -211,7 +221,8 @@ pub fn request_limit(tag: u8) -> usize {
         3 => 16,               // Renew: the tag alone
         4 => 4 << 10,          // Reissued: one certificate (at most keys::MAX_SIGNED_LEN bytes)
         5 | 6 => 16,           // Rendezvous, Punch: a member number and a delay (at most 9 bytes)
-        7 | 8 => ADMINS_FRAME, // AdminKey, Admins: a key and every admin record
+        7 => 80,               // Rekey: a key and a proof (65 bytes)
+        8 | 9 => ADMINS_FRAME, // AdminKey, Admins: a key and every admin record
         _ => 0,
     }
 }
@@ -375,7 +386,7 @@ mod tests {
         let header = read_request_header(&mut r, MAX_FRAME).await.unwrap();
         assert_eq!(read_request_body(&mut r, header).await.unwrap(), small);
         // A join above 16 KiB, or an unknown kind, is refused from its header.
-        let unknown = [0, 0, 0, 5, 9, 0, 0, 0, 0];
+        let unknown = [0, 0, 0, 5, 200, 0, 0, 0, 0];
         assert!(
             read_request_header(&mut &unknown[..], MAX_FRAME)
                 .await
@@ -452,6 +463,43 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(e.to_string().contains(&format!("kind {tag}")), "{e}");
+        }
+    }
+
+    /// `Rekey` comes last (tag 7): a key and a proof fit its limit.
+    #[tokio::test]
+    async fn the_rekey_request_has_its_own_small_limit() {
+        let rekey = Request::Rekey {
+            wireguard_key: PublicKey::from_bytes([0xff; 32]),
+            proof: [0xff; keys::REKEY_PROOF_LEN],
+        };
+        let mut buf = Vec::new();
+        write(&mut buf, &rekey).await.unwrap();
+        assert_eq!(buf[LENGTH_PREFIX_LEN], 7);
+        let mut r = buf.as_slice();
+        let header = read_request_header(&mut r, MAX_FRAME).await.unwrap();
+        assert_eq!(read_request_body(&mut r, header).await.unwrap(), rekey);
+        let mut padded = ((request_limit(7) + 1) as u32).to_be_bytes().to_vec();
+        padded.push(7);
+        let e = read_request_header(&mut padded.as_slice(), MAX_FRAME)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("kind 7"), "{e}");
+        // Then the admins' requests: tags 8 and 9.
+        for (tag, request) in [
+            (
+                8,
+                Request::AdminKey {
+                    key: String::new(),
+                    admins: Vec::new(),
+                },
+            ),
+            (9, Request::Admins(Vec::new())),
+        ] {
+            let mut buf = Vec::new();
+            write(&mut buf, &request).await.unwrap();
+            assert_eq!(buf[LENGTH_PREFIX_LEN], tag);
+            assert_eq!(request_limit(tag), ADMINS_FRAME);
         }
     }
 

@@ -75,6 +75,11 @@ pub struct NetworkState {
     /// files written before CA rotation.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_bytes")]
     pub ca_transition: Option<Vec<u8>>,
+    /// When this host's WireGuard key was made (unix seconds), for `[control]
+    /// key_rotation_days`; absent in older files (counted from the first start that reads
+    /// them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard_key_since: Option<u64>,
 }
 
 /// What an admin remembers about what it issued.
@@ -100,6 +105,10 @@ pub struct AdminState {
     /// while the network has one admin: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocks: Option<u64>,
+    /// WireGuard keys members rotated away from (`overlayctl rotate-key`), with the member
+    /// that held each: no certificate ever names one again. Absent in older files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_keys: Vec<(Name, PublicKey)>,
 }
 
 /// A certificate an admin issued, as far as admitting others needs to know it.

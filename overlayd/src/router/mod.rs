@@ -41,6 +41,7 @@ mod handshakes;
 mod peers;
 mod policy;
 pub mod relay;
+mod rotation;
 
 pub use drops::{DropCounters, LogLimiter};
 pub use flows::PeerFlows;
@@ -120,9 +121,10 @@ pub enum Initiate<'a> {
 /// The peer table (swapped whole on every change), the writers' lock, and the shared
 /// handshake rate limiter.
 pub struct Router {
-    private_key: boringtun::x25519::StaticSecret,
-    public_key: boringtun::x25519::PublicKey,
-    own_key: PublicKey,
+    /// This host's WireGuard key; replaced by a rotation ([`Router::rotate_own_key`]).
+    keys: ArcSwap<rotation::OwnKeys>,
+    /// This host's old key during a rotation's grace, and peers replaced by new keys.
+    rotation: rotation::Rotation,
     /// Read with one `load` per call or per batch; replaced, never changed in place.
     table: ArcSwap<PeerTable>,
     /// Serializes writers (`upsert_peer`, `remove_peer`): each builds the next table from
@@ -136,10 +138,6 @@ pub struct Router {
     /// When the limiter's secret was made, and its message limit (for the next one).
     limiter_born: Mutex<Instant>,
     handshake_limit: u64,
-    /// What each `Tunn` gets as its limiter: it checks mac1 and never answers with a
-    /// cookie (its limit is never reached), so a `Tunn` writes to the network only after
-    /// a handshake message authenticated. Load and cookies are the shared limiter's job.
-    mac1_only: Arc<RateLimiter>,
     /// Drops not attributable to a peer, and those of removed peers.
     pub drops: DropCounters,
     /// Rate-limited logging of drops.
@@ -198,18 +196,20 @@ impl Router {
         peers: &[PeerConfig],
         limit: u64,
     ) -> Router {
-        let secret = private_key.to_static_secret();
-        let public = boringtun::x25519::PublicKey::from(&secret);
+        // Each `Tunn` gets `OwnKeys::mac1_only` as its limiter: it checks mac1 and never
+        // answers with a cookie (its limit is never reached), so a `Tunn` writes to the
+        // network only after a handshake message authenticated. Load and cookies are the
+        // shared limiter's job.
+        let keys = rotation::OwnKeys::new(private_key, 0);
+        let public = keys.public;
         let router = Router {
-            private_key: secret,
-            public_key: public,
-            own_key: private_key.public_key(),
+            keys: ArcSwap::from_pointee(keys),
+            rotation: rotation::Rotation::default(),
             table: ArcSwap::from_pointee(PeerTable::default()),
             writer: Mutex::new(()),
             rate_limiter: ArcSwap::from_pointee(RateLimiter::new(&public, limit)),
             limiter_born: Mutex::new(Instant::now()),
             handshake_limit: limit,
-            mac1_only: Arc::new(RateLimiter::new(&public, u64::MAX)),
             drops: DropCounters::default(),
             log: LogLimiter::default(),
             cookie_replies: std::sync::atomic::AtomicU64::new(0),
@@ -430,6 +430,9 @@ impl Router {
             packet,
             Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)
         );
+        // Which of this host's keys a handshake is addressed to: the current one, or the
+        // old one during a rotation's grace (`rotation.rs`).
+        let mut old_key = None;
         if is_handshake {
             // Check mac1 and load before any Diffie-Hellman, once per message: under a
             // flood this answers with a cookie (to `src`, and nothing else happens).
@@ -439,6 +442,22 @@ impl Router {
                 .verify_packet(Some(src.ip()), datagram, out)
             {
                 Ok(_) => self.flood.handshake(),
+                Err(TunnResult::Err(WireGuardError::InvalidMac)) => {
+                    match self.addressed(datagram, out) {
+                        rotation::Addressed::Old(old) => {
+                            self.flood.handshake();
+                            old_key = Some(old);
+                        }
+                        rotation::Addressed::Retired(key) => {
+                            self.refuse_retired(key, src);
+                            return Inbound::Dropped(DropReason::RetiredKey);
+                        }
+                        rotation::Addressed::Neither => {
+                            self.drop_global(DropReason::AuthFailed, Some(src));
+                            return Inbound::Dropped(DropReason::AuthFailed);
+                        }
+                    }
+                }
                 Err(TunnResult::WriteToNetwork(cookie)) => {
                     self.flood.handshake();
                     self.flood.cookie();
@@ -459,7 +478,12 @@ impl Router {
         }
         let peer = match &packet {
             Packet::HandshakeInit(init) => {
-                match parse_handshake_anon(&self.private_key, &self.public_key, init) {
+                let keys = self.keys.load();
+                let (secret, public) = match &old_key {
+                    Some(old) => (&old.keys.secret, &old.keys.public),
+                    None => (&keys.secret, &keys.public),
+                };
+                match parse_handshake_anon(secret, public, init) {
                     Ok(half) => {
                         let peer = table.by_key_bytes(&half.peer_static_public);
                         if peer.is_none() {
@@ -491,6 +515,14 @@ impl Router {
             drop(st);
             self.drop_global(DropReason::UnknownPeer, Some(src));
             return Inbound::Dropped(DropReason::UnknownPeer);
+        }
+        if matches!(packet, Packet::HandshakeInit(_))
+            && !self.follow_own_rotation(&mut st, old_key.as_deref())
+        {
+            // To the old key, from a peer whose tunnel is already on the new one.
+            drop(st);
+            self.drop_peer(peer, DropReason::AuthFailed, Some(src));
+            return Inbound::Dropped(DropReason::AuthFailed);
         }
         match st.tunn.decapsulate(Some(src.ip()), datagram, out) {
             TunnResult::WriteToNetwork(b) => {
@@ -583,7 +615,10 @@ impl Router {
         let (len, inner_destination) = (packet.len(), destination(packet));
         // It decrypted under this peer's session: authenticated, so it may roam.
         self.set_path(st, src, relayed);
-        if table.routes.lookup(inner_source) != Some(peer.index) {
+        let owner = table.routes.lookup(inner_source);
+        // A peer replaced by its member's new key still delivers what its sessions carry,
+        // from the new peer's subnets (`rotation.rs`).
+        if owner != Some(peer.index) && (owner.is_none() || owner != peer.successor()) {
             self.drop_peer(peer, DropReason::SourceNotAllowed, Some(src));
             let name = peer.name();
             self.events.emit(
@@ -665,6 +700,7 @@ impl Router {
         for peer in switched {
             self.initiate_on_path(&peer, buf, send);
         }
+        self.rotation_tick(&table, ms);
         self.refill_relay_map(&table);
     }
 
@@ -782,7 +818,7 @@ impl Router {
         let mut born = crate::util::lock(&self.limiter_born);
         if now.saturating_duration_since(*born) >= COOKIE_SECRET_LIFETIME {
             self.rate_limiter.store(Arc::new(RateLimiter::new(
-                &self.public_key,
+                &self.keys.load().public,
                 self.handshake_limit,
             )));
             *born = now;

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -72,6 +72,8 @@ pub struct PeerState {
     /// through a relay): the only address this host relays to it at (`relay.rs`), so that
     /// no member can make a relay send to an address it merely wrote in its record.
     pub(super) proven_endpoint: Option<SocketAddr>,
+    /// The rotation of this host's key its tunnel is on (`rotation.rs`).
+    pub(super) key_generation: u64,
 }
 
 /// What may change about a peer without touching its tunnel; swapped whole.
@@ -129,6 +131,9 @@ pub struct Peer {
     pub drops: DropCounters,
     /// Handshakes initiated, completed and failed.
     pub handshakes: HandshakeCounters,
+    /// The index of the peer that replaced it (its member's new key; `usize::MAX`: none),
+    /// see `rotation.rs`.
+    pub(super) successor: AtomicUsize,
 }
 
 impl Peer {
@@ -174,6 +179,16 @@ impl Peer {
 
     pub(super) fn info_full(&self) -> Arc<PeerInfo> {
         self.info.load_full()
+    }
+
+    /// Takes its subnets away (a predecessor's, `rotation.rs`): routed elsewhere.
+    pub(super) fn set_subnets_none(&self) {
+        let info = self.info.load_full();
+        self.info.store(Arc::new(PeerInfo::new(
+            info.name.clone(),
+            Vec::new(),
+            info.groups.clone(),
+        )));
     }
 
     /// Whether `remove_peer` removed it (a snapshot taken before may still hold it).
@@ -296,6 +311,11 @@ impl PeerTable {
         self.peers.get(index).is_some_and(Option::is_some)
     }
 
+    /// The peer at `index`, if present.
+    pub(super) fn peer_at(&self, index: usize) -> Option<&Arc<Peer>> {
+        self.peers.get(index).and_then(Option::as_ref)
+    }
+
     /// The peer whose session has `receiver_index` (boringtun: peer index << 8 | n).
     pub(super) fn by_receiver_index(&self, receiver_index: u32) -> Option<&Arc<Peer>> {
         self.peers
@@ -314,7 +334,7 @@ impl PeerTable {
         self.peers.get(index).and_then(Option::as_ref)
     }
 
-    fn rebuild_routes(&mut self) {
+    pub(super) fn rebuild_routes(&mut self) {
         let mut routes = RoutingTable::new();
         for p in self.peers.iter().flatten() {
             for net in &p.info.load().subnets {
@@ -459,7 +479,7 @@ impl Router {
         self.check_in(&self.table.load(), remove, &upsert)
     }
 
-    fn check_in(
+    pub(super) fn check_in(
         &self,
         current: &PeerTable,
         remove: &[PublicKey],
@@ -479,7 +499,7 @@ impl Router {
             .collect();
         let mut new = 0;
         for (spec, subnets) in upsert {
-            if spec.public_key == self.own_key {
+            if spec.public_key == self.keys.load().key {
                 return Err(RouterError::OwnKey {
                     peer: label(spec.name.as_deref(), &spec.public_key),
                 });
@@ -516,17 +536,23 @@ impl Router {
     }
 
     /// Puts a new peer into `next`, the table being built.
-    fn add(&self, next: &mut PeerTable, spec: PeerSpec, subnets: Vec<IpNet>) -> Upserted {
+    pub(super) fn add(
+        &self,
+        next: &mut PeerTable,
+        spec: PeerSpec,
+        subnets: Vec<IpNet>,
+    ) -> Upserted {
         // Below MAX_PEER_INDICES: checked by `check_in` (fits 24 bits).
         let index = next.peers.len();
+        let keys = self.keys.load();
         let tunn = Tunn::new(
-            self.private_key.clone(),
+            keys.secret.clone(),
             spec.public_key.to_dalek(),
             None,
             // Persistent keepalives are the router's (`Peer::keepalive`).
             None,
             index as u32,
-            Some(self.mac1_only.clone()),
+            Some(keys.mac1_only.clone()),
         );
         let who = label(spec.name.as_deref(), &spec.public_key);
         let peer = Arc::new(Peer {
@@ -554,11 +580,13 @@ impl Router {
                 relay_resent_ms: 0,
                 held_endpoint: None,
                 proven_endpoint: None,
+                key_generation: keys.generation,
             }),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             drops: DropCounters::default(),
             handshakes: HandshakeCounters::default(),
+            successor: AtomicUsize::new(usize::MAX),
         });
         next.peers.push(Some(peer));
         next.by_key.insert(*spec.public_key.as_bytes(), index);
@@ -635,6 +663,16 @@ impl Router {
         true
     }
 
+    /// Removes `peer` (a predecessor, `rotation.rs`) if it is still the peer of its key.
+    pub(super) fn remove_predecessor(&self, peer: &Peer) -> bool {
+        let current = self.peer(&peer.public_key);
+        if current.is_some_and(|p| p.index == peer.index) {
+            self.remove_peer(&peer.public_key)
+        } else {
+            false
+        }
+    }
+
     /// Marks a peer just taken out of the published table as removed (see
     /// [`Router::remove_peer`]).
     fn retire(&self, peer: &Peer) {
@@ -654,7 +692,7 @@ impl Router {
 }
 
 /// Subnets with their host bits cleared, sorted, without repeats.
-fn normalized(subnets: &[IpNet]) -> Vec<IpNet> {
+pub(super) fn normalized(subnets: &[IpNet]) -> Vec<IpNet> {
     let mut subnets: Vec<IpNet> = subnets.iter().map(IpNet::trunc).collect();
     subnets.sort();
     subnets.dedup();

@@ -243,7 +243,7 @@ impl Router {
 
     /// This host's WireGuard key.
     pub fn own_key(&self) -> PublicKey {
-        self.own_key
+        self.keys.load().key
     }
 
     /// Whether this host forwards datagrams for others (`[control] relay`, on by default).
@@ -325,7 +325,7 @@ impl Router {
     /// Locks each one in turn: call with no peer locked.
     pub(super) fn relay_candidates(&self, table: &PeerTable) -> Vec<Candidate> {
         let prefs = self.relay_prefs.load();
-        if prefs.contains(&self.own_key) {
+        if prefs.contains(&self.own_key()) {
             return Vec::new();
         }
         let mut out = Vec::with_capacity(prefs.len());

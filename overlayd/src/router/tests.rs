@@ -466,7 +466,7 @@ fn endpoint_of_only_peer(router: &Router) -> Option<SocketAddr> {
 fn forged_and_replayed_handshake_responses_never_move_the_endpoint() {
     for under_load in [false, true] {
         let pair = pair();
-        let a_key = pair.a.own_key;
+        let a_key = pair.a.own_key();
         // A initiates; B's genuine response is captured (and delivered) on the way.
         let init = initiation(&pair.a);
         let a_idx = u32::from_le_bytes(init[4..8].try_into().unwrap());

@@ -29,6 +29,7 @@ pub mod core;
 mod inbound;
 mod net;
 mod peers;
+mod rotate;
 mod saver;
 mod watch;
 
@@ -80,6 +81,8 @@ enum Event {
     Delivered(u32, Result<Response, String>),
     /// A member's admin records (its answer to `Request::Admins`).
     Admins(Vec<Vec<u8>>),
+    /// The answer to a `Request::Rekey` on this link.
+    Rekeyed(LinkId, Result<Response, String>),
 }
 
 /// The keys of `dir`'s members and revocations, for the router to tell a member it does
@@ -146,6 +149,9 @@ fn settings(config: &crate::config::Config) -> Settings {
         membership: control.membership(),
         relay: control.relay,
         max_names: config.dns.max_names,
+        key_rotation_s: control
+            .key_rotation_days
+            .map(|days| u64::from(days) * 86_400),
     }
 }
 
@@ -189,6 +195,8 @@ pub struct Member {
     /// Punches fired at an agreed time (a rendezvous), by the member's control address:
     /// a connection with it that comes up soon after is logged as their result.
     punched: HashMap<SocketAddr, Instant>,
+    /// A key rotation asked of an admin, with the operator waiting for it (if one is).
+    rotating: Option<Option<super::Reply<protocol::api::RotateKeyResponse>>>,
 }
 
 /// How soon after a punch a connection with its member counts as the punch's.
@@ -229,6 +237,7 @@ impl Member {
             "the control key in {} does not match this host's certificate; restore the key or join again",
             ctx.state.root().display()
         );
+        rotate::recover_key_file(&ctx, &me.wireguard_key)?;
         let config = ctx.config();
         anyhow::ensure!(
             config.private_key.public_key() == me.wireguard_key,
@@ -327,6 +336,7 @@ impl Member {
             saver,
             watch,
             punched: HashMap::new(),
+            rotating: None,
         };
         // This host's overlay address comes from its certificate unless the config sets one;
         // before the routes to the members, which prefer it as source.
@@ -503,6 +513,7 @@ impl Member {
             Event::Renewed(link, answer) => self.core.handle_renewed(link, answer, now),
             Event::Delivered(number, answer) => self.core.handle_delivered(number, answer, now),
             Event::Admins(records) => self.core.handle_admin_records(&records, now),
+            Event::Rekeyed(link, answer) => self.core.handle_rekeyed(link, answer, now),
         }
     }
 
@@ -624,6 +635,23 @@ impl Member {
                             .handle_renewed(link, Err("the connection closed".into()), now())
                     }
                 },
+                Action::Rekey { link, request } => match self.conns.get(&link) {
+                    Some(conn) => {
+                        let (conn, tx) = (conn.clone(), self.events_tx.clone());
+                        let traffic = self.ctx.traffic.clone();
+                        tokio::spawn(async move {
+                            let answer = net::ask(conn, request, traffic).await;
+                            let _ = tx.send(Event::Rekeyed(link, answer));
+                        });
+                    }
+                    None => {
+                        self.core
+                            .handle_rekeyed(link, Err("the connection closed".into()), now())
+                    }
+                },
+                Action::WireguardKey(key) => self.take_new_key(key),
+                Action::RotationDone(result) => self.rotation_done(result),
+                Action::RotateKey => Box::pin(self.start_rotation(None)).await,
                 Action::Deliver {
                     link,
                     number,
@@ -772,17 +800,17 @@ impl Member {
                 let transition_s = req
                     .transition_s
                     .unwrap_or(self.ctx.config().control.ca_transition_s);
-                let answer = self
-                    .core
-                    .prepare_rotation(transition_s, now)
-                    .and_then(|rotation| {
-                        // The new key is on disk before anything names it.
-                        self.ctx
-                            .state
-                            .save_next_ca_key(rotation.key())
-                            .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
-                        self.core.commit_rotation(rotation, now)
-                    });
+                let answer =
+                    self.core
+                        .prepare_ca_rotation(transition_s, now)
+                        .and_then(|rotation| {
+                            // The new key is on disk before anything names it.
+                            self.ctx
+                                .state
+                                .save_next_ca_key(rotation.key())
+                                .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
+                            self.core.commit_ca_rotation(rotation, now)
+                        });
                 // Saves the membership that names the new CA, then the key replaces the old.
                 self.execute().await;
                 if answer.is_ok()
@@ -792,6 +820,7 @@ impl Member {
                 }
                 let _ = reply.send(answer);
             }
+            Command::RotateKey(reply) => self.start_rotation(Some(reply)).await,
             Command::PolicySet(req, reply) => {
                 let answer = self.core.set_policy(&req.text, now);
                 self.execute().await;

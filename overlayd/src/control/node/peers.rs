@@ -2,7 +2,7 @@
 //! ([`Member::sync_peers`], for [`super::core::Action::Peers`]).
 
 use std::collections::HashSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use keys::PublicKey;
@@ -15,12 +15,13 @@ impl Member {
     /// updated, and every member tunnel and route added before and not in it is withdrawn.
     pub(super) async fn sync_peers(&mut self, desired: Vec<PeerSpec>) {
         let wanted: HashSet<PublicKey> = desired.iter().map(|s| s.public_key).collect();
-        let gone: Vec<PublicKey> = self
+        let mut gone: Vec<PublicKey> = self
             .routed
             .keys()
             .filter(|k| !wanted.contains(k))
             .copied()
             .collect();
+        self.follow_rotations(&mut gone, &desired);
         for key in gone {
             self.unroute(&key).await;
         }
@@ -49,6 +50,43 @@ impl Member {
                     .warn(Instant::now(), "cannot add a member's tunnel", &e),
             }
         }
+    }
+
+    /// Members whose record names a new WireGuard key (`overlayctl rotate-key`): of the
+    /// keys `gone`, each whose member (by name) is in `desired` with a new key and the
+    /// same subnets hands its tunnel over to the new key (`router::rotation`) rather than
+    /// going: the kernel routes stay as they are, and the new key is greeted at once.
+    fn follow_rotations(&mut self, gone: &mut Vec<PublicKey>, desired: &[PeerSpec]) {
+        let router = &self.ctx.router;
+        let grace = Duration::from_secs(self.ctx.config().control.key_rotation_grace_s);
+        gone.retain(|old| {
+            let Some(name) = router.peer(old).and_then(|p| p.name()) else {
+                return true;
+            };
+            let Some(subnets) = self.routed.get(old) else {
+                return true;
+            };
+            let Some(spec) = desired.iter().find(|s| {
+                s.name.as_deref() == Some(name.as_str())
+                    && s.subnets == *subnets
+                    && router.peer(&s.public_key).is_none()
+            }) else {
+                return true;
+            };
+            match router.rotate_peer(old, spec.clone(), grace) {
+                Ok(_) => {
+                    let subnets = self.routed.remove(old).unwrap_or_default();
+                    self.routed.insert(spec.public_key, subnets);
+                    router.initiate_and_send(Initiate::Peer(&spec.public_key), &*self.ctx.udp);
+                    false
+                }
+                Err(e) => {
+                    self.throttle
+                        .warn(Instant::now(), "cannot follow a member's new key", &e);
+                    true
+                }
+            }
+        });
     }
 
     async fn route(&mut self, key: &PublicKey, subnets: &[IpNet]) {

@@ -1,6 +1,6 @@
 //! CA rotation in the member core, without I/O (docs/ca-rotation.md).
 //!
-//! An admin rotates ([`Core::prepare_rotation`], then [`Core::commit_rotation`] once the
+//! An admin rotates ([`Core::prepare_ca_rotation`], then [`Core::commit_ca_rotation`] once the
 //! driver has saved the new key beside the old): a new CA, a transition record signed by
 //! both (`protocol::records::ca`), the revocations and the policy signed again by the new
 //! CA, unused tokens voided (they pin the old CA), its own certificate re-issued at once,
@@ -23,8 +23,8 @@ use super::{Action, Core, Now};
 use crate::control::ApiFailure;
 use crate::control::msg::Bundle;
 
-/// A CA rotation prepared by [`Core::prepare_rotation`]: save [`CaRotation::key`] (as the
-/// next CA key), then hand it to [`Core::commit_rotation`].
+/// A CA rotation prepared by [`Core::prepare_ca_rotation`]: save [`CaRotation::key`] (as the
+/// next CA key), then hand it to [`Core::commit_ca_rotation`].
 #[derive(Debug)]
 #[must_use = "save the key, then commit it"]
 pub struct CaRotation {
@@ -212,7 +212,11 @@ impl Core {
     /// `overlayctl ca rotate` on an admin: a new CA and the transition to it, ending
     /// `transition_s` seconds from `now`. Refused on a member that is no admin, and while
     /// a transition is under way.
-    pub fn prepare_rotation(&self, transition_s: u64, now: Now) -> Result<CaRotation, ApiFailure> {
+    pub fn prepare_ca_rotation(
+        &self,
+        transition_s: u64,
+        now: Now,
+    ) -> Result<CaRotation, ApiFailure> {
         let old = self.ca_key.as_ref().ok_or(ApiFailure::NotAdmin {
             action: "rotate the CA",
         })?;
@@ -238,7 +242,7 @@ impl Core {
     /// Puts a prepared rotation in force (see the module docs) once its key is saved; the
     /// driver then saves the membership and the admin's state (queued) and replaces the old
     /// CA key by the new one on disk.
-    pub fn commit_rotation(
+    pub fn commit_ca_rotation(
         &mut self,
         rotation: CaRotation,
         now: Now,
@@ -380,6 +384,7 @@ mod tests {
             renewed_unix: None,
             bootstrap: Vec::new(),
             ca_transition: Some(transition.to_bytes()),
+            wireguard_key_since: None,
         }
     }
 

@@ -54,6 +54,7 @@ mod policy;
 mod rendezvous;
 mod renew;
 mod requests;
+mod rotate;
 mod swim;
 mod view;
 
@@ -125,6 +126,9 @@ pub struct Settings {
     pub relay: Option<bool>,
     /// The most container names one member may publish (`[dns] max_names`).
     pub max_names: usize,
+    /// Rotate this host's WireGuard key when it is this old, in seconds (`[control]
+    /// key_rotation_days`); `None`: only when asked.
+    pub key_rotation_s: Option<u64>,
 }
 
 /// What a member starts from.
@@ -255,6 +259,25 @@ pub enum Action {
         /// The request.
         request: crate::control::msg::Request,
     },
+    /// Ask the member on `link` (an admin, it is hoped) for this host's certificate with a
+    /// new WireGuard key (`request`, a `Request::Rekey`); hand the answer to
+    /// [`Core::handle_rekeyed`].
+    Rekey {
+        /// The connection.
+        link: LinkId,
+        /// The request.
+        request: crate::control::msg::Request,
+    },
+    /// This host's WireGuard key is now this one (its certificate, saved before, names
+    /// it): make it the key file's, and switch the tunnels to it (the old key is answered
+    /// for the grace, `router::rotation`).
+    WireguardKey(PrivateKey),
+    /// A rotation asked for with [`Core::rotate_key`] ended (answer the operator; on
+    /// failure, forget the new key).
+    RotationDone(Result<protocol::api::RotateKeyResponse, String>),
+    /// Make a new WireGuard key and hand it to [`Core::rotate_key`] (`[control]
+    /// key_rotation_days`).
+    RotateKey,
     /// Punch now to a member (a rendezvous's agreed time): open a member connection to
     /// `addr` even if one is being opened (a fresh QUIC dial), and send the tunnel's
     /// handshake to the peer with `key` (`router::Initiate::Punch`).
@@ -321,6 +344,8 @@ pub struct Core {
     rendezvous: rendezvous::Rendezvous,
     /// The admin records (see `admins`).
     admins: crate::control::admins::AdminList,
+    /// This host's WireGuard key rotation (see `rotate`).
+    rotation: rotate::Rotation,
     dirty: bool,
     actions: VecDeque<Action>,
 }
@@ -399,6 +424,7 @@ impl Core {
             names_version: 0,
             rendezvous: rendezvous::Rendezvous::default(),
             admins: Default::default(),
+            rotation: rotate::Rotation::default(),
             dirty: false,
             actions: VecDeque::new(),
         };

@@ -144,7 +144,7 @@ impl Core {
 
     /// The link to ask: a connection to a bootstrap host (the admin this host joined
     /// through) first, then the other connected members in turn.
-    fn renewal_target(&mut self) -> Option<LinkId> {
+    pub(super) fn renewal_target(&mut self) -> Option<LinkId> {
         let mut candidates: Vec<LinkId> = self
             .net
             .bootstrap

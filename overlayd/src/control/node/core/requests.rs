@@ -243,6 +243,20 @@ impl Core {
             (Origin::Member(_), Request::AdminKey { .. }) => {
                 Response::Refused("admin key refused".into())
             }
+            (
+                Origin::Member(link),
+                Request::Rekey {
+                    wireguard_key,
+                    proof,
+                },
+            ) => match self.rekey_member(link, wireguard_key, proof, now) {
+                Ok(change) => return Answer::AfterSave(change),
+                Err(e) => {
+                    self.throttle
+                        .warn(now.instant, "refused a WireGuard key rotation", &e);
+                    Response::Refused(e.0)
+                }
+            },
             (Origin::Joiner, request) => match JoinAsk::from_request(request) {
                 Some(ask) => match self.admit(&ask, now) {
                     Ok(change) => return Answer::AfterSave(change),

@@ -93,7 +93,7 @@ impl Core {
     /// Takes new settings from a reload at `now`: foca's new timings (suspicion, gossip;
     /// its probe period and timeout cannot change while it runs, so a reload keeps them),
     /// the full sync and rejoin intervals (the next round comes no later than one new
-    /// interval from now) and the certificate lifetime. The ports, the address to follow
+    /// interval from now), the certificate lifetime and the key rotation period. The ports, the address to follow
     /// and the probe timings stay as they are. On an error nothing changes.
     pub fn set_settings(&mut self, settings: Settings, now: Now) -> Result<(), String> {
         let mut membership = settings.membership.clone();
@@ -107,6 +107,7 @@ impl Core {
         })?;
         self.settings.membership = membership;
         self.settings.certificate_lifetime_s = settings.certificate_lifetime_s;
+        self.settings.key_rotation_s = settings.key_rotation_s;
         if self.settings.sync_interval != settings.sync_interval {
             self.settings.sync_interval = settings.sync_interval;
             self.periodic.sync = self.periodic.sync.min(now.instant + settings.sync_interval);
@@ -389,6 +390,7 @@ impl Core {
         self.follow_renewals();
         self.close_lapsed(now);
         self.renewal_tick(now);
+        self.rotation_tick(now);
         self.deliver_pending(now);
         let view = self.view();
         self.queue(Action::View(view));

@@ -8,6 +8,7 @@ mod names;
 mod policy;
 mod rendezvous;
 mod renew;
+mod rotate;
 mod sim;
 mod upgrade;
 

@@ -101,6 +101,12 @@ pub(super) struct Host {
     pub(super) admin: Option<AdminState>,
     /// The policy it enforces (its last [`Action::Policy`]).
     pub(super) policy: Option<PolicyInForce>,
+    /// How its key rotations ended ([`Action::RotationDone`]), and the keys it switched to
+    /// ([`Action::WireguardKey`]), in order.
+    pub(super) rotations: Vec<Result<protocol::api::RotateKeyResponse, String>>,
+    pub(super) switched_to: Vec<keys::PublicKey>,
+    /// How often its core asked for an automatic rotation ([`Action::RotateKey`]).
+    pub(super) rotate_asked: usize,
 }
 
 impl Host {
@@ -187,6 +193,7 @@ pub(super) fn settings() -> Settings {
         membership: control.membership(),
         relay: None,
         max_names: protocol::records::names::DEFAULT_MAX_NAMES,
+        key_rotation_s: None,
     }
 }
 
@@ -277,6 +284,7 @@ impl Sim {
                     vec![control_addr(0)]
                 },
                 ca_transition: None,
+                wireguard_key_since: None,
             };
             let admin = (i == 0).then(|| admin.clone());
             sim.add(keys, net, None, admin);
@@ -304,6 +312,9 @@ impl Sim {
             syncs: 0,
             admin,
             policy: None,
+            rotations: Vec::new(),
+            switched_to: Vec::new(),
+            rotate_asked: 0,
         });
         self.restart(index);
         index
@@ -506,6 +517,11 @@ impl Sim {
             Action::Ask { link, request } => self.ask(from, link, request, 0),
             // The driver's files (`node::admins`).
             Action::SaveAdmins(_) | Action::DropAdmin => {}
+            Action::Rekey { link, request } => self.ask(from, link, request, 0),
+            Action::WireguardKey(key) => self.hosts[from].switched_to.push(key.public_key()),
+            Action::RotationDone(result) => self.hosts[from].rotations.push(result),
+            // The driver makes a key and calls `rotate_key`; tests do it themselves.
+            Action::RotateKey => self.hosts[from].rotate_asked += 1,
             Action::Punch { addr, .. } => {
                 if let Some(to) = self.host_at(addr) {
                     self.punches.push((from, to, now.instant));
@@ -648,6 +664,8 @@ impl Sim {
                 if let Some(core) = self.hosts[from].core.as_mut() {
                     if renew {
                         core.handle_renewed(mine, Ok(response), now);
+                    } else if matches!(kind, Request::Rekey { .. }) {
+                        core.handle_rekeyed(mine, Ok(response), now);
                     } else if matches!(kind, Request::Rendezvous { .. } | Request::Punch { .. }) {
                         // Only logged by the driver.
                     } else {
