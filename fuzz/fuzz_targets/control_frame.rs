@@ -88,6 +88,7 @@ fn admit(ask: JoinAsk) {
         expires_unix: NOW + 3600,
         groups: vec![overlay_fuzz::name("web")],
         used_by: None,
+        issuer: None,
     });
     let admin_key = &admin_member.wireguard;
     let Ok(certificate) = issuer.admit(&mut admin, &dir, &ask, admin_key, NOW) else {
