@@ -477,7 +477,7 @@ impl Member {
                                     name = %admission.name,
                                     "renewed a member's certificate"
                                 ),
-                                Response::Admins(_) => tracing::debug!(
+                                Response::Admins(_) => tracing::info!(
                                     from = %admission.name,
                                     "took token records of another admin"
                                 ),

@@ -15,7 +15,7 @@ use crate::control::state::AdminState;
 
 impl Core {
     /// Whether the peer of `link` is an admin (an active admin record names it).
-    fn peer_is_admin(&self, link: LinkId) -> bool {
+    pub(super) fn peer_is_admin(&self, link: LinkId) -> bool {
         self.links.get(&link).is_some_and(|l| {
             self.admins
                 .get(&l.peer.node)
@@ -89,6 +89,7 @@ impl Core {
                     .warn(now.instant, "refused a token record", &e);
             }
             if changed {
+                tracing::info!("took token records of another admin");
                 let admin = admin.clone();
                 self.queue(Action::SaveAdmin(admin));
             }
