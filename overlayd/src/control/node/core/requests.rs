@@ -231,10 +231,7 @@ impl Core {
                 self.handle_punch(link, from, delay_ms, now)
             }
             (Origin::Member(link), Request::Admins(records)) => {
-                match self.admins_request(link, &records, now) {
-                    Ok(change) => return Answer::AfterSave(change),
-                    Err(response) => response,
-                }
+                return self.admins_request(link, &records, now);
             }
             // Taken by the driver, which saves the key (`Core::check_admin_key`).
             (Origin::Member(_), Request::AdminKey { .. }) => {

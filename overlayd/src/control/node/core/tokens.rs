@@ -5,7 +5,7 @@
 
 use keys::SecretHash;
 
-use super::requests::{AdminChange, Admission};
+use super::requests::{AdminChange, Admission, Answer};
 use super::{Action, Core, LinkId, Now};
 use crate::control::admins::tokens::{
     apply_token_records, is_token_record as is_token, record_of, token_records,
@@ -101,12 +101,7 @@ impl Core {
     /// token records, when they change this admin's state, only once that is saved (the
     /// answer comes as an [`AdminChange`]: the sender waits for it before it answers a
     /// joiner).
-    pub(super) fn admins_request(
-        &mut self,
-        link: LinkId,
-        records: &[Vec<u8>],
-        now: Now,
-    ) -> Result<AdminChange<Admission>, Response> {
+    pub(super) fn admins_request(&mut self, link: LinkId, records: &[Vec<u8>], now: Now) -> Answer {
         let (tokens, admins): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
             records.iter().cloned().partition(|r| is_token(r));
         self.apply_admin_records(&admins, now);
@@ -128,16 +123,17 @@ impl Core {
             _ => None,
         };
         let Some(admin) = changed else {
-            return Err(Response::Admins(self.admin_records_for(link, now)));
+            return Answer::Reply(Response::Admins(self.admin_records_for(link, now)));
         };
         let name = self
             .links
             .get(&link)
             .map_or_else(|| self.me.node.clone(), |l| l.peer.node.clone());
-        let held: Option<AdminState> = std::mem::replace(&mut self.admin, Some(admin.clone()));
+        // The answer holds what this admin holds once the change is saved.
+        let held: Option<AdminState> = self.admin.replace(admin.clone());
         let response = Response::Admins(self.admin_records_for(link, now));
         self.admin = held;
-        Ok(AdminChange {
+        Answer::AfterSave(AdminChange {
             admin,
             answer: Admission { name, response },
         })
