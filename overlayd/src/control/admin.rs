@@ -160,8 +160,8 @@ impl Issuer<'_> {
     /// Checks a join and, if it passes, signs the new member's certificate, marks the token
     /// used and remembers what was issued ([`AdminState::issued`]). `dir` is this admin's
     /// view of the members; `wireguard_key` its own WireGuard key (the one its certificate
-    /// carries), which the joiner's proof was made for. In order: the token (issued here,
-    /// unused, unexpired), the proof that the joiner holds its WireGuard key, that the key
+    /// carries), which the joiner's proof was made for. In order: the token (held here:
+    /// made here, or its record came from another admin; unused, unexpired), the proof that the joiner holds its WireGuard key, that the key
     /// was never revoked, that no current member holds the name or the key, the subnet. A
     /// refusal changes nothing (the token stays usable).
     pub fn admit(
