@@ -316,3 +316,32 @@ fn a_token_record_is_no_admin_record_and_fits_a_frame() {
         longest
     );
 }
+
+/// A full sync between two admins: every record signed on one side, checked on the other
+/// the first time, and skipped unverified once held (timed: `--nocapture` prints it).
+#[test]
+fn a_sync_of_held_records_changes_nothing_and_checks_no_signature_again() {
+    let net = Net::new();
+    let mut a = net.admin("h1");
+    for _ in 0..MAX_TOKEN_RECORDS {
+        let _ = net.token(&mut a, 600);
+    }
+    let mut b = net.admin("h2");
+    let t = std::time::Instant::now();
+    let records = net.records(&a, NOW);
+    let signed = t.elapsed();
+    let t = std::time::Instant::now();
+    assert_eq!(net.share(&a, &mut b, NOW), (true, vec![]));
+    let first = t.elapsed();
+    let ca = net.ca.verifying_key();
+    let t = std::time::Instant::now();
+    let again = apply_token_records(&mut b.state, &records, &ca, &net.network, NOW);
+    let held = t.elapsed();
+    assert_eq!(again, (false, vec![]));
+    assert_eq!(b.state.tokens.len(), MAX_TOKEN_RECORDS);
+    let bytes: usize = records.iter().map(|r| r.len() + 3).sum();
+    eprintln!(
+        "{MAX_TOKEN_RECORDS} token records ({bytes} bytes): signed in {signed:?}, taken in \
+         {first:?} (sign + verify), taken again in {held:?}"
+    );
+}
