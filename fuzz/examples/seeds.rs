@@ -296,6 +296,21 @@ fn control_frame(c: &mut Corpus) {
         .sign(&f.ca),
     ];
     c.put(t, "admins", &frame(0, &Request::Admins(admins.clone())));
+    // Token records travel in the same list between admins (`admins::tokens`).
+    let token = |used_by: Option<&str>| {
+        overlayd::control::admins::tokens::TokenRecord {
+            network: f.network.clone(),
+            issuer: keys::Name::new("h1").expect("a name"),
+            secret_hash: keys::TokenSecret::from_bytes([7; 32]).hash(),
+            expires_unix: u64::MAX,
+            groups: vec![keys::Name::new("web").expect("a name")],
+            used_by: used_by.map(|n| keys::Name::new(n).expect("a name")),
+        }
+        .sign(&f.ca)
+    };
+    let mut with_tokens = admins.clone();
+    with_tokens.extend([token(None), token(Some("h4"))]);
+    c.put(t, "admins-tokens", &frame(0, &Request::Admins(with_tokens)));
     c.put(
         t,
         "admin-key",

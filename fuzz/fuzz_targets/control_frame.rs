@@ -88,6 +88,7 @@ fn admit(ask: JoinAsk) {
         expires_unix: NOW + 3600,
         groups: vec![overlay_fuzz::name("web")],
         used_by: None,
+        issuer: None,
     });
     let admin_key = &admin_member.wireguard;
     let Ok(certificate) = issuer.admit(&mut admin, &dir, &ask, admin_key, NOW) else {
@@ -187,9 +188,20 @@ fn ask(request: Request, honest: bool) -> Option<JoinAsk> {
 }
 
 /// Admin records as a member takes them: each checked against the CA, never a panic, and
-/// what is kept verifies.
+/// what is kept verifies. Token records (`admins::tokens`), as an admin takes them: what is
+/// kept is unexpired and re-signs to a record that verifies.
 fn admin_records(records: &[Vec<u8>]) {
+    use overlayd::control::admins::tokens;
     let f = fixture();
+    let mut admin = AdminState::default();
+    let _ =
+        tokens::apply_token_records(&mut admin, records, &f.ca.verifying_key(), &f.network, NOW);
+    assert!(admin.tokens.len() <= tokens::MAX_TOKEN_RECORDS);
+    let me = keys::Name::new("h1").expect("a name");
+    for bytes in tokens::token_records(&admin, &f.ca, &f.network, &me, NOW) {
+        tokens::TokenRecord::verify(&bytes, &f.ca.verifying_key(), &f.network)
+            .expect("a token record kept verifies");
+    }
     let mut list = overlayd::control::admins::AdminList::default();
     for bytes in records {
         if let Ok(true) = list.apply(bytes, &f.ca.verifying_key(), &f.network) {

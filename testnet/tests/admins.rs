@@ -2,11 +2,14 @@
 //!
 //! Certificates of 60 s. h1 makes the network, h2 and h3 join, h2 is made an admin
 //! (`overlayctl admin add h2` on h1: the CA key goes to h2 over their control connection).
-//! h1 is stopped: h3, which h1 admitted, renews its certificate through h2 (40 s into its
-//! life), and h4 joins with a token from h2. h1 is started again (its certificate still
-//! valid); h1 and h2 each make five tokens and ten hosts (h5..h14) join at once, five
-//! through each, the admins picking their subnets: no subnet and no serial is issued twice,
-//! and every host is a member. Then: h2 revokes h5 (admitted by h1) and h1 takes it; a
+//! h1 makes a token (it names h1, then h2; its record goes to h2 before it is printed) and
+//! is stopped: h4 joins with h1's token, through h2 (h1's endpoint tried first), and h3,
+//! which h1 admitted, renews its certificate through h2 (40 s into its life); h2 makes a
+//! token with h1 down. h1 is started again (its certificate still valid) and takes h2's
+//! record that the token was used: the same token is refused at h1. h1 and h2 each make
+//! five tokens and ten hosts (h5..h14) join at once, five through each (h10 with h2's token
+//! made while h1 was down), the admins picking their subnets: no subnet and no serial is
+//! issued twice, and every host is a member. Then: h2 revokes h5 (admitted by h1) and h1 takes it; a
 //! member that is no admin cannot add one; h2 removed by h1 destroys its CA key and can no
 //! longer make tokens.
 //!
@@ -118,17 +121,29 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
     let list = String::from_utf8_lossy(&list.stdout).into_owned();
     assert!(list.contains("h1") && list.contains("h2"), "{list}");
 
-    // h1 down: h4 joins through h2 alone, and h3 renews through h2.
+    // A token made on h1 names both admins, h1 first; its record is at h2 when it is
+    // printed.
+    let started = Instant::now();
+    let h1_token = token_on(&net, 1);
+    let h1_token_made = started.elapsed();
+    let parsed: keys::JoinToken = h1_token.parse().expect("a token");
+    let (a1, a2) = (net.addr("h1").unwrap(), net.addr("h2").unwrap());
+    let ips: Vec<std::net::IpAddr> = parsed.endpoints().iter().map(|e| e.ip()).collect();
+    assert_eq!(ips, [a1, a2], "h1's token names h1, then h2");
+    // h1 down: h4 joins with h1's token through h2 (h1 tried first), and h3 renews
+    // through h2.
     let h1_expires = membership(&net, 1).certificate_expires_unix;
     let h3_before = membership(&net, 3);
     net.stop_daemon(1).expect("stop h1");
-    let token = token_on(&net, 2);
     let started = Instant::now();
-    join(&net, 4, &token).unwrap_or_else(|e| {
+    join(&net, 4, &h1_token).unwrap_or_else(|e| {
         logs_tail(&net, &[2, 4]);
-        panic!("h4 cannot join through h2 with h1 down: {e}")
+        panic!("h4 cannot join with h1's token through h2 with h1 down: {e}")
     });
     let joined_alone = started.elapsed();
+    let started = Instant::now();
+    let h2_token = token_on(&net, 2);
+    let h2_token_made = started.elapsed();
     net.wait_member_state(2, 4, MemberState::Alive, Duration::from_secs(15))
         .expect("h2 sees h4");
     let due = h3_before.certificate_renew_at_unix;
@@ -156,6 +171,7 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
     );
 
     // h1 back; both issue tokens, ten hosts join at once.
+    let log_before = std::fs::metadata(net.log_path(1)).map_or(0, |m| m.len() as usize);
     net.start_daemon(1).expect("start h1");
     let started = Instant::now();
     net.wait_member_state(1, 2, MemberState::Alive, Duration::from_secs(20))
@@ -164,10 +180,41 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
         .expect("h2 sees h1 again");
     let back = started.elapsed();
     assert!(membership(&net, 1).admin, "h1 is still an admin");
+    // h1 takes h2's records as they connect (h2 redeemed h1's token meanwhile): the token
+    // is refused at h1 after that.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let took = || {
+        let log = std::fs::read_to_string(net.log_path(1)).unwrap_or_default();
+        let since = if log.len() >= log_before {
+            log_before
+        } else {
+            0
+        };
+        log.get(since..)
+            .is_some_and(|l| l.contains("took token records of another admin"))
+    };
+    while !took() {
+        assert!(
+            Instant::now() < deadline,
+            "h1 did not take h2's token records within 10 s of seeing h2"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let caught_up = started.elapsed();
+    let err = join(&net, 5, &h1_token).expect_err("a used token is refused at h1");
+    assert!(
+        err.contains("already used (by h4)") && err.contains(&a1.to_string()),
+        "{err}"
+    );
     let tokens: Vec<(usize, usize, String)> = (5..=HOSTS)
         .map(|i| {
             let admin = if i <= 9 { 1 } else { 2 };
-            (i, admin, token_on(&net, admin))
+            let token = if i == 10 {
+                h2_token.clone()
+            } else {
+                token_on(&net, admin)
+            };
+            (i, admin, token)
         })
         .collect();
     let started = Instant::now();
@@ -293,17 +340,22 @@ fn two_admins_admit_while_either_is_down_and_never_collide() {
     }
 
     eprintln!(
-        "admins: admin add {:.2} s; h4 joined through h2 alone in {:.2} s; h3 renewed through \
-         h2 {:.1} s after it was due (serial {} -> {}); h1 and h2 see each other {:.2} s after \
-         h1's start; 10 joins at once through both in {:.2} s (slowest {:.2} s); all {HOSTS} \
+        "admins: admin add {:.2} s; h1's token made (record sent to h2) in {:.2} s; h4 joined \
+         with it through h2 alone in {:.2} s; token made on h2 with h1 down in {:.2} s; h3 \
+         renewed through h2 {:.1} s after it was due (serial {} -> {}); h1 and h2 see each \
+         other {:.2} s after h1's start, h1 took h2's token records {:.2} s after its start, \
+         and refused the used token; 10 joins at once through both in {:.2} s (slowest {:.2} s); all {HOSTS} \
          alive {:.2} s later; h5 revoked by h2 gone from h1 in {:.2} s; h2's key gone {:.2} s \
          after its removal\n{}",
         granted.as_secs_f64(),
+        h1_token_made.as_secs_f64(),
         joined_alone.as_secs_f64(),
+        h2_token_made.as_secs_f64(),
         renewed_after_due,
         h3_before.certificate_serial,
         h3_renewed.certificate_serial,
         back.as_secs_f64(),
+        caught_up.as_secs_f64(),
         all_joined.as_secs_f64(),
         slowest.as_secs_f64(),
         converged.as_secs_f64(),

@@ -34,8 +34,9 @@ use super::state::{AdminState, Issued, TokenEntry};
 /// behind. A certificate's issue time is its `not_before` plus this.
 pub const NOT_BEFORE_SLACK_S: u64 = 3600;
 
-/// The most tokens kept; used and expired ones are dropped first.
-const MAX_TOKENS: usize = 10_000;
+/// The most tokens kept (this admin's and the other admins', used ones until they
+/// expire: `admins::tokens`); expired ones are dropped first.
+const MAX_TOKENS: usize = super::admins::tokens::MAX_TOKEN_RECORDS;
 
 /// Why a join was refused: one sentence for the joining host's operator.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,12 +139,12 @@ impl Issuer<'_> {
             groups.clone(),
         )
         .map_err(|e| Refused(format!("cannot make a token: {e}")))?;
-        admin
-            .tokens
-            .retain(|t| t.used_by.is_none() && t.expires_unix > now);
+        // A used token is kept until it expires: another admin's copy of its record,
+        // unused, must not make it usable again here.
+        admin.tokens.retain(|t| t.expires_unix > now);
         if admin.tokens.len() >= MAX_TOKENS {
             return Err(Refused(format!(
-                "{MAX_TOKENS} unused tokens are outstanding; let some expire first"
+                "{MAX_TOKENS} unexpired tokens are held (this admin's and the others'); let some expire first, or make them with a shorter --ttl"
             )));
         }
         admin.tokens.push(TokenEntry {
@@ -151,6 +152,7 @@ impl Issuer<'_> {
             expires_unix,
             groups,
             used_by: None,
+            issuer: None,
         });
         Ok(token)
     }
@@ -158,8 +160,8 @@ impl Issuer<'_> {
     /// Checks a join and, if it passes, signs the new member's certificate, marks the token
     /// used and remembers what was issued ([`AdminState::issued`]). `dir` is this admin's
     /// view of the members; `wireguard_key` its own WireGuard key (the one its certificate
-    /// carries), which the joiner's proof was made for. In order: the token (issued here,
-    /// unused, unexpired), the proof that the joiner holds its WireGuard key, that the key
+    /// carries), which the joiner's proof was made for. In order: the token (held here:
+    /// made here, or its record came from another admin; unused, unexpired), the proof that the joiner holds its WireGuard key, that the key
     /// was never revoked, that no current member holds the name or the key, the subnet. A
     /// refusal changes nothing (the token stays usable).
     pub fn admit(

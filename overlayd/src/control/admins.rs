@@ -371,5 +371,7 @@ pub fn serial_from(admin: &AdminState, least: u64) -> Option<u64> {
     }
 }
 
+pub mod tokens;
+
 #[cfg(test)]
 mod tests;

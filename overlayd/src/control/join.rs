@@ -31,6 +31,10 @@ use super::{ApiFailure, Ctx, name, now_unix, tls};
 
 /// How long one bootstrap host may take to answer.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the handshake with a bootstrap host may take when the token names another
+/// after it (an admin that is down is passed over quickly; the secret is sent only once
+/// the handshake is done, so the host passed over never saw it).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Joins with a token: asks the admins it names, saves what the first one that admits
 /// this host answers, and returns it (the membership and the directory).
@@ -74,11 +78,19 @@ pub(super) async fn join(
         .endpoint()
         .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
     let mut failures = Vec::new();
-    for &addr in token.endpoints() {
+    for (n, &addr) in token.endpoints().iter().enumerate() {
+        let last = n + 1 == token.endpoints().len();
         let attempt = async {
-            let conn = endpoint
-                .connect_with(client.clone(), addr, tls::SERVER_NAME)?
-                .await?;
+            let connecting = endpoint.connect_with(client.clone(), addr, tls::SERVER_NAME)?;
+            let conn = if last {
+                connecting.await?
+            } else {
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs())
+                    })??
+            };
             let ca = tls::server_ca(&conn)
                 .context("the bootstrap host did not show its network's CA")?;
             // The proof is made for the WireGuard key of the host the handshake showed

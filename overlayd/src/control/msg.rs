@@ -227,10 +227,12 @@ pub fn request_limit(tag: u8) -> usize {
     }
 }
 
-/// The largest `AdminKey` or `Admins` request: a key (44 bytes of base64) and one record
-/// per slot.
-pub const ADMINS_FRAME: usize =
-    64 + super::admins::MAX_RECORDS * (super::admins::MAX_SIGNED_LEN + 2);
+/// The largest `AdminKey` or `Admins` request (or `Admins` answer): a key (44 bytes of
+/// base64), one record per slot, and, between admins, the records of the tokens held
+/// (`admins::tokens`).
+pub const ADMINS_FRAME: usize = 64
+    + super::admins::MAX_RECORDS * (super::admins::MAX_SIGNED_LEN + 2)
+    + super::admins::tokens::MAX_TOKEN_RECORDS * (super::admins::tokens::MAX_SIGNED_LEN + 3);
 
 /// The start of a request frame: its length, checked against [`request_limit`] for its
 /// kind and against `max`, and the first byte of the body (already read).

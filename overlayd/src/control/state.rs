@@ -188,6 +188,10 @@ pub struct TokenEntry {
     pub groups: Vec<Name>,
     /// The member that used it; a token is single-use.
     pub used_by: Option<Name>,
+    /// The admin that made it, when another admin did (its token record came from there:
+    /// `admins::tokens`); absent for this admin's own, and in files from before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<Name>,
 }
 
 /// The state directory.

@@ -159,12 +159,59 @@ impl Member {
         self.ctx.state.install_ca_key(ca)
     }
 
-    /// Swaps admin records with the member on `link` (at every full sync).
+    /// Sends token records to every other admin connected, and waits (at most
+    /// `PUSH_WAIT`) for their answers, which come back as events: what must be out
+    /// before a token is printed or a joiner answered (`control::admins::tokens`).
+    /// Returns how many admins were asked; the future, how many took them.
+    pub(super) fn share_tokens(
+        &self,
+        records: Vec<Vec<u8>>,
+    ) -> (
+        usize,
+        impl std::future::Future<Output = usize> + Send + 'static,
+    ) {
+        let conns: Vec<quinn::Connection> = if records.is_empty() {
+            Vec::new()
+        } else {
+            (self.core.admin_links(now()).iter())
+                .filter_map(|l| self.conns.get(l).cloned())
+                .collect()
+        };
+        let asked = conns.len();
+        let (tx, traffic) = (self.events_tx.clone(), self.ctx.traffic.clone());
+        let all = futures::future::join_all(conns.into_iter().map(move |conn| {
+            let (request, tx, traffic) = (
+                Request::Admins(records.clone()),
+                tx.clone(),
+                traffic.clone(),
+            );
+            async move {
+                match net::ask(conn, request, traffic).await {
+                    Ok(Response::Admins(theirs)) => {
+                        if !theirs.is_empty() {
+                            let _ = tx.send(Event::Admins(theirs));
+                        }
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        }));
+        let done = async move {
+            tokio::time::timeout(super::PUSH_WAIT, all)
+                .await
+                .map_or(0, |took| took.into_iter().filter(|t| *t).count())
+        };
+        (asked, done)
+    }
+
+    /// Swaps admin records (and, between admins, token records) with the member on
+    /// `link` (at every full sync).
     pub(super) fn exchange_admins(&self, link: super::core::LinkId) {
         let Some(conn) = self.conns.get(&link).cloned() else {
             return;
         };
-        let request = Request::Admins(self.core.admin_records());
+        let request = Request::Admins(self.core.admin_records_for(link, now()));
         let (tx, traffic) = (self.events_tx.clone(), self.ctx.traffic.clone());
         tokio::spawn(async move {
             if let Ok(Response::Admins(records)) = net::ask(conn, request, traffic).await

@@ -489,6 +489,10 @@ impl Member {
                                     name = %admission.name,
                                     "renewed a member's certificate"
                                 ),
+                                Response::Admins(_) => tracing::info!(
+                                    from = %admission.name,
+                                    "took token records of another admin"
+                                ),
                                 _ => {
                                     tracing::info!(name = %admission.name, "admitted a new member")
                                 }
@@ -505,6 +509,26 @@ impl Member {
                     && let Response::Refused(reason) = &response
                 {
                     self.watch.join_refused(asked.as_deref(), reason);
+                }
+                // A token used: its used record reaches the other admins before the joiner
+                // hears it was admitted (`control::admins::tokens`).
+                if from == Origin::Joiner
+                    && let (Response::Joined { .. }, Some(name)) = (&response, &asked)
+                    && let Ok(name) = keys::Name::new(name.as_str())
+                {
+                    let (admins, sharing) = self.share_tokens(self.core.used_token_records(&name));
+                    if admins > 0 {
+                        tokio::spawn(async move {
+                            let took = sharing.await;
+                            tracing::info!(
+                                admins,
+                                took,
+                                "sent a used token's record to the other admins"
+                            );
+                            let _ = reply.send(response);
+                        });
+                        return;
+                    }
                 }
                 let _ = reply.send(response);
             }
@@ -777,6 +801,21 @@ impl Member {
                         .map_err(|e| ApiFailure::internal(format!("{e:#}")))?;
                     Ok(self.core.commit(change))
                 });
+                // Its record reaches the other admins before it is printed.
+                if let Ok(shown) = &answer
+                    && let Ok(token) = shown.token.parse::<keys::JoinToken>()
+                {
+                    let record = self.core.token_record(&token.secret_hash());
+                    let (asked, sharing) = self.share_tokens(record.into_iter().collect());
+                    let took = sharing.await;
+                    if asked > 0 {
+                        tracing::info!(
+                            admins = asked,
+                            took,
+                            "sent a new token's record to the other admins"
+                        );
+                    }
+                }
                 let _ = reply.send(answer);
             }
             Command::Revoke(req, reply) => {

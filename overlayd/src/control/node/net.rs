@@ -167,7 +167,8 @@ pub(super) async fn ask(
         Traffic::add(&traffic.sync_sent, sent);
         send.finish()?;
         let (response, received) =
-            msg::read_limited_sized::<Response>(&mut recv, msg::SMALL_FRAME).await?;
+            msg::read_limited_sized::<Response>(&mut recv, msg::SMALL_FRAME.max(msg::ADMINS_FRAME))
+                .await?;
         Traffic::add(&traffic.sync_received, received);
         anyhow::Ok(response)
     };

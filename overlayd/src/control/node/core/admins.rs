@@ -68,8 +68,9 @@ impl Core {
     }
 
     pub(super) fn apply_admin_records(&mut self, records: &[Vec<u8>], now: Now) {
+        let records = self.take_token_records(records, now);
         let (ca, network) = (self.net.ca, self.net.network.clone());
-        let (changed, refused) = self.admins.apply_all(records, &ca, &network);
+        let (changed, refused) = self.admins.apply_all(&records, &ca, &network);
         for e in refused {
             self.throttle
                 .warn(now.instant, "refused an admin record", &e);

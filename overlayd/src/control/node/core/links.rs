@@ -115,6 +115,12 @@ impl Core {
                 self.caught_up = true;
                 let bundle = self.bundle();
                 self.queue(Action::Sync { link, bundle });
+            } else if self.admin.is_some() && self.peer_is_admin(link) {
+                // Two admins swap token records as soon as they connect
+                // (`admins::tokens`): one that was down learns at once of the tokens made
+                // and used meanwhile.
+                let bundle = self.bundle();
+                self.queue(Action::Sync { link, bundle });
             }
         }
         self.finish(now);

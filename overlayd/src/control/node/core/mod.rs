@@ -56,6 +56,7 @@ mod renew;
 mod requests;
 mod rotate;
 mod swim;
+mod tokens;
 mod view;
 
 #[cfg(test)]

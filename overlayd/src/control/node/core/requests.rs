@@ -235,9 +235,8 @@ impl Core {
             (Origin::Member(link), Request::Punch { from, delay_ms }) => {
                 self.handle_punch(link, from, delay_ms, now)
             }
-            (Origin::Member(_), Request::Admins(records)) => {
-                self.apply_admin_records(&records, now);
-                Response::Admins(self.admin_records())
+            (Origin::Member(link), Request::Admins(records)) => {
+                return self.admins_request(link, &records, now);
             }
             // Taken by the driver, which saves the key (`Core::check_admin_key`).
             (Origin::Member(_), Request::AdminKey { .. }) => {
@@ -313,7 +312,9 @@ impl Core {
         })
     }
 
-    /// `overlayctl token create`: a token naming this host as the bootstrap host.
+    /// `overlayctl token create`: a token naming this host and every other admin as its
+    /// bootstrap hosts (this one first). The driver sends its record to the other admins
+    /// ([`Core::token_record`]) before it prints it.
     pub fn create_token(
         &self,
         req: TokenRequest,
@@ -326,7 +327,19 @@ impl Core {
                 Name::new(g.as_str()).map_err(|e| ApiFailure::bad(format!("group {g:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let endpoint = std::net::SocketAddr::new(self.advertise, self.settings.control_port);
+        // This admin first, then every other admin: a join works while any one is up.
+        let endpoints: Vec<std::net::SocketAddr> = std::iter::once(std::net::SocketAddr::new(
+            self.advertise,
+            self.settings.control_port,
+        ))
+        .chain(
+            self.admins
+                .records()
+                .filter(|r| !r.retired && r.node != self.me.node)
+                .filter_map(|r| self.addr_of_node(r.number)),
+        )
+        .take(keys::MAX_ENDPOINTS)
+        .collect();
         let mut admin = self.admin.clone().ok_or(ApiFailure::NotAdmin {
             action: "create tokens",
         })?;
@@ -335,7 +348,7 @@ impl Core {
                 .issuer()
                 .ok_or_else(|| ApiFailure::conflict("no CA key"))?;
             issuer
-                .create_token(&mut admin, vec![endpoint], req.ttl_s, groups, now.unix)
+                .create_token(&mut admin, endpoints, req.ttl_s, groups, now.unix)
                 .map_err(|e| ApiFailure::bad(e.0))?
         };
         Ok(AdminChange {

@@ -127,3 +127,124 @@ fn a_grant_makes_an_admin_and_a_retirement_unmakes_it() {
         409
     );
 }
+
+/// A token made on h0 names both admins, its record reaches h1 (an admin) and no member
+/// that is not one; h1 redeems it with h0 down, and h0 refuses it once h1's used record
+/// came.
+#[test]
+fn a_token_made_on_one_admin_is_redeemed_at_the_other() {
+    use super::sim::{Keys, control_addr};
+    use keys::{JoinClaim, JoinProof, JoinToken, Name};
+    use protocol::api::TokenRequest;
+
+    let mut sim = converged(3);
+    let now = sim.now();
+    let change = sim.hosts[0].core().grant_admin("h1", now).expect("a grant");
+    let (_, key, records) = sim.hosts[0].core().commit_admins(change, now).unwrap();
+    let from_h0 = sim.link(1, 0).unwrap();
+    let (ca, admin) = sim.hosts[1]
+        .core()
+        .check_admin_key(from_h0, &key, &records, now)
+        .unwrap()
+        .unwrap();
+    sim.hosts[1].core().become_admin(ca, admin, now);
+    // h0 makes a token: h0 first, then h1.
+    let request = TokenRequest {
+        ttl_s: 600,
+        groups: vec!["web".into()],
+    };
+    let change = sim.hosts[0].core().create_token(request, now).unwrap();
+    let token: JoinToken = sim.hosts[0].core().commit(change).token.parse().unwrap();
+    assert_eq!(token.endpoints(), [control_addr(0), control_addr(1)]);
+    // Its record goes to h1, not to h2 (no admin).
+    let (to_h1, to_h2) = (sim.link(0, 1).unwrap(), sim.link(0, 2).unwrap());
+    let tokens = |records: Vec<Vec<u8>>| {
+        records
+            .into_iter()
+            .filter(|r| crate::control::admins::tokens::is_token_record(r))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        tokens(sim.hosts[0].core().admin_records_for(to_h2, now)).len(),
+        0
+    );
+    let shared = tokens(sim.hosts[0].core().admin_records_for(to_h1, now));
+    assert_eq!(shared.len(), 1);
+    let record = sim.hosts[0]
+        .core()
+        .token_record(&token.secret_hash())
+        .unwrap();
+    assert_eq!(shared, std::slice::from_ref(&record));
+    // h2 (no admin) takes nothing from it.
+    let from_h0_at_h2 = sim.link(2, 0).unwrap();
+    let answer = sim.hosts[2].core().handle_request(
+        Origin::Member(from_h0_at_h2),
+        Request::Admins(vec![record.clone()]),
+        now,
+    );
+    assert!(
+        matches!(answer, Answer::Reply(Response::Admins(_))),
+        "{answer:?}"
+    );
+    // h1 takes it once saved.
+    let answer = sim.hosts[1].core().handle_request(
+        Origin::Member(from_h0),
+        Request::Admins(vec![record]),
+        now,
+    );
+    let Answer::AfterSave(change) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(change.admin().tokens.len(), 1);
+    let _ = sim.hosts[1].core().commit(change);
+    // A host joins through h1 (h0 down).
+    let keys = Keys::new(3);
+    let name = Name::new("h3").unwrap();
+    let h1_cert = sim.hosts[1].core().certificate().clone();
+    let claim = JoinClaim {
+        network: token.network(),
+        ca: token.ca_fingerprint(),
+        secret: token.secret(),
+        name: &name,
+        control_key: &keys.control.verifying_key(),
+        subnet: None,
+    };
+    let proof = JoinProof::prove(&claim, &keys.wireguard, &h1_cert.wireguard_key)
+        .unwrap()
+        .to_bytes();
+    let join = Request::Join {
+        secret: *token.secret().as_bytes(),
+        name: name.clone(),
+        wireguard_key: keys.wireguard.public_key(),
+        control_key: keys.control.verifying_key(),
+        subnet: None,
+        proof,
+    };
+    let answer = sim.hosts[1]
+        .core()
+        .handle_request(Origin::Joiner, join.clone(), now);
+    let Answer::AfterSave(change) = answer else {
+        panic!("{answer:?}")
+    };
+    let admission = sim.hosts[1].core().commit(change);
+    assert!(matches!(admission.response, Response::Joined { .. }));
+    let used = sim.hosts[1].core().used_token_records(&name);
+    assert_eq!(used.len(), 1);
+    // h0 is back and takes h1's used record: the token is refused there.
+    let from_h1 = sim.link(0, 1).unwrap();
+    let answer =
+        sim.hosts[0]
+            .core()
+            .handle_request(Origin::Member(from_h1), Request::Admins(used), now);
+    let Answer::AfterSave(change) = answer else {
+        panic!("{answer:?}")
+    };
+    let _ = sim.hosts[0].core().commit(change);
+    let answer = sim.hosts[0]
+        .core()
+        .handle_request(Origin::Joiner, join, now);
+    let Answer::Reply(Response::Refused(why)) = answer else {
+        panic!("{answer:?}")
+    };
+    assert!(why.contains("already used (by h3)"), "{why}");
+}
