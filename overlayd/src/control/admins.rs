@@ -190,6 +190,22 @@ impl AdminRecord {
     }
 }
 
+/// [`AdminRecord::verify`] against each of `cas`: the first that signed it.
+pub fn verify_any(
+    bytes: &[u8],
+    cas: &[VerifyingKey],
+    network: &Name,
+) -> Result<AdminRecord, AdminError> {
+    let mut last = AdminError::Malformed("no CA to check it with".into());
+    for ca in cas {
+        match AdminRecord::verify(bytes, ca, network) {
+            Ok(r) => return Ok(r),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// The admin records a member knows, by admin name, with their signed bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AdminList {
@@ -206,6 +222,17 @@ impl AdminList {
         ca: &VerifyingKey,
         network: &Name,
     ) -> Result<bool, AdminError> {
+        self.apply_trusting(bytes, std::slice::from_ref(ca), network)
+    }
+
+    /// [`AdminList::apply`], for a record signed by any of `cas` (during a CA transition,
+    /// the new CA and the retiring one).
+    pub fn apply_trusting(
+        &mut self,
+        bytes: &[u8],
+        cas: &[VerifyingKey],
+        network: &Name,
+    ) -> Result<bool, AdminError> {
         // The records a sync brings are mostly those held: no signature to check again.
         if self
             .records
@@ -214,7 +241,7 @@ impl AdminList {
         {
             return Ok(false);
         }
-        let record = AdminRecord::verify(bytes, ca, network)?;
+        let record = verify_any(bytes, cas, network)?;
         if let Some((held, _)) = self.records.get(&record.node)
             && held.version >= record.version
         {
@@ -258,13 +285,23 @@ impl AdminList {
         ca: &VerifyingKey,
         network: &Name,
     ) -> (bool, Vec<AdminError>) {
+        self.apply_all_trusting(records, std::slice::from_ref(ca), network)
+    }
+
+    /// [`AdminList::apply_all`], for records signed by any of `cas`.
+    pub fn apply_all_trusting(
+        &mut self,
+        records: &[Vec<u8>],
+        cas: &[VerifyingKey],
+        network: &Name,
+    ) -> (bool, Vec<AdminError>) {
         let mut changed = false;
         let mut pending: Vec<&Vec<u8>> = records.iter().take(MAX_RECORDS * 2).collect();
         loop {
             let mut refused = Vec::new();
             let mut left = Vec::new();
             for bytes in &pending {
-                match self.apply(bytes, ca, network) {
+                match self.apply_trusting(bytes, cas, network) {
                     Ok(new) => changed |= new,
                     Err(e) => {
                         refused.push(e);
@@ -276,6 +313,22 @@ impl AdminList {
                 return (changed, refused);
             }
             pending = left;
+        }
+    }
+
+    /// Drops every record not signed by `ca` (the old CA retired); returns whether any was.
+    pub fn keep_signed_by(&mut self, ca: &VerifyingKey, network: &Name) -> bool {
+        let before = self.records.len();
+        self.records
+            .retain(|_, (_, bytes)| AdminRecord::verify(bytes, ca, network).is_ok());
+        self.records.len() != before
+    }
+
+    /// Every record signed again by `ca` (a CA rotation), each one version up.
+    pub fn resign(&mut self, ca: &CaKey) {
+        for (record, bytes) in self.records.values_mut() {
+            record.version += 1;
+            *bytes = record.sign(ca);
         }
     }
 

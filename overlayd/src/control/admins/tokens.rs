@@ -207,11 +207,12 @@ pub fn record_of(entry: &TokenEntry, network: &Name, me: &Name) -> TokenRecord {
 
 /// Takes token records into `admin`: a token not held (and not expired) is added; a used
 /// record marks a held token used (a used token never becomes unused again). Expired ones
-/// are dropped. Returns whether anything changed, and the records refused.
+/// are dropped. Records signed by any of `cas` are taken (during a CA transition, the new
+/// CA and the retiring one). Returns whether anything changed, and the records refused.
 pub fn apply_token_records(
     admin: &mut AdminState,
     records: &[Vec<u8>],
-    ca: &VerifyingKey,
+    cas: &[VerifyingKey],
     network: &Name,
     now: u64,
 ) -> (bool, Vec<AdminError>) {
@@ -229,7 +230,14 @@ pub fn apply_token_records(
         {
             continue;
         }
-        let record = match TokenRecord::verify(bytes, ca, network) {
+        let mut verified = Err(AdminError::Malformed("no CA to check it with".into()));
+        for ca in cas {
+            verified = TokenRecord::verify(bytes, ca, network);
+            if verified.is_ok() {
+                break;
+            }
+        }
+        let record = match verified {
             Ok(r) => r,
             Err(e) => {
                 refused.push(e);

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use super::core::AdminKey;
 use super::net;
 use super::{Event, Member, now};
 use crate::control::msg::{Request, Response};
@@ -130,8 +131,18 @@ impl Member {
         let now = now();
         let key = zeroize::Zeroizing::new(key);
         let response = match self.core.check_admin_key(link, &key, &records, now) {
-            Ok(None) => Response::Ack,
-            Ok(Some((ca, admin))) => match self.save_admin_key(&ca, &admin) {
+            Ok(AdminKey::Held) => Response::Ack,
+            Ok(AdminKey::Rotated(ca)) => match self.take_rotated_key(ca) {
+                Ok(()) => {
+                    tracing::info!(ca = %self.core.network().ca.fingerprint(), "took the network's new CA key from another admin");
+                    Response::Ack
+                }
+                Err(why) => {
+                    tracing::warn!(reason = %why, "cannot take the new CA key sent to this host");
+                    Response::Refused(why)
+                }
+            },
+            Ok(AdminKey::Granted(ca, admin)) => match self.save_admin_key(&ca, &admin) {
                 Ok(()) => {
                     self.core.become_admin(ca, admin, now);
                     Response::Ack
@@ -147,6 +158,55 @@ impl Member {
             }
         };
         let _ = reply.send(response);
+    }
+
+    /// The new CA key of a rotation another admin made: saved beside the old one (0600),
+    /// in force, then it replaces the old one on disk (`network.json` names it already).
+    fn take_rotated_key(&mut self, ca: CaKey) -> Result<(), String> {
+        self.ctx
+            .state
+            .save_next_ca_key(&ca)
+            .map_err(|e| format!("cannot save the new CA key: {e:#}"))?;
+        self.core.install_ca_key(ca).map_err(|e| format!("{e}"))?;
+        if let Err(e) = self.ctx.state.finish_ca_rotation(&self.core.network().ca) {
+            tracing::error!(error = %format!("{e:#}"), "cannot replace the old CA key by the new one; it is done at the next start");
+        }
+        Ok(())
+    }
+
+    /// After this admin rotated the CA: the transition, then the new key with the admin
+    /// records, to every other admin connected (each in its own task; the result logged).
+    pub(super) fn hand_off_ca_key(&self) {
+        let Some((links, bundle, key, records)) = self.core.ca_key_handoff(now()) else {
+            return;
+        };
+        let key = zeroize::Zeroizing::new(key);
+        for link in links {
+            let Some(conn) = self.conns.get(&link).cloned() else {
+                continue;
+            };
+            let (bundle, key, records, traffic) = (
+                bundle.clone(),
+                key.to_string(),
+                records.clone(),
+                self.ctx.traffic.clone(),
+            );
+            tokio::spawn(async move {
+                let peer = conn.remote_address();
+                // The transition first: the receiver takes the key only once it holds it.
+                let pushed = net::ask(conn.clone(), Request::Push(bundle), traffic.clone()).await;
+                if let Err(e) = pushed {
+                    tracing::warn!(%peer, error = %e, "cannot send the CA transition to an admin");
+                    return;
+                }
+                match send_ca_key(conn, key, records, traffic).await {
+                    Ok(()) => tracing::info!(%peer, "an admin took the new CA key"),
+                    Err(why) => {
+                        tracing::warn!(%peer, reason = %why, "an admin did not take the new CA key")
+                    }
+                }
+            });
+        }
     }
 
     fn save_admin_key(

@@ -857,6 +857,9 @@ impl Member {
                 {
                     tracing::error!(error = %format!("{e:#}"), "cannot replace the old CA key by the new one; it is done at the next start");
                 }
+                if answer.is_ok() {
+                    self.hand_off_ca_key();
+                }
                 let _ = reply.send(answer);
             }
             Command::RotateKey(reply) => self.start_rotation(Some(reply)).await,

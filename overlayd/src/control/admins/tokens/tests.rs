@@ -72,7 +72,7 @@ impl Net {
         apply_token_records(
             &mut to.state,
             &records,
-            &self.ca.verifying_key(),
+            &[self.ca.verifying_key()],
             &self.network,
             now,
         )
@@ -140,7 +140,7 @@ fn a_token_made_on_one_admin_is_redeemed_at_another_and_then_refused_everywhere(
     let (changed, refused) = apply_token_records(
         &mut b.state,
         &[stale],
-        &net.ca.verifying_key(),
+        &[net.ca.verifying_key()],
         &net.network,
         NOW + 3,
     );
@@ -174,7 +174,7 @@ fn a_forged_token_record_is_refused() {
     let (changed, refused) = apply_token_records(
         &mut b.state,
         &[forged, tampered, cut, long, junk],
-        &net.ca.verifying_key(),
+        &[net.ca.verifying_key()],
         &net.network,
         NOW,
     );
@@ -195,7 +195,7 @@ fn a_forged_token_record_is_refused() {
     let (_, refused) = apply_token_records(
         &mut b.state,
         &[other],
-        &net.ca.verifying_key(),
+        &[net.ca.verifying_key()],
         &net.network,
         NOW,
     );
@@ -216,7 +216,7 @@ fn expired_token_records_are_dropped_and_the_count_is_bounded() {
     let (changed, refused) = apply_token_records(
         &mut b.state,
         &records,
-        &net.ca.verifying_key(),
+        &[net.ca.verifying_key()],
         &net.network,
         NOW + 10,
     );
@@ -248,7 +248,7 @@ fn expired_token_records_are_dropped_and_the_count_is_bounded() {
     let (_, refused) = apply_token_records(
         &mut c.state,
         &many,
-        &net.ca.verifying_key(),
+        &[net.ca.verifying_key()],
         &net.network,
         NOW,
     );
@@ -335,7 +335,13 @@ fn a_sync_of_held_records_changes_nothing_and_checks_no_signature_again() {
     let first = t.elapsed();
     let ca = net.ca.verifying_key();
     let t = std::time::Instant::now();
-    let again = apply_token_records(&mut b.state, &records, &ca, &net.network, NOW);
+    let again = apply_token_records(
+        &mut b.state,
+        &records,
+        std::slice::from_ref(&ca),
+        &net.network,
+        NOW,
+    );
     let held = t.elapsed();
     assert_eq!(again, (false, vec![]));
     assert_eq!(b.state.tokens.len(), MAX_TOKEN_RECORDS);

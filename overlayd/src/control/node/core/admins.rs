@@ -41,6 +41,19 @@ impl AdminsChange {
     }
 }
 
+/// What [`Core::check_admin_key`] found of a CA key sent to this host.
+#[derive(Debug)]
+pub enum AdminKey {
+    /// This host holds it already.
+    Held,
+    /// This host is a new admin: save the key and the state, then [`Core::become_admin`].
+    Granted(CaKey, AdminState),
+    /// This admin holds the retiring CA key and takes the new one (its state kept): save it
+    /// (`StateDir::save_next_ca_key`), then `Core::install_ca_key`, then
+    /// `StateDir::finish_ca_rotation`.
+    Rotated(CaKey),
+}
+
 impl Core {
     /// The admin records this host holds, as signed bytes.
     pub fn admin_records(&self) -> Vec<Vec<u8>> {
@@ -51,8 +64,8 @@ impl Core {
     /// from the network); a removed admin drops its key here if it had not yet.
     pub fn load_admin_records(&mut self, records: &[Vec<u8>], now: Now) {
         self.enter(now);
-        let (ca, network) = (self.net.ca, self.net.network.clone());
-        for e in self.admins.apply_all(records, &ca, &network).1 {
+        let (cas, network) = (self.trusted_cas(), self.net.network.clone());
+        for e in self.admins.apply_all_trusting(records, &cas, &network).1 {
             tracing::warn!(error = %e, "dropped a saved admin record");
         }
         self.follow_own_admin_record();
@@ -69,8 +82,8 @@ impl Core {
 
     pub(super) fn apply_admin_records(&mut self, records: &[Vec<u8>], now: Now) {
         let records = self.take_token_records(records, now);
-        let (ca, network) = (self.net.ca, self.net.network.clone());
-        let (changed, refused) = self.admins.apply_all(&records, &ca, &network);
+        let (cas, network) = (self.trusted_cas(), self.net.network.clone());
+        let (changed, refused) = self.admins.apply_all_trusting(&records, &cas, &network);
         for e in refused {
             self.throttle
                 .warn(now.instant, "refused an admin record", &e);
@@ -83,8 +96,16 @@ impl Core {
         }
     }
 
+    /// The CAs whose admin and token records are taken: the network's, and during a CA
+    /// transition the retiring one (never after its end).
+    pub(super) fn trusted_cas(&self) -> Vec<keys::VerifyingKey> {
+        let mut cas = vec![self.net.ca];
+        cas.extend(self.dir().trust().previous.map(|(old, _)| old));
+        cas
+    }
+
     /// Sends this host's admin records to every connected member.
-    fn send_admin_records(&mut self) {
+    pub(super) fn send_admin_records(&mut self) {
         let records = self.admins.to_bytes();
         let links: Vec<LinkId> = self.conns.values().copied().collect();
         for link in links {
@@ -289,16 +310,18 @@ impl Core {
     }
 
     /// A CA key that the member on `link` sent (`Request::AdminKey`): taken only if it is
-    /// the network's CA key and a record among `records` (signed by that CA) makes this
-    /// host an admin. Returns what to save before [`Core::become_admin`], or `None` when
-    /// this host holds the key already.
+    /// the network's CA key (the new one during a CA transition) and a record among
+    /// `records` (signed by a trusted CA) makes this host an admin. An admin that holds the
+    /// retiring CA key of the transition held takes the new one and keeps its state
+    /// ([`AdminKey::Rotated`]); any other key, or a key to a host no active record names,
+    /// is refused.
     pub fn check_admin_key(
         &mut self,
         link: LinkId,
         key: &str,
         records: &[Vec<u8>],
         now: Now,
-    ) -> Result<Option<(CaKey, AdminState)>, Refused> {
+    ) -> Result<AdminKey, Refused> {
         if !self.is_current(link, now) {
             return Err(Refused("the sender's certificate has lapsed".into()));
         }
@@ -306,30 +329,44 @@ impl Core {
             .map_err(|_| Refused("admin key refused: not a key".into()))?;
         if key.verifying_key() != self.net.ca {
             return Err(Refused(
-                "admin key refused: it is not this network's CA key".into(),
+                "admin key refused: it is not this network's CA key (a new CA's key is taken only once its transition is held)".into(),
             ));
         }
         self.handle_admin_records(records, now);
-        if self.ca_key.is_some() {
-            return Ok(None);
+        if self
+            .ca_key
+            .as_ref()
+            .is_some_and(|held| held.verifying_key() == self.net.ca)
+        {
+            return Ok(AdminKey::Held);
         }
         let Some(record) = self
             .admins
             .get(&self.me.node)
             .filter(|r| !r.retired && r.number == self.me.number)
+            .cloned()
         else {
             return Err(Refused(
                 "admin key refused: no admin record names this host (`overlayctl admin add` signs one)"
                     .into(),
             ));
         };
+        if let Some(held) = &self.ca_key {
+            let retiring = self.dir().trust().previous.map(|(old, _)| old);
+            if retiring != Some(held.verifying_key()) {
+                return Err(Refused(
+                    "admin key refused: this admin's CA key is not the retiring CA of the transition held".into(),
+                ));
+            }
+            return Ok(AdminKey::Rotated(CaKey::from_signing_key(key)));
+        }
         let admin = AdminState {
             next_serial: record.serial_floor,
             slot: Some(record.slot),
             blocks: Some(record.blocks),
             ..AdminState::default()
         };
-        Ok(Some((CaKey::from_signing_key(key), admin)))
+        Ok(AdminKey::Granted(CaKey::from_signing_key(key), admin))
     }
 
     /// This host holds the CA key from now on (saved by the driver, with `admin`).

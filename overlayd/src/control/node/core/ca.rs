@@ -19,7 +19,7 @@ use protocol::policy::SignedPolicy;
 use protocol::records::ca::{CaTransition, SignedCaTransition};
 
 use super::gossip::{TAG_REVOCATION, tagged};
-use super::{Action, Core, Now};
+use super::{Action, Core, LinkId, Now};
 use crate::control::ApiFailure;
 use crate::control::msg::Bundle;
 
@@ -149,6 +149,11 @@ impl Core {
         let Some(dropped) = self.dir().retire(now.unix) else {
             return;
         };
+        let network = self.net.network.clone();
+        if self.admins.keep_signed_by(&self.net.ca, &network) {
+            // Admin records of the retired CA (not signed again): refused from now on.
+            self.queue(Action::SaveAdmins(self.admins.to_bytes()));
+        }
         tracing::info!(
             retired_ca = %old.0.fingerprint(),
             ca = %self.net.ca.fingerprint(),
@@ -207,6 +212,32 @@ impl Core {
             self.renew_soon();
         }
         Ok(())
+    }
+
+    /// After a CA rotation this admin made: what goes to every other admin, each on its
+    /// newest current link (only members an active admin record names): the transition
+    /// (sent first and awaited, so the receiver trusts the new CA), then the new CA key
+    /// (base64) with the admin records signed by it. `None` with no other admin connected.
+    #[allow(clippy::type_complexity)]
+    pub fn ca_key_handoff(&self, now: Now) -> Option<(Vec<LinkId>, Bundle, String, Vec<Vec<u8>>)> {
+        let key = self.ca_key.as_ref()?;
+        if key.verifying_key() != self.net.ca {
+            return None;
+        }
+        let links = self.admin_links(now);
+        if links.is_empty() {
+            return None;
+        }
+        let bundle = Bundle {
+            ca_transition: self.transition_bytes(),
+            ..Bundle::default()
+        };
+        Some((
+            links,
+            bundle,
+            key.signing_key().to_base64().to_string(),
+            self.admins.to_bytes(),
+        ))
     }
 
     /// `overlayctl ca rotate` on an admin: a new CA and the transition to it, ending
@@ -308,6 +339,15 @@ impl Core {
             self.queue(Action::SaveAdmin(admin));
         }
         self.trust_changed();
+        if !self.admins.is_empty() {
+            // The admin records, signed again by the new CA (the old CA's are dropped at the
+            // end); token records are signed when sent, so by the new CA from now on.
+            if let Some(new) = self.ca_key.as_ref() {
+                self.admins.resign(new);
+            }
+            self.queue(Action::SaveAdmins(self.admins.to_bytes()));
+            self.send_admin_records();
+        }
         // This admin's own certificate under the new CA, at once.
         self.renew_own(now);
         let t = transition.transition().clone();

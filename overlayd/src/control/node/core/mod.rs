@@ -81,7 +81,7 @@ use crate::control::View;
 use crate::control::msg::Bundle;
 use crate::control::state::{AdminState, NetworkState};
 use crate::router::PeerSpec;
-pub use admins::AdminsChange;
+pub use admins::{AdminKey, AdminsChange};
 pub use ca::{CaRotation, own_certificate_ca};
 use gossip::{RecordHandler, Shared, TAG_MEMBER, Timers, tagged};
 pub use gossip::{RecordKey, Throttle};

@@ -81,9 +81,10 @@ impl Core {
         if tokens.is_empty() {
             return admins;
         }
+        let cas = self.trusted_cas();
         if let Some(admin) = &mut self.admin {
             let (changed, refused) =
-                apply_token_records(admin, &tokens, &self.net.ca, &self.net.network, now.unix);
+                apply_token_records(admin, &tokens, &cas, &self.net.network, now.unix);
             for e in refused {
                 self.throttle
                     .warn(now.instant, "refused a token record", &e);
@@ -105,15 +106,11 @@ impl Core {
         let (tokens, admins): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
             records.iter().cloned().partition(|r| is_token(r));
         self.apply_admin_records(&admins, now);
+        let cas = self.trusted_cas();
         let changed = match self.admin.clone() {
             Some(mut admin) if !tokens.is_empty() => {
-                let (changed, refused) = apply_token_records(
-                    &mut admin,
-                    &tokens,
-                    &self.net.ca,
-                    &self.net.network,
-                    now.unix,
-                );
+                let (changed, refused) =
+                    apply_token_records(&mut admin, &tokens, &cas, &self.net.network, now.unix);
                 for e in refused {
                     self.throttle
                         .warn(now.instant, "refused a token record", &e);

@@ -7,7 +7,7 @@ use keys::{CaKey, SigningKey};
 use super::converged;
 use crate::control::admins::AdminRecord;
 use crate::control::msg::{Request, Response};
-use crate::control::node::core::{Action, Answer, Origin};
+use crate::control::node::core::{Action, AdminKey, Answer, Origin};
 
 #[test]
 fn a_ca_key_is_taken_only_if_it_is_the_networks_and_a_ca_record_names_the_host() {
@@ -73,11 +73,13 @@ fn a_grant_makes_an_admin_and_a_retirement_unmakes_it() {
     }
     // h1 takes the key: its grant is among the records.
     let from_h0 = sim.link(1, 0).expect("h1 is connected to h0");
-    let (ca, admin) = sim.hosts[1]
+    let AdminKey::Granted(ca, admin) = sim.hosts[1]
         .core()
         .check_admin_key(from_h0, &key, &records, now)
         .expect("taken")
-        .expect("new");
+    else {
+        panic!("a grant")
+    };
     assert_eq!(admin.slot, Some(1));
     assert_eq!(
         admin.blocks.unwrap() & sim.hosts[0].core().admin.as_ref().unwrap().blocks.unwrap(),
@@ -86,13 +88,13 @@ fn a_grant_makes_an_admin_and_a_retirement_unmakes_it() {
     sim.hosts[1].core().become_admin(ca, admin, now);
     assert!(sim.hosts[1].core().is_admin());
     // Sent again: nothing new.
-    assert!(
+    assert!(matches!(
         sim.hosts[1]
             .core()
             .check_admin_key(from_h0, &key, &records, now)
-            .unwrap()
-            .is_none()
-    );
+            .unwrap(),
+        AdminKey::Held
+    ));
     // A member that is no admin cannot add or remove one.
     assert_eq!(
         sim.hosts[2]
@@ -142,11 +144,13 @@ fn a_token_made_on_one_admin_is_redeemed_at_the_other() {
     let change = sim.hosts[0].core().grant_admin("h1", now).expect("a grant");
     let (_, key, records) = sim.hosts[0].core().commit_admins(change, now).unwrap();
     let from_h0 = sim.link(1, 0).unwrap();
-    let (ca, admin) = sim.hosts[1]
+    let AdminKey::Granted(ca, admin) = sim.hosts[1]
         .core()
         .check_admin_key(from_h0, &key, &records, now)
         .unwrap()
-        .unwrap();
+    else {
+        panic!("a grant")
+    };
     sim.hosts[1].core().become_admin(ca, admin, now);
     // h0 makes a token: h0 first, then h1.
     let request = TokenRequest {
@@ -247,4 +251,103 @@ fn a_token_made_on_one_admin_is_redeemed_at_the_other() {
         panic!("{answer:?}")
     };
     assert!(why.contains("already used (by h3)"), "{why}");
+}
+
+/// A CA rotation on h0 with a second admin h1: h1 takes the new CA key only once it holds
+/// the transition, keeps its slot and blocks, and refuses any other key; a member that is
+/// no admin is never offered the key and refuses it.
+#[test]
+fn a_second_admin_takes_the_new_ca_key_only_with_its_transition() {
+    let mut sim = converged(3);
+    let now = sim.now();
+    let change = sim.hosts[0].core().grant_admin("h1", now).expect("a grant");
+    let (_, key, records) = sim.hosts[0].core().commit_admins(change, now).unwrap();
+    let from_h0 = sim.link(1, 0).unwrap();
+    let AdminKey::Granted(ca, admin) = sim.hosts[1]
+        .core()
+        .check_admin_key(from_h0, &key, &records, now)
+        .unwrap()
+    else {
+        panic!("a grant")
+    };
+    let (slot, blocks) = (admin.slot, admin.blocks);
+    sim.hosts[1].core().become_admin(ca, admin, now);
+    let old = sim.network.ca.verifying_key();
+
+    let rotation = sim.hosts[0].core().prepare_ca_rotation(60, now).unwrap();
+    let new = rotation.key().verifying_key();
+    let new_b64 = rotation.key().signing_key().to_base64().to_string();
+    // Before h1 holds the transition, the new key is refused.
+    let e = sim.hosts[1]
+        .core()
+        .check_admin_key(from_h0, &new_b64, &records, now)
+        .unwrap_err();
+    assert!(e.0.contains("not this network's CA key"), "{e}");
+    sim.hosts[0]
+        .core()
+        .commit_ca_rotation(rotation, now)
+        .unwrap();
+    let (links, bundle, key, records) = sim.hosts[0].core().ca_key_handoff(now).expect("a handoff");
+    // Only h1, the other admin, is offered the key.
+    assert_eq!(links, vec![sim.link(0, 1).unwrap()]);
+    assert_eq!(key, new_b64);
+    // The admin records are signed by the new CA now.
+    let mut list = crate::control::admins::AdminList::default();
+    let (changed, refused) = list.apply_all(&records, &new, &sim.network.name);
+    assert!(changed && refused.is_empty(), "{refused:?}");
+    // h1 gets the transition, then the key.
+    sim.hosts[1]
+        .core()
+        .handle_request(Origin::Member(from_h0), Request::Push(bundle.clone()), now);
+    assert_eq!(sim.hosts[1].core().network().ca, new);
+    // A key that is neither CA of the transition: refused; the old one is no longer the
+    // network's: refused too.
+    let unrelated = SigningKey::generate().to_base64().to_string();
+    for k in [
+        unrelated,
+        sim.network.ca.signing_key().to_base64().to_string(),
+    ] {
+        let e = sim.hosts[1]
+            .core()
+            .check_admin_key(from_h0, &k, &records, now)
+            .unwrap_err();
+        assert!(e.0.contains("not this network's CA key"), "{e}");
+    }
+    let AdminKey::Rotated(ca) = sim.hosts[1]
+        .core()
+        .check_admin_key(from_h0, &key, &records, now)
+        .expect("taken")
+    else {
+        panic!("a rotation")
+    };
+    sim.hosts[1].core().install_ca_key(ca).unwrap();
+    let h1 = sim.hosts[1].core();
+    assert_eq!(h1.ca_key.as_ref().map(CaKey::verifying_key), Some(new));
+    let admin = h1.admin.as_ref().unwrap();
+    assert_eq!(
+        (admin.slot, admin.blocks),
+        (slot, blocks),
+        "its state is kept"
+    );
+    // Sent again: held.
+    assert!(matches!(
+        sim.hosts[1]
+            .core()
+            .check_admin_key(from_h0, &key, &records, now)
+            .unwrap(),
+        AdminKey::Held
+    ));
+    // h2, no admin, holding the transition: no record names it, so refused.
+    let from_h0_at_h2 = sim.link(2, 0).unwrap();
+    sim.hosts[2]
+        .core()
+        .handle_request(Origin::Member(from_h0_at_h2), Request::Push(bundle), now);
+    let e = sim.hosts[2]
+        .core()
+        .check_admin_key(from_h0_at_h2, &key, &records, now)
+        .unwrap_err();
+    assert!(e.0.contains("no admin record names this host"), "{e}");
+    assert!(!sim.hosts[2].core().is_admin());
+    // During the transition a record of the old CA is still taken; the old CA is `old`.
+    assert_ne!(old, new);
 }
