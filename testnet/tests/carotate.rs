@@ -304,3 +304,126 @@ fn ca_rotate_during_traffic_retires_the_old_ca_without_a_lost_ping() {
     assert_eq!(m2.ca.expect("CA status").certificate_ca, new_ca);
     net.down().expect("testnet down");
 }
+
+/// Two admins: `admin add h2`, then `ca rotate` on h1 with a short transition while h1-c1
+/// pings h2-c1 every 50 ms. h2 takes the new CA key (0600, the same as h1's), every
+/// certificate chains to the new CA after the transition, 0 pings lost; then, h1 stopped,
+/// h3 (not a member yet) joins through h2 alone with a token h2 made under the new CA.
+#[test]
+fn ca_rotate_with_two_admins_hands_the_new_key_to_the_other() {
+    use std::os::unix::fs::PermissionsExt;
+    if !root() {
+        return;
+    }
+    const TRANSITION_S: u64 = 12;
+    let mut net = Testnet::up(Options {
+        prefix: Some(common::prefix('l')),
+        members: Some(2),
+        ..Options::new(3, 1)
+    })
+    .expect("testnet up");
+    net.overlayctl_ok(1, &["admin", "add", "h2"])
+        .expect("admin add h2");
+    assert!(membership(&net, 2).admin, "h2 holds the CA key");
+    let old_ca = membership(&net, 1).ca_fingerprint;
+
+    let to = net.addr("h2-c1").expect("h2-c1's address").to_string();
+    assert!(common::pings(&net, "h1-c1", &to), "h1-c1 pings h2-c1");
+    let pinger = LossPinger::start(&net, "h1-c1", &to);
+    std::thread::sleep(Duration::from_secs(1));
+    let rotated = Instant::now();
+    let out = net
+        .overlayctl_ok(
+            1,
+            &[
+                "ca",
+                "rotate",
+                "--transition",
+                &TRANSITION_S.to_string(),
+                "--json",
+            ],
+        )
+        .expect("ca rotate");
+    let answer: protocol::api::CaRotateResponse =
+        serde_json::from_slice(&out.stdout).expect("the rotation's JSON");
+    assert_eq!(answer.old_ca, old_ca);
+    let new_ca = answer.new_ca.clone();
+
+    // h2 takes the new key.
+    let took = loop {
+        let log = std::fs::read_to_string(net.log_path(2)).unwrap_or_default();
+        if log.contains("took the network's new CA key from another admin") {
+            break rotated.elapsed();
+        }
+        assert!(
+            rotated.elapsed() < Duration::from_secs(10),
+            "h2 did not take the new CA key:\n{}",
+            log_tail(&net, 2, 60)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let key = net.state_dir(2).join("ca.key");
+    let mode = std::fs::metadata(&key)
+        .expect("h2's ca.key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "h2's CA key is 0600");
+    assert_eq!(
+        std::fs::read_to_string(&key).unwrap(),
+        std::fs::read_to_string(net.state_dir(1).join("ca.key")).unwrap(),
+        "h2 holds the new CA key, as h1"
+    );
+    assert!(!net.state_dir(2).join("ca-next.key").exists());
+    assert!(membership(&net, 2).admin, "h2 is still an admin");
+
+    while now_s() < answer.retires_unix + 3 {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (sent, received) = pinger.finish();
+    eprintln!(
+        "carotate (two admins): transition {TRANSITION_S} s, h2 took the new CA key after {:.2} s, pings {received}/{sent}",
+        took.as_secs_f64()
+    );
+    if sent != received {
+        for i in 1..=2 {
+            eprintln!("h{i}'s log, last lines:\n{}", log_tail(&net, i, 120));
+        }
+    }
+    assert_eq!(sent, received, "{} pings lost", sent - received);
+    for i in 1..=2 {
+        let m = membership(&net, i);
+        let ca = m.ca.expect("CA status");
+        assert_eq!(m.ca_fingerprint, new_ca, "h{i}");
+        assert_eq!(ca.certificate_ca, new_ca, "h{i}");
+        assert!(ca.retiring_ca.is_none(), "h{i}: {ca:?}");
+    }
+    let list = net
+        .overlayctl_ok(2, &["admin", "list"])
+        .expect("admin list on h2");
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.contains("h1") && list.contains("h2"), "{list}");
+
+    // h1 stopped: h3 joins through h2 alone, with h2's token of the new CA.
+    net.kill_daemon(1).expect("kill h1's daemon");
+    let out = net
+        .overlayctl_ok(2, &["token", "create", "--ttl", "10m"])
+        .expect("token create on h2");
+    let token = String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned();
+    let out = net
+        .overlayctl(3, &["join", &token, "--name", "h3"])
+        .expect("run overlayctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    net.wait_member_state(2, 3, MemberState::Alive, Duration::from_secs(15))
+        .expect("h3 is alive for h2");
+    let m3 = membership(&net, 3);
+    assert_eq!(m3.ca_fingerprint, new_ca);
+    assert_eq!(m3.ca.expect("CA status").certificate_ca, new_ca);
+    net.down().expect("testnet down");
+}
