@@ -176,8 +176,9 @@ impl Member {
 
     /// After this admin rotated the CA: the transition, then the new key with the admin
     /// records, to every other admin connected (each in its own task; the result logged).
-    pub(super) fn hand_off_ca_key(&self) {
-        let Some((links, bundle, key, records)) = self.core.ca_key_handoff(now()) else {
+    /// With `only`: to that link, if it is an admin's, while the transition runs.
+    pub(super) fn hand_off_ca_key(&self, only: Option<super::core::LinkId>) {
+        let Some((links, bundle, key, records)) = self.core.ca_key_handoff(only, now()) else {
             return;
         };
         let key = zeroize::Zeroizing::new(key);
@@ -200,7 +201,7 @@ impl Member {
                     return;
                 }
                 match send_ca_key(conn, key, records, traffic).await {
-                    Ok(()) => tracing::info!(%peer, "an admin took the new CA key"),
+                    Ok(()) => tracing::debug!(%peer, "an admin holds the new CA key"),
                     Err(why) => {
                         tracing::warn!(%peer, reason = %why, "an admin did not take the new CA key")
                     }
@@ -268,6 +269,7 @@ impl Member {
     /// Swaps admin records (and, between admins, token records) with the member on
     /// `link` (at every full sync).
     pub(super) fn exchange_admins(&self, link: super::core::LinkId) {
+        self.hand_off_ca_key(Some(link));
         let Some(conn) = self.conns.get(&link).cloned() else {
             return;
         };

@@ -858,7 +858,7 @@ impl Member {
                     tracing::error!(error = %format!("{e:#}"), "cannot replace the old CA key by the new one; it is done at the next start");
                 }
                 if answer.is_ok() {
-                    self.hand_off_ca_key();
+                    self.hand_off_ca_key(None);
                 }
                 let _ = reply.send(answer);
             }

@@ -218,13 +218,26 @@ impl Core {
     /// newest current link (only members an active admin record names): the transition
     /// (sent first and awaited, so the receiver trusts the new CA), then the new CA key
     /// (base64) with the admin records signed by it. `None` with no other admin connected.
+    /// With `only`: to that link alone, if it is an admin's, and only while the transition
+    /// runs (at every full sync: an admin that was away at the rotation gets the key then;
+    /// one that holds it already answers so).
     #[allow(clippy::type_complexity)]
-    pub fn ca_key_handoff(&self, now: Now) -> Option<(Vec<LinkId>, Bundle, String, Vec<Vec<u8>>)> {
+    pub fn ca_key_handoff(
+        &self,
+        only: Option<LinkId>,
+        now: Now,
+    ) -> Option<(Vec<LinkId>, Bundle, String, Vec<Vec<u8>>)> {
         let key = self.ca_key.as_ref()?;
         if key.verifying_key() != self.net.ca {
             return None;
         }
-        let links = self.admin_links(now);
+        let mut links = self.admin_links(now);
+        if let Some(only) = only {
+            if self.dir().trust().previous.is_none() {
+                return None;
+            }
+            links.retain(|l| *l == only);
+        }
         if links.is_empty() {
             return None;
         }

@@ -287,7 +287,14 @@ fn a_second_admin_takes_the_new_ca_key_only_with_its_transition() {
         .core()
         .commit_ca_rotation(rotation, now)
         .unwrap();
-    let (links, bundle, key, records) = sim.hosts[0].core().ca_key_handoff(now).expect("a handoff");
+    let (links, bundle, key, records) = sim.hosts[0]
+        .core()
+        .ca_key_handoff(None, now)
+        .expect("a handoff");
+    // At a full sync with h1 during the transition: offered again; never to h2.
+    let (to_h1, to_h2) = (sim.link(0, 1), sim.link(0, 2));
+    assert!(sim.hosts[0].core().ca_key_handoff(to_h1, now).is_some());
+    assert!(sim.hosts[0].core().ca_key_handoff(to_h2, now).is_none());
     // Only h1, the other admin, is offered the key.
     assert_eq!(links, vec![sim.link(0, 1).unwrap()]);
     assert_eq!(key, new_b64);
