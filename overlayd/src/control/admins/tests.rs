@@ -390,3 +390,40 @@ fn old_state_loads_and_admin_records_round_trip() {
     let e = format!("{:#}", dir.admins().unwrap_err());
     assert!(e.contains("admins.json is damaged"), "{e}");
 }
+
+/// During a CA transition records of either CA are taken, of no third; signed again by the
+/// new CA they replace the old ones; at the end those of the old CA still held are dropped.
+#[test]
+fn records_of_either_ca_during_a_transition_then_only_the_new_ones() {
+    let (old, new, other) = (CaKey::generate(), CaKey::generate(), CaKey::generate());
+    let both = [new.verifying_key(), old.verifying_key()];
+    let mut list = AdminList::default();
+    let (a, b) = (record("h1", 0, 0x0f, 1), record("h2", 1, 0xf0, 1));
+    assert!(
+        list.apply_trusting(&a.sign(&old), &both, &network())
+            .unwrap()
+    );
+    assert!(
+        list.apply_trusting(&b.sign(&new), &both, &network())
+            .unwrap()
+    );
+    let third = record("h3", 2, 0xf00, 1).sign(&other);
+    assert!(matches!(
+        list.apply_trusting(&third, &both, &network()),
+        Err(AdminError::Untrusted(_))
+    ));
+    // The end: h1's record is still of the old CA: dropped.
+    let mut ended = list.clone();
+    assert!(ended.keep_signed_by(&new.verifying_key(), &network()));
+    assert!(ended.get(&Name::new("h1").unwrap()).is_none());
+    assert!(ended.get(&Name::new("h2").unwrap()).is_some());
+    // Signed again by the new CA (version up): a member takes them over the old ones.
+    let mut resigned = list.clone();
+    resigned.resign(&new);
+    let mut member = AdminList::default();
+    member.apply_all(&[a.sign(&old)], &old.verifying_key(), &network());
+    let (changed, refused) = member.apply_all_trusting(&resigned.to_bytes(), &both, &network());
+    assert!(changed && refused.is_empty(), "{refused:?}");
+    assert!(!member.keep_signed_by(&new.verifying_key(), &network()));
+    assert_eq!(member.get(&Name::new("h1").unwrap()).unwrap().version, 2);
+}
