@@ -427,3 +427,79 @@ fn ca_rotate_with_two_admins_hands_the_new_key_to_the_other() {
     assert_eq!(m3.ca.expect("CA status").certificate_ca, new_ca);
     net.down().expect("testnet down");
 }
+
+/// h3 down when `ca rotate` runs and started again during the transition: the members that
+/// renewed already still present their old-CA certificates in TLS until the end (their
+/// records carry the new ones), so h3, which trusts only the old CA until it learns the
+/// transition, reaches them, learns it, and renews under the new CA by itself before the
+/// end. Before, it could reach no renewed member and was cut off at the end.
+#[test]
+fn a_member_back_during_the_transition_renews_by_itself() {
+    if !root() {
+        return;
+    }
+    const TRANSITION_S: u64 = 20;
+    let mut net = Testnet::up(Options {
+        prefix: Some(common::prefix('m')),
+        ..Options::new(3, 1)
+    })
+    .expect("testnet up");
+    net.kill_daemon(3).expect("kill h3's daemon");
+    let rotated = Instant::now();
+    let out = net
+        .overlayctl_ok(
+            1,
+            &[
+                "ca",
+                "rotate",
+                "--transition",
+                &TRANSITION_S.to_string(),
+                "--json",
+            ],
+        )
+        .expect("ca rotate");
+    let answer: protocol::api::CaRotateResponse =
+        serde_json::from_slice(&out.stdout).expect("the rotation's JSON");
+    let new_ca = answer.new_ca.clone();
+    // (Right after its start h3's status may show no membership yet.)
+    let on_new_ca = |net: &Testnet, i: usize| {
+        net.status_json(i)
+            .ok()
+            .and_then(|s| s.member)
+            .and_then(|m| m.ca)
+            .is_some_and(|c| c.certificate_ca == new_ca)
+    };
+    while !on_new_ca(&net, 2) {
+        assert!(
+            rotated.elapsed() < Duration::from_secs(10),
+            "h2 did not renew under the new CA"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    net.start_daemon(3).expect("start h3 again");
+    let back = Instant::now();
+    while !on_new_ca(&net, 3) {
+        assert!(
+            rotated.elapsed() < Duration::from_secs(TRANSITION_S - 1),
+            "h3 did not renew under the new CA before the end:\n{}",
+            log_tail(&net, 3, 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "carotate (back during the transition): h3 started {:.2} s after `ca rotate`, renewed under the new CA {:.2} s after its start",
+        back.duration_since(rotated).as_secs_f64(),
+        back.elapsed().as_secs_f64()
+    );
+    // After the end: h3 is a member like the others, under the new CA.
+    std::thread::sleep(Duration::from_secs(TRANSITION_S + 3).saturating_sub(rotated.elapsed()));
+    for i in 1..=3 {
+        assert!(on_new_ca(&net, i), "h{i}");
+    }
+    for observer in [1, 2] {
+        net.wait_member_state(observer, 3, MemberState::Alive, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("h{observer} sees h3 alive after the end: {e}"));
+    }
+    let to = net.addr("h3-c1").expect("h3-c1's address").to_string();
+    assert!(common::pings(&net, "h1-c1", &to), "h1-c1 pings h3-c1");
+}

@@ -141,8 +141,21 @@ impl Core {
         self.dirty = true;
     }
 
+    /// Presents this host's current certificate in TLS handshakes from now on (it kept its
+    /// old-CA one during a transition: `renew`).
+    fn present_current_identity(&mut self) {
+        self.identity_deferred = None;
+        self.queue(Action::Identity(self.net.certificate.clone()));
+    }
+
     /// Once a second: retires the old CA at the end of a transition.
     pub(super) fn ca_tick(&mut self, now: Now) {
+        if let Some(until) = self.identity_deferred
+            && (self.dir().trust().previous.is_none()
+                || now.unix.saturating_add(super::renew::IDENTITY_MARGIN_S) >= until)
+        {
+            self.present_current_identity();
+        }
         let Some(old) = self.dir().trust().previous else {
             return;
         };
@@ -172,6 +185,9 @@ impl Core {
             }
         }
         self.trust_changed();
+        if self.identity_deferred.is_some() {
+            self.present_current_identity();
+        }
         if self.needs_new_ca() {
             tracing::error!(
                 name = %self.me.node,

@@ -337,6 +337,9 @@ pub struct Core {
     deliveries: HashMap<u32, (Vec<u8>, u64, bool)>,
     /// Every member's container names, this host's included (`names`).
     names: NameTable,
+    /// While this host presents its old-CA certificate in TLS during a CA transition
+    /// (`renew`): that certificate's expiry.
+    identity_deferred: Option<u64>,
     /// Where the next full sync starts taking name sets (`names::fit_names`).
     names_cursor: std::sync::atomic::AtomicUsize,
     /// The version of this host's last name set.
@@ -422,6 +425,7 @@ impl Core {
             deliveries: HashMap::new(),
             names: NameTable::default(),
             names_cursor: std::sync::atomic::AtomicUsize::new(0),
+            identity_deferred: None,
             names_version: 0,
             rendezvous: rendezvous::Rendezvous::default(),
             admins: Default::default(),

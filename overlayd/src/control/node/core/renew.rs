@@ -291,11 +291,31 @@ impl Core {
             groups = ?cert.groups,
             "installed a re-issued certificate for this host"
         );
+        // During a CA transition a member (not an admin: joiners pin the new CA) goes on
+        // presenting its old-CA certificate in TLS handshakes until the end, while its
+        // record carries the new one: every member trusts the old CA until then, and a
+        // member that was down when the rotation started and comes back during it trusts
+        // only the old CA until it learns the transition, from whoever it reaches first.
+        let keep_presenting = match (self.admin.is_some(), self.dir().trust().previous) {
+            (false, Some((old, end))) => {
+                let until = self.identity_deferred.unwrap_or(self.me.not_after);
+                let presents_old =
+                    self.identity_deferred.is_some() || self.me.ca_fingerprint == old.fingerprint();
+                (presents_old && until > end.saturating_add(IDENTITY_MARGIN_S)).then_some(until)
+            }
+            _ => None,
+        };
         self.me = cert;
         self.net.certificate = signed.clone();
         self.net.renewed_unix = Some(now.unix);
         self.net.record_version += 1;
-        self.queue(Action::Identity(signed));
+        match keep_presenting {
+            Some(until) => self.identity_deferred = Some(until),
+            None => {
+                self.identity_deferred = None;
+                self.queue(Action::Identity(signed));
+            }
+        }
         // Saves the membership, signs, gossips and pushes the record with the new certificate.
         self.publish_own_record(now);
         if groups_changed {
@@ -510,6 +530,10 @@ impl Core {
         }
     }
 }
+
+/// How long before its expiry a certificate still presented in TLS (during a CA
+/// transition) is replaced by the current one.
+pub(super) const IDENTITY_MARGIN_S: u64 = 60;
 
 /// The one sentence for a host whose certificate expired before it could renew it.
 pub fn expired_sentence(me: &NodeCertificate) -> String {
