@@ -194,8 +194,13 @@ fn admin_records(records: &[Vec<u8>]) {
     use overlayd::control::admins::tokens;
     let f = fixture();
     let mut admin = AdminState::default();
-    let _ =
-        tokens::apply_token_records(&mut admin, records, &f.ca.verifying_key(), &f.network, NOW);
+    let _ = tokens::apply_token_records(
+        &mut admin,
+        records,
+        &[f.ca.verifying_key()],
+        &f.network,
+        NOW,
+    );
     assert!(admin.tokens.len() <= tokens::MAX_TOKEN_RECORDS);
     let me = keys::Name::new("h1").expect("a name");
     for bytes in tokens::token_records(&admin, &f.ca, &f.network, &me, NOW) {
